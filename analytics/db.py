@@ -1,0 +1,97 @@
+"""Database access: one engine per application, one Session per application context."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask, current_app, g
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+EXTENSION_KEY = "analytics.db"
+
+
+def make_engine(url: str, *, pool_size: int = 5, pool_timeout: int = 10,
+                connect_timeout: int = 5, statement_timeout_ms: int = 30000) -> Engine:
+    """An engine tuned for this service on SQLite or PostgreSQL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, connect_timeout)
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = connect_timeout
+        if statement_timeout_ms:
+            connect_args["options"] = f"-c statement_timeout={statement_timeout_ms}"
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=pool_timeout,
+        # A connection killed by a database restart is replaced instead of failing a request.
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(url, busy_timeout_s: int) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # reported as an unreachable database on first use
+    engine = create_engine(url, connect_args={"timeout": max(busy_timeout_s, 30)})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy emit BEGIN itself (the driver's implicit transactions are unreliable)
+        # and let several gunicorn workers write at once: WAL lets readers run beside the writer,
+        # the busy timeout makes a writer wait for the lock instead of failing.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={max(busy_timeout_s, 30) * 1000}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        mode = connection.get_execution_options().get("sqlite_begin", "")
+        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+    return engine
+
+
+def init_app(app: Flask) -> None:
+    """Create the app's engine (connections are opened lazily) and close sessions on teardown."""
+    cfg = app.config
+    engine = make_engine(
+        cfg["DATABASE_URL"],
+        pool_size=cfg["DB_POOL_SIZE"],
+        pool_timeout=cfg["DB_POOL_TIMEOUT"],
+        connect_timeout=cfg["DB_CONNECT_TIMEOUT"],
+        statement_timeout_ms=cfg["DB_STATEMENT_TIMEOUT_MS"],
+    )
+    app.extensions[EXTENSION_KEY] = {
+        "engine": engine,
+        "sessionmaker": sessionmaker(engine, expire_on_commit=False),
+    }
+    app.teardown_appcontext(close_session)
+
+
+def get_engine() -> Engine:
+    return current_app.extensions[EXTENSION_KEY]["engine"]
+
+
+def get_session() -> Session:
+    """The Session of the current application context, opened on first use."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions[EXTENSION_KEY]["sessionmaker"]()
+    return g.db_session
+
+
+def close_session(_exc=None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

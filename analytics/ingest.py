@@ -1,0 +1,95 @@
+"""Pure rules for one incoming event: timestamp parsing, the future-timestamp and
+metadata-size rules, and the warnings they produce. No Flask, no database."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+FUTURE_TIMESTAMP_WARNING = "Future timestamp replaced with server time"
+METADATA_TRUNCATED_WARNING = "Metadata truncated due to size limit"
+
+_ISO_DATETIME = re.compile(
+    r"""
+    (?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})
+    [Tt\ ]
+    (?P<hour>\d{2}):(?P<minute>\d{2})
+    (?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?
+    (?P<tz>[Zz]|(?P<sign>[+-])(?P<tzh>\d{2}):?(?P<tzm>\d{2}))?
+    """,
+    re.VERBOSE,
+)
+
+
+def parse_timestamp(value: str) -> datetime:
+    """An ISO 8601 date and time as an aware UTC datetime; no offset means UTC.
+
+    Raises ValueError with a user-facing sentence when the text is not one.
+    """
+    match = _ISO_DATETIME.fullmatch(value.strip())
+    if not match:
+        raise ValueError("must be an ISO 8601 date and time, e.g. 2025-01-18T14:30:00Z")
+    parts = match.groupdict()
+    fraction = (parts["fraction"] or "0")[:6].ljust(6, "0")
+    offset = timedelta(0)
+    if parts["sign"]:
+        hours, minutes = int(parts["tzh"]), int(parts["tzm"])
+        if hours > 23 or minutes > 59:
+            raise ValueError("has an invalid UTC offset")
+        offset = timedelta(hours=hours, minutes=minutes)
+        if parts["sign"] == "-":
+            offset = -offset
+    try:
+        local = datetime(
+            int(parts["year"]), int(parts["month"]), int(parts["day"]),
+            int(parts["hour"]), int(parts["minute"]), int(parts["second"] or 0),
+            int(fraction), tzinfo=timezone(offset),
+        )
+        return local.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise ValueError("is not a valid date and time") from None
+
+
+def metadata_size(metadata: dict) -> int:
+    """Size in bytes of the compact UTF-8 JSON encoding (no spaces, non-ASCII kept as is)."""
+    return len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+@dataclass
+class PreparedEvent:
+    """An event ready to store, and the warnings to report for it."""
+
+    row: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_event(data: dict, *, now: datetime, metadata_limit: int) -> PreparedEvent:
+    """Apply the storage rules to a validated event (keys event, user_id, timestamp, metadata).
+
+    ``timestamp`` is an aware datetime or None; ``raw_timestamp`` the text the client sent.
+    """
+    warnings: list[str] = []
+    metadata = data.get("metadata")
+    if metadata is not None:
+        size = metadata_size(metadata)
+        if size > metadata_limit:
+            metadata = {"warning": METADATA_TRUNCATED_WARNING, "originalSize": size}
+            warnings.append(METADATA_TRUNCATED_WARNING)
+
+    occurred_at = data.get("timestamp") or now
+    if occurred_at > now:
+        occurred_at = now
+        metadata = dict(metadata or {})
+        metadata["timestamp_warning"] = FUTURE_TIMESTAMP_WARNING
+        metadata["original_timestamp"] = data.get("raw_timestamp")
+        warnings.append(FUTURE_TIMESTAMP_WARNING)
+
+    row = {
+        "event": data["event"],
+        "user_id": data["user_id"],
+        "occurred_at": occurred_at,
+        "received_at": now,
+        "meta": metadata,
+    }
+    return PreparedEvent(row=row, warnings=warnings)

@@ -1,0 +1,88 @@
+"""The schema: one ``events`` table, its indexes and the types that keep time in UTC."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always returned as an aware UTC datetime.
+
+    PostgreSQL keeps it as ``timestamptz``; SQLite as ISO text in UTC, which sorts correctly.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware datetime")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# 64-bit ids on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Event(Base):
+    """One tracked event as stored: what happened, to whom, when, and when we heard of it."""
+
+    __tablename__ = "events"
+
+    # Arrival order: breaks ties between events of equal timestamp when pairing sessions.
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str] = mapped_column(String(255))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    meta: Mapped[dict | None] = mapped_column("metadata", JSONDocument, nullable=True)
+
+    __table_args__ = (
+        # /metrics over all users: a range scan on time that also yields the event name,
+        # so counting per period and name is an index-only scan.
+        Index("ix_events_occurred_at_event", "occurred_at", "event"),
+        # /metrics?user_id= and /sessions?user_id=: one user's events in time order.
+        Index("ix_events_user_id_occurred_at", "user_id", "occurred_at"),
+        # /sessions: each user's play/stop sequence in (timestamp, arrival) order, which is
+        # exactly the window's PARTITION BY / ORDER BY, so no sort is needed and the other
+        # events never enter the window.
+        Index(
+            "ix_events_play_stop",
+            "user_id", "occurred_at", "id",
+            postgresql_where=text("event IN ('play', 'stop')"),
+            sqlite_where=text("event IN ('play', 'stop')"),
+        ),
+        # Retention purge: the oldest received events first.
+        Index("ix_events_received_at", "received_at"),
+    )

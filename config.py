@@ -1,0 +1,132 @@
+"""Settings for the analytics API, read from environment variables.
+
+Every setting has a default suited to a single box running on SQLite, except where the
+production configuration requires an explicit value. A malformed value stops the process at
+start-up with a message naming the variable, so a typo never turns into a silent default.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+BASE_DIR = Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = BASE_DIR / "data"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed."""
+
+
+def default_database_url() -> str:
+    """The embedded default: an SQLite file in ./data (the folder is created when used)."""
+    return f"sqlite:///{DEFAULT_DATA_DIR / 'analytics.db'}"
+
+
+def database_url(environ=os.environ) -> str:
+    """DATABASE_URL, validated as an SQLAlchemy URL; the SQLite default when unset."""
+    value = environ.get("DATABASE_URL", "").strip() or default_database_url()
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ConfigError(
+            "DATABASE_URL is not a valid database URL (expected e.g. "
+            "postgresql+psycopg://user@host/db or sqlite:///path/to/file.db)"
+        ) from None
+    if url.drivername == "postgresql" or url.drivername == "postgres":
+        # Plain postgresql:// would pick psycopg2, which is not installed: use psycopg 3.
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def _int(environ, name: str, default: int, minimum: int = 0) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(environ, name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(environ, name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = environ.get(name, "").strip().upper() or default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+class Config:
+    """Base settings. Instantiating reads and validates the environment."""
+
+    TESTING = False
+    REQUIRED: tuple[str, ...] = ()
+
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
+        missing = [name for name in self.REQUIRED if not environ.get(name, "").strip()]
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} must be set in this environment")
+        self.DATABASE_URL = database_url(environ)
+        self.RETENTION_DAYS = _int(environ, "RETENTION_DAYS", 30, minimum=1)
+        self.MAX_CONTENT_LENGTH = _int(environ, "MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024)
+        self.METADATA_MAX_BYTES = _int(environ, "METADATA_MAX_BYTES", 4096, minimum=2)
+        self.BATCH_MAX_EVENTS = _int(environ, "BATCH_MAX_EVENTS", 1000, minimum=1)
+        self.LOG_LEVEL = _choice(
+            environ, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+        )
+        # Number of proxies in front of the app whose X-Forwarded-* headers are trusted.
+        self.TRUSTED_PROXIES = _int(environ, "TRUSTED_PROXIES", 0)
+        self.DB_POOL_SIZE = _int(environ, "DB_POOL_SIZE", 5, minimum=1)
+        self.DB_POOL_TIMEOUT = _int(environ, "DB_POOL_TIMEOUT", 10, minimum=1)
+        self.DB_CONNECT_TIMEOUT = _int(environ, "DB_CONNECT_TIMEOUT", 5, minimum=1)
+        self.DB_STATEMENT_TIMEOUT_MS = _int(environ, "DB_STATEMENT_TIMEOUT_MS", 30000)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in dir(self) if k.isupper()}
+
+
+class DevelopmentConfig(Config):
+    """Local use: every setting may be left to its default."""
+
+
+class ProductionConfig(Config):
+    """Serving for real: the database must be named explicitly."""
+
+    REQUIRED = ("DATABASE_URL",)
+
+
+class TestingConfig(Config):
+    TESTING = True
+
+
+CONFIGS = {
+    "development": DevelopmentConfig,
+    "production": ProductionConfig,
+    "testing": TestingConfig,
+}
+
+
+def load_config(environ=None) -> Config:
+    """The configuration named by APP_ENV (development by default), read from the environment."""
+    environ = os.environ if environ is None else environ
+    name = environ.get("APP_ENV", "").strip().lower() or "development"
+    if name not in CONFIGS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(CONFIGS)}, got {name!r}")
+    return CONFIGS[name](environ)

@@ -1,0 +1,54 @@
+"""Alembic environment: the models' metadata and DATABASE_URL, without building the app."""
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from alembic import context
+from analytics.db import make_engine
+from analytics.models import Base
+from config import database_url
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    # A URL set programmatically (tests) wins over the environment.
+    return config.get_main_option("sqlalchemy.url") or database_url()
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
+                      render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = make_engine(_url())
+    try:
+        with engine.connect() as connection:
+            _run(connection)
+    finally:
+        engine.dispose()
+
+
+def _run(connection) -> None:
+    # Batch mode lets ALTER-style migrations run on SQLite (which rebuilds the table).
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=True, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
