@@ -31,10 +31,11 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from analytics import cors, db
+    from analytics import cors, db, inputs
 
     db.init_app(app)
     cors.init_app(app)
+    inputs.init_app(app)
     if app.config["TRUSTED_PROXIES"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import ValidationError
 
-from analytics.bodies import read_json_object
+from analytics.inputs import read_json_object
 from analytics.db import get_session
 from analytics.errors import APIError, failure_message
 from analytics.ingest import prepare_event

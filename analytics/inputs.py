@@ -1,10 +1,11 @@
-"""Reading request bodies: which content types are JSON, and strict JSON decoding."""
+"""Reading request input: which content types are JSON, strict JSON decoding, and the NUL guard
+on query strings (bodies are checked by their schemas)."""
 from __future__ import annotations
 
 import json
 import math
 
-from flask import Request
+from flask import Flask, Request, request
 
 from analytics.errors import APIError
 
@@ -54,3 +55,12 @@ def read_json_object(request: Request) -> dict:
     if not isinstance(body, dict):
         raise APIError(400, "Request body must be a JSON object")
     return body
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _refuse_nul_in_query():
+        for key, value in request.args.items(multi=True):
+            if "\x00" in key or "\x00" in value:
+                name = key.replace("\x00", "") or "query"
+                raise APIError(400, f"{name} must not contain NUL (U+0000) characters")

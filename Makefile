@@ -1,0 +1,22 @@
+# Two entry points: `make serve` (set up, migrate, serve on http://127.0.0.1:8000) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install migrate serve test
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+migrate: install
+	$(BIN)/alembic upgrade head
+
+serve: migrate
+	$(BIN)/gunicorn wsgi:app
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)

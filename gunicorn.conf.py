@@ -1,0 +1,25 @@
+"""gunicorn settings for the analytics API; each can be overridden from the environment.
+
+    GUNICORN_BIND      address to listen on (127.0.0.1:8000)
+    WEB_CONCURRENCY    worker processes (2 x CPUs + 1)
+    GUNICORN_THREADS   threads per worker (1)
+    GUNICORN_TIMEOUT   seconds before a silent worker is restarted (30)
+    LOG_LEVEL          gunicorn's error-log level (info)
+    FORWARDED_ALLOW_IPS  proxies whose X-Forwarded-* headers gunicorn trusts (127.0.0.1)
+"""
+import multiprocessing
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then so that slow leaks cannot grow without bound.
+max_requests = 20000
+max_requests_jitter = 2000
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -1,0 +1,196 @@
+"""Fixtures: every test that uses ``app`` runs once on SQLite and once on PostgreSQL.
+
+PostgreSQL is found at TEST_POSTGRES_URL (default: the local server, database ``test``). When it
+cannot be reached, its half of the suite is skipped with a reason, unless
+ANALYTICS_TEST_POSTGRES=required, which turns that into a failure (CI sets it).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from analytics import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("TEST_POSTGRES_URL",
+                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_REQUIRED = os.environ.get("ANALYTICS_TEST_POSTGRES", "").lower() == "required"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'analytics.db'}"
+    migrate(url)
+    return url
+
+
+def _postgres_unreachable(url: str) -> str | None:
+    try:
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure to connect means "not here"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """The URL of the PostgreSQL server's maintenance database, or a skip."""
+    problem = _postgres_unreachable(PG_URL)
+    if problem:
+        message = f"PostgreSQL not reachable at {make_url(PG_URL).render_as_string()} ({problem})"
+        if PG_REQUIRED:
+            pytest.fail(message + " and ANALYTICS_TEST_POSTGRES=required", pytrace=False)
+        pytest.skip(message)
+    return PG_URL
+
+
+def create_postgres_database(server_url: str) -> tuple[str, callable]:
+    """A new empty database on the server; returns its URL and a function that drops it."""
+    name = f"analytics_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop():
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+@pytest.fixture(scope="session")
+def postgresql_url(postgres_server_url):
+    url, drop = create_postgres_database(postgres_server_url)
+    migrate(url)
+    yield url
+    drop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database_url(request, backend) -> str:
+    """A migrated database of the current backend, emptied after the test."""
+    url = request.getfixturevalue(f"{backend}_url")
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM events"))
+    engine.dispose()
+
+
+@pytest.fixture
+def app(database_url):
+    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
+    yield app
+    app.extensions["analytics.db"]["engine"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """gunicorn serving wsgi:app from this checkout, in a subprocess."""
+
+    def __init__(self, database_url: str, workers: int = 2, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "DATABASE_URL": database_url, "GUNICORN_BIND":
+                    f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
+                    "LOG_LEVEL": "warning", **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "LiveServer":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--access-logfile", "", "wsgi:app"],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("gunicorn exited: " + self.process.stderr.read().decode())
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gunicorn did not start listening in time")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process and self.process.stderr:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def live_server(database_url):
+    """Start gunicorn on the test database: ``live_server(workers=4)``; stopped afterwards."""
+    servers: list[LiveServer] = []
+
+    def start(workers: int = 2, **env) -> LiveServer:
+        server = LiveServer(database_url, workers=workers, env=env).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
