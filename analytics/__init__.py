@@ -20,6 +20,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
+    register_commands(app)
     return app
 
 
@@ -55,3 +56,9 @@ def register_error_handlers(app: Flask) -> None:
     from analytics import errors
 
     errors.init_app(app)
+
+
+def register_commands(app: Flask) -> None:
+    from analytics import cli
+
+    cli.init_app(app)
