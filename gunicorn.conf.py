@@ -5,6 +5,7 @@
     GUNICORN_THREADS   threads per worker (1)
     GUNICORN_TIMEOUT   seconds before a silent worker is restarted (30)
     LOG_LEVEL          gunicorn's error-log level (info)
+    GUNICORN_ACCESS_LOG  access log file, "-" for stdout (the default), "off" for none
     FORWARDED_ALLOW_IPS  proxies whose X-Forwarded-* headers gunicorn trusts (127.0.0.1)
 """
 import multiprocessing
@@ -19,7 +20,8 @@ keepalive = 5
 # Recycle workers now and then so that slow leaks cannot grow without bound.
 max_requests = 20000
 max_requests_jitter = 2000
-accesslog = "-"
+accesslog = None if os.environ.get("GUNICORN_ACCESS_LOG", "-") in ("", "off") else os.environ.get(
+    "GUNICORN_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -149,18 +150,19 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "DATABASE_URL": database_url, "GUNICORN_BIND":
                     f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
-                    "LOG_LEVEL": "warning", **(env or {})}
+                    "LOG_LEVEL": "warning", "GUNICORN_ACCESS_LOG": "off", **(env or {})}
         self.process: subprocess.Popen | None = None
+        self.log = tempfile.TemporaryFile()
 
     def start(self, timeout: float = 30) -> "LiveServer":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--access-logfile", "", "wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "gunicorn", "wsgi:app"],
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("gunicorn exited: " + self.process.stderr.read().decode())
+                raise RuntimeError("gunicorn exited: " + self.output())
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
@@ -177,8 +179,12 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process and self.process.stderr:
-            self.process.stderr.close()
+        self.log.close()
+
+    def output(self) -> str:
+        """What gunicorn has written so far (error log; the access log is off)."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
 
 @pytest.fixture
@@ -187,9 +193,9 @@ def live_server(database_url):
     servers: list[LiveServer] = []
 
     def start(workers: int = 2, **env) -> LiveServer:
-        server = LiveServer(database_url, workers=workers, env=env).start()
+        server = LiveServer(database_url, workers=workers, env=env)
         servers.append(server)
-        return server
+        return server.start()
 
     yield start
     for server in servers:

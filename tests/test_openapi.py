@@ -1,0 +1,30 @@
+"""GET /openapi.json: a valid OpenAPI 3 document that matches what the endpoints accept."""
+from __future__ import annotations
+
+from openapi_spec_validator import validate
+
+
+def test_document_is_valid_openapi(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    document = response.get_json()
+    validate(document)
+    assert document["openapi"].startswith("3.")
+
+
+def test_track_request_schema_comes_from_the_validating_schema(client):
+    document = client.get("/openapi.json").get_json()
+    schema = document["components"]["schemas"]["TrackEvent"]
+    assert set(schema["required"]) == {"event", "user_id"}
+    assert schema["properties"]["event"]["maxLength"] == 255
+    assert schema["properties"]["timestamp"]["format"] == "date-time"
+    track = document["paths"]["/track"]["post"]
+    assert {"200", "400", "413", "415", "503"} <= set(track["responses"])
+    assert "text/plain" in track["requestBody"]["content"]
+
+
+def test_every_route_is_documented(app, client):
+    document = client.get("/openapi.json").get_json()
+    routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    assert routes <= set(document["paths"])

@@ -1,0 +1,141 @@
+"""A database that goes away and comes back: 503 with Retry-After, then recovery without restart."""
+from __future__ import annotations
+
+import socket
+import threading
+
+from sqlalchemy.engine import make_url
+
+from analytics import create_app
+from conftest import migrate
+
+
+class SwitchableProxy:
+    """A TCP proxy on loopback that forwards to a server, or drops every connection when off."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.enabled = True
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.enabled:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self):
+        """The database "goes down": existing connections die, new ones are refused."""
+        self.enabled = False
+        with self.lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.close()
+                except OSError:
+                    pass
+            self.connections.clear()
+
+    def restore(self):
+        self.enabled = True
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+def assert_unavailable(response, message):
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.get_json() == {"status": "error", "message": message}
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+EVENT = {"event": "play", "user_id": "u"}
+
+
+def test_postgres_outage_and_recovery(request):
+    url = make_url(request.getfixturevalue("postgresql_url"))
+    proxy = SwitchableProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    app = create_app({"TESTING": True, "DATABASE_URL": proxied, "DB_CONNECT_TIMEOUT": 2})
+    client = app.test_client()
+    try:
+        assert client.post("/track", json=EVENT).status_code == 200
+
+        proxy.cut()
+        assert_unavailable(client.post("/track", json=EVENT), "Failed to log event")
+        assert_unavailable(client.get("/health"), "Database unavailable")
+
+        proxy.restore()
+        assert client.get("/health").status_code == 200
+        assert client.post("/track", json=EVENT).status_code == 200
+    finally:
+        app.extensions["analytics.db"]["engine"].dispose()
+        proxy.close()
+
+    # Exactly the two accepted events were stored; the refused one left nothing behind.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 2
+        conn.execute(text("DELETE FROM events"))
+    engine.dispose()
+
+
+def test_sqlite_outage_and_recovery(tmp_path):
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the database folder should be")
+    url = f"sqlite:///{blocker / 'analytics.db'}"
+    app = create_app({"TESTING": True, "DATABASE_URL": url})
+    client = app.test_client()
+
+    assert_unavailable(client.post("/track", json=EVENT), "Failed to log event")
+    assert_unavailable(client.get("/health"), "Database unavailable")
+
+    blocker.unlink()
+    blocker.mkdir()
+    migrate(url)
+    assert client.get("/health").status_code == 200
+    assert client.post("/track", json=EVENT).status_code == 200
+    app.extensions["analytics.db"]["engine"].dispose()
+
+
+def test_unreachable_database_never_leaks_details():
+    url = "postgresql+psycopg://nobody:s3cret@127.0.0.1:1/none"
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "DB_CONNECT_TIMEOUT": 1})
+    response = app.test_client().post("/track", json=EVENT)
+    assert_unavailable(response, "Failed to log event")
+    assert b"s3cret" not in response.data and b"127.0.0.1" not in response.data
