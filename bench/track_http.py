@@ -1,0 +1,106 @@
+"""Single-event POST /track throughput under concurrency, beside the framework ceiling.
+
+    .venv/bin/python bench/track_http.py [--duration 10] [--connections 16] [--workers N]
+
+Needs wrk (Debian package ``wrk``) and a PostgreSQL server at BENCH_POSTGRES_URL (default the
+local one; use --no-postgres to skip it). Starts, in turn, gunicorn with the project's
+gunicorn.conf.py serving a trivial Flask JSON endpoint (bench/trivial_app.py), the API on a fresh
+SQLite database and the API on a fresh PostgreSQL database, loads each with the same wrk run, and
+prints requests/s, latency and the ratio to the trivial endpoint measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+WRK_SCRIPT = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{"event":"' .. (n % 2 == 0 and "play" or "stop") .. '","user_id":"u' .. (n % 5000)
+    .. '","metadata":{"song_id":"s' .. (n % 300) .. '","device":"mobile"}}'
+  return wrk.format(nil, "/track", nil, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %.3f %.3f\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def run_wrk(url: str, duration: int, connections: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT)
+        script.flush()
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s",
+                              script.name, url], capture_output=True, text=True, check=True).stdout
+    requests, errors, p50, p99 = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", out).groups()
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"rps": rate, "requests": int(requests), "errors": int(errors),
+            "p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+def measure(name: str, app: str, env: dict, args) -> dict:
+    with gunicorn(app, env=env, workers=args.workers) as (url, master):
+        run_wrk(url, 2, args.connections)  # warm-up
+        result = run_wrk(url, args.duration, args.connections)
+        result["rss_mb"] = max(worker_rss_mb(master) or [0])
+    result["name"] = name
+    return result
+
+
+def stored(url: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM events")).scalar()
+    engine.dispose()
+    return count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="gunicorn workers (default: gunicorn.conf.py's 2 x CPUs + 1)")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    results = [measure("trivial Flask endpoint", "bench.trivial_app:app", {}, args)]
+    with scratch_sqlite() as url:
+        results.append(measure("POST /track, SQLite", "wsgi:app", {"DATABASE_URL": url}, args))
+        results[-1]["stored"] = stored(url)
+    if not args.no_postgres:
+        with scratch_postgres() as url:
+            results.append(measure("POST /track, PostgreSQL", "wsgi:app",
+                                   {"DATABASE_URL": url}, args))
+            results[-1]["stored"] = stored(url)
+
+    ceiling = results[0]["rps"]
+    print(f"\n{'target':<26}{'req/s':>9}{'vs trivial':>12}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}{'worker RSS MB':>15}")
+    for r in results:
+        print(f"{r['name']:<26}{r['rps']:>9.0f}{r['rps'] / ceiling:>11.0%} {r['p50_ms']:>8.1f}"
+              f"{r['p99_ms']:>9.1f}{r['errors']:>8}{r['rss_mb']:>15.0f}")
+    for r in results[1:]:
+        print(f"{r['name']}: {r['stored']} events stored (wrk counted {r['requests']} "
+              "requests in the measured run plus the warm-up)")
+
+
+if __name__ == "__main__":
+    main()
