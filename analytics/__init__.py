@@ -45,9 +45,12 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from analytics.api import health, openapi, track
+    from analytics.api import batch, health, metrics, openapi, sessions, track
 
     app.register_blueprint(track.bp)
+    app.register_blueprint(batch.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(sessions.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
 

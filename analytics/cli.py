@@ -1,7 +1,23 @@
 """``flask --app wsgi <command>``: operator commands, registered on the app in init_app."""
 from __future__ import annotations
 
-from flask import Flask
+import gzip
+import io
+import os
+import stat
+import sys
+from contextlib import ExitStack
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
+
+from analytics import importer, retention
+from analytics.db import get_engine, get_session
+from analytics.errors import is_unreachable
+from analytics.models import utcnow
+from analytics.queries import ping
 
 COMMANDS: list = []
 
@@ -15,3 +31,175 @@ def command(func):
 def init_app(app: Flask) -> None:
     for cmd in COMMANDS:
         app.cli.add_command(cmd)
+
+
+@command
+@click.command("purge")
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="Keep events this many days instead of RETENTION_DAYS.")
+@click.option("--dry-run", is_flag=True,
+              help="Report how many events would be purged; delete nothing.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=retention.DEFAULT_BATCH_SIZE,
+              show_default=True, help="Events deleted per transaction.")
+@with_appcontext
+def purge(days: int | None, dry_run: bool, batch_size: int) -> None:
+    """Delete events received more than RETENTION_DAYS (or --days) days ago.
+
+    Events received strictly before now minus the period (whole seconds, UTC) are deleted, in
+    batches of one short transaction each, so the API keeps serving. Safe to repeat or to run
+    beside another purge.
+    """
+    if days is None:
+        days = current_app.config["RETENTION_DAYS"]
+    cutoff = retention.retention_cutoff(days, utcnow())
+    before = retention.format_cutoff(cutoff)
+    engine = get_engine()
+    try:
+        if dry_run:
+            count = retention.count_expired(engine, cutoff)
+            click.echo(f"Would purge {count} events received before {before}")
+            return
+        # The count only sizes the progress bar: a purge run from cron or a timer skips it.
+        expected = retention.count_expired(engine, cutoff) if sys.stdout.isatty() else 0
+        if expected:
+            with click.progressbar(length=expected,
+                                   label=f"Purging events received before {before}") as bar:
+                purged = retention.purge_expired(engine, cutoff, batch_size=batch_size,
+                                                 on_batch=bar.update)
+        else:
+            purged = retention.purge_expired(engine, cutoff, batch_size=batch_size)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_database_failure(exc)) from None
+    click.echo(f"Purged {purged} events received before {before}")
+
+
+def _database_failure(exc: SQLAlchemyError) -> str:
+    """One line for the operator: which database, and the driver's own first sentence."""
+    where = get_engine().url.render_as_string(hide_password=True)
+    original = getattr(exc, "orig", None) or exc
+    reason = next((line.strip() for line in str(original).splitlines() if line.strip()),
+                  type(original).__name__)
+    if getattr(original, "sqlstate", None) == "42P01" or "no such table" in reason:
+        return f"no events table in the database at {where} (run alembic upgrade head): {reason}"
+    if is_unreachable(exc):
+        return f"cannot reach the database at {where}: {reason}"
+    return f"database error at {where}: {reason}"
+
+
+@command
+@click.command("import")
+@click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--format", "fmt", type=click.Choice(importer.FORMATS), default=None,
+              help="ndjson or csv. Default: from the extension (.ndjson, .jsonl, .json, .csv, "
+                   "each maybe .gz); required for standard input.")
+@click.option("--chunk-size", type=click.IntRange(1, 10000), default=importer.DEFAULT_CHUNK_SIZE,
+              show_default=True, help="Events stored per transaction.")
+@click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write every rejected line (number and reason) and the summary to this file.")
+@with_appcontext
+def import_command(source: str, fmt: str | None, chunk_size: int, report: str | None) -> None:
+    """Import events from an NDJSON or CSV file, or standard input (-).
+
+    Every line is checked by the POST /track rules; invalid lines are skipped and listed with
+    their line numbers. Events are committed in chunks; events with an event_id are stored once
+    however often they are imported, so an interrupted import is resumed by running it again.
+
+    Exit status: 0 when every event is stored (or was already); 3 when the import finished but
+    some lines were rejected; 1 when it stopped early (database unreachable, unreadable input),
+    keeping the chunks already committed; 2 for a usage error.
+    """
+    fmt = fmt or importer.guess_format(source if source != "-" else "")
+    if fmt is None:
+        raise click.UsageError(f"cannot tell the format of {source!r}: "
+                               f"use --format ndjson or --format csv")
+    session = get_session()
+    try:
+        ping(session)
+        session.rollback()  # end the read transaction: each chunk opens its own write one
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_database_failure(exc)) from None
+
+    with ExitStack() as stack:
+        raw, stream = _open_source(source, stack)
+        try:
+            report_file = (stack.enter_context(open(report, "w", encoding="utf-8"))
+                           if report else None)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {report}: {exc.strerror or exc}") from None
+        shown: list[str] = []
+
+        def on_rejected(number: int, message: str) -> None:
+            line = f"line {number}: {message}"
+            if len(shown) < IMPORT_REJECTED_SHOWN:
+                shown.append(line)
+            if report_file:
+                report_file.write(line + "\n")
+
+        bar = None
+        size = _file_size(raw)
+        if size is not None and sys.stdout.isatty():
+            bar = stack.enter_context(click.progressbar(length=size, label=f"Importing {source}"))
+
+        def on_chunk(_summary) -> None:
+            if bar is not None:
+                bar.update(raw.tell() - bar.pos)
+
+        job = importer.Importer(session, current_app.config["METADATA_MAX_BYTES"],
+                                chunk_size=chunk_size, on_rejected=on_rejected,
+                                on_chunk=on_chunk)
+        failure = None
+        try:
+            job.run(importer.open_lines(stream, fmt))
+        except SQLAlchemyError as exc:
+            failure = _database_failure(exc)
+        except importer.UnusableInput as exc:
+            failure = str(exc)
+        except (OSError, EOFError) as exc:  # includes a damaged .gz file
+            failure = f"cannot read {source}: {exc}"
+        except KeyboardInterrupt:
+            failure = "interrupted"
+        if bar is not None:
+            bar.render_finish()
+        summary = job.summary
+        text = (f"{source}: {summary.accepted} accepted, {summary.duplicates} duplicates, "
+                f"{summary.rejected} rejected")
+        if failure:
+            text += (f"; stopped after line {summary.last_line} (committed up to there; "
+                     f"run the same import again to resume)")
+        if report_file:
+            report_file.write(text + "\n")
+    click.echo(text)
+    for line in shown:
+        click.echo(f"  {line}")
+    if summary.rejected > len(shown):
+        more = summary.rejected - len(shown)
+        click.echo(f"  ... and {more} more" + (f" (all in {report})" if report else
+                                               " (use --report FILE to list them all)"))
+    if failure:
+        raise click.ClickException(failure)
+    if summary.rejected:
+        click.get_current_context().exit(IMPORT_EXIT_REJECTED)
+
+
+IMPORT_REJECTED_SHOWN = 20
+IMPORT_EXIT_REJECTED = 3
+
+
+def _open_source(source: str, stack: ExitStack):
+    """(the file as opened, the binary stream of its lines): they differ for .gz files."""
+    try:
+        raw = stack.enter_context(click.open_file(source, "rb"))  # "-": standard input
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {source}: {exc.strerror or exc}") from None
+    if source.lower().endswith(".gz"):
+        return raw, stack.enter_context(gzip.open(raw, "rb"))
+    return raw, raw
+
+
+def _file_size(raw) -> int | None:
+    """The size of a regular file (for the progress bar); None for pipes and terminals."""
+    try:
+        info = os.fstat(raw.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None

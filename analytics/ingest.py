@@ -65,7 +65,8 @@ class PreparedEvent:
 
 
 def prepare_event(data: dict, *, now: datetime, metadata_limit: int) -> PreparedEvent:
-    """Apply the storage rules to a validated event (keys event, user_id, timestamp, metadata).
+    """Apply the storage rules to a validated event (keys event, user_id, timestamp, metadata,
+    and optionally event_id).
 
     ``timestamp`` is an aware datetime or None; ``raw_timestamp`` the text the client sent.
     """
@@ -91,5 +92,6 @@ def prepare_event(data: dict, *, now: datetime, metadata_limit: int) -> Prepared
         "occurred_at": occurred_at,
         "received_at": now,
         "meta": metadata,
+        "event_id": data.get("event_id"),
     }
     return PreparedEvent(row=row, warnings=warnings)

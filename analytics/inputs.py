@@ -1,11 +1,15 @@
-"""Reading request input: which content types are JSON, strict JSON decoding, and the NUL guard
-on query strings (bodies are checked by their schemas)."""
+"""Reading request input: which content types are JSON, strict JSON decoding, gzip-encoded bodies
+decoded within the size limit, and the NUL guard on query strings (bodies are checked by their
+schemas)."""
 from __future__ import annotations
 
 import json
 import math
+import re
+import zlib
 
 from flask import Flask, Request, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from analytics.errors import APIError
 
@@ -29,6 +33,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# What json.loads(text, parse_constant=..., parse_float=...) builds on every call, built once:
+# bulk ingest decodes one document per line.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def loads_strict(data: bytes | str):
     """json.loads without NaN/Infinity and without numbers that overflow a double.
 
@@ -38,9 +48,52 @@ def loads_strict(data: bytes | str):
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         if text.startswith("\ufeff"):
             text = text[1:]
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        document = _STRICT_DECODER.decode(text)
+        if _SURROGATE_ESCAPE.search(text):
+            # "\ud800" without its pair is JSON syntax for a string that is not Unicode text:
+            # no database can store it, so it is refused here rather than failing a write.
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        return document
+    except (UnicodeError, ValueError, RecursionError):
         raise APIError(400, MALFORMED_JSON) from None
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The request body, gunzipped when ``Content-Encoding: gzip`` says it is compressed.
+
+    The limit applies to the decompressed bytes, and decompression stops as soon as it is
+    passed (413), so a small compressed body cannot blow up into gigabytes in memory.
+    Any other content coding is a 415; a body that is not gzip after all, a 400.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    data = request.get_data(cache=False)
+    if encoding in ("", "identity"):
+        return data
+    if encoding not in ("gzip", "x-gzip"):
+        raise APIError(415, "Content-Encoding must be gzip or identity")
+    return _gunzip(data, limit)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    output = bytearray()
+    try:
+        while True:  # one pass per gzip member: concatenated members are one valid stream
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending = data
+            while not decompressor.eof:
+                # Never ask for more than one byte past the limit.
+                chunk = decompressor.decompress(pending, limit + 1 - len(output))
+                output += chunk
+                if len(output) > limit:
+                    raise RequestEntityTooLarge()
+                pending = decompressor.unconsumed_tail
+                if not chunk and not pending:
+                    raise APIError(400, "Request body is truncated gzip data")
+            data = decompressor.unused_data
+            if not data.strip(b"\x00"):  # trailing zero padding, as gzip(1) tolerates
+                return bytes(output)
+    except zlib.error:
+        raise APIError(400, "Request body is not valid gzip data") from None
 
 
 def read_json_body(request: Request):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, MetaData, String, text
+from sqlalchemy import (JSON, BigInteger, DateTime, Index, Integer, MetaData, String,
+                        UniqueConstraint, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -67,8 +68,14 @@ class Event(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     meta: Mapped[dict | None] = mapped_column("metadata", JSONDocument, nullable=True)
+    # Chosen by the client so that a retried event is stored once (NULL: never deduplicated).
+    event_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
+        # Idempotency: the database, not a read-then-write check, decides what is a duplicate,
+        # so concurrent retries store an event once. Scoped by user_id so that the constraint
+        # stays enforceable when the table is distributed by user. Also the ON CONFLICT target.
+        UniqueConstraint("user_id", "event_id"),
         # /metrics over all users: a range scan on time that also yields the event name,
         # so counting per period and name is an index-only scan.
         Index("ix_events_occurred_at_event", "occurred_at", "event"),
@@ -76,10 +83,11 @@ class Event(Base):
         Index("ix_events_user_id_occurred_at", "user_id", "occurred_at"),
         # /sessions: each user's play/stop sequence in (timestamp, arrival) order, which is
         # exactly the window's PARTITION BY / ORDER BY, so no sort is needed and the other
-        # events never enter the window.
+        # events never enter the window; with the name last, the index alone answers (no
+        # visit to the table per event).
         Index(
             "ix_events_play_stop",
-            "user_id", "occurred_at", "id",
+            "user_id", "occurred_at", "id", "event",
             postgresql_where=text("event IN ('play', 'stop')"),
             sqlite_where=text("event IN ('play', 'stop')"),
         ),

@@ -1,17 +1,315 @@
 """Database statements as plain functions of a session: no Flask, and no commit."""
 from __future__ import annotations
 
-from sqlalchemy import insert, text
+import json
+from datetime import date, datetime, time, timedelta, timezone
+
+from sqlalchemy import text
+from sqlalchemy import Select, String, func, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from analytics.models import Event
+from analytics.periods import microseconds_between, period_label, utc_date
+
+_events = Event.__table__
 
 
-def insert_events(session: Session, rows: list[dict]) -> None:
-    """Insert prepared event rows (see ingest.prepare_event) in one statement."""
-    session.execute(insert(Event), rows)
+def _column_params(row: dict) -> dict:
+    # Prepared rows are keyed by attribute name; Core statements (the fast executemany path,
+    # without the ORM's per-row bookkeeping) take column names, which differ for metadata.
+    return {
+        "event": row["event"],
+        "user_id": row["user_id"],
+        "occurred_at": row["occurred_at"],
+        "received_at": row["received_at"],
+        "metadata": row["meta"],
+        "event_id": row.get("event_id"),
+    }
+
+
+# PostgreSQL: COPY cannot skip conflicts, so the batch is COPYed into a temporary staging table
+# (per connection, emptied at every commit) and moved into events by one INSERT ... SELECT ...
+# ON CONFLICT DO NOTHING. COPY is the driver's fast path: a multi-row VALUES list or one array
+# per column costs more in the driver (building, escaping, parsing SQL) than the insert costs
+# in the server. Ordering by position keeps ids in batch order, which breaks ties between
+# equal timestamps when sessions are paired.
+_PG_STAGING = """
+    CREATE TEMPORARY TABLE IF NOT EXISTS incoming_events (
+        position integer, event varchar, user_id varchar, occurred_at timestamptz,
+        received_at timestamptz, metadata text, event_id varchar
+    ) ON COMMIT DELETE ROWS
+"""
+_PG_COPY = ("COPY incoming_events (position, event, user_id, occurred_at, received_at, "
+            "metadata, event_id) FROM STDIN")
+_PG_MOVE = """
+    INSERT INTO events (event, user_id, occurred_at, received_at, metadata, event_id)
+    SELECT event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
+    FROM incoming_events ORDER BY position
+    ON CONFLICT (user_id, event_id) DO NOTHING
+    RETURNING user_id, event_id
+"""
+
+
+def _insert_postgresql(session: Session, params: list[dict]) -> set[tuple[str, str]]:
+    connection = session.connection()
+    connection.exec_driver_sql(_PG_STAGING)
+    # Rows left by a statement that failed earlier in this transaction would be moved too.
+    connection.exec_driver_sql("TRUNCATE incoming_events")
+    cursor = connection.connection.cursor()
+    try:
+        with cursor.copy(_PG_COPY) as copy:
+            for position, p in enumerate(params):
+                # None becomes JSON null, as the ORM's JSON type stores it on every backend.
+                copy.write_row((position, p["event"], p["user_id"], p["occurred_at"],
+                                p["received_at"], json.dumps(p["metadata"]), p["event_id"]))
+    except connection.dialect.loaded_dbapi.Error as exc:
+        # Present the driver's error as SQLAlchemy's, so that callers tell an unreachable
+        # database from a failing one the same way as for every other statement.
+        raise DBAPIError.instance(_PG_COPY, None, exc, connection.dialect.loaded_dbapi.Error,
+                                  connection_invalidated=bool(cursor.connection.closed),
+                                  dialect=connection.dialect) from None
+    finally:
+        cursor.close()
+    return {(user_id, event_id)
+            for user_id, event_id in connection.exec_driver_sql(_PG_MOVE)
+            if event_id is not None}
+
+
+_COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event_id")
+_SQLITE_INSERT = (f"INSERT INTO events ({', '.join(_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(_COLUMNS))}) "
+                  f"ON CONFLICT (user_id, event_id) DO NOTHING")
+_sqlite_processors: dict = {}
+
+
+def _insert_sqlite(session: Session, params: list[dict]) -> set[tuple[str, str]]:
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect not in _sqlite_processors:
+        # The column types' own conversions (UTC text for times, JSON text for metadata), so
+        # rows are stored exactly as the ORM would store them.
+        _sqlite_processors[dialect] = [
+            _events.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in _COLUMNS]
+    processors = list(zip(_COLUMNS, _sqlite_processors[dialect]))
+    rows = [tuple(convert(p[name]) if convert else p[name] for name, convert in processors)
+            for p in params]
+    # The driver's executemany: one prepared statement stepped in C for every row. RETURNING
+    # cannot be used with it, so the rows that went in are found by rowid instead: this
+    # transaction holds SQLite's write lock from its first insert to its commit, and each new
+    # row gets the next rowid after the largest, so the rows inserted here are exactly the
+    # last ``inserted`` rowids.
+    driver = connection.connection.driver_connection
+    before = driver.total_changes
+    connection.exec_driver_sql(_SQLITE_INSERT, rows)
+    inserted = driver.total_changes - before
+    if not inserted:
+        return set()
+    last = connection.exec_driver_sql("SELECT max(id) FROM events").scalar()
+    return {(user_id, event_id) for user_id, event_id in connection.exec_driver_sql(
+                "SELECT user_id, event_id FROM events WHERE id > ?", (last - inserted,))
+            if event_id is not None}
+
+
+# Below this many rows the bulk paths' fixed costs (staging table, extra statements) outweigh
+# what they save per row: a single INSERT ... VALUES ... RETURNING is quicker (POST /track).
+_FEW_ROWS = 20
+
+
+def _insert_few(session: Session, params: list[dict]) -> set[tuple[str, str]]:
+    dialect = session.get_bind().dialect
+    statement = (_DIALECT_INSERTS[dialect.name](_events)
+                 .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
+                 .returning(_events.c.user_id, _events.c.event_id))
+    return {(user_id, event_id)
+            for user_id, event_id in session.execute(statement, params)
+            if event_id is not None}
+
+
+# The only place that knows how each database skips duplicates.
+_DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_INSERTERS = {"postgresql": _insert_postgresql, "sqlite": _insert_sqlite}
+
+
+def insert_events(session: Session, rows: list[dict]) -> list[bool]:
+    """Insert prepared event rows (see ingest.prepare_event) through the driver's bulk path.
+
+    Returns, for each row, whether it was stored. A row is not stored when another with the same
+    user_id and event_id is already in the table (committed, or inserted by a concurrent
+    transaction that then commits) or comes earlier in ``rows``. The unique constraint decides,
+    with INSERT ... ON CONFLICT DO NOTHING, so concurrent retries of one event store it once.
+    Rows without event_id are always stored.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect not in _INSERTERS:
+        raise NotImplementedError(f"storing events is not implemented for {dialect}")
+    stored = [True] * len(rows)
+    keys: set[tuple[str, str]] = set()
+    params: list[dict] = []
+    for position, row in enumerate(rows):
+        if row.get("event_id") is not None:
+            key = (row["user_id"], row["event_id"])
+            if key in keys:  # a repeat inside this batch: the first one wins
+                stored[position] = False
+                continue
+            keys.add(key)
+        params.append(_column_params(row))
+    if not params:
+        return stored
+    inserter = _insert_few if len(params) < _FEW_ROWS else _INSERTERS[dialect]
+    inserted = inserter(session, params)
+    for position, row in enumerate(rows):
+        event_id = row.get("event_id")
+        if stored[position] and event_id is not None and (row["user_id"], event_id) not in inserted:
+            stored[position] = False
+    return stored
 
 
 def ping(session: Session) -> None:
     """Raise if the database does not answer."""
     session.execute(text("SELECT 1"))
+
+
+# --- GET /metrics and GET /sessions -----------------------------------------------------------
+
+# Written as literals, not bound parameters, so that both databases can prove that a query
+# implies the WHERE of the partial index ix_events_play_stop and use it.
+PLAY_OR_STOP = ("play", "stop")
+
+
+def _is_play_or_stop(table) -> ColumnElement[bool]:
+    return table.c.event.in_([literal_column(f"'{name}'", String) for name in PLAY_OR_STOP])
+
+
+def utc_bounds(start: date, end: date) -> tuple[datetime, datetime | None]:
+    """The half-open UTC interval [start 00:00, end + 1 day 00:00) of inclusive dates.
+
+    The upper bound is None (unbounded) when end is the last representable date.
+    """
+    start_at = datetime.combine(start, time.min, tzinfo=timezone.utc)
+    if end == date.max:
+        return start_at, None
+    return start_at, datetime.combine(end + timedelta(days=1), time.min, tzinfo=timezone.utc)
+
+
+def _in_range(column, start_at: datetime, end_at: datetime | None) -> list[ColumnElement[bool]]:
+    conditions = [column >= start_at]
+    if end_at is not None:
+        conditions.append(column < end_at)
+    return conditions
+
+
+def metrics_statement(start: date, end: date, group_by: str = "day",
+                      user_id: str | None = None) -> Select:
+    """Rows (date, event, count) of the events in the inclusive UTC date range, per period
+    label and event name, in ascending date order."""
+    start_at, end_at = utc_bounds(start, end)
+    day = utc_date(_events.c.occurred_at)
+    # Counting per day first keeps the per-event work to a cheap grouping key; the periods are
+    # labelled from the (few) daily counts. Without an ORDER BY here PostgreSQL hashes the
+    # groups instead of sorting every event.
+    daily = (
+        select(day.label("day"), _events.c.event, func.count().label("count"))
+        .where(*_in_range(_events.c.occurred_at, start_at, end_at))
+        .group_by(day, _events.c.event)
+    )
+    if user_id is not None:
+        daily = daily.where(_events.c.user_id == user_id)
+    daily = daily.subquery("daily")
+    label = period_label(daily.c.day, group_by)
+    return (
+        select(label.label("date"), daily.c.event, func.sum(daily.c.count).label("count"))
+        .group_by(label, daily.c.event)
+        .order_by(label)
+    )
+
+
+def metrics(session: Session, start: date, end: date, group_by: str = "day",
+            user_id: str | None = None) -> list[tuple[str, str, int]]:
+    """(date, event, count) per period and event name; see metrics_statement."""
+    rows = session.execute(metrics_statement(start, end, group_by, user_id))
+    # PostgreSQL sums bigints as numeric (Decimal): integers either way.
+    return [(label, event, int(count)) for label, event, count in rows]
+
+
+def sessions_statement(start: date, end: date, group_by: str = "day",
+                       user_id: str | None = None) -> Select:
+    """Rows (date, sessions, total_microseconds) of the play/stop sessions whose play is in the
+    inclusive UTC date range, per period label of the play, in ascending date order.
+
+    The contract pairs each stop with the user's preceding play-or-stop event (ordered by
+    timestamp, then id, i.e. arrival) when that event is a play. Read from the play's side that
+    is the same pairing: a play makes a session exactly when the user's next play-or-stop event
+    is a stop. So the window looks forward (LEAD) from each play, and needs no event before
+    start: the next event of a play in the range is never earlier than the play. Inside the
+    range the window sees a contiguous stretch of each user's sequence, so LEAD is right for
+    every play but the user's last play-or-stop event in the range; for that one (at most one
+    play per user) the next event is looked up after the range, one probe of the partial index.
+    """
+    start_at, end_at = utc_bounds(start, end)
+    events = _events
+    in_time_order = dict(partition_by=events.c.user_id,
+                         order_by=(events.c.occurred_at, events.c.id))
+    play_stop = (
+        select(
+            events.c.user_id,
+            events.c.event,
+            events.c.occurred_at,
+            func.lead(events.c.event).over(**in_time_order).label("next_event"),
+            func.lead(events.c.occurred_at).over(**in_time_order).label("next_at"),
+        )
+        .where(_is_play_or_stop(events), *_in_range(events.c.occurred_at, start_at, end_at))
+    )
+    if user_id is not None:
+        # Inside the window's input, so only this user's events are read and ordered.
+        play_stop = play_stop.where(events.c.user_id == user_id)
+    play_stop = play_stop.subquery("play_stop")
+
+    next_event, next_at = play_stop.c.next_event, play_stop.c.next_at
+    if end_at is not None:
+        later = events.alias("later")
+
+        def first_after_range(column):
+            return (select(column)
+                    .where(later.c.user_id == play_stop.c.user_id, _is_play_or_stop(later),
+                           later.c.occurred_at >= end_at)
+                    .order_by(later.c.occurred_at, later.c.id)
+                    .limit(1)
+                    .scalar_subquery())
+
+        # COALESCE evaluates the lookup only where the window found no next event.
+        next_event = func.coalesce(next_event, first_after_range(later.c.event))
+        next_at = func.coalesce(next_at, first_after_range(later.c.occurred_at))
+
+    # One row per session: the play's date and the duration, counted and summed per date.
+    play_at = play_stop.c.occurred_at
+    paired = (
+        select(utc_date(play_at).label("day"),
+               microseconds_between(play_at, next_at).label("microseconds"))
+        .where(play_stop.c.event == "play", next_event == "stop")
+        .subquery("paired")
+    )
+    daily = (
+        select(paired.c.day, func.count().label("sessions"),
+               func.sum(paired.c.microseconds).label("total_microseconds"))
+        .group_by(paired.c.day)
+        .subquery("daily")
+    )
+    label = period_label(daily.c.day, group_by)
+    return (
+        select(label.label("date"), func.sum(daily.c.sessions).label("sessions"),
+               func.sum(daily.c.total_microseconds).label("total_microseconds"))
+        .group_by(label)
+        .order_by(label)
+    )
+
+
+def sessions(session: Session, start: date, end: date, group_by: str = "day",
+             user_id: str | None = None) -> list[tuple[str, int, int]]:
+    """(date, sessions, total_microseconds) per period; see sessions_statement."""
+    rows = session.execute(sessions_statement(start, end, group_by, user_id))
+    # PostgreSQL sums bigints as numeric (Decimal): integers either way.
+    return [(date_label, int(count), int(total)) for date_label, count, total in rows]

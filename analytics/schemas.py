@@ -1,12 +1,17 @@
 """Marshmallow schemas: what comes in and what goes out. The OpenAPI document is built from them."""
 from __future__ import annotations
 
+import re
+from datetime import date
+
 from marshmallow import (EXCLUDE, Schema, ValidationError, fields, post_load, pre_load,
-                         validate, validates)
+                         validate, validates, validates_schema)
 
 from analytics.ingest import parse_timestamp
+from analytics.periods import GROUP_BYS
 
 NAME_MAX_CHARS = 255
+EVENT_ID_MAX_CHARS = 128
 
 
 def find_nul(value, path: str = "") -> str | None:
@@ -90,6 +95,18 @@ class TrackEventSchema(Schema):
                   "example": {"song_id": "song456", "device": "mobile"}},
     )
 
+    event_id = fields.String(
+        load_default=None, allow_none=True,
+        validate=validate.Length(
+            min=1, max=EVENT_ID_MAX_CHARS,
+            error=f"event_id must be 1 to {EVENT_ID_MAX_CHARS} characters"),
+        error_messages={"invalid": "event_id must be a string"},
+        metadata={"description": "Chosen by the client (a UUID is recommended): an event whose "
+                                 "user_id and event_id match a stored event is not stored "
+                                 "again. Absent or null: never deduplicated.",
+                  "example": "3f2b8c1e-6d0a-4f5e-9b7a-2c4d6e8f0a1b"},
+    )
+
     @pre_load
     def refuse_nul(self, data, **kwargs):
         path = find_nul(data)
@@ -117,6 +134,43 @@ class TrackResponseSchema(StatusSchema):
     message = fields.String(required=True, metadata={"example": "Event logged."})
     warnings = fields.List(fields.String(), metadata={
         "description": "Present when a rule changed what was stored."})
+    duplicate = fields.Boolean(metadata={
+        "description": "Present (true) when an event with this user_id and event_id was "
+                       "already stored: nothing was stored again, and no warnings are given."})
+
+
+class TrackBatchSchema(Schema):
+    """The JSON body of POST /track/batch (documentation only: items are checked one by one)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    events = fields.List(fields.Nested(TrackEventSchema), required=True, metadata={
+        "description": "At most BATCH_MAX_EVENTS (1000 by default) events, each following the "
+                       "POST /track rules."})
+
+
+class BatchRejectedSchema(Schema):
+    index = fields.Integer(required=True, metadata={
+        "description": "0-based position in events (NDJSON: among the non-blank lines)."})
+    message = fields.String(required=True, metadata={"example": "user_id is required"})
+
+
+class BatchWarningsSchema(Schema):
+    index = fields.Integer(required=True)
+    warnings = fields.List(fields.String(), required=True, metadata={
+        "example": ["Future timestamp replaced with server time"]})
+
+
+class TrackBatchResponseSchema(StatusSchema):
+    accepted = fields.Integer(required=True, metadata={"description": "Events stored."})
+    duplicates = fields.Integer(required=True, metadata={
+        "description": "Events not stored because their user_id and event_id were already "
+                       "stored, or came earlier in the same batch."})
+    rejected = fields.List(fields.Nested(BatchRejectedSchema), required=True, metadata={
+        "description": "Invalid events, skipped."})
+    warnings = fields.List(fields.Nested(BatchWarningsSchema), required=True, metadata={
+        "description": "Stored events that a rule changed, as in POST /track."})
 
 
 class HealthSchema(Schema):
@@ -128,6 +182,13 @@ class ErrorSchema(Schema):
     message = fields.String(required=True, metadata={"example": "user_id is required"})
     errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
                          metadata={"description": "Messages per offending field."})
+
+
+def ordered_errors(schema: Schema, messages: dict) -> dict:
+    """Field errors in the order the schema declares its fields (unknown names last)."""
+    order = list(schema.fields)
+    return dict(sorted(messages.items(),
+                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def validation_message(messages: dict) -> str:
@@ -146,3 +207,117 @@ def validation_message(messages: dict) -> str:
 
     walk(messages)
     return "; ".join(flat) if flat else "Invalid request"
+
+
+# --- GET /metrics and GET /sessions -----------------------------------------------------------
+
+DATES_REQUIRED = "start_date and end_date are required"
+INVALID_DATE = "Invalid date format. Use YYYY-MM-DD"
+DATES_OUT_OF_ORDER = "start_date must not be after end_date"
+INVALID_GROUP_BY = "group_by must be one of: day, week, month"
+# When several parameters are wrong, the answer is the first of these that applies.
+PERIOD_QUERY_PRECEDENCE = (DATES_REQUIRED, INVALID_DATE, DATES_OUT_OF_ORDER, INVALID_GROUP_BY)
+
+# ASCII digits only: \d would also accept other scripts' digits, which date.fromisoformat reads.
+_DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+class QueryDate(fields.Date):
+    """A calendar date written exactly ``YYYY-MM-DD``; empty counts as missing."""
+
+    default_error_messages = {"required": DATES_REQUIRED, "null": DATES_REQUIRED,
+                              "invalid": INVALID_DATE}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value == "":
+            raise self.make_error("required")
+        if not isinstance(value, str) or not _DATE_TEXT.fullmatch(value):
+            raise self.make_error("invalid")
+        try:
+            return date.fromisoformat(value)
+        except ValueError:  # 2024-13-45, 2025-02-30
+            raise self.make_error("invalid") from None
+
+
+class PeriodQuerySchema(Schema):
+    """The query string of GET /metrics and GET /sessions."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    start_date = QueryDate(required=True, metadata={
+        "description": "First day of the range, inclusive (UTC).", "example": "2025-01-01"})
+    end_date = QueryDate(required=True, metadata={
+        "description": "Last day of the range, inclusive (UTC).", "example": "2025-01-31"})
+    group_by = fields.String(
+        load_default="day",
+        validate=validate.OneOf(GROUP_BYS, error=INVALID_GROUP_BY),
+        error_messages={"invalid": INVALID_GROUP_BY, "null": INVALID_GROUP_BY},
+        metadata={"description": "Period of each row: day, ISO week (labelled with its "
+                                 "Monday) or month (labelled YYYY-MM-01).", "example": "day"},
+    )
+    user_id = fields.String(metadata={
+        "description": "Only this user's events (exact match). Empty means all users.",
+        "example": "user123"})
+
+    @pre_load
+    def empty_user_id_means_all(self, data, **kwargs):
+        if data.get("user_id") == "":
+            data = {key: value for key, value in data.items() if key != "user_id"}
+        return data
+
+    @validates_schema(skip_on_field_errors=False)
+    def start_not_after_end(self, data, **kwargs):
+        start, end = data.get("start_date"), data.get("end_date")
+        if start is not None and end is not None and start > end:
+            raise ValidationError(DATES_OUT_OF_ORDER, field_name="start_date")
+
+
+def period_query_error(messages: dict) -> tuple[str, dict[str, list[str]]]:
+    """The one message to answer for a PeriodQuerySchema failure, and the fields it concerns.
+
+    Missing dates come first, then a malformed date, then the order of the dates, then group_by.
+    """
+    for message in PERIOD_QUERY_PRECEDENCE:
+        concerned = {name: [message] for name, found in messages.items() if message in found}
+        if concerned:
+            return message, concerned
+    return validation_message(messages), messages
+
+
+class MetricsRowSchema(Schema):
+    """One period of GET /metrics: its label, then one count per event name seen in it."""
+
+    class Meta:
+        description = ("The period's label, and for each event name that occurred in the "
+                       "period, its count (names with no event are left out).")
+
+    date = fields.String(required=True, metadata={
+        "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01.",
+        "example": "2025-01-01"})
+
+
+class MetricsResponseSchema(StatusSchema):
+    data = fields.List(fields.Nested(MetricsRowSchema), required=True, metadata={
+        "description": "One object per period with events, in ascending date order."})
+
+
+class SessionsRowSchema(Schema):
+    """One period of GET /sessions."""
+
+    date = fields.String(required=True, metadata={
+        "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01 of the "
+                       "sessions' plays.", "example": "2025-01-01"})
+    totalDuration = fields.Integer(required=True, metadata={
+        "description": "Sum of the sessions' durations, in seconds, rounded half up.",
+        "example": 7200})
+    sessionCount = fields.Integer(required=True, metadata={
+        "description": "Number of sessions whose play is in the period.", "example": 15})
+    averageDuration = fields.Integer(required=True, metadata={
+        "description": "Sum of the durations divided by their count, in seconds, rounded "
+                       "half up.", "example": 480})
+
+
+class SessionsResponseSchema(StatusSchema):
+    data = fields.List(fields.Nested(SessionsRowSchema), required=True, metadata={
+        "description": "One object per period with sessions, in ascending date order."})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from analytics import schemas
 
@@ -59,6 +59,8 @@ def build_spec(max_metadata_bytes: int = 4096) -> APISpec:
             "503": _error("Failed to log event (database unreachable; see Retry-After)"),
         },
     }})
+    _batch_path(spec)
+    _period_paths(spec)
     spec.path(path="/health", operations={"get": {
         "summary": "Whether the database answers",
         "responses": {
@@ -74,8 +76,116 @@ def build_spec(max_metadata_bytes: int = 4096) -> APISpec:
     return spec
 
 
+def _period_paths(spec: APISpec) -> None:
+    """GET /metrics and GET /sessions: the same query string, different rows."""
+    spec.components.schema("MetricsRow", {"additionalProperties": {
+        "type": "integer", "minimum": 1,
+        "description": "Count of the events of this name in the period."}},
+        schema=schemas.MetricsRowSchema)
+    spec.components.schema("MetricsResponse", schema=schemas.MetricsResponseSchema)
+    spec.components.schema("SessionsRow", schema=schemas.SessionsRowSchema)
+    spec.components.schema("SessionsResponse", schema=schemas.SessionsResponseSchema)
+    parameters = [{"in": "query", "schema": schemas.PeriodQuerySchema}]
+    validation = _error(
+        'Invalid query string; exactly one of, in this order of precedence: '
+        f'"{schemas.DATES_REQUIRED}", "{schemas.INVALID_DATE}", '
+        f'"{schemas.DATES_OUT_OF_ORDER}", "{schemas.INVALID_GROUP_BY}"')
+    validation["content"][JSON]["example"] = {"status": "error",
+                                              "message": schemas.DATES_REQUIRED}
+    range_note = ("The range is inclusive of both dates in UTC: start_date 00:00:00Z <= t < "
+                  "(end_date + 1 day) 00:00:00Z. Periods are UTC days, ISO weeks (labelled "
+                  "with their Monday, which may precede start_date) or months (YYYY-MM-01). "
+                  "Periods without data are left out.")
+    spec.path(path="/metrics", operations={"get": {
+        "summary": "Event counts per event name per period",
+        "description": range_note,
+        "parameters": parameters,
+        "responses": {
+            "200": {"description": "Counts per period, ascending", "content": {JSON: {
+                "schema": "MetricsResponse",
+                "example": {"status": "success", "data": [
+                    {"date": "2025-01-01", "pause": 5, "play": 24, "stop": 22},
+                    {"date": "2025-01-02", "play": 3, "purchase": 1}]}}}},
+            "400": validation,
+            "500": _error("Failed to fetch metrics"),
+            "503": _error("Failed to fetch metrics (database unreachable; see Retry-After)"),
+        },
+    }})
+    spec.path(path="/sessions", operations={"get": {
+        "summary": "Play/stop session statistics per period",
+        "description": (
+            "Each stop is paired with the same user's most recent earlier play-or-stop event "
+            "(by timestamp, then arrival order), over the user's whole history; when that "
+            "event is a play the two make one session. Other events do not interrupt a "
+            "session. A session belongs to the period of its play and is in the range when "
+            "its play is (its stop may come later). Durations are exact; totals and "
+            "averages are whole seconds, halves rounded up. " + range_note),
+        "parameters": parameters,
+        "responses": {
+            "200": {"description": "Sessions per period, ascending", "content": {JSON: {
+                "schema": "SessionsResponse",
+                "example": {"status": "success", "data": [
+                    {"date": "2025-01-01", "totalDuration": 7200, "sessionCount": 15,
+                     "averageDuration": 480}]}}}},
+            "400": validation,
+            "500": _error("Failed to fetch session metrics"),
+            "503": _error("Failed to fetch session metrics (database unreachable; see "
+                          "Retry-After)"),
+        },
+    }})
+
+
 @bp.get("/openapi.json")
 def openapi_document():
     if "openapi" not in current_app.extensions:
         current_app.extensions["openapi"] = build_spec().to_dict()
-    return jsonify(current_app.extensions["openapi"])
+    # The base URL the client used: behind nginx (TRUSTED_PROXIES) the public https:// one, so
+    # that tools reading this document send their requests where this one came from.
+    server = {"url": request.url_root.rstrip("/")}
+    return jsonify({**current_app.extensions["openapi"], "servers": [server]})
+
+
+def _batch_path(spec: APISpec) -> None:
+    """POST /track/batch: many events, as JSON or NDJSON, maybe gzipped."""
+    spec.components.schema("TrackBatch", schema=schemas.TrackBatchSchema)
+    spec.components.schema("TrackBatchResponse", schema=schemas.TrackBatchResponseSchema)
+    spec.path(path="/track/batch", operations={"post": {
+        "summary": "Log many events",
+        "description": "Each event follows the POST /track rules; invalid events are reported "
+                       "by index and skipped, the valid ones stored and committed before the "
+                       "answer. Events whose user_id and event_id are already stored (or "
+                       "repeat within the batch) count as duplicates. The size limit applies "
+                       "to the decompressed body.",
+        "parameters": [{"name": "Content-Encoding", "in": "header", "required": False,
+                        "description": "gzip to send a compressed body",
+                        "schema": {"type": "string", "enum": ["gzip", "identity"]}}],
+        "requestBody": {"required": True, "content": {
+            JSON: {"schema": "TrackBatch", "example": {"events": [
+                {"event": "play", "user_id": "user123", "timestamp": "2025-01-18T14:30:00Z",
+                 "event_id": "3f2b8c1e-6d0a-4f5e-9b7a-2c4d6e8f0a1b"},
+                {"event": "stop", "user_id": "user123", "timestamp": "2025-01-18T14:33:20Z",
+                 "event_id": "9a1c4e2b-7f3d-4b8a-a6c5-1e2f3a4b5c6d"}]}},
+            "application/x-ndjson": {
+                "schema": {"type": "string",
+                           "description": "One TrackEvent object a line; blank lines skipped."},
+                "example": '{"event": "play", "user_id": "user123"}\n'
+                           '{"event": "stop", "user_id": "user123"}\n'},
+        }},
+        "responses": {
+            "200": {"description": "Every event is accepted, a duplicate, or rejected",
+                    "content": {JSON: {"schema": "TrackBatchResponse", "example": {
+                        "status": "success", "accepted": 2, "duplicates": 1,
+                        "rejected": [{"index": 3, "message": "user_id is required"}],
+                        "warnings": [{"index": 1, "warnings": [
+                            "Future timestamp replaced with server time"]}]}}}},
+            "400": _error("Not a batch (no events list), malformed JSON or gzip, an empty "
+                          "batch, or every event rejected (nothing stored; errors per "
+                          "events[i])"),
+            "413": _error("More events than BATCH_MAX_EVENTS, or a (decompressed) body "
+                          "larger than the configured limit; nothing stored"),
+            "415": _error("Content-Type other than JSON or NDJSON, or Content-Encoding "
+                          "other than gzip"),
+            "500": _error("Failed to log events (nothing stored)"),
+            "503": _error("Failed to log events (database unreachable; see Retry-After)"),
+        },
+    }})

@@ -1,0 +1,91 @@
+"""POST /track/batch: many events in one request, as a JSON object or as NDJSON, maybe gzipped.
+
+Each event follows the POST /track rules. Invalid events are reported by position and skipped;
+the valid ones are stored in one transaction, committed before the answer is sent.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from analytics import bulk
+from analytics.db import get_session
+from analytics.errors import APIError, failure_message
+from analytics.inputs import is_json_mimetype, loads_strict, read_body
+from analytics.models import utcnow
+from analytics.schemas import find_nul
+
+bp = Blueprint("batch", __name__)
+
+NDJSON_MIMETYPES = ("application/x-ndjson", "application/ndjson")
+NOT_A_BATCH = 'Request body must be a JSON object with an "events" list'
+
+
+def _ndjson_items(body: bytes) -> list:
+    """The non-blank lines, each parsed as JSON or marked unreadable (its index still counts)."""
+    items: list = []
+    for line in body.split(b"\n"):
+        line = line.strip()  # also drops the \r of CRLF line ends
+        if not line:
+            continue
+        try:
+            items.append(loads_strict(line))
+        except APIError:
+            items.append(bulk.Unreadable())
+    return items
+
+
+def _json_items(body: bytes) -> list:
+    document = loads_strict(body)
+    if not isinstance(document, dict):
+        raise APIError(400, NOT_A_BATCH)
+    events = document.get("events")
+    if not isinstance(events, list):
+        raise APIError(400, NOT_A_BATCH,
+                       errors={"events": ["events is required and must be a list of events"]})
+    # The items are checked one by one below; the rest of the object is checked here, because
+    # no string anywhere in a request may contain U+0000.
+    path = find_nul({key: value for key, value in document.items() if key != "events"})
+    if path is not None:
+        raise APIError(400, f"{path} must not contain NUL (U+0000) characters")
+    return events
+
+
+def read_batch() -> list:
+    """The items of the request, in order; APIError for a body that is not a batch at all."""
+    mimetype = request.mimetype
+    if mimetype not in NDJSON_MIMETYPES and not is_json_mimetype(mimetype):
+        raise APIError(415, "Content-Type must be application/json or application/x-ndjson")
+    body = read_body(request, current_app.config["MAX_CONTENT_LENGTH"])
+    items = _ndjson_items(body) if mimetype in NDJSON_MIMETYPES else _json_items(body)
+    limit = current_app.config["BATCH_MAX_EVENTS"]
+    if len(items) > limit:
+        raise APIError(413, f"Too many events in one batch: {len(items)} (limit {limit})")
+    if not items:
+        raise APIError(400, "The batch has no events")
+    return items
+
+
+@bp.post("/track/batch")
+@failure_message("Failed to log events")
+def track_batch():
+    items = read_batch()
+    checked = bulk.check_events(enumerate(items), now=utcnow(),
+                                metadata_limit=current_app.config["METADATA_MAX_BYTES"])
+    rejected = [{"index": index, "message": message} for index, message in checked.rejected]
+    if not checked.prepared:
+        raise APIError(400, "Every event in the batch was rejected; nothing was stored",
+                       errors={f"events[{index}]": [message]
+                               for index, message in checked.rejected})
+
+    stored = bulk.commit_events(get_session(), [event.row for _, event in checked.prepared])
+    warnings = [{"index": index, "warnings": event.warnings}
+                for (index, event), was_stored in zip(checked.prepared, stored)
+                if was_stored and event.warnings]
+    accepted = sum(stored)
+    return jsonify({
+        "status": "success",
+        "accepted": accepted,
+        "duplicates": len(stored) - accepted,
+        "rejected": rejected,
+        "warnings": warnings,
+    })

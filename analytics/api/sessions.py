@@ -1,0 +1,40 @@
+"""GET /sessions: play/stop sessions per day, ISO week or month: count, total and average."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from analytics.api.metrics import load_period_query
+from analytics.db import get_session
+from analytics.errors import failure_message
+from analytics.queries import sessions as session_totals
+
+bp = Blueprint("sessions", __name__)
+
+MICROSECONDS = 1_000_000
+
+
+def seconds_half_up(microseconds: int, count: int = 1) -> int:
+    """``microseconds / count`` in whole seconds, halves rounded up (integer arithmetic, exact).
+
+    floor(x / (count * 10**6) + 1/2) == floor((2x + count * 10**6) / (2 * count * 10**6)).
+    """
+    unit = count * MICROSECONDS
+    return (2 * microseconds + unit) // (2 * unit)
+
+
+@bp.get("/sessions")
+@failure_message("Failed to fetch session metrics")
+def sessions():
+    query = load_period_query(request.args)
+    rows = session_totals(get_session(), query["start_date"], query["end_date"],
+                          query["group_by"], query.get("user_id"))
+    data = [
+        {
+            "date": label,
+            "totalDuration": seconds_half_up(total),
+            "sessionCount": count,
+            "averageDuration": seconds_half_up(total, count),
+        }
+        for label, count, total in rows
+    ]
+    return jsonify({"status": "success", "data": data})

@@ -1,0 +1,229 @@
+"""Bulk import of events from NDJSON or CSV files, for ``flask --app wsgi import``.
+
+Lines are read, checked by the POST /track rules and stored in chunks, each chunk one committed
+transaction (see ``bulk``). Events that carry an ``event_id`` are stored once however often they
+are imported, so an interrupted import is resumed by running it again on the same file.
+
+NDJSON: one event object a line; blank lines are skipped. CSV: a header row naming the columns
+``event``, ``user_id`` (required), ``timestamp``, ``event_id`` and ``metadata`` (a JSON object as
+text), in any order; other columns are ignored; an empty cell means the field is absent.
+No Flask in here: the command passes a Session and the settings.
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
+
+from analytics import bulk
+from analytics.errors import APIError
+from analytics.inputs import loads_strict
+from analytics.models import utcnow
+
+FORMATS = ("ndjson", "csv")
+EXTENSIONS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
+CSV_REQUIRED = ("event", "user_id")
+CSV_OPTIONAL = ("timestamp", "event_id", "metadata")
+DEFAULT_CHUNK_SIZE = 1000
+NOT_UTF8 = "Line is not valid UTF-8"
+
+
+class UnusableInput(Exception):
+    """The input cannot be imported at all (e.g. a CSV header without the required columns)."""
+
+
+def guess_format(name: str) -> str | None:
+    """ndjson or csv from a file name's extension (``.gz`` looked through), else None."""
+    lowered = name.lower()
+    if lowered.endswith(".gz"):
+        lowered = lowered[:-3]
+    for extension, fmt in EXTENSIONS.items():
+        if lowered.endswith(extension):
+            return fmt
+    return None
+
+
+@dataclass
+class Line:
+    """One input record: where it starts, what it holds (or why it is unreadable)."""
+
+    number: int
+    item: object
+
+
+def read_ndjson(stream: BinaryIO) -> Iterator[Line]:
+    """Each non-blank line, parsed; an unparseable one as ``bulk.Unreadable``."""
+    for number, raw in enumerate(stream, start=1):
+        raw = raw.strip()
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:].strip()
+        if not raw:
+            continue
+        try:
+            item = loads_strict(raw)
+        except APIError:
+            item = bulk.Unreadable(NOT_UTF8 if not _is_utf8(raw) else bulk.MALFORMED_JSON)
+        yield Line(number, item)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+class _CountingLines:
+    """Text lines of a binary stream, counting them, for the csv module to read."""
+
+    def __init__(self, stream: BinaryIO):
+        self._lines = iter(stream)
+        self.count = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        self.count += 1
+        if self.count == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        # Undecodable bytes become lone surrogates, found below, so that one bad line is
+        # rejected without losing track of where the next record starts.
+        return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _has_surrogates(values: Iterable[str]) -> bool:
+    return any(any("\udc80" <= ch <= "\udcff" for ch in value) for value in values)
+
+
+def read_csv(stream: BinaryIO) -> Iterator[Line]:
+    """Each data record as an event dict (or ``bulk.Unreadable``), numbered by its first line."""
+    lines = _CountingLines(stream)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    columns = [name.strip().lower() for name in header]
+    missing = [name for name in CSV_REQUIRED if name not in columns]
+    if missing:
+        raise UnusableInput(f"the CSV header (line 1) must name the columns "
+                           f"{', '.join(CSV_REQUIRED)}; missing: {', '.join(missing)}")
+    wanted = [(position, name) for position, name in enumerate(columns)
+              if name in CSV_REQUIRED + CSV_OPTIONAL]
+    end_of_previous = lines.count
+    for values in reader:
+        number, end_of_previous = end_of_previous + 1, lines.count
+        if not values:  # a blank line
+            continue
+        yield Line(number, _csv_item(values, columns, wanted))
+
+
+def _csv_item(values: list[str], columns: list[str], wanted: list[tuple[int, str]]):
+    if len(values) != len(columns):
+        return bulk.Unreadable(f"Expected {len(columns)} columns, found {len(values)}")
+    if _has_surrogates(values):
+        return bulk.Unreadable(NOT_UTF8)
+    # An empty cell is an absent field (so an empty user_id is "user_id is required").
+    item = {name: values[position] for position, name in wanted if values[position] != ""}
+    if "metadata" in item:
+        try:
+            item["metadata"] = loads_strict(item["metadata"])
+        except APIError:
+            return bulk.Unreadable("metadata is not valid JSON")
+    return item
+
+
+@dataclass
+class ImportSummary:
+    """What happened to the lines read so far."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    last_line: int = 0
+
+
+@dataclass
+class Importer:
+    """Reads lines, stores them chunk by chunk, and reports rejected lines as it goes.
+
+    Chunks are committed one at a time, in file order. While one chunk is being written, the
+    next is read and checked: the database's work (in the server for PostgreSQL, in SQLite's C
+    code, which runs without the GIL) overlaps the Python work of checking.
+    """
+
+    session: Session
+    metadata_limit: int
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    on_rejected: Callable[[int, str], None] = lambda number, message: None
+    on_chunk: Callable[[ImportSummary], None] = lambda summary: None
+    summary: ImportSummary = field(default_factory=ImportSummary)
+
+    def run(self, lines: Iterable[Line]) -> ImportSummary:
+        # One writer thread, and the session is only ever used by it while run() lasts.
+        with ThreadPoolExecutor(1, thread_name_prefix="import-writer") as writer:
+            pending = None
+            try:
+                for chunk in _chunks(lines, self.chunk_size):
+                    checked = self._check(chunk)
+                    if pending is not None:
+                        previous, pending = pending, None
+                        self._account(*previous)
+                    pending = (writer.submit(self._write, checked), checked, chunk[-1].number)
+                if pending is not None:
+                    previous, pending = pending, None
+                    self._account(*previous)
+            finally:
+                if pending is not None:  # stopped early: still count what was committed
+                    try:
+                        self._account(*pending)
+                    except Exception:  # the error that stopped the import is the one to report
+                        pass
+        return self.summary
+
+    def _check(self, chunk: list[Line]) -> bulk.CheckedBatch:
+        return bulk.check_events(((line.number, line.item) for line in chunk), now=utcnow(),
+                                 metadata_limit=self.metadata_limit)
+
+    def _write(self, checked: bulk.CheckedBatch) -> list[bool]:
+        if not checked.prepared:
+            return []
+        return bulk.commit_events(self.session, [event.row for _, event in checked.prepared])
+
+    def _account(self, future: Future, checked: bulk.CheckedBatch, last_line: int) -> None:
+        stored = future.result()  # the writer's error, if any, is raised here
+        accepted = sum(stored)
+        self.summary.accepted += accepted
+        self.summary.duplicates += len(stored) - accepted
+        # Reported only once the chunk is committed: a line is never both rejected and retried.
+        for number, message in checked.rejected:
+            self.summary.rejected += 1
+            self.on_rejected(number, message)
+        self.summary.last_line = last_line
+        self.on_chunk(self.summary)
+
+
+def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
+    chunk: list[Line] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def open_lines(stream: BinaryIO, fmt: str) -> Iterator[Line]:
+    """The records of ``stream`` in format ``fmt`` (one of FORMATS)."""
+    if fmt == "csv":
+        return read_csv(stream)
+    return read_ndjson(stream)
+

@@ -1,0 +1,87 @@
+"""Retention: find and delete events received before a cutoff, in bounded batches.
+
+Plain functions of an Engine, no Flask. Each batch is its own short transaction, so the API
+keeps writing and reading while a purge runs, and an interrupted purge keeps what it committed
+and can simply be run again.
+
+The boundary: an event is purged when its ``received_at`` is strictly earlier than the cutoff.
+The cutoff is "now minus the retention period", rounded down to the whole second, so an event
+is always kept for at least the retention period (at most a second longer, until the next run).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Engine, delete, func, select
+
+from analytics.models import Event
+
+DEFAULT_BATCH_SIZE = 1000
+
+
+def retention_cutoff(days: int, now: datetime) -> datetime:
+    """The instant before which received events are expired: ``now - days``, whole seconds."""
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    cutoff = now.astimezone(timezone.utc) - timedelta(days=days)
+    return cutoff.replace(microsecond=0)
+
+
+def format_cutoff(cutoff: datetime) -> str:
+    """The cutoff as operators read it in logs: ISO 8601 in UTC with a ``Z``."""
+    return cutoff.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def count_expired(engine: Engine, cutoff: datetime) -> int:
+    """How many stored events were received strictly before ``cutoff``."""
+    with engine.connect() as conn:
+        return conn.scalar(
+            select(func.count()).select_from(Event).where(Event.received_at < cutoff))
+
+
+def _batch_statement(cutoff: datetime, batch_size: int):
+    # Oldest first, by the received_at index. On PostgreSQL, FOR UPDATE SKIP LOCKED gives
+    # concurrent purges disjoint batches instead of making one wait for the other's rows and
+    # then find them gone; SQLite ignores it, and serialises writers by its database lock.
+    batch = (
+        select(Event.id)
+        .where(Event.received_at < cutoff)
+        .order_by(Event.received_at)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    return delete(Event).where(Event.id.in_(batch.scalar_subquery()))
+
+
+def delete_batch(engine: Engine, cutoff: datetime, batch_size: int) -> int:
+    """Delete at most ``batch_size`` expired events in one transaction; return how many."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            # Take the write lock when the transaction starts, so that the read inside the
+            # DELETE can never be outdated by another writer (which SQLite reports as busy
+            # without waiting).
+            conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            result = conn.execute(_batch_statement(cutoff, batch_size))
+        return max(result.rowcount, 0)
+
+
+def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                  on_batch: Callable[[int], None] | None = None) -> int:
+    """Delete every event received strictly before ``cutoff``; return how many this call deleted.
+
+    Runs batch after batch until one finds nothing left. Safe beside other purges: together
+    they delete each expired event exactly once, and each reports only its own deletions.
+    ``on_batch`` is called with the size of each committed batch (for progress reporting).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    total = 0
+    while True:
+        deleted = delete_batch(engine, cutoff, batch_size)
+        if deleted == 0:
+            return total
+        total += deleted
+        if on_batch is not None:
+            on_batch(deleted)

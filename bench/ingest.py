@@ -1,0 +1,263 @@
+"""Bulk ingest throughput: POST /track/batch and ``flask import`` beside the raw driver.
+
+    .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
+                                     [--workers N] [--no-postgres]
+
+For each backend (SQLite, then PostgreSQL at BENCH_POSTGRES_URL unless --no-postgres), on a
+fresh database migrated with alembic (so the same table, constraint and indexes everywhere),
+the same generated events (each with an event_id, a past timestamp and a little metadata) are
+stored four times, the table emptied in between:
+
+1. raw: the driver alone, with values already in the driver's types, in transactions of
+   --batch rows (one COMMIT per 1000 rows, the durability unit of a batch request):
+   psycopg COPY on PostgreSQL, sqlite3 executemany on SQLite;
+2. batch: POST /track/batch with --batch events a request, sent by --clients concurrent
+   clients to gunicorn (the project's gunicorn.conf.py; --workers overrides WEB_CONCURRENCY);
+   bodies are encoded, and the workers warmed up, before the clock starts;
+3. import: ``flask --app wsgi import`` on an NDJSON file of the events, timed as an operator
+   sees it (process start-up included);
+4. raw again, so that drift on a shared machine shows; the raw rate is the mean of 1 and 4.
+
+Prints events/s for each and the ratio of batch and import to raw. Also prints raw in one
+single transaction, for reference: that is what COPY reaches when nothing is committed until
+the end. Every stored row is counted after each run; a run that stores fewer rows fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import http.client  # noqa: E402
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from bench.support import ROOT, gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
+
+COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event_id")
+NAMES = ("play", "stop", "pause", "skip", "purchase")
+
+
+def generate(count: int, seed: int = 7) -> list[dict]:
+    """Events as clients send them: 1000 users, five names, the last 20 days."""
+    rng = random.Random(seed)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    return [{
+        "event": rng.choice(NAMES),
+        "user_id": f"user{rng.randrange(1000)}",
+        "timestamp": (now - timedelta(seconds=rng.randrange(20 * 86400)))
+        .isoformat().replace("+00:00", "Z"),
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "metadata": {"song_id": f"song{rng.randrange(5000)}", "device": "mobile"},
+    } for _ in range(count)]
+
+
+def driver_rows(events: list[dict]) -> list[tuple]:
+    """The events as the raw runs insert them: already in the driver's types."""
+    received = datetime.now(timezone.utc)
+    return [(e["event"], e["user_id"],
+             datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")),
+             received, json.dumps(e["metadata"]), e["event_id"]) for e in events]
+
+
+def count_rows(url: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        n = conn.scalar(text("SELECT count(*) FROM events"))
+    engine.dispose()
+    return n
+
+
+def empty_table(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("TRUNCATE events RESTART IDENTITY"))
+        else:
+            conn.execute(text("DELETE FROM events"))
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.execute(text("VACUUM"))
+    engine.dispose()
+
+
+# --- raw ----------------------------------------------------------------------------------------
+
+def raw_postgres(url: str, rows: list[tuple], batch: int) -> float:
+    import psycopg
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    statement = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN"
+    with psycopg.connect(dsn) as conn:
+        start = time.perf_counter()
+        for first in range(0, len(rows), batch):
+            with conn.cursor() as cursor, cursor.copy(statement) as copy:
+                for row in rows[first:first + batch]:
+                    copy.write_row(row)
+            conn.commit()
+        return time.perf_counter() - start
+
+
+def raw_sqlite(url: str, rows: list[tuple], batch: int) -> float:
+    # The app's storage format for UTCDateTime on SQLite: naive UTC text with microseconds.
+    def stamp(value: datetime) -> str:
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    converted = [(e, u, stamp(o), stamp(r), m, i) for e, u, o, r, m, i in rows]
+    conn = sqlite3.connect(make_url(url).database, isolation_level=None)
+    # The same settings as the app's connections (analytics/db.py).
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    statement = (f"INSERT INTO events ({', '.join(COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(COLUMNS))})")
+    try:
+        start = time.perf_counter()
+        for first in range(0, len(converted), batch):
+            conn.execute("BEGIN")
+            conn.executemany(statement, converted[first:first + batch])
+            conn.execute("COMMIT")
+        return time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+def raw(url: str, rows: list[tuple], batch: int) -> float:
+    if make_url(url).get_backend_name() == "postgresql":
+        return raw_postgres(url, rows, batch)
+    return raw_sqlite(url, rows, batch)
+
+
+# --- through the API ------------------------------------------------------------------------------
+
+def post_batches(base_url: str, bodies: list[bytes], clients: int) -> float:
+    """Send every body once, ``clients`` at a time; seconds from first request to last answer."""
+    parts = urlsplit(base_url)
+    queue = list(reversed(bodies))
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client():
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+        while True:
+            with lock:
+                if not queue:
+                    break
+                body = queue.pop()
+            connection.request("POST", "/track/batch", body=body,
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            payload = response.read()
+            if response.status != 200:
+                failures.append(f"{response.status} {payload[:200]!r}")
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"{len(failures)} batch requests failed, e.g. {failures[0]}")
+    return elapsed
+
+
+def run_import(url: str, path: Path, batch: int) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "import", str(path),
+         "--chunk-size", str(batch)],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"import failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return elapsed
+
+
+def measure(name: str, url: str, events: list[dict], args) -> dict:
+    n = len(events)
+    rows = driver_rows(events)
+    bodies = [json.dumps({"events": events[i:i + args.batch]}).encode()
+              for i in range(0, n, args.batch)]
+    results: dict[str, float] = {}
+
+    def check(label: str) -> None:
+        stored = count_rows(url)
+        if stored != n:
+            raise RuntimeError(f"{name} {label}: {stored} rows stored, expected {n}")
+        empty_table(url)
+
+    results["raw (one transaction)"] = raw(url, rows, n)
+    check("raw, one transaction")
+    raw_before = raw(url, rows, args.batch)
+    check("raw")
+    with gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, _):
+        # Warm-up: every worker imported, connected and through its first request before the
+        # clock starts (the warm-up events are removed again).
+        post_batches(base, [json.dumps({"events": events[:1]}).encode()] * 4 * args.clients,
+                     args.clients)
+        empty_table(url)
+        results["batch"] = post_batches(base, bodies, args.clients)
+    check("batch")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "events.ndjson"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
+        results["import"] = run_import(url, path, args.batch)
+    check("import")
+    raw_after = raw(url, rows, args.batch)
+    check("raw, again")
+    results["raw"] = (raw_before + raw_after) / 2
+    rates = {label: n / seconds for label, seconds in results.items()}
+    rates["raw, first"] = n / raw_before
+    rates["raw, last"] = n / raw_after
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+
+    events = generate(args.events)
+    backends = [("SQLite", scratch_sqlite)]
+    if not args.no_postgres:
+        backends.append(("PostgreSQL", scratch_postgres))
+    print(f"{args.events} events, {args.batch} a transaction/request, {args.clients} HTTP "
+          f"clients, {os.cpu_count()} CPUs")
+    table = []
+    for name, scratch in backends:
+        with scratch() as url:
+            rates = measure(name, url, events, args)
+        raw_rate = rates["raw"]
+        for label in ("raw", "batch", "import", "raw (one transaction)"):
+            table.append((name, label, rates[label], rates[label] / raw_rate))
+        print(f"  {name}: raw first {rates['raw, first']:,.0f}/s, "
+              f"last {rates['raw, last']:,.0f}/s", flush=True)
+    print()
+    print("| backend | path | events/s | vs raw |")
+    print("| --- | --- | ---: | ---: |")
+    for name, label, rate, ratio in table:
+        print(f"| {name} | {label} | {rate:,.0f} | {ratio:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+#!/bin/sh
+# A tour of the analytics API with curl: track a play and a stop, read them back as metrics and
+# sessions, see the validation errors and the metadata size limit. Each response is printed
+# under a "== " heading, followed by its HTTP status.
+#
+#   ./examples.sh                                  # against http://127.0.0.1:8000
+#   BASE_URL=https://analytics.example.com ./examples.sh
+#   USER_ID=user456 ./examples.sh                  # another user (letters, digits, - and _)
+#
+# Needs only sh, curl and date (GNU coreutils, BusyBox or BSD/macOS). For a server with a
+# self-signed certificate, point curl at it: CURL_CA_BUNDLE=/path/to/cert.pem ./examples.sh
+set -eu
+
+BASE_URL=${BASE_URL:-http://127.0.0.1:8000}
+BASE_URL=${BASE_URL%/}
+USER_ID=${USER_ID:-user123}
+DAY=86400
+
+# utc EPOCH FORMAT: an instant given in seconds since 1970, formatted in UTC.
+if date -u -d @0 +%Y >/dev/null 2>&1; then
+  utc() { date -u -d "@$1" "+$2"; }    # GNU coreutils, BusyBox
+else
+  utc() { date -u -r "$1" "+$2"; }     # BSD, macOS
+fi
+
+NOW=$(date -u +%s)
+TODAY=$(utc "$NOW" %Y-%m-%d)
+WEEK_START=$(utc $((NOW - 6 * DAY)) %Y-%m-%d)      # the last 7 days, today included
+MONTH_START=$(utc $((NOW - 29 * DAY)) %Y-%m-%d)    # the last 30 days, today included
+PLAY_AT=$(utc $((NOW - 180)) %Y-%m-%dT%H:%M:%SZ)   # a song played 3 minutes ago...
+STOP_AT=$(utc $((NOW - 60)) %Y-%m-%dT%H:%M:%SZ)    # ...and stopped 2 minutes later
+
+# request TITLE METHOD PATH [JSON_BODY]: print the heading, the request, the response body and
+# the status. curl succeeds on 4xx/5xx answers (they are part of the tour); it fails, and so
+# does the script, when the server cannot be reached.
+request() {
+  printf '\n== %s\n%s %s\n' "$1" "$2" "$BASE_URL$3"
+  if [ $# -ge 4 ]; then
+    printf '%s' "$4" | curl -sS --max-time 30 -X "$2" "$BASE_URL$3" \
+      -H 'Content-Type: application/json' --data-binary @- -w '\nHTTP %{http_code}\n'
+  else
+    curl -sS --max-time 30 -X "$2" "$BASE_URL$3" -w '\nHTTP %{http_code}\n'
+  fi
+}
+
+request "Track a play event" POST /track "{
+  \"event\": \"play\",
+  \"user_id\": \"$USER_ID\",
+  \"timestamp\": \"$PLAY_AT\",
+  \"metadata\": {\"song_id\": \"song456\", \"device\": \"mobile\", \"platform\": \"ios\"}
+}"
+
+request "Track a stop event" POST /track "{
+  \"event\": \"stop\",
+  \"user_id\": \"$USER_ID\",
+  \"timestamp\": \"$STOP_AT\",
+  \"metadata\": {\"song_id\": \"song456\"}
+}"
+
+request "Metrics for the last 7 days, by day, for $USER_ID" GET \
+  "/metrics?start_date=$WEEK_START&end_date=$TODAY&group_by=day&user_id=$USER_ID"
+
+request "Sessions for the last 30 days, by week" GET \
+  "/sessions?start_date=$MONTH_START&end_date=$TODAY&group_by=week"
+
+request "Error: an invalid date" GET "/metrics?start_date=2024-13-45&end_date=$TODAY"
+
+request "Error: a missing date" GET "/metrics?end_date=$TODAY"
+
+# 5000 bytes of text: over the 4096-byte metadata limit, so the server keeps a notice instead.
+LARGE=$(head -c 5000 /dev/zero | tr '\000' x)
+request "Metadata over the size limit" POST /track "{
+  \"event\": \"profile_update\",
+  \"user_id\": \"$USER_ID\",
+  \"metadata\": {\"bio\": \"$LARGE\"}
+}"

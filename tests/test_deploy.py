@@ -1,0 +1,335 @@
+"""The deployment kit in deploy/: its settings load, and nginx with TLS in front of gunicorn on
+PostgreSQL serves the whole curl tour over HTTPS, redirects plain HTTP, caps bodies like the app,
+and lets the app see the client's scheme and host through ProxyFix."""
+from __future__ import annotations
+
+import configparser
+import http.client
+import json
+import os
+import re
+import shlex
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from analytics import create_app
+from analytics.models import Event
+from config import load_config
+from conftest import ROOT, free_port
+from e2e import require_tool
+
+pytest.register_assert_rewrite("tour")
+import tour  # noqa: E402  (after the registration, so that its asserts explain themselves)
+
+DEPLOY = ROOT / "deploy"
+SITE = DEPLOY / "nginx" / "analytics.conf"
+ENV_FILE = "/etc/analytics/analytics.env"
+
+
+def env_example() -> dict[str, str]:
+    """deploy/analytics.env.example as systemd's EnvironmentFile= reads it."""
+    values = {}
+    for line in (DEPLOY / "analytics.env.example").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read_string((DEPLOY / name).read_text())
+    return parser
+
+
+def nginx_size(text: str) -> int:
+    number, unit_ = re.fullmatch(r"(\d+)([kKmMgG]?)", text).groups()
+    return int(number) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[unit_.lower()]
+
+
+# --- The files themselves -------------------------------------------------------------------
+
+def test_environment_example_is_a_valid_production_configuration():
+    values = env_example()
+    settings = load_config(values)  # raises on any malformed or missing setting
+    assert settings.DATABASE_URL.startswith("postgresql+psycopg://")
+    assert settings.TRUSTED_PROXIES == 1
+    # Every name in the example is a setting the app or gunicorn.conf.py reads.
+    sources = (ROOT / "config.py").read_text() + (ROOT / "gunicorn.conf.py").read_text()
+    assert [name for name in values if f'"{name}"' not in sources] == []
+
+
+def test_nginx_body_limit_is_the_apps_limit():
+    [limit] = re.findall(r"^\s*client_max_body_size\s+(\S+);", SITE.read_text(), re.MULTILINE)
+    assert nginx_size(limit) == load_config(env_example()).MAX_CONTENT_LENGTH
+    assert nginx_size(limit) == load_config({}).MAX_CONTENT_LENGTH  # the app's default
+    assert f"(limit {nginx_size(limit)} bytes)" in SITE.read_text()
+
+
+def test_units_run_the_documented_commands_with_the_environment_file():
+    app_unit = unit("analytics.service")["Service"]
+    purge_unit = unit("analytics-purge.service")["Service"]
+    for service in (app_unit, purge_unit):
+        assert service["EnvironmentFile"] == ENV_FILE
+        assert service["User"] == "analytics"
+        assert Path(service["ExecStart"].split()[0]).parent.parent.parent == Path(
+            service["WorkingDirectory"])  # the virtualenv inside the checkout
+    assert shlex.split(app_unit["ExecStart"])[1:] == ["wsgi:app"]
+    assert shlex.split(purge_unit["ExecStart"])[1:] == ["--app", "wsgi", "purge"]
+    assert purge_unit["Type"] == "oneshot"
+
+    timer = unit("analytics-purge.timer")
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Timer"]["OnCalendar"]
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+    [cron] = [line for line in (DEPLOY / "analytics.cron").read_text().splitlines()
+              if line and not line.startswith("#") and "=" not in line.split()[0]]
+    fields = cron.split(None, 6)
+    assert fields[5] == purge_unit["User"]
+    assert f". {ENV_FILE}" in fields[6]
+    assert f"cd {purge_unit['WorkingDirectory']}" in fields[6]
+    assert ".venv/bin/flask --app wsgi purge" in fields[6]
+
+
+@pytest.mark.parametrize("trusted, expected", [(0, "http://localhost"),
+                                                (1, "https://analytics.example.com")])
+def test_app_trusts_forwarded_headers_only_when_told(trusted, expected):
+    app = create_app({"TESTING": True, "DATABASE_URL": "sqlite://", "TRUSTED_PROXIES": trusted})
+    response = app.test_client().get("/openapi.json", headers={
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "analytics.example.com",
+        "X-Forwarded-Port": "443", "X-Forwarded-For": "203.0.113.9"})
+    assert response.get_json()["servers"] == [{"url": expected}]
+
+
+# --- nginx in front of gunicorn --------------------------------------------------------------
+
+class Nginx:
+    """nginx in the foreground, serving deploy/nginx/analytics.conf on loopback ports."""
+
+    def __init__(self, directory: Path, upstream_port: int, certificate: Path, key: Path,
+                 binary: str):
+        self.directory = directory
+        self.binary = binary
+        self.http_port, self.https_port = free_port(), free_port()
+        self.https_url = f"https://127.0.0.1:{self.https_port}"
+        self.certificate = certificate
+        site = render_site(SITE.read_text(), http_port=self.http_port,
+                           https_port=self.https_port, upstream_port=upstream_port,
+                           certificate=certificate, key=key)
+        (directory / "analytics.conf").write_text(site)
+        self.config = directory / "nginx.conf"
+        self.config.write_text(main_config(directory))
+        self.process: subprocess.Popen | None = None
+
+    def command(self, *args: str) -> list[str]:
+        return [self.binary, "-p", str(self.directory), "-c", str(self.config),
+                "-e", str(self.directory / "error.log"), *args]
+
+    def start(self, timeout: float = 20) -> "Nginx":
+        checked = subprocess.run(self.command("-t"), capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.error_log()
+            try:
+                for port in (self.http_port, self.https_port):
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("nginx did not start listening in time:\n" + self.error_log())
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def error_log(self) -> str:
+        path = self.directory / "error.log"
+        return path.read_text() if path.exists() else ""
+
+    def https(self) -> http.client.HTTPSConnection:
+        context = ssl.create_default_context(cafile=str(self.certificate))
+        return http.client.HTTPSConnection("127.0.0.1", self.https_port, context=context,
+                                           timeout=30)
+
+    def http(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    # The deploy file must still contain what the test adapts: if it changes, this fails
+    # instead of silently testing some other configuration.
+    assert text.count(old) == 1, f"deploy/nginx/analytics.conf no longer has {old!r} once"
+    return text.replace(old, new)
+
+
+def render_site(text: str, *, http_port: int, https_port: int, upstream_port: int,
+                certificate: Path, key: Path) -> str:
+    """The deployed site, moved to loopback ports and a test certificate; nothing else changes."""
+    text = replace_once(text, "    listen 80;\n", f"    listen 127.0.0.1:{http_port};\n")
+    text = replace_once(text, "    listen [::]:80;\n", "")
+    text = replace_once(text, "    listen 443 ssl;\n", f"    listen 127.0.0.1:{https_port} ssl;\n")
+    text = replace_once(text, "    listen [::]:443 ssl;\n", "")
+    text = replace_once(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
+    text = replace_once(text, "/etc/letsencrypt/live/analytics.example.com/fullchain.pem",
+                        str(certificate))
+    text = replace_once(text, "/etc/letsencrypt/live/analytics.example.com/privkey.pem",
+                        str(key))
+    return text
+
+
+def main_config(directory: Path) -> str:
+    """What /etc/nginx/nginx.conf provides around a site, with every path inside ``directory``."""
+    temp = {name: directory / name for name in
+            ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir()
+    # As root, nginx's workers would run as nobody, who cannot enter pytest's private tmp.
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}daemon off;
+worker_processes 1;
+pid {directory / 'nginx.pid'};
+error_log {directory / 'error.log'} warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {directory / 'access.log'};
+    client_body_temp_path {temp['client_body']};
+    proxy_temp_path {temp['proxy']};
+    fastcgi_temp_path {temp['fastcgi']};
+    uwsgi_temp_path {temp['uwsgi']};
+    scgi_temp_path {temp['scgi']};
+    include {directory / 'analytics.conf'};
+}}
+"""
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    openssl = require_tool("openssl", install="apt-get install openssl")
+    certificate, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key),
+         "-out", str(certificate), "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True)
+    return certificate, key
+
+
+@pytest.fixture
+def gunicorn(live_server):
+    """gunicorn on the test database, trusting one proxy, as deploy/analytics.env.example says."""
+    return live_server(TRUSTED_PROXIES=env_example()["TRUSTED_PROXIES"])
+
+
+@pytest.fixture
+def nginx(gunicorn, tmp_path):
+    binary = require_tool("nginx", install="apt-get install nginx")
+    certificate, key = self_signed_certificate(tmp_path)
+    server = Nginx(tmp_path, gunicorn.port, certificate, key, binary).start()
+    yield server
+    server.stop()
+
+
+# The deployment runs on PostgreSQL; these tests override conftest's two backends.
+e2e = pytest.mark.parametrize("backend", ["postgresql"])
+
+
+def request(connection, method: str, path: str, body: bytes | None = None,
+            headers: dict | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+    """One request on its own connection, closed afterwards."""
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response, response.read()
+    finally:
+        connection.close()
+
+
+@e2e
+@pytest.mark.live
+def test_curl_tour_over_https(nginx):
+    require_tool("curl", install="apt-get install curl")
+    today = tour.utc_today()
+    done = tour.run(nginx.https_url, user_id="tls-user",
+                    env={"CURL_CA_BUNDLE": str(nginx.certificate)})
+    assert done.returncode == 0, done.stderr
+    tour.check(done.stdout, nginx.https_url, "tls-user", today)
+
+
+@e2e
+@pytest.mark.live
+def test_plain_http_is_redirected_to_https(nginx, engine):
+    response, _ = request(nginx.http(), "GET", "/metrics?start_date=2025-01-01&end_date=2025-01-31")
+    assert response.status in (301, 308)
+    assert response.headers["Location"] == (
+        "https://127.0.0.1/metrics?start_date=2025-01-01&end_date=2025-01-31")
+
+    # A POST is redirected too (308 keeps it a POST), and nothing reaches the app over HTTP.
+    response, _ = request(nginx.http(), "POST", "/track",
+                          json.dumps({"event": "play", "user_id": "u"}).encode(),
+                          {"Content-Type": "application/json"})
+    assert response.status == 308
+    assert response.headers["Location"] == "https://127.0.0.1/track"
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 0
+
+
+@e2e
+@pytest.mark.live
+def test_app_sees_the_clients_scheme_and_host(nginx, gunicorn):
+    # A client's own X-Forwarded-* headers are replaced by nginx's, not believed.
+    response, body = request(nginx.https(), "GET", "/openapi.json", headers={
+        "X-Forwarded-Proto": "http", "X-Forwarded-Host": "spoofed.example",
+        "X-Forwarded-Port": "1"})
+    assert response.status == 200
+    assert json.loads(body)["servers"] == [{"url": nginx.https_url}]
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+
+    # Straight to gunicorn, without nginx's headers, the app sees plain HTTP.
+    direct = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=30)
+    response, body = request(direct, "GET", "/openapi.json")
+    assert json.loads(body)["servers"] == [{"url": gunicorn.url}]
+
+
+@e2e
+@pytest.mark.live
+def test_body_limit_answers_like_the_app(nginx, gunicorn, engine):
+    limit = load_config({}).MAX_CONTENT_LENGTH
+    prefix = b'{"event": "upload", "user_id": "big", "metadata": {"blob": "'
+    suffix = b'"}}'
+
+    def body_of(size: int) -> bytes:
+        return prefix + b"x" * (size - len(prefix) - len(suffix)) + suffix
+
+    headers = {"Content-Type": "application/json"}
+    through_nginx, nginx_body = request(nginx.https(), "POST", "/track", body_of(limit + 1),
+                                        headers)
+    direct = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=30)
+    from_app, app_body = request(direct, "POST", "/track", body_of(limit + 1), headers)
+    assert through_nginx.status == from_app.status == 413
+    assert through_nginx.headers["Content-Type"].startswith("application/json")
+    assert through_nginx.headers["Access-Control-Allow-Origin"] == "*"
+    assert json.loads(nginx_body) == json.loads(app_body)
+
+    # Exactly at the limit, the body goes through nginx (buffered to disk) to the app.
+    response, body = request(nginx.https(), "POST", "/track", body_of(limit), headers)
+    assert response.status == 200, body
+    assert json.loads(body)["warnings"] == ["Metadata truncated due to size limit"]
+    with Session(engine) as session:
+        assert session.scalar(select(Event.user_id)) == "big"

@@ -1,0 +1,95 @@
+"""examples.sh, the curl tour, against a live gunicorn: every answer is the contract's."""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from analytics.models import Event
+from conftest import free_port
+from e2e import require_tool
+
+pytest.register_assert_rewrite("tour")
+import tour  # noqa: E402  (after the registration, so that its asserts explain themselves)
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture(autouse=True)
+def curl():
+    return require_tool("curl", install="apt-get install curl")
+
+# date(1) as BSD and macOS have it: -u, -r SECONDS and +FORMAT, and no GNU-style -d. Each call is
+# logged, so the test can tell which branch of the script ran.
+BSD_DATE = '''\
+import datetime, sys
+args = sys.argv[1:]
+with open({log!r}, "a") as log:
+    log.write(" ".join(args) + "\\n")
+when = datetime.datetime.now(datetime.timezone.utc)
+fmt = "%a %b %e %H:%M:%S UTC %Y"
+while args:
+    arg = args.pop(0)
+    if arg == "-u":
+        continue
+    if arg == "-r":
+        when = datetime.datetime.fromtimestamp(int(args.pop(0)), datetime.timezone.utc)
+    elif arg.startswith("+"):
+        fmt = arg[1:]
+    else:
+        sys.exit("date: illegal option -- " + arg.lstrip("-")[:1] + "\\nusage: date [-jnRu] "
+                 "[-r seconds|file] [-v[+|-]val[ymwdHMS]] [+output_fmt]")
+print(when.strftime(fmt.replace("%s", str(int(when.timestamp())))))
+'''
+
+
+def stored(engine, event: str) -> list[Event]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Event).where(Event.event == event)))
+
+
+def test_every_answer_of_the_tour(live_server, engine):
+    server = live_server(workers=1)
+    today = tour.utc_today()
+
+    done = tour.run(server.url, user_id="user123")
+
+    assert done.returncode == 0, done.stderr
+    tour.check(done.stdout, server.url, "user123", today)
+    # What the tour stored: the session it measured, and the notice in place of large metadata.
+    [play], [stop] = stored(engine, "play"), stored(engine, "stop")
+    assert stop.occurred_at - play.occurred_at == timedelta(seconds=tour.SESSION_SECONDS)
+    assert play.meta == {"song_id": "song456", "device": "mobile", "platform": "ios"}
+    [large] = stored(engine, "profile_update")
+    assert large.meta["warning"] == tour.TRUNCATED_WARNING
+    assert large.meta["originalSize"] > 4096
+
+
+def test_the_tour_runs_with_bsd_date(live_server, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "date-calls.log"
+    fake = bin_dir / "date"
+    fake.write_text(f"#!{sys.executable}\n" + BSD_DATE.format(log=str(calls)))
+    fake.chmod(0o755)
+    server = live_server(workers=1)
+    today = tour.utc_today()
+
+    # With a trailing slash on BASE_URL too, which the script drops.
+    done = tour.run(server.url + "/", user_id="mac-user",
+                    env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+
+    assert done.returncode == 0, done.stderr
+    tour.check(done.stdout, server.url, "mac-user", today)
+    assert any(call.startswith("-u -r ") for call in calls.read_text().splitlines())
+
+
+def test_the_tour_fails_when_the_server_cannot_be_reached():
+    done = tour.run(f"http://127.0.0.1:{free_port()}")
+    assert done.returncode != 0
+    assert "curl" in done.stderr
+

@@ -1,0 +1,371 @@
+"""GET /metrics: every rule of the contract, on both backends; the query-string validation
+shared with GET /sessions; and labels that do not depend on the database session's time zone."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from openapi_spec_validator import validate
+from sqlalchemy import create_engine, delete, text
+
+from analytics import create_app
+from analytics.models import Event
+from test_properties import StoredEvent, store_events
+
+UTC = timezone.utc
+REQUIRED = "start_date and end_date are required"
+INVALID_DATE = "Invalid date format. Use YYYY-MM-DD"
+ORDER = "start_date must not be after end_date"
+GROUP_BY = "group_by must be one of: day, week, month"
+PERIOD_PATHS = ("/metrics", "/sessions")
+
+
+def track(client, event: str, at: str, user_id: str = "u1") -> None:
+    response = client.post("/track", json={"event": event, "user_id": user_id, "timestamp": at})
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def get_data(client, query: str, path: str = "/metrics") -> list[dict]:
+    response = client.get(f"{path}?{query}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["status"] == "success"
+    return body["data"]
+
+
+def assert_error(response, message: str, status: int = 400) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    body = response.get_json()
+    assert body["status"] == "error"
+    assert body["message"] == message
+    return body
+
+
+# --- counting ---------------------------------------------------------------------------------
+
+def test_counts_per_day_and_event_name(client):
+    for event, at in [("play", "2025-01-01T08:00:00Z"), ("play", "2025-01-01T09:00:00Z"),
+                      ("stop", "2025-01-01T09:30:00Z"), ("pause", "2025-01-02T10:00:00Z"),
+                      ("play", "2025-01-02T11:00:00Z")]:
+        track(client, event, at)
+    response = client.get("/metrics?start_date=2025-01-01&end_date=2025-01-31&group_by=day")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "success", "data": [
+        {"date": "2025-01-01", "play": 2, "stop": 1},
+        {"date": "2025-01-02", "pause": 1, "play": 1},
+    ]}
+
+
+def test_counts_are_json_integers(client):
+    track(client, "play", "2025-01-01T08:00:00Z")
+    raw = client.get("/metrics?start_date=2025-01-01&end_date=2025-01-01").get_data(as_text=True)
+    [row] = json.loads(raw)["data"]
+    assert type(row["play"]) is int and row["play"] == 1  # 1, not 1.0 nor "1"
+
+
+def test_day_is_the_default_period(client):
+    track(client, "play", "2025-01-01T08:00:00Z")
+    track(client, "play", "2025-01-03T08:00:00Z")
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-31") == [
+        {"date": "2025-01-01", "play": 1}, {"date": "2025-01-03", "play": 1}]
+
+
+def test_no_events_is_an_empty_list(client):
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-31") == []
+
+
+def test_periods_without_events_and_names_without_events_are_left_out(client):
+    track(client, "play", "2025-01-01T08:00:00Z")
+    track(client, "purchase", "2025-01-05T08:00:00Z")
+    data = get_data(client, "start_date=2025-01-01&end_date=2025-01-07")
+    assert data == [{"date": "2025-01-01", "play": 1}, {"date": "2025-01-05", "purchase": 1}]
+
+
+def test_periods_are_in_ascending_order_whatever_the_arrival_order(client):
+    for day in ("2025-03-01", "2025-01-15", "2025-02-10", "2025-01-02"):
+        track(client, "play", f"{day}T12:00:00Z")
+    data = get_data(client, "start_date=2025-01-01&end_date=2025-03-31&group_by=month")
+    assert [row["date"] for row in data] == ["2025-01-01", "2025-02-01", "2025-03-01"]
+    assert [row["play"] for row in data] == [2, 1, 1]
+
+
+def test_range_is_inclusive_of_both_dates_to_the_microsecond(client):
+    track(client, "before", "2025-01-09T23:59:59.999999Z")
+    track(client, "first", "2025-01-10T00:00:00Z")
+    track(client, "last", "2025-01-12T23:59:59.999999Z")
+    track(client, "after", "2025-01-13T00:00:00Z")
+    data = get_data(client, "start_date=2025-01-10&end_date=2025-01-12")
+    assert data == [{"date": "2025-01-10", "first": 1}, {"date": "2025-01-12", "last": 1}]
+
+
+def test_single_day_range(client):
+    track(client, "play", "2025-01-10T00:00:00Z")
+    track(client, "play", "2025-01-10T23:59:59.999Z")
+    track(client, "play", "2025-01-11T00:00:00Z")
+    assert get_data(client, "start_date=2025-01-10&end_date=2025-01-10") == [
+        {"date": "2025-01-10", "play": 2}]
+
+
+def test_timestamps_with_offsets_count_on_their_utc_day(client):
+    track(client, "play", "2025-01-10T23:30:00-02:00")  # 2025-01-11T01:30Z
+    track(client, "play", "2025-01-11T00:30:00+02:00")  # 2025-01-10T22:30Z
+    assert get_data(client, "start_date=2025-01-10&end_date=2025-01-11") == [
+        {"date": "2025-01-10", "play": 1}, {"date": "2025-01-11", "play": 1}]
+
+
+def test_weeks_are_iso_weeks_labelled_with_their_monday_across_year_ends(client):
+    for at in ["2024-12-29T23:59:59.999999Z",   # Sunday: the week of Monday 2024-12-23
+               "2024-12-30T00:00:00Z",          # Monday
+               "2025-01-01T12:00:00Z",          # Wednesday, same ISO week as 2024-12-30
+               "2025-01-05T23:59:59.999999Z",   # Sunday, still that week
+               "2025-01-06T00:00:00Z",          # Monday: a new week
+               "2026-01-01T00:00:00Z",          # Thursday of the week of Monday 2025-12-29
+               "2026-01-04T23:59:59.999999Z"]:  # its Sunday
+        track(client, "play", at)
+    data = get_data(client, "start_date=2024-12-01&end_date=2026-01-31&group_by=week")
+    assert data == [{"date": "2024-12-23", "play": 1}, {"date": "2024-12-30", "play": 3},
+                    {"date": "2025-01-06", "play": 1}, {"date": "2025-12-29", "play": 2}]
+
+
+def test_week_label_may_precede_start_date_but_only_events_in_range_count(client):
+    track(client, "play", "2024-12-30T10:00:00Z")  # Monday, before the range
+    track(client, "play", "2025-01-01T10:00:00Z")  # Wednesday, in the range
+    track(client, "play", "2025-01-02T10:00:00Z")
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-01&group_by=week") == [
+        {"date": "2024-12-30", "play": 1}]
+
+
+def test_months_are_labelled_with_their_first_day(client):
+    for at in ["2024-12-31T23:59:59.999999Z", "2025-01-01T00:00:00Z", "2025-01-31T23:59:59Z",
+               "2025-02-28T12:00:00Z", "2024-02-29T12:00:00Z"]:
+        track(client, "play", at)
+    data = get_data(client, "start_date=2024-01-01&end_date=2025-12-31&group_by=month")
+    assert data == [{"date": "2024-02-01", "play": 1}, {"date": "2024-12-01", "play": 1},
+                    {"date": "2025-01-01", "play": 2}, {"date": "2025-02-01", "play": 1}]
+
+
+def test_month_label_may_precede_start_date(client):
+    track(client, "play", "2025-01-10T10:00:00Z")
+    track(client, "play", "2025-01-20T10:00:00Z")
+    assert get_data(client, "start_date=2025-01-15&end_date=2025-01-31&group_by=month") == [
+        {"date": "2025-01-01", "play": 1}]
+
+
+def test_user_id_filters_by_exact_match(client):
+    track(client, "play", "2025-01-01T10:00:00Z", user_id="user1")
+    track(client, "play", "2025-01-01T11:00:00Z", user_id="User1")
+    track(client, "play", "2025-01-01T12:00:00Z", user_id="user10")
+    track(client, "stop", "2025-01-01T13:00:00Z", user_id="user1")
+    query = "start_date=2025-01-01&end_date=2025-01-01"
+    assert get_data(client, query + "&user_id=user1") == [
+        {"date": "2025-01-01", "play": 1, "stop": 1}]
+    assert get_data(client, query + "&user_id=user") == []
+    assert get_data(client, query) == [{"date": "2025-01-01", "play": 3, "stop": 1}]
+
+
+def test_empty_user_id_means_every_user(client):
+    track(client, "play", "2025-01-01T10:00:00Z", user_id="a")
+    track(client, "play", "2025-01-01T11:00:00Z", user_id="b")
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-01&user_id=") == [
+        {"date": "2025-01-01", "play": 2}]
+
+
+def test_user_id_with_url_encoded_characters(client):
+    track(client, "play", "2025-01-01T10:00:00Z", user_id="a b&c=d/é")
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-01"
+                            "&user_id=a%20b%26c%3Dd%2F%C3%A9") == [{"date": "2025-01-01", "play": 1}]
+
+
+def test_event_names_are_arbitrary_strings(client):
+    names = ["status", "__proto__", "constructor", "toString", "data", "hasOwnProperty",
+             "Play", "play ", "名前", "a.b", "a\"b", "x" * 255]
+    for name in names:
+        track(client, name, "2025-01-01T10:00:00Z")
+    [row] = get_data(client, "start_date=2025-01-01&end_date=2025-01-01")
+    assert row == {"date": "2025-01-01", **{name: 1 for name in names}}
+
+
+def test_many_event_names_are_all_counted(client, engine):
+    names = [f"event_{n:04d}" for n in range(1500)]
+    at = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    events = [StoredEvent(i, "u1", name, at + timedelta(seconds=i % 7))
+              for i, name in enumerate(names * 2, start=1)]
+    store_events(engine, events)
+    [row] = get_data(client, "start_date=2025-01-01&end_date=2025-01-01")
+    assert row == {"date": "2025-01-01", **{name: 2 for name in names}}
+
+
+# --- validation, the same on both endpoints -------------------------------------------------
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+@pytest.mark.parametrize("query", [
+    "", "end_date=2025-01-31", "start_date=2025-01-01", "start_date=&end_date=2025-01-31",
+    "start_date=2025-01-01&end_date=", "start_date=&end_date=", "group_by=day",
+])
+def test_missing_or_empty_dates(client, path, query):
+    assert_error(client.get(f"{path}?{query}"), REQUIRED)
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+@pytest.mark.parametrize("bad", [
+    "2024-13-45", "2025-02-30", "2023-02-29", "2025-00-10", "2025-1-5", "25-01-05", "20250105",
+    "2025/01/05", "05-01-2025", "2025-01-05T00:00:00", "2025-01-05Z", "%202025-01-05",
+    "2025-01-05%20", "2025-01-05%0A", "%EF%BC%92025-01-05", "tomorrow", "0000-01-01",
+])
+@pytest.mark.parametrize("which", ["start_date", "end_date"])
+def test_malformed_or_impossible_dates(client, path, bad, which):
+    params = {"start_date": "2025-01-01", "end_date": "2025-01-31", which: bad}
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    body = assert_error(client.get(f"{path}?{query}"), INVALID_DATE)
+    assert list(body["errors"]) == [which]
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+def test_start_after_end(client, path):
+    assert_error(client.get(f"{path}?start_date=2025-02-01&end_date=2025-01-31"), ORDER)
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+def test_start_equal_to_end_is_allowed(client, path):
+    assert get_data(client, "start_date=2025-02-01&end_date=2025-02-01", path) == []
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+@pytest.mark.parametrize("group_by", ["year", "Day", "WEEK", "days", "", "day ", "hour"])
+def test_unknown_group_by(client, path, group_by):
+    response = client.get(f"{path}?start_date=2025-01-01&end_date=2025-01-31&group_by={group_by}")
+    assert_error(response, GROUP_BY)
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+@pytest.mark.parametrize("query, message", [
+    # missing beats everything
+    ("start_date=2025-13-01&group_by=year", REQUIRED),
+    ("end_date=&start_date=2025-02-01&group_by=year", REQUIRED),
+    # then format
+    ("start_date=2025-02-01&end_date=2025-13-01&group_by=year", INVALID_DATE),
+    ("start_date=bad&end_date=2025-01-01", INVALID_DATE),
+    # then order
+    ("start_date=2025-02-01&end_date=2025-01-01&group_by=year", ORDER),
+    # group_by last
+    ("start_date=2025-01-01&end_date=2025-02-01&group_by=year", GROUP_BY),
+])
+def test_error_precedence(client, path, query, message):
+    assert_error(client.get(f"{path}?{query}"), message)
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+def test_unknown_parameters_are_ignored(client, path):
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-02&limit=5&x=", path) == []
+
+
+def test_a_repeated_parameter_counts_with_its_first_value(client):
+    track(client, "play", "2025-01-01T10:00:00Z")
+    query = "start_date=2025-01-01&start_date=bad&end_date=2025-01-02&group_by=week&group_by=x"
+    assert get_data(client, query) == [{"date": "2024-12-30", "play": 1}]
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+@pytest.mark.parametrize("query", ["start_date=2025-01-01%00&end_date=2025-01-02",
+                                   "start_date=2025-01-01&end_date=2025-01-02&user_id=u%00"])
+def test_nul_in_the_query_string_is_refused(client, path, query):
+    response = client.get(f"{path}?{query}")
+    assert response.status_code == 400
+    assert response.get_json()["status"] == "error"
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+def test_post_is_405_with_allow(client, path):
+    response = client.post(path)
+    assert response.status_code == 405
+    assert response.mimetype == "application/json"
+    assert "GET" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize("path", PERIOD_PATHS)
+def test_extreme_dates_are_valid(client, path):
+    assert get_data(client, "start_date=0001-01-01&end_date=9999-12-31&group_by=week", path) == []
+
+
+def test_extreme_dates_count_everything(client):
+    track(client, "play", "2025-01-01T10:00:00Z")
+    assert get_data(client, "start_date=0001-01-01&end_date=9999-12-31&group_by=month") == [
+        {"date": "2025-01-01", "play": 1}]
+
+
+# --- failures and documentation ---------------------------------------------------------------
+
+@pytest.mark.parametrize("path, message", [("/metrics", "Failed to fetch metrics"),
+                                           ("/sessions", "Failed to fetch session metrics")])
+def test_database_failure_names_the_endpoint(tmp_path, path, message):
+    # An SQLite file without the events table: every query fails.
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
+    response = app.test_client().get(f"{path}?start_date=2025-01-01&end_date=2025-01-31")
+    app.extensions["analytics.db"]["engine"].dispose()
+    assert response.status_code in (500, 503)
+    body = assert_error(response, message, status=response.status_code)
+    assert "events" not in body["message"] and "SELECT" not in response.get_data(as_text=True)
+
+
+def test_openapi_documents_both_endpoints(client):
+    document = client.get("/openapi.json").get_json()
+    validate(document)
+    for path in PERIOD_PATHS:
+        operation = document["paths"][path]["get"]
+        parameters = {p["name"]: p for p in operation["parameters"]}
+        assert set(parameters) == {"start_date", "end_date", "group_by", "user_id"}
+        assert parameters["start_date"]["required"] and parameters["end_date"]["required"]
+        assert parameters["group_by"]["schema"]["enum"] == ["day", "week", "month"]
+        assert {"200", "400", "500", "503"} <= set(operation["responses"])
+        assert operation["responses"]["200"]["content"]["application/json"]["example"]["data"]
+
+
+# --- the database session's time zone does not matter -----------------------------------------
+
+def test_labels_ignore_the_postgresql_session_time_zone(postgresql_url, monkeypatch):
+    # libpq reads PGTZ: every connection of this app starts in UTC+14.
+    monkeypatch.setenv("PGTZ", "Pacific/Kiritimati")
+    app = create_app({"TESTING": True, "DATABASE_URL": postgresql_url})
+    engine = app.extensions["analytics.db"]["engine"]
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW TimeZone")).scalar() == "Pacific/Kiritimati"
+        client = app.test_client()
+        # 10:00 UTC on a Sunday is already Monday in UTC+14; 23:59 UTC on Jan 31 is February.
+        track(client, "play", "2025-01-05T10:00:00Z")
+        track(client, "stop", "2025-01-05T10:00:30Z")
+        track(client, "play", "2025-01-31T23:59:00Z")
+        query = "start_date=2025-01-01&end_date=2025-01-31"
+        assert get_data(client, query) == [{"date": "2025-01-05", "play": 1, "stop": 1},
+                                           {"date": "2025-01-31", "play": 1}]
+        assert get_data(client, query + "&group_by=week") == [
+            {"date": "2024-12-30", "play": 1, "stop": 1}, {"date": "2025-01-27", "play": 1}]
+        assert get_data(client, query + "&group_by=month") == [
+            {"date": "2025-01-01", "play": 2, "stop": 1}]
+        assert get_data(client, query + "&group_by=week", "/sessions") == [
+            {"date": "2024-12-30", "totalDuration": 30, "sessionCount": 1,
+             "averageDuration": 30}]
+    finally:
+        engine.dispose()
+        cleanup = create_engine(postgresql_url)
+        with cleanup.begin() as conn:
+            conn.execute(delete(Event))
+        cleanup.dispose()
+
+
+def test_postgresql_connections_run_without_jit(postgresql_url):
+    # JIT compilation made the aggregate queries slower, not faster (docs/benchmarks.md).
+    app = create_app({"TESTING": True, "DATABASE_URL": postgresql_url})
+    engine = app.extensions["analytics.db"]["engine"]
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW jit")).scalar() == "off"
+            timeout = conn.execute(text("SELECT setting FROM pg_settings "
+                                        "WHERE name = 'statement_timeout'")).scalar()
+            assert timeout == str(app.config["DB_STATEMENT_TIMEOUT_MS"])  # still applied
+    finally:
+        engine.dispose()

@@ -1,0 +1,79 @@
+"""analytics-api.postman_collection.json: a Postman v2.1 collection whose every request checks its
+answer, run with newman (installed by ``npm ci``) against a live gunicorn."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from datetime import date
+
+import pytest
+
+from conftest import ROOT
+from e2e import require_tool
+
+COLLECTION = ROOT / "analytics-api.postman_collection.json"
+NEWMAN = ROOT / "node_modules" / ".bin" / "newman"
+
+
+def requests(items: list[dict]) -> list[dict]:
+    """The collection's requests, folders flattened, in run order."""
+    found = []
+    for item in items:
+        found.extend(requests(item["item"]) if "item" in item else [item])
+    return found
+
+
+def is_calendar_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_collection_is_postman_v21_with_a_checked_request_per_case():
+    collection = json.loads(COLLECTION.read_text())
+    assert collection["info"]["schema"] == (
+        "https://schema.getpostman.com/json/collection/v2.1.0/collection.json")
+    assert "baseUrl" in {variable["key"] for variable in collection["variable"]}
+    items = requests(collection["item"])
+    assert {(item["request"]["method"], item["request"]["url"]["path"][0]) for item in items} == {
+        ("POST", "track"), ("GET", "metrics"), ("GET", "sessions")}
+    for item in items:
+        request = item["request"]
+        assert request["url"]["raw"].startswith("{{baseUrl}}/"), item["name"]
+        tests = [event for event in item["event"] if event["listen"] == "test"]
+        assert tests and "pm.test(" in "\n".join(tests[0]["script"]["exec"]), item["name"]
+        assert "pm.response.to.have.status(" in "\n".join(tests[0]["script"]["exec"])
+        for query in request["url"].get("query", []):
+            # Dates come from the pre-request scripts; only the invalid one is written out.
+            assert not is_calendar_date(query["value"]), item["name"]
+        if "body" in request:
+            assert request["body"]["mode"] == "raw"
+            assert request["body"]["options"]["raw"]["language"] == "json"
+            # Valid JSON once Postman has put a variable's text in place of each {{name}}.
+            json.loads(re.sub(r"\{\{\w+\}\}", "text", request["body"]["raw"]))
+
+
+@pytest.mark.live
+def test_newman_runs_the_collection_green(live_server, tmp_path):
+    newman = require_tool("newman", path=str(NEWMAN), install="npm ci")
+    server = live_server(workers=1)
+    report = tmp_path / "newman.json"
+
+    done = subprocess.run(
+        [newman, "run", str(COLLECTION), "--env-var", f"baseUrl={server.url}", "--color", "off",
+         "--reporters", "cli,json", "--reporter-json-export", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads(report.read_text())["run"]
+    assert run["failures"] == []
+    names = [item["name"] for item in requests(json.loads(COLLECTION.read_text())["item"])]
+    executed = [execution["item"]["name"] for execution in run["executions"]]
+    assert executed == names
+    for execution in run["executions"]:
+        assertions = execution.get("assertions", [])
+        assert assertions, f"{execution['item']['name']} checked nothing"
+        assert all("error" not in assertion for assertion in assertions)

@@ -1,0 +1,123 @@
+"""The curl tour (examples.sh): run it, read what it printed, and check every answer against the
+contract. Used against gunicorn directly and through nginx with TLS."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "examples.sh"
+SUCCESS = {"status": "success", "message": "Event logged."}
+TRUNCATED_WARNING = "Metadata truncated due to size limit"
+TITLES = [
+    "Track a play event",
+    "Track a stop event",
+    "Metrics for the last 7 days, by day, for {user}",
+    "Sessions for the last 30 days, by week",
+    "Error: an invalid date",
+    "Error: a missing date",
+    "Metadata over the size limit",
+]
+# The script plays a song 3 minutes before it starts and stops it 2 minutes later.
+SESSION_SECONDS = 120
+
+
+@dataclass
+class Step:
+    """One request of the tour as printed: heading, request line, response body and status."""
+
+    title: str
+    method: str
+    url: str
+    status: int
+    body: dict
+
+    @property
+    def query(self) -> dict[str, str]:
+        return {key: values[-1] for key, values in parse_qs(urlsplit(self.url).query).items()}
+
+
+def run(base_url: str, user_id: str = "user123", env: dict | None = None,
+        ) -> subprocess.CompletedProcess:
+    """Run examples.sh against ``base_url``, as a user would."""
+    return subprocess.run(
+        ["sh", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "BASE_URL": base_url, "USER_ID": user_id,
+             # The servers under test are on loopback: never through a proxy of the machine.
+             "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
+             **(env or {})})
+
+
+def parse(output: str) -> list[Step]:
+    steps = []
+    for block in re.split(r"^== ", output, flags=re.MULTILINE)[1:]:
+        lines = block.strip("\n").splitlines()
+        title, request, status = lines[0], lines[1], lines[-1]
+        method, url = request.split(" ", 1)
+        assert re.fullmatch(r"HTTP \d{3}", status), block
+        body = json.loads("\n".join(lines[2:-1]))
+        steps.append(Step(title, method, url, int(status.split()[1]), body))
+    return steps
+
+
+def utc_today() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+def check(output: str, base_url: str, user_id: str, today_before: date) -> list[Step]:
+    """Assert that every answer of the tour is the contract's; return the parsed steps."""
+    steps = parse(output)
+    assert [step.title for step in steps] == [t.format(user=user_id) for t in TITLES]
+    base = base_url.rstrip("/")
+    assert all(step.url.startswith(base + "/") for step in steps)
+    play, stop, metrics, sessions, invalid, missing, large = steps
+
+    for step in (play, stop):
+        assert (step.method, urlsplit(step.url).path) == ("POST", "/track")
+        assert (step.status, step.body) == (200, SUCCESS)
+
+    # The script's "today" is UTC, taken while it ran.
+    today = date.fromisoformat(metrics.query["end_date"])
+    assert today_before <= today <= utc_today()
+
+    assert metrics.query == {"start_date": (today - timedelta(days=6)).isoformat(),
+                             "end_date": today.isoformat(), "group_by": "day",
+                             "user_id": user_id}
+    assert metrics.status == 200, metrics.body
+    assert metrics.body["status"] == "success"
+    rows = metrics.body["data"]
+    labels = [row["date"] for row in rows]
+    assert labels == sorted(labels)
+    assert all(metrics.query["start_date"] <= label <= today.isoformat() for label in labels)
+    assert sum(row.get("play", 0) for row in rows) == 1
+    assert sum(row.get("stop", 0) for row in rows) == 1
+
+    assert sessions.query == {"start_date": (today - timedelta(days=29)).isoformat(),
+                              "end_date": today.isoformat(), "group_by": "week"}
+    assert sessions.status == 200, sessions.body
+    assert sessions.body["status"] == "success"
+    [week] = sessions.body["data"]
+    assert date.fromisoformat(week["date"]).isoweekday() == 1  # weeks start on Monday
+    assert week == {"date": week["date"], "totalDuration": SESSION_SECONDS, "sessionCount": 1,
+                    "averageDuration": SESSION_SECONDS}
+
+    assert invalid.query["start_date"] == "2024-13-45"
+    assert invalid.status == 400
+    assert invalid.body["status"] == "error"
+    assert invalid.body["message"] == "Invalid date format. Use YYYY-MM-DD"
+
+    assert "start_date" not in missing.query
+    assert missing.status == 400
+    assert missing.body["status"] == "error"
+    assert missing.body["message"] == "start_date and end_date are required"
+
+    assert (large.method, urlsplit(large.url).path) == ("POST", "/track")
+    assert large.status == 200
+    assert large.body == {**SUCCESS, "warnings": [TRUNCATED_WARNING]}
+    return steps
