@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -112,8 +112,11 @@ def is_retryable(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
-def commit_events(session: Session, rows: list[dict]) -> list[bool]:
-    """Store prepared rows and commit; for each row, whether it was stored (False: duplicate).
+def commit_events(session: Session, rows: list[dict], *,
+                  insert: Callable[[Session, list[dict]], list[bool]] = insert_events
+                  ) -> list[bool]:
+    """Store prepared rows with ``insert`` and commit; for each row, whether it was stored
+    (False: a duplicate).
 
     Everything is in one transaction: either all the new rows are committed or none is. A
     transaction aborted by a deadlock or a serialization failure is rolled back and run again
@@ -121,7 +124,7 @@ def commit_events(session: Session, rows: list[dict]) -> list[bool]:
     """
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            stored = insert_events(session, rows)
+            stored = insert(session, rows)
             session.commit()
             return stored
         except DBAPIError as exc:

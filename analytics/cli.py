@@ -163,9 +163,11 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
         summary = job.summary
         text = (f"{source}: {summary.accepted} accepted, {summary.duplicates} duplicates, "
                 f"{summary.rejected} rejected")
-        if failure:
+        if failure and summary.last_line:
             text += (f"; stopped after line {summary.last_line} (committed up to there; "
                      f"run the same import again to resume)")
+        elif failure:
+            text += "; stopped before anything was committed"
         if report_file:
             report_file.write(text + "\n")
     click.echo(text)

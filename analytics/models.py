@@ -1,10 +1,10 @@
 """The schema: one ``events`` table, its indexes and the types that keep time in UTC."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Index, Integer, MetaData, String,
-                        UniqueConstraint, text)
+from sqlalchemy import (JSON, BigInteger, Date, DateTime, Index, Integer, MetaData,
+                        SmallInteger, String, UniqueConstraint, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -94,3 +94,27 @@ class Event(Base):
         # Retention purge: the oldest received events first.
         Index("ix_events_received_at", "received_at"),
     )
+
+
+class EventCount(Base):
+    """Events per UTC day and name (see rollups.py): answers /metrics for all users."""
+
+    __tablename__ = "event_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    event: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # Spreads concurrent writers of one day and name over several rows (event id % shards).
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class SessionCount(Base):
+    """Play/stop sessions per UTC day of the play (see rollups.py): answers /sessions for all
+    users. Durations are summed in microseconds, so totals are exact."""
+
+    __tablename__ = "session_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    sessions: Mapped[int] = mapped_column(BigInteger)
+    total_us: Mapped[int] = mapped_column(BigInteger)

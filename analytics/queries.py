@@ -11,7 +11,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from analytics.models import Event
+from analytics import rollups
+from analytics.models import Event, EventCount, SessionCount
 from analytics.periods import microseconds_between, period_label, utc_date
 
 _events = Event.__table__
@@ -49,14 +50,15 @@ _PG_MOVE = """
     SELECT event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
     FROM incoming_events ORDER BY position
     ON CONFLICT (user_id, event_id) DO NOTHING
-    RETURNING user_id, event_id
+    RETURNING occurred_at, id, event, user_id, event_id
 """
 
 
-def _insert_postgresql(session: Session, params: list[dict]) -> set[tuple[str, str]]:
+def _insert_postgresql(session: Session, params: list[dict]) -> list[tuple]:
     connection = session.connection()
     connection.exec_driver_sql(_PG_STAGING)
-    # Rows left by a statement that failed earlier in this transaction would be moved too.
+    # The staging table is only emptied at commit: rows staged by an earlier call in this same
+    # transaction must not be moved twice.
     connection.exec_driver_sql("TRUNCATE incoming_events")
     cursor = connection.connection.cursor()
     try:
@@ -73,9 +75,7 @@ def _insert_postgresql(session: Session, params: list[dict]) -> set[tuple[str, s
                                   dialect=connection.dialect) from None
     finally:
         cursor.close()
-    return {(user_id, event_id)
-            for user_id, event_id in connection.exec_driver_sql(_PG_MOVE)
-            if event_id is not None}
+    return list(connection.exec_driver_sql(_PG_MOVE))
 
 
 _COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event_id")
@@ -85,7 +85,7 @@ _SQLITE_INSERT = (f"INSERT INTO events ({', '.join(_COLUMNS)}) "
 _sqlite_processors: dict = {}
 
 
-def _insert_sqlite(session: Session, params: list[dict]) -> set[tuple[str, str]]:
+def _insert_sqlite(session: Session, params: list[dict]) -> list[tuple]:
     connection = session.connection()
     dialect = connection.dialect
     if dialect not in _sqlite_processors:
@@ -107,11 +107,9 @@ def _insert_sqlite(session: Session, params: list[dict]) -> set[tuple[str, str]]
     connection.exec_driver_sql(_SQLITE_INSERT, rows)
     inserted = driver.total_changes - before
     if not inserted:
-        return set()
+        return []
     last = connection.exec_driver_sql("SELECT max(id) FROM events").scalar()
-    return {(user_id, event_id) for user_id, event_id in connection.exec_driver_sql(
-                "SELECT user_id, event_id FROM events WHERE id > ?", (last - inserted,))
-            if event_id is not None}
+    return list(connection.execute(select(*_INSERTED).where(_events.c.id > last - inserted)))
 
 
 # Below this many rows the bulk paths' fixed costs (staging table, extra statements) outweigh
@@ -119,15 +117,17 @@ def _insert_sqlite(session: Session, params: list[dict]) -> set[tuple[str, str]]
 _FEW_ROWS = 20
 
 
-def _insert_few(session: Session, params: list[dict]) -> set[tuple[str, str]]:
+def _insert_few(session: Session, params: list[dict]) -> list[tuple]:
     dialect = session.get_bind().dialect
     statement = (_DIALECT_INSERTS[dialect.name](_events)
                  .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
-                 .returning(_events.c.user_id, _events.c.event_id))
-    return {(user_id, event_id)
-            for user_id, event_id in session.execute(statement, params)
-            if event_id is not None}
+                 .returning(*_INSERTED))
+    return list(session.execute(statement, params))
 
+
+# What each inserter reports of the rows that went in: what the aggregates need, and event_id.
+_INSERTED = (_events.c.occurred_at, _events.c.id, _events.c.event, _events.c.user_id,
+             _events.c.event_id)
 
 # The only place that knows how each database skips duplicates.
 _DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -141,7 +141,8 @@ def insert_events(session: Session, rows: list[dict]) -> list[bool]:
     user_id and event_id is already in the table (committed, or inserted by a concurrent
     transaction that then commits) or comes earlier in ``rows``. The unique constraint decides,
     with INSERT ... ON CONFLICT DO NOTHING, so concurrent retries of one event store it once.
-    Rows without event_id are always stored.
+    Rows without event_id are always stored. The pre-aggregated counts (rollups.py) are
+    brought up to date in the same transaction.
     """
     dialect = session.get_bind().dialect.name
     if dialect not in _INSERTERS:
@@ -160,7 +161,12 @@ def insert_events(session: Session, rows: list[dict]) -> list[bool]:
     if not params:
         return stored
     inserter = _insert_few if len(params) < _FEW_ROWS else _INSERTERS[dialect]
-    inserted = inserter(session, params)
+    returned = inserter(session, params)
+    rollups.record_changes(session.connection(), added=[
+        rollups.Change(occurred_at.astimezone(timezone.utc), id_, event, user_id)
+        for occurred_at, id_, event, user_id, _ in returned])
+    inserted = {(user_id, event_id) for _, _, _, user_id, event_id in returned
+                if event_id is not None}
     for position, row in enumerate(rows):
         event_id = row.get("event_id")
         if stored[position] and event_id is not None and (row["user_id"], event_id) not in inserted:
@@ -227,10 +233,31 @@ def metrics_statement(start: date, end: date, group_by: str = "day",
     )
 
 
+def metrics_rollup_statement(start: date, end: date, group_by: str = "day") -> Select:
+    """metrics_statement for all users, read from the daily counts kept by rollups.py:
+    a few rows per day whatever the number of events."""
+    counts = EventCount.__table__
+    label = period_label(counts.c.day, group_by)
+    total = func.sum(counts.c.n)
+    return (
+        select(label.label("date"), counts.c.event, total.label("count"))
+        .where(counts.c.day >= start, counts.c.day <= end)
+        .group_by(label, counts.c.event)
+        .having(total > 0)  # a day whose events were all purged keeps rows of 0
+        .order_by(label)
+    )
+
+
 def metrics(session: Session, start: date, end: date, group_by: str = "day",
             user_id: str | None = None) -> list[tuple[str, str, int]]:
-    """(date, event, count) per period and event name; see metrics_statement."""
-    rows = session.execute(metrics_statement(start, end, group_by, user_id))
+    """(date, event, count) per period and event name.
+
+    One user's events are few and counted from the events (ix_events_user_id_occurred_at);
+    all users' are summed from the daily counts.
+    """
+    statement = (metrics_rollup_statement(start, end, group_by) if user_id is None
+                 else metrics_statement(start, end, group_by, user_id))
+    rows = session.execute(statement)
     # PostgreSQL sums bigints as numeric (Decimal): integers either way.
     return [(label, event, int(count)) for label, event, count in rows]
 
@@ -307,9 +334,27 @@ def sessions_statement(start: date, end: date, group_by: str = "day",
     )
 
 
+def sessions_rollup_statement(start: date, end: date, group_by: str = "day") -> Select:
+    """sessions_statement for all users, read from the daily session counts of rollups.py."""
+    counts = SessionCount.__table__
+    label = period_label(counts.c.day, group_by)
+    n = func.sum(counts.c.sessions)
+    return (
+        select(label.label("date"), n.label("sessions"),
+               func.sum(counts.c.total_us).label("total_microseconds"))
+        .where(counts.c.day >= start, counts.c.day <= end)
+        .group_by(label)
+        .having(n > 0)
+        .order_by(label)
+    )
+
+
 def sessions(session: Session, start: date, end: date, group_by: str = "day",
              user_id: str | None = None) -> list[tuple[str, int, int]]:
-    """(date, sessions, total_microseconds) per period; see sessions_statement."""
-    rows = session.execute(sessions_statement(start, end, group_by, user_id))
+    """(date, sessions, total_microseconds) per period: one user's paired from the events,
+    all users' summed from the daily session counts."""
+    statement = (sessions_rollup_statement(start, end, group_by) if user_id is None
+                 else sessions_statement(start, end, group_by, user_id))
+    rows = session.execute(statement)
     # PostgreSQL sums bigints as numeric (Decimal): integers either way.
     return [(date_label, int(count), int(total)) for date_label, count, total in rows]

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, delete, func, select
 
+from analytics import rollups
 from analytics.models import Event
 
 DEFAULT_BATCH_SIZE = 1000
@@ -51,7 +52,9 @@ def _batch_statement(cutoff: datetime, batch_size: int):
         .limit(batch_size)
         .with_for_update(skip_locked=True)
     )
-    return delete(Event).where(Event.id.in_(batch.scalar_subquery()))
+    table = Event.__table__
+    return (delete(table).where(table.c.id.in_(batch.scalar_subquery()))
+            .returning(table.c.occurred_at, table.c.id, table.c.event, table.c.user_id))
 
 
 def delete_batch(engine: Engine, cutoff: datetime, batch_size: int) -> int:
@@ -63,8 +66,13 @@ def delete_batch(engine: Engine, cutoff: datetime, batch_size: int) -> int:
             # without waiting).
             conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
-            result = conn.execute(_batch_statement(cutoff, batch_size))
-        return max(result.rowcount, 0)
+            # RETURNING names exactly the rows this transaction deleted (a concurrent purge
+            # may have taken others), so the aggregates lose exactly those.
+            removed = [rollups.Change(occurred_at.astimezone(timezone.utc), id_, event, user_id)
+                       for occurred_at, id_, event, user_id
+                       in conn.execute(_batch_statement(cutoff, batch_size))]
+            rollups.record_changes(conn, removed=removed)
+        return len(removed)
 
 
 def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int = DEFAULT_BATCH_SIZE,

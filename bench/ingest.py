@@ -1,26 +1,27 @@
 """Bulk ingest throughput: POST /track/batch and ``flask import`` beside the raw driver.
 
     .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
-                                     [--workers N] [--no-postgres]
+                                     [--workers N] [--rounds 3] [--no-postgres]
 
 For each backend (SQLite, then PostgreSQL at BENCH_POSTGRES_URL unless --no-postgres), on a
 fresh database migrated with alembic (so the same table, constraint and indexes everywhere),
 the same generated events (each with an event_id, a past timestamp and a little metadata) are
-stored four times, the table emptied in between:
+stored by each path in turn, the table emptied in between, for --rounds rounds:
 
-1. raw: the driver alone, with values already in the driver's types, in transactions of
-   --batch rows (one COMMIT per 1000 rows, the durability unit of a batch request):
-   psycopg COPY on PostgreSQL, sqlite3 executemany on SQLite;
-2. batch: POST /track/batch with --batch events a request, sent by --clients concurrent
-   clients to gunicorn (the project's gunicorn.conf.py; --workers overrides WEB_CONCURRENCY);
-   bodies are encoded, and the workers warmed up, before the clock starts;
-3. import: ``flask --app wsgi import`` on an NDJSON file of the events, timed as an operator
-   sees it (process start-up included);
-4. raw again, so that drift on a shared machine shows; the raw rate is the mean of 1 and 4.
+- raw: the driver alone, with values already in the driver's types, in transactions of
+  --batch rows (one COMMIT per 1000 rows, the durability unit of a batch request):
+  psycopg COPY on PostgreSQL, sqlite3 executemany on SQLite (with the app's PRAGMAs);
+- batch: POST /track/batch with --batch events a request, sent by --clients concurrent
+  clients to gunicorn (the project's gunicorn.conf.py; --workers overrides WEB_CONCURRENCY);
+  bodies are encoded, and the workers warmed up, before the clock starts;
+- import: ``flask --app wsgi import`` on an NDJSON file of the events, timed as an operator
+  sees it (process start-up included);
+- raw (one transaction): raw again with a single COMMIT at the end, for reference: what the
+  driver reaches when nothing is durable until the end.
 
-Prints events/s for each and the ratio of batch and import to raw. Also prints raw in one
-single transaction, for reference: that is what COPY reaches when nothing is committed until
-the end. Every stored row is counted after each run; a run that stores fewer rows fails.
+Prints each round, then the median events/s of each path and the median over rounds of its
+ratio to raw in the same round. Every stored row is counted after each run; a run that stores
+fewer rows than it was given fails the benchmark.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import json
 import os
 import random
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,12 +191,12 @@ def run_import(url: str, path: Path, batch: int) -> float:
     return elapsed
 
 
-def measure(name: str, url: str, events: list[dict], args) -> dict:
+def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, float]]:
+    """events/s of each path, per round."""
     n = len(events)
     rows = driver_rows(events)
     bodies = [json.dumps({"events": events[i:i + args.batch]}).encode()
               for i in range(0, n, args.batch)]
-    results: dict[str, float] = {}
 
     def check(label: str) -> None:
         stored = count_rows(url)
@@ -202,30 +204,31 @@ def measure(name: str, url: str, events: list[dict], args) -> dict:
             raise RuntimeError(f"{name} {label}: {stored} rows stored, expected {n}")
         empty_table(url)
 
-    results["raw (one transaction)"] = raw(url, rows, n)
-    check("raw, one transaction")
-    raw_before = raw(url, rows, args.batch)
-    check("raw")
-    with gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, _):
+    rounds = []
+    with tempfile.TemporaryDirectory() as folder, \
+            gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, _):
+        path = Path(folder) / "events.ndjson"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events))
         # Warm-up: every worker imported, connected and through its first request before the
         # clock starts (the warm-up events are removed again).
         post_batches(base, [json.dumps({"events": events[:1]}).encode()] * 4 * args.clients,
                      args.clients)
         empty_table(url)
-        results["batch"] = post_batches(base, bodies, args.clients)
-    check("batch")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "events.ndjson"
-        path.write_text("".join(json.dumps(e) + "\n" for e in events))
-        results["import"] = run_import(url, path, args.batch)
-    check("import")
-    raw_after = raw(url, rows, args.batch)
-    check("raw, again")
-    results["raw"] = (raw_before + raw_after) / 2
-    rates = {label: n / seconds for label, seconds in results.items()}
-    rates["raw, first"] = n / raw_before
-    rates["raw, last"] = n / raw_after
-    return rates
+        for number in range(1, args.rounds + 1):
+            seconds = {}
+            seconds["raw"] = raw(url, rows, args.batch)
+            check("raw")
+            seconds["batch"] = post_batches(base, bodies, args.clients)
+            check("batch")
+            seconds["import"] = run_import(url, path, args.batch)
+            check("import")
+            seconds["raw (one transaction)"] = raw(url, rows, n)
+            check("raw, one transaction")
+            rates = {label: n / value for label, value in seconds.items()}
+            rounds.append(rates)
+            print(f"  {name} round {number}: " + ", ".join(
+                f"{label} {rate:,.0f}/s" for label, rate in rates.items()), flush=True)
+    return rounds
 
 
 def main() -> None:
@@ -234,6 +237,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
 
@@ -242,18 +246,19 @@ def main() -> None:
     if not args.no_postgres:
         backends.append(("PostgreSQL", scratch_postgres))
     print(f"{args.events} events, {args.batch} a transaction/request, {args.clients} HTTP "
-          f"clients, {os.cpu_count()} CPUs")
+          f"clients, {args.rounds} rounds, {os.cpu_count()} CPUs")
     table = []
     for name, scratch in backends:
         with scratch() as url:
-            rates = measure(name, url, events, args)
-        raw_rate = rates["raw"]
+            rounds = measure(name, url, events, args)
         for label in ("raw", "batch", "import", "raw (one transaction)"):
-            table.append((name, label, rates[label], rates[label] / raw_rate))
-        print(f"  {name}: raw first {rates['raw, first']:,.0f}/s, "
-              f"last {rates['raw, last']:,.0f}/s", flush=True)
+            rate = statistics.median(r[label] for r in rounds)
+            # Each round's ratio compares runs made minutes apart at most; the median of those
+            # is steadier than the ratio of medians on a machine whose speed drifts.
+            ratio = statistics.median(r[label] / r["raw"] for r in rounds)
+            table.append((name, label, rate, ratio))
     print()
-    print("| backend | path | events/s | vs raw |")
+    print("| backend | path | events/s (median) | vs raw (median of rounds) |")
     print("| --- | --- | ---: | ---: |")
     for name, label, rate, ratio in table:
         print(f"| {name} | {label} | {rate:,.0f} | {ratio:.0%} |")

@@ -9,8 +9,10 @@ local server; loaded with COPY) and a fresh SQLite file (executemany in large tr
 both created with ``alembic upgrade head`` and analysed afterwards (VACUUM ANALYZE / ANALYZE).
 Then, for each query, prints the exact SQL that analytics.queries generates, its plan
 (PostgreSQL: EXPLAIN (ANALYZE, BUFFERS); SQLite: EXPLAIN QUERY PLAN) and the median time of
-``--runs`` calls of the query function (warm cache), and finally a table of the medians.
-Both databases are removed at the end. Findings are in docs/benchmarks.md.
+``--runs`` calls of the query function (warm cache). Last, on the same data, it undoes one at a
+time the choices those queries rely on (counting per date before labelling periods, JIT off on
+PostgreSQL, the event name in the play/stop index) and prints what each is worth beside the
+floor of a bare count. Both databases are removed at the end. Findings: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -224,9 +226,18 @@ def baselines(session: Session, args) -> dict[str, float]:
     def sessions_day():
         return queries.sessions(session, **period)
 
+    events = Event.__table__
+    start_at, end_at = queries.utc_bounds(**period)
+    count_only = select(func.count()).where(events.c.occurred_at >= start_at,
+                                           events.c.occurred_at < end_at)
+    timings["floor: count(*) of the range, no grouping"] = median_of(
+        args.runs, lambda: session.execute(count_only).scalar())
     timings["metrics day: as shipped"] = median_of(args.runs, metrics_day)
+    baseline = single_level_metrics(**period)
+    print(f"\n--- baseline: metrics day with one GROUP BY (label, event) and ORDER BY\n"
+          f"{show_sql(session, baseline)}\n\n{explain(session, baseline)}")
     timings["metrics day: single GROUP BY (label, event) + ORDER BY"] = median_of(
-        args.runs, lambda: session.execute(single_level_metrics(**period)).all())
+        args.runs, lambda: session.execute(baseline).all())
     timings["sessions day: as shipped"] = median_of(args.runs, sessions_day)
     if is_postgresql:
         session.execute(text("SET jit = on"))
@@ -239,6 +250,9 @@ def baselines(session: Session, args) -> dict[str, float]:
                          "WHERE event IN ('play', 'stop')"))
     session.execute(text("ANALYZE events" if is_postgresql else "ANALYZE"))
     session.commit()
+    statement = queries.sessions_statement(**period)
+    print(f"\n--- baseline: sessions day with the play/stop index without event\n"
+          f"{explain(session, statement)}")
     timings["sessions day: play/stop index without event"] = median_of(args.runs, sessions_day)
     return timings
 

@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from analytics import create_app
+from analytics.models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_POSTGRES_URL",
@@ -96,6 +97,15 @@ def postgresql_url(postgres_server_url):
     drop()
 
 
+def empty_tables(url: str) -> None:
+    """Delete every row of every table of the models (events and the aggregates)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
     return request.param
@@ -106,10 +116,7 @@ def database_url(request, backend) -> str:
     """A migrated database of the current backend, emptied after the test."""
     url = request.getfixturevalue(f"{backend}_url")
     yield url
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM events"))
-    engine.dispose()
+    empty_tables(url)
 
 
 @pytest.fixture

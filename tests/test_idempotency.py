@@ -135,7 +135,7 @@ def empty_database(backend, tmp_path, request):
     drop()
 
 
-def test_upgrading_keeps_stored_events_and_indexes(empty_database):
+def test_adding_event_id_keeps_stored_events_and_indexes(empty_database):
     migrate(empty_database, "0001")
     engine = create_engine(empty_database)
     try:
@@ -145,7 +145,7 @@ def test_upgrading_keeps_stored_events_and_indexes(empty_database):
                 "VALUES ('play', 'u', '2025-01-18 14:30:00', '2025-01-18 14:30:00', :meta)"),
                 {"meta": json.dumps({"k": "v"})})
             indexes_before = {index["name"] for index in inspect(conn).get_indexes("events")}
-        migrate(empty_database)
+        migrate(empty_database, "0002")
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT event, user_id, event_id FROM events")).all()
             inspector = inspect(conn)

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from openapi_spec_validator import validate
-from sqlalchemy import create_engine, delete, text
+from sqlalchemy import text
 
 from analytics import create_app
-from analytics.models import Event
+from conftest import empty_tables
 from test_properties import StoredEvent, store_events
 
 UTC = timezone.utc
@@ -176,8 +176,8 @@ def test_empty_user_id_means_every_user(client):
 
 def test_user_id_with_url_encoded_characters(client):
     track(client, "play", "2025-01-01T10:00:00Z", user_id="a b&c=d/é")
-    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-01"
-                            "&user_id=a%20b%26c%3Dd%2F%C3%A9") == [{"date": "2025-01-01", "play": 1}]
+    query = "start_date=2025-01-01&end_date=2025-01-01&user_id=a%20b%26c%3Dd%2F%C3%A9"
+    assert get_data(client, query) == [{"date": "2025-01-01", "play": 1}]
 
 
 def test_event_names_are_arbitrary_strings(client):
@@ -351,10 +351,7 @@ def test_labels_ignore_the_postgresql_session_time_zone(postgresql_url, monkeypa
              "averageDuration": 30}]
     finally:
         engine.dispose()
-        cleanup = create_engine(postgresql_url)
-        with cleanup.begin() as conn:
-            conn.execute(delete(Event))
-        cleanup.dispose()
+        empty_tables(postgresql_url)
 
 
 def test_postgresql_connections_run_without_jit(postgresql_url):
