@@ -13,7 +13,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
-from analytics import importer, retention
+from analytics import importer, retention, rollups
 from analytics.db import get_engine, get_session
 from analytics.errors import is_unreachable
 from analytics.models import utcnow
@@ -205,3 +205,28 @@ def _file_size(raw) -> int | None:
     except (OSError, ValueError, io.UnsupportedOperation):
         return None
     return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+@command
+@click.command("rebuild-aggregates")
+@with_appcontext
+def rebuild_aggregates() -> None:
+    """Recompute the daily event and session counts from the stored events.
+
+    The API keeps them exact by itself; this is for after events were changed behind its back
+    (restored from a backup, edited or deleted with SQL). Runs in one transaction.
+    """
+    engine = get_engine()
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    # Writers wait instead of changing counts that are being recomputed.
+                    conn.exec_driver_sql("LOCK TABLE event_counts, session_counts "
+                                         "IN EXCLUSIVE MODE")
+                rollups.rebuild(conn)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_database_failure(exc)) from None
+    click.echo("Rebuilt the daily event and session counts")

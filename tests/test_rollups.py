@@ -124,3 +124,21 @@ def test_rebuild_from_scratch_matches(client, engine):
         session.commit()
     assert aggregates(engine) == ({}, {})
     assert rebuilt(engine) == before
+
+
+def test_rebuild_command_repairs_counts_changed_behind_the_api(app, client, engine):
+    for at in ("2025-03-01T10:00:00Z", "2025-03-01T10:05:00Z"):
+        client.post("/track", json={"event": "play", "user_id": "u", "timestamp": at})
+    client.post("/track", json={"event": "stop", "user_id": "u",
+                                "timestamp": "2025-03-01T10:06:00Z"})
+    with Session(engine) as session:  # an operator deletes a play with SQL
+        session.execute(delete(Event).where(Event.occurred_at == START.replace(hour=10, minute=5)))
+        session.commit()
+    result = app.test_cli_runner().invoke(args=["rebuild-aggregates"])
+    assert result.exit_code == 0, result.output
+    assert "Rebuilt" in result.output
+    query = "start_date=2025-03-01&end_date=2025-03-01"
+    assert client.get(f"/metrics?{query}").get_json()["data"] == [
+        {"date": "2025-03-01", "play": 1, "stop": 1}]
+    assert client.get(f"/sessions?{query}").get_json()["data"] == [
+        {"date": "2025-03-01", "totalDuration": 360, "sessionCount": 1, "averageDuration": 360}]
