@@ -1,7 +1,8 @@
 #!/bin/sh
 # A tour of the analytics API with curl: track a play and a stop, read them back as metrics and
-# sessions, see the validation errors and the metadata size limit. Each response is printed
-# under a "== " heading, followed by its HTTP status.
+# sessions, see the validation errors and the metadata size limit, retry an event safely with an
+# event_id, and send batches as JSON and as NDJSON. Each response is printed under a "== "
+# heading, followed by its HTTP status.
 #
 #   ./examples.sh                                  # against http://127.0.0.1:8000
 #   BASE_URL=https://analytics.example.com ./examples.sh
@@ -29,15 +30,19 @@ WEEK_START=$(utc $((NOW - 6 * DAY)) %Y-%m-%d)      # the last 7 days, today incl
 MONTH_START=$(utc $((NOW - 29 * DAY)) %Y-%m-%d)    # the last 30 days, today included
 PLAY_AT=$(utc $((NOW - 180)) %Y-%m-%dT%H:%M:%SZ)   # a song played 3 minutes ago...
 STOP_AT=$(utc $((NOW - 60)) %Y-%m-%dT%H:%M:%SZ)    # ...and stopped 2 minutes later
+# Part of every event_id the tour sends: the same event_id of the same user is stored only once,
+# so each run needs its own (the epoch seconds, and the process id for runs in the same second).
+RUN_ID=$NOW-$$
 
-# request TITLE METHOD PATH [JSON_BODY]: print the heading, the request, the response body and
-# the status. curl succeeds on 4xx/5xx answers (they are part of the tour); it fails, and so
-# does the script, when the server cannot be reached.
+# request TITLE METHOD PATH [BODY [CONTENT_TYPE]]: print the heading, the request, the response
+# body and the status. The body is sent as CONTENT_TYPE, application/json by default. curl
+# succeeds on 4xx/5xx answers (they are part of the tour); it fails, and so does the script, when
+# the server cannot be reached.
 request() {
   printf '\n== %s\n%s %s\n' "$1" "$2" "$BASE_URL$3"
   if [ $# -ge 4 ]; then
     printf '%s' "$4" | curl -sS --max-time 30 -X "$2" "$BASE_URL$3" \
-      -H 'Content-Type: application/json' --data-binary @- -w '\nHTTP %{http_code}\n'
+      -H "Content-Type: ${5:-application/json}" --data-binary @- -w '\nHTTP %{http_code}\n'
   else
     curl -sS --max-time 30 -X "$2" "$BASE_URL$3" -w '\nHTTP %{http_code}\n'
   fi
@@ -74,3 +79,29 @@ request "Metadata over the size limit" POST /track "{
   \"user_id\": \"$USER_ID\",
   \"metadata\": {\"bio\": \"$LARGE\"}
 }"
+
+# An event_id makes a retry safe: the same request sent twice stores the event once, and the
+# second answer says "duplicate": true.
+LIKE="{
+  \"event\": \"like\",
+  \"user_id\": \"$USER_ID\",
+  \"event_id\": \"like-$RUN_ID\",
+  \"metadata\": {\"song_id\": \"song456\"}
+}"
+request "Track with an event_id" POST /track "$LIKE"
+request "Track the same event_id again (a duplicate)" POST /track "$LIKE"
+
+# Three events in one request: the first is stored, the second is rejected (a date without a
+# time), the third repeats the first one's event_id. Answer: accepted 1, duplicates 1, and
+# rejected lists index 1 with the reason.
+request "Batch: one good, one invalid, one repeated event_id" POST /track/batch "{\"events\": [
+  {\"event\": \"skip\", \"user_id\": \"$USER_ID\", \"event_id\": \"skip-$RUN_ID\", \"metadata\": {\"song_id\": \"song456\"}},
+  {\"event\": \"skip\", \"user_id\": \"$USER_ID\", \"timestamp\": \"$TODAY\"},
+  {\"event\": \"skip\", \"user_id\": \"$USER_ID\", \"event_id\": \"skip-$RUN_ID\", \"metadata\": {\"song_id\": \"song456\"}}
+]}"
+
+# The same endpoint reads newline-delimited JSON: one event object a line.
+request "Batch as NDJSON" POST /track/batch "\
+{\"event\": \"page_view\", \"user_id\": \"$USER_ID\", \"metadata\": {\"page\": \"/pricing\"}}
+{\"event\": \"page_view\", \"user_id\": \"$USER_ID\", \"metadata\": {\"page\": \"/signup\"}}
+" application/x-ndjson

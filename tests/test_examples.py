@@ -67,6 +67,24 @@ def test_every_answer_of_the_tour(live_server, engine):
     [large] = stored(engine, "profile_update")
     assert large.meta["warning"] == tour.TRUNCATED_WARNING
     assert large.meta["originalSize"] > 4096
+    # The event sent twice with one event_id is stored once; so is the batch's repeated item.
+    # Every event_id carries the run's epoch seconds, so another run would store them again.
+    [like] = stored(engine, "like")
+    [skip] = stored(engine, "skip")
+    assert like.event_id.startswith("like-") and skip.event_id.startswith("skip-")
+    assert like.event_id.removeprefix("like-") == skip.event_id.removeprefix("skip-")
+    assert sorted(event.meta["page"] for event in stored(engine, "page_view")) == [
+        "/pricing", "/signup"]
+
+
+def test_a_rerun_sends_new_event_ids(live_server, engine):
+    server = live_server(workers=1)
+    for _ in range(2):  # the same user and server; the two runs may start in the same second
+        done = tour.run(server.url, user_id="user123")
+        assert done.returncode == 0, done.stderr
+        # Nothing of the first run comes back as a duplicate of the second.
+        tour.check_event_ids_and_batches(tour.parse(done.stdout))
+    assert len(stored(engine, "like")) == len(stored(engine, "skip")) == 2
 
 
 def test_the_tour_runs_with_bsd_date(live_server, tmp_path):

@@ -38,8 +38,15 @@ def test_collection_is_postman_v21_with_a_checked_request_per_case():
         "https://schema.getpostman.com/json/collection/v2.1.0/collection.json")
     assert "baseUrl" in {variable["key"] for variable in collection["variable"]}
     items = requests(collection["item"])
-    assert {(item["request"]["method"], item["request"]["url"]["path"][0]) for item in items} == {
-        ("POST", "track"), ("GET", "metrics"), ("GET", "sessions")}
+    assert {(item["request"]["method"], "/".join(item["request"]["url"]["path"]))
+            for item in items} == {
+        ("POST", "track"), ("POST", "track/batch"), ("GET", "metrics"), ("GET", "sessions")}
+    names = [item["name"] for item in items]
+    assert len(names) == len(set(names)) == 13
+    # event_id and batches: the retry comes right after the request it repeats.
+    first = names.index("Track with event_id")
+    assert names[first + 1] == "Track same event_id again (duplicate)"
+    assert "Batch with a bad and a duplicate item" in names
     for item in items:
         request = item["request"]
         assert request["url"]["raw"].startswith("{{baseUrl}}/"), item["name"]

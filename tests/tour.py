@@ -15,6 +15,9 @@ from conftest import ROOT
 SCRIPT = ROOT / "examples.sh"
 SUCCESS = {"status": "success", "message": "Event logged."}
 TRUNCATED_WARNING = "Metadata truncated due to size limit"
+DUPLICATE = {**SUCCESS, "duplicate": True}
+# The tour's invalid batch item: a timestamp that is a date without a time.
+TIMESTAMP_MESSAGE = "timestamp must be an ISO 8601 date and time, e.g. 2025-01-18T14:30:00Z"
 TITLES = [
     "Track a play event",
     "Track a stop event",
@@ -23,6 +26,10 @@ TITLES = [
     "Error: an invalid date",
     "Error: a missing date",
     "Metadata over the size limit",
+    "Track with an event_id",
+    "Track the same event_id again (a duplicate)",
+    "Batch: one good, one invalid, one repeated event_id",
+    "Batch as NDJSON",
 ]
 # The script plays a song 3 minutes before it starts and stops it 2 minutes later.
 SESSION_SECONDS = 120
@@ -76,7 +83,7 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     assert [step.title for step in steps] == [t.format(user=user_id) for t in TITLES]
     base = base_url.rstrip("/")
     assert all(step.url.startswith(base + "/") for step in steps)
-    play, stop, metrics, sessions, invalid, missing, large = steps
+    play, stop, metrics, sessions, invalid, missing, large = steps[:7]
 
     for step in (play, stop):
         assert (step.method, urlsplit(step.url).path) == ("POST", "/track")
@@ -120,4 +127,33 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     assert (large.method, urlsplit(large.url).path) == ("POST", "/track")
     assert large.status == 200
     assert large.body == {**SUCCESS, "warnings": [TRUNCATED_WARNING]}
+
+    check_event_ids_and_batches(steps)
     return steps
+
+
+def check_event_ids_and_batches(steps: list[Step]) -> None:
+    """Assert the answers of the tour's last steps: an event_id sent twice, then two batches.
+
+    They are the same on every run, also against a server that has seen the tour before."""
+    first, again, batch, ndjson = steps[-4:]
+    assert [step.title for step in steps[-4:]] == TITLES[-4:]
+
+    # The same event_id sent twice: stored once, the second answer says so.
+    for step in (first, again):
+        assert (step.method, urlsplit(step.url).path) == ("POST", "/track")
+    assert (first.status, first.body) == (200, SUCCESS)
+    assert (again.status, again.body) == (200, DUPLICATE)
+
+    for step in (batch, ndjson):
+        assert (step.method, urlsplit(step.url).path) == ("POST", "/track/batch")
+    # Three items: one stored, one rejected (by its 0-based index), one repeating the first's
+    # event_id. The event_ids are new on every run, so the counts are the same on every run.
+    assert batch.status == 200, batch.body
+    assert batch.body == {"status": "success", "accepted": 1, "duplicates": 1,
+                          "rejected": [{"index": 1, "message": TIMESTAMP_MESSAGE}],
+                          "warnings": []}
+    # Two NDJSON lines, both stored.
+    assert ndjson.status == 200, ndjson.body
+    assert ndjson.body == {"status": "success", "accepted": 2, "duplicates": 0, "rejected": [],
+                           "warnings": []}
