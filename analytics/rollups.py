@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Iterable, Sequence
 
-from sqlalchemy import String, column, delete, func, insert, select, values
+from sqlalchemy import String, bindparam, column, delete, func, insert, select, values
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import Connection
 
@@ -131,6 +131,10 @@ def _lock_users(conn: Connection, by_user: dict) -> None:
     if conn.dialect.name != "postgresql":
         return  # SQLite: the write transaction already excludes every other writer
     keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in by_user})
+    if len(keys) == 1:  # cached statement for the common case (see _bounds_cte)
+        conn.execute(select(func.pg_advisory_xact_lock(
+            bindparam("lock_key", keys[0], type_=postgresql.BIGINT))))
+        return
     conn.execute(select(func.pg_advisory_xact_lock(column("k")))
                     .select_from(values(column("k", postgresql.BIGINT), name="locks")
                                  .data([(k,) for k in keys])))
@@ -175,6 +179,14 @@ def _read_stretches(conn: Connection, bounds: dict[str, tuple[datetime, datetime
 
 
 def _bounds_cte(bounds: dict[str, tuple[datetime, datetime]]):
+    """(user_id, lo, hi) rows as a CTE. One user (every POST /track) gets a SELECT of bound
+    parameters, which SQLAlchemy compiles once and caches; a VALUES list, which it compiles
+    for every statement, is kept for batches of several users."""
+    if len(bounds) == 1:
+        [(user_id, (lo, hi))] = bounds.items()
+        return select(bindparam("b_user_id", user_id, type_=String).label("user_id"),
+                      bindparam("b_lo", lo, type_=UTCDateTime()).label("lo"),
+                      bindparam("b_hi", hi, type_=UTCDateTime()).label("hi")).cte("b")
     return (values(column("user_id", String), column("lo", UTCDateTime()),
                    column("hi", UTCDateTime()), name="b")
             .data([(user_id, lo, hi) for user_id, (lo, hi) in sorted(bounds.items())])
