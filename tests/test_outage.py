@@ -54,6 +54,7 @@ class SwitchableProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                s.close()
 
     def cut(self):
         """The database "goes down": existing connections die, new ones are refused."""
