@@ -117,12 +117,18 @@ def _insert_sqlite(session: Session, params: list[dict]) -> list[tuple]:
 _FEW_ROWS = 20
 
 
+_FEW_INSERTS: dict = {}
+
+
 def _insert_few(session: Session, params: list[dict]) -> list[tuple]:
-    dialect = session.get_bind().dialect
-    statement = (_DIALECT_INSERTS[dialect.name](_events)
-                 .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
-                 .returning(*_INSERTED))
-    return list(session.execute(statement, params))
+    dialect = session.get_bind().dialect.name
+    statement = _FEW_INSERTS.get(dialect)
+    if statement is None:  # built once: building it costs more than running it
+        statement = _FEW_INSERTS[dialect] = (
+            _DIALECT_INSERTS[dialect](_events)
+            .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
+            .returning(*_INSERTED))
+    return list(session.connection().execute(statement, params))
 
 
 # What each inserter reports of the rows that went in: what the aggregates need, and event_id.

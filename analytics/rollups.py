@@ -90,9 +90,10 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
         by_user[change.user_id].append(change)
     _lock_users(conn, by_user)
 
-    stretches = _read_stretches(conn, {
-        user_id: (min(c.occurred_at for c in changes), max(c.occurred_at for c in changes))
-        for user_id, changes in by_user.items()})
+    bounds = {user_id: (min(c.occurred_at for c in changes), max(c.occurred_at for c in changes))
+              for user_id, changes in by_user.items()}
+    stretches = (_read_stretch(conn, *next(iter(bounds.items()))) if len(bounds) == 1
+                 else _read_stretches(conn, bounds))
     added_ids = {c.id for c in added}
     removed_by_user: dict[str, list[Change]] = defaultdict(list)
     for change in removed:
@@ -127,13 +128,15 @@ def _microseconds(start: datetime, end: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+_LOCK_ONE = select(func.pg_advisory_xact_lock(bindparam("lock_key", type_=postgresql.BIGINT)))
+
+
 def _lock_users(conn: Connection, by_user: dict) -> None:
     if conn.dialect.name != "postgresql":
         return  # SQLite: the write transaction already excludes every other writer
     keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in by_user})
-    if len(keys) == 1:  # cached statement for the common case (see _bounds_cte)
-        conn.execute(select(func.pg_advisory_xact_lock(
-            bindparam("lock_key", keys[0], type_=postgresql.BIGINT))))
+    if len(keys) == 1:  # every POST /track: one prepared statement
+        conn.execute(_LOCK_ONE, {"lock_key": keys[0]})
         return
     conn.execute(select(func.pg_advisory_xact_lock(column("k")))
                     .select_from(values(column("k", postgresql.BIGINT), name="locks")
@@ -178,15 +181,36 @@ def _read_stretches(conn: Connection, bounds: dict[str, tuple[datetime, datetime
     return stretches
 
 
+def _one_user_stretch_statement():
+    p = _events.alias("p")
+    user_id = bindparam("user_id", type_=String)
+    lo, hi = bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime())
+    mine = (p.c.user_id == user_id, p.c.event.in_(PLAY_OR_STOP))
+    # Uncorrelated scalar subqueries: evaluated once, one index probe each.
+    before = select(func.max(p.c.occurred_at)).where(*mine, p.c.occurred_at < lo).scalar_subquery()
+    after = select(func.min(p.c.occurred_at)).where(*mine, p.c.occurred_at > hi).scalar_subquery()
+    e = _events
+    return (select(e.c.occurred_at, e.c.id, e.c.event, e.c.user_id)
+            .where(e.c.user_id == user_id, e.c.event.in_(PLAY_OR_STOP),
+                   e.c.occurred_at >= func.coalesce(before, lo),
+                   e.c.occurred_at <= func.coalesce(after, hi)))
+
+
+_ONE_USER_STRETCH = _one_user_stretch_statement()
+
+
+def _read_stretch(conn: Connection, user_id: str, bounds: tuple[datetime, datetime]
+                  ) -> dict[str, list[Change]]:
+    """_read_stretches for one user (every POST /track): one prepared statement."""
+    lo, hi = bounds
+    sequence = sorted(Change(occurred_at.astimezone(timezone.utc), id_, event, user)
+                      for occurred_at, id_, event, user
+                      in conn.execute(_ONE_USER_STRETCH, {"user_id": user_id, "lo": lo, "hi": hi}))
+    return {user_id: sequence}
+
+
 def _bounds_cte(bounds: dict[str, tuple[datetime, datetime]]):
-    """(user_id, lo, hi) rows as a CTE. One user (every POST /track) gets a SELECT of bound
-    parameters, which SQLAlchemy compiles once and caches; a VALUES list, which it compiles
-    for every statement, is kept for batches of several users."""
-    if len(bounds) == 1:
-        [(user_id, (lo, hi))] = bounds.items()
-        return select(bindparam("b_user_id", user_id, type_=String).label("user_id"),
-                      bindparam("b_lo", lo, type_=UTCDateTime()).label("lo"),
-                      bindparam("b_hi", hi, type_=UTCDateTime()).label("hi")).cte("b")
+    """(user_id, lo, hi) rows as a VALUES CTE (batches of several users)."""
     return (values(column("user_id", String), column("lo", UTCDateTime()),
                    column("hi", UTCDateTime()), name="b")
             .data([(user_id, lo, hi) for user_id, (lo, hi) in sorted(bounds.items())])
@@ -195,16 +219,24 @@ def _bounds_cte(bounds: dict[str, tuple[datetime, datetime]]):
 
 # --- writing and rebuilding -------------------------------------------------------------------
 
+# Statements on the ingest path are built once per database and table: building them costs
+# more than running them.
+_UPSERTS: dict = {}
+
+
 def _upsert_adding(conn: Connection, table, rows: list[dict], keys: tuple, totals: tuple):
     """INSERT rows, or add their totals to the rows already there, in key order (so that
     concurrent writers lock rows in the same order and never deadlock)."""
     dialect = conn.dialect.name
-    make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = make_insert(table)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={name: table.c[name] + statement.excluded[name] for name in totals},
-    )
+    statement = _UPSERTS.get((dialect, table.name))
+    if statement is None:
+        make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = make_insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={name: table.c[name] + statement.excluded[name] for name in totals},
+        )
+        _UPSERTS[(dialect, table.name)] = statement
     conn.execute(statement, rows)
 
 
