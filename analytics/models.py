@@ -103,7 +103,7 @@ class EventCount(Base):
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     event: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # Spreads concurrent writers of one day and name over several rows (event id % shards).
+    # Spreads concurrent writers of one day and name over several rows; only sums mean anything.
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
 

@@ -8,9 +8,11 @@ never sees events without their aggregates or the reverse (read-your-writes, no 
   and the sum of their durations in microseconds.
 
 A period (day, ISO week, month) is a union of whole UTC days, and so is a query's date range,
-so summing the days answers every question exactly. ``shard`` (the event id modulo SHARDS)
-spreads concurrent writers of the same day and name over several rows, so that they rarely
-wait for each other's row locks on PostgreSQL; queries sum over it.
+so summing the days answers every question exactly. ``shard`` spreads concurrent writers of the
+same day and name over several rows, so that they rarely wait for each other's row locks on
+PostgreSQL: each process writes the shard of its process id (a gunicorn worker serves one
+request at a time, so workers seldom share one). Only the sum over shards means anything: a
+purge may take an event out of another shard than the one that counted it.
 
 Sessions change only around an event that arrives or leaves: a play forms a session exactly
 when the user's next play-or-stop event (by timestamp, then id) is a stop. So for each user
@@ -23,6 +25,7 @@ and counts and before the session rows, so two writers never wait for each other
 """
 from __future__ import annotations
 
+import os
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from sqlalchemy import Connection
 from analytics.models import Event, EventCount, SessionCount, UTCDateTime
 from analytics.periods import microseconds_between, utc_date
 
-SHARDS = 8
+SHARDS = 16
 PLAY_OR_STOP = ("play", "stop")
 
 _events = Event.__table__
@@ -68,10 +71,11 @@ def record_changes(conn: Connection, added: Sequence[Change] = (),
 
 def _apply_event_counts(conn: Connection, added, removed) -> None:
     deltas: Counter = Counter()
+    shard = _shard()
     for change in added:
-        deltas[(change.occurred_at.date(), change.event, change.id % SHARDS)] += 1
+        deltas[(change.occurred_at.date(), change.event, shard)] += 1
     for change in removed:
-        deltas[(change.occurred_at.date(), change.event, change.id % SHARDS)] -= 1
+        deltas[(change.occurred_at.date(), change.event, shard)] -= 1
     rows = [{"day": day, "event": event, "shard": shard, "n": n}
             for (day, event, shard), n in sorted(deltas.items()) if n]
     if rows:
@@ -101,12 +105,13 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
             removed_by_user[change.user_id].append(change)
 
     deltas: dict[tuple[date, int], list[int]] = defaultdict(lambda: [0, 0])
+    shard = _shard()
     for user_id in by_user:
         after = stretches.get(user_id, [])
         before = sorted([c for c in after if c.id not in added_ids] + removed_by_user[user_id])
         for sign, sequence in ((-1, before), (1, after)):
             for play, stop in paired(sequence):
-                key = (play.occurred_at.date(), play.id % SHARDS)
+                key = (play.occurred_at.date(), shard)
                 deltas[key][0] += sign
                 deltas[key][1] += sign * _microseconds(play.occurred_at, stop.occurred_at)
     rows = [{"day": day, "shard": shard, "sessions": n, "total_us": total}
@@ -114,6 +119,10 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
     if rows:
         _upsert_adding(conn, _session_counts, rows, keys=("day", "shard"),
                        totals=("sessions", "total_us"))
+
+
+def _shard() -> int:
+    return os.getpid() % SHARDS
 
 
 def paired(sequence: Sequence[Change]) -> Iterable[tuple[Change, Change]]:
