@@ -21,6 +21,9 @@ without one, compiling a statement fails loudly instead of producing wrong perio
 """
 from __future__ import annotations
 
+import json
+from datetime import timezone
+
 from sqlalchemy import BigInteger, Date, String
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
@@ -165,3 +168,30 @@ def _sqlite_epoch_microseconds(timestamp: str) -> str:
 def _microseconds_between_sqlite(element, compiler, **kw):
     start, end = _arguments(element, compiler, **kw)
     return f"({_sqlite_epoch_microseconds(end)} - {_sqlite_epoch_microseconds(start)})"
+
+
+# --- rows passed as one JSON parameter ---------------------------------------------------------
+# A statement over many (user_id, lo, hi) rows written as VALUES is compiled anew for every
+# call (its shape changes with the number of rows); one JSON parameter keeps the statement
+# text constant, so it is compiled once and reused. Each database reads JSON its own way, and
+# the timestamps must be written as that database compares them.
+
+USER_BOUNDS_ROWS = {
+    "postgresql": ("SELECT user_id, lo, hi FROM json_to_recordset(CAST(:bounds AS json)) "
+                   "AS b(user_id text, lo timestamptz, hi timestamptz)"),
+    "sqlite": ("SELECT json_extract(value, '$.user_id') AS user_id, "
+               "json_extract(value, '$.lo') AS lo, json_extract(value, '$.hi') AS hi "
+               "FROM json_each(:bounds)"),
+}
+
+
+def user_bounds_json(dialect: str, bounds: dict) -> str:
+    """``{user_id: (lo, hi)}`` (aware datetimes) as the JSON that USER_BOUNDS_ROWS reads."""
+    if dialect == "sqlite":  # the stored text form of models.UTCDateTime
+        def stamp(at):
+            return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    else:
+        def stamp(at):
+            return at.isoformat()
+    return json.dumps([{"user_id": user_id, "lo": stamp(lo), "hi": stamp(hi)}
+                       for user_id, (lo, hi) in sorted(bounds.items())])

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Iterable, Sequence
 
-from sqlalchemy import String, bindparam, column, delete, func, insert, select, values
+from sqlalchemy import String, bindparam, column, delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import Connection
 
 from analytics.models import Event, EventCount, SessionCount, UTCDateTime
-from analytics.periods import microseconds_between, utc_date
+from analytics.periods import (USER_BOUNDS_ROWS, microseconds_between, user_bounds_json,
+                               utc_date)
 
 SHARDS = 16
 PLAY_OR_STOP = ("play", "stop")
@@ -140,16 +141,41 @@ def _microseconds(start: datetime, end: datetime) -> int:
 _LOCK_ONE = select(func.pg_advisory_xact_lock(bindparam("lock_key", type_=postgresql.BIGINT)))
 
 
+_LOCK_MANY = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+
+
 def _lock_users(conn: Connection, by_user: dict) -> None:
     if conn.dialect.name != "postgresql":
         return  # SQLite: the write transaction already excludes every other writer
     keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in by_user})
     if len(keys) == 1:  # every POST /track: one prepared statement
         conn.execute(_LOCK_ONE, {"lock_key": keys[0]})
-        return
-    conn.execute(select(func.pg_advisory_xact_lock(column("k")))
-                    .select_from(values(column("k", postgresql.BIGINT), name="locks")
-                                 .data([(k,) for k in keys])))
+    else:  # in ascending order, the one global order of these locks
+        conn.execute(_LOCK_MANY, {"keys": keys})
+
+
+def _many_users_statements(dialect: str):
+    rows = USER_BOUNDS_ROWS[dialect]
+    play_stop = "event IN ('play', 'stop')"
+    widen = text(
+        f"WITH b AS ({rows}) SELECT b.user_id, b.lo, b.hi, "
+        f"(SELECT max(p.occurred_at) FROM events p WHERE p.user_id = b.user_id "
+        f" AND p.{play_stop} AND p.occurred_at < b.lo) AS before_lo, "
+        f"(SELECT min(p.occurred_at) FROM events p WHERE p.user_id = b.user_id "
+        f" AND p.{play_stop} AND p.occurred_at > b.hi) AS after_hi FROM b"
+    ).columns(column("user_id", String), column("lo", UTCDateTime()),
+              column("hi", UTCDateTime()), column("before_lo", UTCDateTime()),
+              column("after_hi", UTCDateTime()))
+    stretch = text(
+        f"WITH b AS ({rows}) SELECT e.occurred_at, e.id, e.event, e.user_id FROM events e "
+        f"JOIN b ON e.user_id = b.user_id WHERE e.{play_stop} "
+        f"AND e.occurred_at >= b.lo AND e.occurred_at <= b.hi"
+    ).columns(column("occurred_at", UTCDateTime()), column("id"), column("event", String),
+              column("user_id", String))
+    return widen, stretch
+
+
+_MANY_USERS = {dialect: _many_users_statements(dialect) for dialect in USER_BOUNDS_ROWS}
 
 
 def _read_stretches(conn: Connection, bounds: dict[str, tuple[datetime, datetime]]
@@ -160,29 +186,15 @@ def _read_stretches(conn: Connection, bounds: dict[str, tuple[datetime, datetime
     Two statements: the widened bounds first (two index probes per user), then one range scan
     per user; a single statement let PostgreSQL re-evaluate the probes for every event read.
     """
-    p = _events.alias("p")
-    play_stop = p.c.event.in_(PLAY_OR_STOP)
-    b = _bounds_cte(bounds)
-    before = (select(func.max(p.c.occurred_at))
-              .where(p.c.user_id == b.c.user_id, play_stop, p.c.occurred_at < b.c.lo)
-              .scalar_subquery())
-    after = (select(func.min(p.c.occurred_at))
-             .where(p.c.user_id == b.c.user_id, play_stop, p.c.occurred_at > b.c.hi)
-             .scalar_subquery())
-    widened = {user_id: (lo or bounds[user_id][0], hi or bounds[user_id][1])
-               for user_id, lo, hi in conn.execute(
-                   select(b.c.user_id, before.label("lo"), after.label("hi")))}
-
-    e = _events.alias("e")
-    w = _bounds_cte(widened)
-    statement = (
-        select(e.c.occurred_at, e.c.id, e.c.event, e.c.user_id)
-        .join(w, e.c.user_id == w.c.user_id)
-        .where(e.c.event.in_(PLAY_OR_STOP), e.c.occurred_at >= w.c.lo,
-               e.c.occurred_at <= w.c.hi)
-    )
+    dialect = conn.dialect.name
+    widen, stretch = _MANY_USERS[dialect]
+    widened = {
+        user_id: (before_lo or lo, after_hi or hi)
+        for user_id, lo, hi, before_lo, after_hi
+        in conn.execute(widen, {"bounds": user_bounds_json(dialect, bounds)})}
     stretches: dict[str, list[Change]] = defaultdict(list)
-    for occurred_at, id_, event, user_id in conn.execute(statement):
+    for occurred_at, id_, event, user_id in conn.execute(
+            stretch, {"bounds": user_bounds_json(dialect, widened)}):
         stretches[user_id].append(Change(occurred_at.astimezone(timezone.utc), id_, event,
                                          user_id))
     for sequence in stretches.values():
@@ -216,14 +228,6 @@ def _read_stretch(conn: Connection, user_id: str, bounds: tuple[datetime, dateti
                       for occurred_at, id_, event, user
                       in conn.execute(_ONE_USER_STRETCH, {"user_id": user_id, "lo": lo, "hi": hi}))
     return {user_id: sequence}
-
-
-def _bounds_cte(bounds: dict[str, tuple[datetime, datetime]]):
-    """(user_id, lo, hi) rows as a VALUES CTE (batches of several users)."""
-    return (values(column("user_id", String), column("lo", UTCDateTime()),
-                   column("hi", UTCDateTime()), name="b")
-            .data([(user_id, lo, hi) for user_id, (lo, hi) in sorted(bounds.items())])
-            .cte("b"))
 
 
 # --- writing and rebuilding -------------------------------------------------------------------
