@@ -142,3 +142,58 @@ def test_rebuild_command_repairs_counts_changed_behind_the_api(app, client, engi
         {"date": "2025-03-01", "play": 1, "stop": 1}]
     assert client.get(f"/sessions?{query}").get_json()["data"] == [
         {"date": "2025-03-01", "totalDuration": 360, "sessionCount": 1, "averageDuration": 360}]
+
+
+def test_read_your_writes_under_concurrent_ingest(live_server):
+    """Once POST /track has answered 200, every later query includes the event."""
+    import http.client
+    import threading
+
+    server = live_server(workers=4)
+    stop = threading.Event()
+
+    def background(n):  # other writers, on the same days, all the time
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        i = 0
+        while not stop.is_set():
+            event = {"event": ("play", "stop", "view")[i % 3], "user_id": f"bg{n}-{i % 5}",
+                     "timestamp": f"2025-03-0{1 + i % 3}T10:{i % 60:02d}:00Z"}
+            conn.request("POST", "/track", body=json.dumps(event),
+                         headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+            i += 1
+        conn.close()
+
+    def call(conn, method, path, body=None):
+        conn.request(method, path, body=json.dumps(body) if body else None,
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        payload = json.loads(response.read())
+        assert response.status == 200, payload
+        return payload
+
+    threads = [threading.Thread(target=background, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        day = "start_date=2025-03-02&end_date=2025-03-02"
+        for i in range(1, 31):
+            call(conn, "POST", "/track", {"event": "checkpoint", "user_id": "reader",
+                                          "timestamp": "2025-03-02T12:00:00Z"})
+            [metrics] = call(conn, "GET", f"/metrics?{day}")["data"]
+            assert metrics["checkpoint"] == i
+            # A session of a user nobody else writes for: its count can only be ours.
+            call(conn, "POST", "/track", {"event": "play", "user_id": f"reader{i}",
+                                          "timestamp": "2025-03-05T08:00:00Z"})
+            call(conn, "POST", "/track", {"event": "stop", "user_id": f"reader{i}",
+                                          "timestamp": "2025-03-05T08:00:10Z"})
+            [sessions] = call(conn, "GET", "/sessions?start_date=2025-03-05"
+                                           "&end_date=2025-03-05")["data"]
+            assert sessions["sessionCount"] == i
+            assert sessions["totalDuration"] == 10 * i
+        conn.close()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
