@@ -207,3 +207,38 @@ def live_server(database_url):
     yield start
     for server in servers:
         server.stop()
+
+
+def run_in_terminal(args: list[str], database_url: str, timeout: float = 120) -> str:
+    """Run ``flask --app wsgi <args>`` with a pseudo-terminal as stdout and stderr (so that it
+    shows what an operator at a terminal sees) and return what it printed; assert exit 0."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
+            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closes when the process exits
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=timeout) == 0, output
+    finally:
+        os.close(controller)
+    return output.decode()
+
+
+def run_flask(database_url: str, *args: str, text: bool = True, **kwargs
+              ) -> subprocess.CompletedProcess:
+    """``flask --app wsgi ...`` as an operator runs it, from the project root."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
+                          env={**os.environ, "DATABASE_URL": database_url},
+                          capture_output=True, text=text, timeout=120, **kwargs)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import pty
-import subprocess
-import sys
 
 import pytest
 
 from analytics import create_app
-from conftest import ROOT, free_port
+from conftest import free_port, run_in_terminal
+from conftest import run_flask as run_flask_text
 from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, stored
 
 HEADER = "event,user_id,timestamp,event_id,metadata"
@@ -221,9 +218,7 @@ def test_a_missing_file_is_a_clear_error(runner, tmp_path):
 # --- the real command line ------------------------------------------------------------------------
 
 def run_flask(database_url: str, *args, input: bytes | None = None):
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
-                          env={**os.environ, "DATABASE_URL": database_url}, input=input,
-                          capture_output=True, timeout=120)
+    return run_flask_text(database_url, *args, input=input, text=False)
 
 
 def test_command_line_from_a_pipe(database_url, engine):
@@ -238,27 +233,7 @@ def test_command_line_from_a_pipe(database_url, engine):
 
 def test_command_line_shows_a_progress_bar_in_a_terminal(database_url, engine, tmp_path):
     source = write(tmp_path / "e.ndjson", [ev(i % 60) for i in range(300)])
-    controller, terminal = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "import", source,
-             "--chunk-size", "50"],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
-            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
-        os.close(terminal)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closes when the process exits
-                break
-            if not chunk:
-                break
-            output += chunk
-        assert process.wait(timeout=120) == 0, output
-    finally:
-        os.close(controller)
-    text = output.decode()
+    text = run_in_terminal(["import", source, "--chunk-size", "50"], database_url)
     assert f"Importing {source}" in text
     assert "100%" in text
     assert f"{source}: 300 accepted, 0 duplicates, 0 rejected" in text

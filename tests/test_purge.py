@@ -1,10 +1,6 @@
 """``flask --app wsgi purge``: retention by receive time, on both backends."""
 from __future__ import annotations
 
-import os
-import pty
-import subprocess
-import sys
 import threading
 from datetime import date, datetime, timedelta, timezone
 
@@ -15,7 +11,7 @@ from sqlalchemy.orm import Session
 from analytics import cli, create_app, retention
 from analytics.db import make_engine
 from analytics.models import Event
-from conftest import ROOT, free_port
+from conftest import free_port, run_flask, run_in_terminal
 
 # A fixed "now" with a fraction of a second, to show that the cutoff is rounded down.
 NOW = datetime(2025, 3, 31, 12, 0, 0, 750000, tzinfo=timezone.utc)
@@ -192,13 +188,6 @@ def test_concurrent_purges_together_delete_exactly_the_old_events(database_url, 
     assert received_times(engine) == sorted(recent)
 
 
-def run_flask(database_url: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    """``flask --app wsgi ...`` as an operator runs it, from the project root."""
-    env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120, **kwargs)
-
-
 def test_command_line_prints_one_summary_line_when_not_a_terminal(database_url, engine):
     add_events(engine, *(datetime.now(timezone.utc) - timedelta(days=50 + i) for i in range(5)))
 
@@ -215,26 +204,7 @@ def test_command_line_prints_one_summary_line_when_not_a_terminal(database_url, 
 def test_command_line_shows_a_progress_bar_in_a_terminal(database_url, engine):
     add_events(engine, *(datetime.now(timezone.utc) - timedelta(days=50, seconds=i)
                          for i in range(12)))
-    controller, terminal = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "wsgi", "purge", "--batch-size", "5"],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
-            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
-        os.close(terminal)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closes when the process exits
-                break
-            if not chunk:
-                break
-            output += chunk
-        assert process.wait(timeout=120) == 0, output
-    finally:
-        os.close(controller)
-    text = output.decode()
+    text = run_in_terminal(["purge", "--batch-size", "5"], database_url)
     assert "Purging events received before " in text
     assert "100%" in text
     assert "Purged 12 events received before " in text
