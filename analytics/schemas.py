@@ -14,8 +14,21 @@ NAME_MAX_CHARS = 255
 EVENT_ID_MAX_CHARS = 128
 
 
+def has_nul(value) -> bool:
+    """Whether any string (key or value) in a parsed JSON document contains U+0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
+
+
 def find_nul(value, path: str = "") -> str | None:
     """The path of the first string (key or value) that contains U+0000, or None."""
+    if not path and not has_nul(value):
+        return None  # the common case, without building a path for every value
     if isinstance(value, str):
         return path if "\x00" in value else None
     if isinstance(value, dict):
