@@ -39,9 +39,8 @@ import sqlite3
 import statistics
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 

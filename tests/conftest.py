@@ -179,13 +179,7 @@ class LiveServer:
         raise RuntimeError("gunicorn did not start listening in time")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
 
     def output(self) -> str:
@@ -242,3 +236,23 @@ def run_flask(database_url: str, *args: str, text: bool = True, **kwargs
     return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
                           env={**os.environ, "DATABASE_URL": database_url},
                           capture_output=True, text=text, timeout=120, **kwargs)
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """Terminate a server started by a test, killing it if it does not stop in 15 s."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def unreachable_url(backend: str, tmp_path) -> str:
+    """A database URL of the backend that no database answers."""
+    if backend == "sqlite":
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("a file where the database's folder should be")
+        return f"sqlite:///{blocker / 'analytics.db'}"
+    return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/analytics"

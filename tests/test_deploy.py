@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from analytics import create_app
 from analytics.models import Event
 from config import load_config
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, stop_process
 from e2e import require_tool
 
 pytest.register_assert_rewrite("tour")
@@ -152,13 +152,7 @@ class Nginx:
         raise AssertionError("nginx did not start listening in time:\n" + self.error_log())
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def error_log(self) -> str:
         path = self.directory / "error.log"

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from analytics import create_app
-from conftest import free_port, run_in_terminal
+from conftest import run_in_terminal, unreachable_url
 from conftest import run_flask as run_flask_text
 from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, stored
 
@@ -238,14 +238,6 @@ def test_command_line_shows_a_progress_bar_in_a_terminal(database_url, engine, t
     assert "100%" in text
     assert f"{source}: 300 accepted, 0 duplicates, 0 rejected" in text
     assert len(stored(engine)) == 300
-
-
-def unreachable_url(backend: str, tmp_path) -> str:
-    if backend == "sqlite":
-        blocker = tmp_path / "not-a-directory"
-        blocker.write_text("a file where the database's folder should be")
-        return f"sqlite:///{blocker / 'analytics.db'}"
-    return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/analytics"
 
 
 def test_an_unreachable_database_is_one_clear_line_and_a_failure(backend, tmp_path):

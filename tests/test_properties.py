@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, insert
+from sqlalchemy import insert
 
 from analytics import rollups
 from analytics.models import Base, Event

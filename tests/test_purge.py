@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from analytics import cli, create_app, retention
 from analytics.db import make_engine
 from analytics.models import Event
-from conftest import free_port, run_flask, run_in_terminal
+from conftest import run_flask, run_in_terminal, unreachable_url
 
 # A fixed "now" with a fraction of a second, to show that the cutoff is rounded down.
 NOW = datetime(2025, 3, 31, 12, 0, 0, 750000, tzinfo=timezone.utc)
@@ -209,14 +209,6 @@ def test_command_line_shows_a_progress_bar_in_a_terminal(database_url, engine):
     assert "100%" in text
     assert "Purged 12 events received before " in text
     assert count(engine) == 0
-
-
-def unreachable_url(backend: str, tmp_path) -> str:
-    if backend == "sqlite":
-        blocker = tmp_path / "not-a-directory"
-        blocker.write_text("a file where the database's folder should be")
-        return f"sqlite:///{blocker / 'analytics.db'}"
-    return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/analytics"
 
 
 def test_unreachable_database_is_one_clear_line_and_a_failure(backend, tmp_path):

@@ -6,7 +6,6 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
