@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale.py [--events 10000000] [--small 1000000] [--users 100000]
                                     [--days 30] [--runs 7] [--sql-runs 3] [--duration 8]
                                     [--connections 16] [--workers N]
-                                    [--no-sqlite] [--no-postgres] [--no-track]
+                                    [--no-sqlite] [--no-postgres] [--no-track] [--no-purge]
 
 For each data set (PostgreSQL at ``--events`` and at ``--small`` events, SQLite at ``--small``
 only): generates the events with bench/query_plans.py's generator (``--days`` days from
@@ -23,7 +23,12 @@ events and a session):
   answer (counts for /metrics; sessionCount, totalDuration and averageDuration in seconds
   rounded half up for /sessions): OK or MISMATCH;
 - then single-event POST /track with wrk on the same server, and right after it the trivial
-  Flask endpoint (bench/track_http.py, the framework ceiling), and the largest worker RSS seen.
+  Flask endpoint (bench/track_http.py, the framework ceiling), and the largest worker RSS seen;
+- then the purge of the first day of events (``retention.purge_expired``, as the ``purge``
+  command runs it, in batches of 1000) while wrk keeps posting single events in back-to-back
+  runs of ``--duration`` seconds: the purge's rate, and the worst POST /track p99 of those runs
+  beside the p99 measured without a purge just before; afterwards the all-users answers are
+  compared with the plain SQL again (purged events must leave the aggregates).
 
 Prints one table (medians in ms, speed-ups, the growth from the small to the large data set on
 PostgreSQL, ingest and memory) and whether each target is met. Databases are removed at the end.
@@ -38,9 +43,10 @@ import shutil
 import sqlite3
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -48,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import text  # noqa: E402
 
-from analytics import queries, rollups  # noqa: E402
+from analytics import queries, retention, rollups  # noqa: E402
 from analytics.db import make_engine  # noqa: E402
 from bench.query_plans import FIRST_DAY, generate, load_postgres, load_sqlite  # noqa: E402
 from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
@@ -59,6 +65,7 @@ MICROSECONDS = 1_000_000
 # Targets: all-users /metrics, one user, all-users /sessions, growth, ingest share, RSS.
 METRICS_ALL_MS, ONE_USER_MS, SESSIONS_ALL_MS = 50, 20, 100
 GROWTH_MAX, TRACK_SHARE_MIN, RSS_MAX_MB = 1.5, 0.5, 150
+PURGE_P99_MAX = 2.0  # ingest p99 during a purge, as a multiple of the p99 without one
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class Result:
     trivial: dict | None = None
     rss_mb: float = 0.0
     user_id: str = ""
+    purge: dict | None = None
 
     @property
     def label(self) -> str:
@@ -208,6 +216,60 @@ def measure_case(case: Case, base: str, engine, args, result: Result) -> None:
           f"{result.sql_ms[case.name]:9.1f} ms   {result.answer[case.name]}", flush=True)
 
 
+def check_answer(case: Case, base: str, engine, args, result: Result) -> None:
+    """Compare the API's answer with the plain SQL's once more (after the purge)."""
+    span = period(args)
+    params = {"start_date": span["start"].isoformat(), "end_date": span["end"].isoformat(),
+              "group_by": case.group_by}
+    _, body = http_get(base, case.path, params)
+    build = queries.metrics_statement if case.path == "/metrics" else queries.sessions_statement
+    with engine.connect() as conn:
+        rows = conn.execute(build(**span, group_by=case.group_by, user_id=None)).all()
+    answer = compare(expected_answer(case, rows), body["data"])
+    result.answer[f"{case.name}, after the purge"] = answer
+    print(f"  {case.name + ', after the purge':<45} {answer}", flush=True)
+
+
+def measure_purge(base: str, url: str, args) -> dict:
+    """Purge the first day while wrk posts single events; the purge's rate and ingest p99."""
+    engine = make_engine(url, statement_timeout_ms=0)
+    cutoff = datetime.combine(FIRST_DAY + timedelta(days=1), datetime.min.time(), timezone.utc)
+    expected = retention.count_expired(engine, cutoff)
+    outcome: dict = {}
+
+    def purge() -> None:
+        began = time.perf_counter()
+        try:
+            outcome["rows"] = retention.purge_expired(engine, cutoff)
+        except Exception as exc:  # reported below, after wrk stops
+            outcome["error"] = exc
+        outcome["seconds"] = time.perf_counter() - began
+
+    worker = threading.Thread(target=purge)
+    worker.start()
+    runs = []
+    while worker.is_alive():
+        runs.append(run_wrk(base, args.duration, args.connections))
+    worker.join()
+    engine.dispose()
+    if "error" in outcome:
+        raise RuntimeError(f"the purge failed: {outcome['error']!r}")
+    if outcome["rows"] != expected:
+        raise RuntimeError(f"the purge removed {outcome['rows']} events, {expected} expected")
+    figures = {
+        "rows": outcome["rows"], "seconds": outcome["seconds"],
+        "rate": outcome["rows"] / outcome["seconds"], "wrk_runs": len(runs),
+        "p99_ms": max(run["p99_ms"] for run in runs),
+        "rps": statistics.mean(run["rps"] for run in runs),
+        "errors": sum(run["errors"] for run in runs),
+    }
+    print(f"  purge of the first day: {figures['rows']:,} events in {figures['seconds']:.1f} s "
+          f"({figures['rate']:,.0f} events/s); POST /track during it: worst p99 "
+          f"{figures['p99_ms']:.1f} ms over {len(runs)} wrk run(s), {figures['rps']:.0f} req/s",
+          flush=True)
+    return figures
+
+
 def typical_user(conn, args, n_events: int) -> str:
     """The first user (user00000, user00001, ...) with at least the average number of events
     and at least one session in the range: a one-user answer that is neither empty nor
@@ -241,6 +303,12 @@ def measure(backend: str, url: str, args, result: Result) -> None:
             run_wrk(base, 2, args.connections)  # warm-up
             result.track = run_wrk(base, args.duration, args.connections)
             result.rss_mb = max(result.rss_mb, *(worker_rss_mb(master) or [0]))
+            if args.purge:
+                result.purge = measure_purge(base, url, args)
+                result.rss_mb = max(result.rss_mb, *(worker_rss_mb(master) or [0]))
+                for case in CASES:
+                    if case.all_users and case.group_by == "day":
+                        check_answer(case, base, engine, args, result)
     engine.dispose()
     if args.track:
         # The framework ceiling, measured right after, with the same gunicorn configuration.
@@ -292,6 +360,19 @@ def print_table(results: list[Result], big: Result | None, small: Result | None)
             for r in results:
                 row += [cell(r) if r.track else "", "", ""]
             lines.append(row + [""] * extra)
+    if any(r.purge for r in results):
+        for title, cell in (
+                ("purge of the first day: events / s / events per s",
+                 lambda r: f"{r.purge['rows']:,} / {r.purge['seconds']:.1f} / "
+                           f"{r.purge['rate']:,.0f}"),
+                ("POST /track p99 ms during the purge (worst wrk run) / without",
+                 lambda r: f"{r.purge['p99_ms']:.1f} / {r.track['p99_ms']:.1f} "
+                           f"({r.purge['p99_ms'] / r.track['p99_ms']:.2f}×)"),
+                ("POST /track req/s during the purge", lambda r: f"{r.purge['rps']:.0f}")):
+            row = [title]
+            for r in results:
+                row += [cell(r) if r.purge else "", "", ""]
+            lines.append(row + [""] * extra)
     row = ["largest worker RSS MB"]
     for r in results:
         row += [f"{max(r.rss_mb, (r.trivial or {}).get('rss_mb', 0)):.0f}", "", ""]
@@ -334,6 +415,12 @@ def check_targets(results: list[Result], big: Result | None, small: Result | Non
             checks.append((f"{r.label}: POST /track ≥ {TRACK_SHARE_MIN:.0%} of the trivial "
                            "endpoint", share >= TRACK_SHARE_MIN,
                            f"{r.track['rps']:.0f} / {r.trivial['rps']:.0f} req/s = {share:.0%}"))
+        if r.purge:
+            ratio = r.purge["p99_ms"] / r.track["p99_ms"]
+            checks.append((f"{r.label}: POST /track p99 during the purge ≤ {PURGE_P99_MAX:g}× "
+                           "without", ratio <= PURGE_P99_MAX,
+                           f"{r.purge['p99_ms']:.1f} / {r.track['p99_ms']:.1f} ms = {ratio:.2f}×; "
+                           f"purge {r.purge['rate']:,.0f} events/s"))
     rss = max(max(r.rss_mb, (r.trivial or {}).get("rss_mb", 0)) for r in results)
     checks.append((f"worker RSS < {RSS_MAX_MB} MB", rss < RSS_MAX_MB, f"largest {rss:.0f} MB"))
     mismatches = [f"{r.label} {n}" for r in results for n, a in r.answer.items()
@@ -363,6 +450,8 @@ def main() -> None:
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--no-track", dest="track", action="store_false",
                         help="skip the POST /track measurement")
+    parser.add_argument("--no-purge", dest="purge", action="store_false",
+                        help="skip the purge under ingest (needs the POST /track measurement)")
     args = parser.parse_args()
     if args.track and not shutil.which("wrk"):
         sys.exit("wrk is needed for POST /track (apt-get install wrk), or pass --no-track")
