@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, Date, DateTime, Index, Integer, MetaData,
-                        SmallInteger, String, UniqueConstraint, text)
+                        SmallInteger, String, UniqueConstraint, literal_column, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -16,6 +16,18 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# The events that build sessions. Queries name them as literals, not bound parameters, so that
+# both databases can prove that a query implies the WHERE of the partial index
+# ix_events_play_stop and use it (and SQLAlchemy has no expanding IN to render per execution).
+PLAY_OR_STOP = ("play", "stop")
+PLAY_OR_STOP_SQL = "event IN ('play', 'stop')"
+
+
+def is_play_or_stop(table):
+    """``table.event IN ('play', 'stop')``, written with literals."""
+    return table.c.event.in_([literal_column(f"'{name}'", String) for name in PLAY_OR_STOP])
 
 
 class UTCDateTime(TypeDecorator):
@@ -88,8 +100,8 @@ class Event(Base):
         Index(
             "ix_events_play_stop",
             "user_id", "occurred_at", "id", "event",
-            postgresql_where=text("event IN ('play', 'stop')"),
-            sqlite_where=text("event IN ('play', 'stop')"),
+            postgresql_where=text(PLAY_OR_STOP_SQL),
+            sqlite_where=text(PLAY_OR_STOP_SQL),
         ),
         # Retention purge: the oldest received events first.
         Index("ix_events_received_at", "received_at"),

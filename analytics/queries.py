@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, time, timedelta, timezone
 
-from sqlalchemy import text
-from sqlalchemy import Select, String, func, literal_column, select
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from analytics import rollups
-from analytics.models import Event, EventCount, SessionCount
+from analytics.models import Event, EventCount, SessionCount, is_play_or_stop
 from analytics.periods import microseconds_between, period_label, utc_date
 
 _events = Event.__table__
@@ -187,15 +186,6 @@ def ping(session: Session) -> None:
 
 # --- GET /metrics and GET /sessions -----------------------------------------------------------
 
-# Written as literals, not bound parameters, so that both databases can prove that a query
-# implies the WHERE of the partial index ix_events_play_stop and use it.
-PLAY_OR_STOP = ("play", "stop")
-
-
-def _is_play_or_stop(table) -> ColumnElement[bool]:
-    return table.c.event.in_([literal_column(f"'{name}'", String) for name in PLAY_OR_STOP])
-
-
 def utc_bounds(start: date, end: date) -> tuple[datetime, datetime | None]:
     """The half-open UTC interval [start 00:00, end + 1 day 00:00) of inclusive dates.
 
@@ -294,7 +284,7 @@ def sessions_statement(start: date, end: date, group_by: str = "day",
             func.lead(events.c.event).over(**in_time_order).label("next_event"),
             func.lead(events.c.occurred_at).over(**in_time_order).label("next_at"),
         )
-        .where(_is_play_or_stop(events), *_in_range(events.c.occurred_at, start_at, end_at))
+        .where(is_play_or_stop(events), *_in_range(events.c.occurred_at, start_at, end_at))
     )
     if user_id is not None:
         # Inside the window's input, so only this user's events are read and ordered.
@@ -307,7 +297,7 @@ def sessions_statement(start: date, end: date, group_by: str = "day",
 
         def first_after_range(column):
             return (select(column)
-                    .where(later.c.user_id == play_stop.c.user_id, _is_play_or_stop(later),
+                    .where(later.c.user_id == play_stop.c.user_id, is_play_or_stop(later),
                            later.c.occurred_at >= end_at)
                     .order_by(later.c.occurred_at, later.c.id)
                     .limit(1)

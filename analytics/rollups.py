@@ -36,12 +36,12 @@ from sqlalchemy import String, bindparam, column, delete, func, insert, select, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import Connection
 
-from analytics.models import Event, EventCount, SessionCount, UTCDateTime
+from analytics.models import (PLAY_OR_STOP, PLAY_OR_STOP_SQL, Event, EventCount,
+                              SessionCount, UTCDateTime, is_play_or_stop)
 from analytics.periods import (USER_BOUNDS_ROWS, microseconds_between, user_bounds_json,
                                utc_date)
 
 SHARDS = 16
-PLAY_OR_STOP = ("play", "stop")
 
 _events = Event.__table__
 _event_counts = EventCount.__table__
@@ -156,19 +156,18 @@ def _lock_users(conn: Connection, by_user: dict) -> None:
 
 def _many_users_statements(dialect: str):
     rows = USER_BOUNDS_ROWS[dialect]
-    play_stop = "event IN ('play', 'stop')"
     widen = text(
         f"WITH b AS ({rows}) SELECT b.user_id, b.lo, b.hi, "
         f"(SELECT max(p.occurred_at) FROM events p WHERE p.user_id = b.user_id "
-        f" AND p.{play_stop} AND p.occurred_at < b.lo) AS before_lo, "
+        f" AND p.{PLAY_OR_STOP_SQL} AND p.occurred_at < b.lo) AS before_lo, "
         f"(SELECT min(p.occurred_at) FROM events p WHERE p.user_id = b.user_id "
-        f" AND p.{play_stop} AND p.occurred_at > b.hi) AS after_hi FROM b"
+        f" AND p.{PLAY_OR_STOP_SQL} AND p.occurred_at > b.hi) AS after_hi FROM b"
     ).columns(column("user_id", String), column("lo", UTCDateTime()),
               column("hi", UTCDateTime()), column("before_lo", UTCDateTime()),
               column("after_hi", UTCDateTime()))
     stretch = text(
         f"WITH b AS ({rows}) SELECT e.occurred_at, e.id, e.event, e.user_id FROM events e "
-        f"JOIN b ON e.user_id = b.user_id WHERE e.{play_stop} "
+        f"JOIN b ON e.user_id = b.user_id WHERE e.{PLAY_OR_STOP_SQL} "
         f"AND e.occurred_at >= b.lo AND e.occurred_at <= b.hi"
     ).columns(column("occurred_at", UTCDateTime()), column("id"), column("event", String),
               column("user_id", String))
@@ -206,13 +205,13 @@ def _one_user_stretch_statement():
     p = _events.alias("p")
     user_id = bindparam("user_id", type_=String)
     lo, hi = bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime())
-    mine = (p.c.user_id == user_id, p.c.event.in_(PLAY_OR_STOP))
+    mine = (p.c.user_id == user_id, is_play_or_stop(p))
     # Uncorrelated scalar subqueries: evaluated once, one index probe each.
     before = select(func.max(p.c.occurred_at)).where(*mine, p.c.occurred_at < lo).scalar_subquery()
     after = select(func.min(p.c.occurred_at)).where(*mine, p.c.occurred_at > hi).scalar_subquery()
     e = _events
     return (select(e.c.occurred_at, e.c.id, e.c.event, e.c.user_id)
-            .where(e.c.user_id == user_id, e.c.event.in_(PLAY_OR_STOP),
+            .where(e.c.user_id == user_id, is_play_or_stop(e),
                    e.c.occurred_at >= func.coalesce(before, lo),
                    e.c.occurred_at <= func.coalesce(after, hi)))
 
@@ -268,7 +267,7 @@ def rebuild(conn: Connection) -> None:
     sequence = (select(e.c.id, e.c.event, e.c.occurred_at,
                        func.lead(e.c.event).over(**in_order).label("next_event"),
                        func.lead(e.c.occurred_at).over(**in_order).label("next_at"))
-                .where(e.c.event.in_(PLAY_OR_STOP))
+                .where(is_play_or_stop(e))
                 .subquery("sequence"))
     plays = (select(sequence.c.id, sequence.c.occurred_at.label("play_at"),
                     sequence.c.next_at.label("stop_at"))
