@@ -171,27 +171,28 @@ def _microseconds_between_sqlite(element, compiler, **kw):
 
 
 # --- rows passed as one JSON parameter ---------------------------------------------------------
-# A statement over many (user_id, lo, hi) rows written as VALUES is compiled anew for every
-# call (its shape changes with the number of rows); one JSON parameter keeps the statement
-# text constant, so it is compiled once and reused. Each database reads JSON its own way, and
-# the timestamps must be written as that database compares them.
+# A statement over many (user_id, occurred_at, id) rows written as VALUES is compiled anew for
+# every call (its shape changes with the number of rows); one JSON parameter keeps the
+# statement text constant, so it is compiled once and reused. Each database reads JSON its own
+# way, and the timestamps must be written as that database compares them.
 
-USER_BOUNDS_ROWS = {
-    "postgresql": ("SELECT user_id, lo, hi FROM json_to_recordset(CAST(:bounds AS json)) "
-                   "AS b(user_id text, lo timestamptz, hi timestamptz)"),
+EVENT_KEY_ROWS = {
+    "postgresql": ("SELECT user_id, occurred_at, id FROM json_to_recordset(CAST(:keys AS json)) "
+                   "AS k(user_id text, occurred_at timestamptz, id bigint)"),
     "sqlite": ("SELECT json_extract(value, '$.user_id') AS user_id, "
-               "json_extract(value, '$.lo') AS lo, json_extract(value, '$.hi') AS hi "
-               "FROM json_each(:bounds)"),
+               "json_extract(value, '$.occurred_at') AS occurred_at, "
+               "json_extract(value, '$.id') AS id FROM json_each(:keys)"),
 }
 
 
-def user_bounds_json(dialect: str, bounds: dict) -> str:
-    """``{user_id: (lo, hi)}`` (aware datetimes) as the JSON that USER_BOUNDS_ROWS reads."""
+def event_keys_json(dialect: str, keys) -> str:
+    """(user_id, occurred_at, id) triples (aware datetimes) as the JSON that EVENT_KEY_ROWS
+    reads."""
     if dialect == "sqlite":  # the stored text form of models.UTCDateTime
         def stamp(at):
             return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
     else:
         def stamp(at):
             return at.isoformat()
-    return json.dumps([{"user_id": user_id, "lo": stamp(lo), "hi": stamp(hi)}
-                       for user_id, (lo, hi) in sorted(bounds.items())])
+    return json.dumps([{"user_id": user_id, "occurred_at": stamp(at), "id": id_}
+                       for user_id, at, id_ in keys])

@@ -15,13 +15,16 @@ request at a time, so workers seldom share one). Only the sum over shards means 
 purge may take an event out of another shard than the one that counted it.
 
 Sessions change only around an event that arrives or leaves: a play forms a session exactly
-when the user's next play-or-stop event (by timestamp, then id) is a stop. So for each user
-whose play/stop events changed, the contiguous stretch of that user's sequence from the event
-before the first change to the event after the last one is read, its sessions are paired
-before and after the change, and the difference is applied. On PostgreSQL a transaction-level
-advisory lock per user serialises this for concurrent writers of the same user (SQLite
-serialises all writers anyway); the locks are taken in one global order, after the event rows
-and counts and before the session rows, so two writers never wait for each other in a cycle.
+when the user's next play-or-stop event (by timestamp, then id) is a stop. So only the pairs
+next to a changed event can change. For each changed play/stop event, the user's play/stop
+events just before and just after it in the table are looked up (two index probes); changed
+events with no unchanged event between them form a run, and each run's sessions are paired
+between its two unchanged neighbours before and after the change, and the difference is
+applied. The cost is two probes per changed event, whatever the user's history looks like. On
+PostgreSQL a transaction-level advisory lock per user serialises this for concurrent writers of
+the same user (SQLite serialises all writers anyway); the locks are taken in one global order,
+after the event rows and counts and before the session rows, so two writers never wait for
+each other in a cycle.
 """
 from __future__ import annotations
 
@@ -38,8 +41,7 @@ from sqlalchemy import Connection
 
 from analytics.models import (PLAY_OR_STOP, PLAY_OR_STOP_SQL, Event, EventCount,
                               SessionCount, UTCDateTime, is_play_or_stop)
-from analytics.periods import (USER_BOUNDS_ROWS, microseconds_between, user_bounds_json,
-                               utc_date)
+from analytics.periods import EVENT_KEY_ROWS, event_keys_json, microseconds_between, utc_date
 
 SHARDS = 16
 
@@ -87,31 +89,33 @@ def _apply_event_counts(conn: Connection, added, removed) -> None:
 # --- session_counts --------------------------------------------------------------------------
 
 def _apply_session_changes(conn: Connection, added, removed) -> None:
-    changed = [c for c in (*added, *removed) if c.event in PLAY_OR_STOP]
+    changed = sorted(c for c in (*added, *removed) if c.event in PLAY_OR_STOP)
     if not changed:
         return
-    by_user: dict[str, list[Change]] = defaultdict(list)
-    for change in changed:
-        by_user[change.user_id].append(change)
-    _lock_users(conn, by_user)
+    _lock_users(conn, {c.user_id for c in changed})
+    neighbours = _read_neighbours(conn, changed)
+    changed_ids = {c.id for c in changed}
 
-    bounds = {user_id: (min(c.occurred_at for c in changes), max(c.occurred_at for c in changes))
-              for user_id, changes in by_user.items()}
-    stretches = (_read_stretch(conn, *next(iter(bounds.items()))) if len(bounds) == 1
-                 else _read_stretches(conn, bounds))
+    def unchanged_neighbour(change: Change, side: int) -> Change | None:
+        # The table holds the added events but not the removed ones, so a neighbour found
+        # there is either unchanged or added; step over added ones (they have their own probes).
+        while True:
+            change = neighbours[change.id][side]
+            if change is None or change.id not in changed_ids:
+                return change
+
     added_ids = {c.id for c in added}
-    removed_by_user: dict[str, list[Change]] = defaultdict(list)
-    for change in removed:
-        if change.event in PLAY_OR_STOP:
-            removed_by_user[change.user_id].append(change)
+    runs: dict[tuple, tuple[list[Change], list[Change]]] = defaultdict(lambda: ([], []))
+    for change in changed:  # changed events between the same two unchanged ones: one run
+        run = runs[(change.user_id, unchanged_neighbour(change, 0), unchanged_neighbour(change, 1))]
+        run[change.id in added_ids].append(change)
 
     deltas: dict[tuple[date, int], list[int]] = defaultdict(lambda: [0, 0])
     shard = _shard()
-    for user_id in by_user:
-        after = stretches.get(user_id, [])
-        before = sorted([c for c in after if c.id not in added_ids] + removed_by_user[user_id])
-        for sign, sequence in ((-1, before), (1, after)):
-            for play, stop in paired(sequence):
+    for (_, before, after), (gone, new) in runs.items():
+        ends = [c for c in (before, after) if c is not None]
+        for sign, inside in ((-1, gone), (1, new)):
+            for play, stop in paired(sorted([*ends, *inside])):
                 key = (play.occurred_at.date(), shard)
                 deltas[key][0] += sign
                 deltas[key][1] += sign * _microseconds(play.occurred_at, stop.occurred_at)
@@ -144,89 +148,57 @@ _LOCK_ONE = select(func.pg_advisory_xact_lock(bindparam("lock_key", type_=postgr
 _LOCK_MANY = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 
 
-def _lock_users(conn: Connection, by_user: dict) -> None:
+def _lock_users(conn: Connection, users: set[str]) -> None:
     if conn.dialect.name != "postgresql":
         return  # SQLite: the write transaction already excludes every other writer
-    keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in by_user})
+    keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in users})
     if len(keys) == 1:  # every POST /track: one prepared statement
         conn.execute(_LOCK_ONE, {"lock_key": keys[0]})
     else:  # in ascending order, the one global order of these locks
         conn.execute(_LOCK_MANY, {"keys": keys})
 
 
-def _many_users_statements(dialect: str):
-    rows = USER_BOUNDS_ROWS[dialect]
-    widen = text(
-        f"WITH b AS ({rows}) SELECT b.user_id, b.lo, b.hi, "
-        f"(SELECT max(p.occurred_at) FROM events p WHERE p.user_id = b.user_id "
-        f" AND p.{PLAY_OR_STOP_SQL} AND p.occurred_at < b.lo) AS before_lo, "
-        f"(SELECT min(p.occurred_at) FROM events p WHERE p.user_id = b.user_id "
-        f" AND p.{PLAY_OR_STOP_SQL} AND p.occurred_at > b.hi) AS after_hi FROM b"
-    ).columns(column("user_id", String), column("lo", UTCDateTime()),
-              column("hi", UTCDateTime()), column("before_lo", UTCDateTime()),
-              column("after_hi", UTCDateTime()))
-    stretch = text(
-        f"WITH b AS ({rows}) SELECT e.occurred_at, e.id, e.event, e.user_id FROM events e "
-        f"JOIN b ON e.user_id = b.user_id WHERE e.{PLAY_OR_STOP_SQL} "
-        f"AND e.occurred_at >= b.lo AND e.occurred_at <= b.hi"
-    ).columns(column("occurred_at", UTCDateTime()), column("id"), column("event", String),
-              column("user_id", String))
-    return widen, stretch
+def _neighbours_statement(dialect: str):
+    """For each (user_id, occurred_at, id) key, the user's play/stop events just before and
+    just after it by (occurred_at, id): two index probes on ix_events_play_stop each."""
+    def probe(columns: str, compare: str, order: str) -> str:
+        return (f"SELECT {columns} FROM events e WHERE e.user_id = k.user_id "
+                f"AND e.{PLAY_OR_STOP_SQL} AND (e.occurred_at, e.id) {compare} (k.occurred_at, k.id) "
+                f"ORDER BY e.occurred_at {order}, e.id {order} LIMIT 1")
+    if dialect == "postgresql":
+        row = "e.occurred_at, e.id, e.event"
+        joins = (f"LEFT JOIN LATERAL ({probe(row, '<', 'DESC')}) b ON true "
+                 f"LEFT JOIN LATERAL ({probe(row, '>', 'ASC')}) a ON true")
+    else:  # no LATERAL: find each neighbour's id, then its row
+        joins = (f"LEFT JOIN events b ON b.id = ({probe('e.id', '<', 'DESC')}) "
+                 f"LEFT JOIN events a ON a.id = ({probe('e.id', '>', 'ASC')})")
+    times = UTCDateTime()
+    return text(
+        f"WITH k AS ({EVENT_KEY_ROWS[dialect]}) SELECT k.id, b.occurred_at, b.id, b.event, "
+        f"a.occurred_at, a.id, a.event FROM k {joins}"
+    ).columns(column("key_id"), column("before_at", times), column("before_id"),
+              column("before_event", String), column("after_at", times), column("after_id"),
+              column("after_event", String))
 
 
-_MANY_USERS = {dialect: _many_users_statements(dialect) for dialect in USER_BOUNDS_ROWS}
+_NEIGHBOURS = {dialect: _neighbours_statement(dialect) for dialect in EVENT_KEY_ROWS}
 
 
-def _read_stretches(conn: Connection, bounds: dict[str, tuple[datetime, datetime]]
-                    ) -> dict[str, list[Change]]:
-    """For each user, the play/stop events from the last one before ``lo`` to the first one
-    after ``hi`` (all of them at those two timestamps), sorted by (timestamp, id).
-
-    Two statements: the widened bounds first (two index probes per user), then one range scan
-    per user; a single statement let PostgreSQL re-evaluate the probes for every event read.
-    """
+def _read_neighbours(conn: Connection, changed: Sequence[Change]
+                     ) -> dict[int, tuple[Change | None, Change | None]]:
+    """For each changed event's id, the user's play/stop events just before and just after it
+    (by timestamp, then id) among those in the table now."""
     dialect = conn.dialect.name
-    widen, stretch = _MANY_USERS[dialect]
-    widened = {
-        user_id: (before_lo or lo, after_hi or hi)
-        for user_id, lo, hi, before_lo, after_hi
-        in conn.execute(widen, {"bounds": user_bounds_json(dialect, bounds)})}
-    stretches: dict[str, list[Change]] = defaultdict(list)
-    for occurred_at, id_, event, user_id in conn.execute(
-            stretch, {"bounds": user_bounds_json(dialect, widened)}):
-        stretches[user_id].append(Change(occurred_at.astimezone(timezone.utc), id_, event,
-                                         user_id))
-    for sequence in stretches.values():
-        sequence.sort()
-    return stretches
-
-
-def _one_user_stretch_statement():
-    p = _events.alias("p")
-    user_id = bindparam("user_id", type_=String)
-    lo, hi = bindparam("lo", type_=UTCDateTime()), bindparam("hi", type_=UTCDateTime())
-    mine = (p.c.user_id == user_id, is_play_or_stop(p))
-    # Uncorrelated scalar subqueries: evaluated once, one index probe each.
-    before = select(func.max(p.c.occurred_at)).where(*mine, p.c.occurred_at < lo).scalar_subquery()
-    after = select(func.min(p.c.occurred_at)).where(*mine, p.c.occurred_at > hi).scalar_subquery()
-    e = _events
-    return (select(e.c.occurred_at, e.c.id, e.c.event, e.c.user_id)
-            .where(e.c.user_id == user_id, is_play_or_stop(e),
-                   e.c.occurred_at >= func.coalesce(before, lo),
-                   e.c.occurred_at <= func.coalesce(after, hi)))
-
-
-_ONE_USER_STRETCH = _one_user_stretch_statement()
-
-
-def _read_stretch(conn: Connection, user_id: str, bounds: tuple[datetime, datetime]
-                  ) -> dict[str, list[Change]]:
-    """_read_stretches for one user (every POST /track): one prepared statement."""
-    lo, hi = bounds
-    sequence = sorted(Change(occurred_at.astimezone(timezone.utc), id_, event, user)
-                      for occurred_at, id_, event, user
-                      in conn.execute(_ONE_USER_STRETCH, {"user_id": user_id, "lo": lo, "hi": hi}))
-    return {user_id: sequence}
+    keys = event_keys_json(dialect, ((c.user_id, c.occurred_at, c.id) for c in changed))
+    user_of = {c.id: c.user_id for c in changed}
+    neighbours = {}
+    for key_id, *sides in conn.execute(_NEIGHBOURS[dialect], {"keys": keys}):
+        found = []
+        for at, id_, event in (sides[:3], sides[3:]):
+            found.append(None if id_ is None else
+                         Change(at.astimezone(timezone.utc), id_, event, user_of[key_id]))
+        neighbours[key_id] = tuple(found)
+    return neighbours
 
 
 # --- writing and rebuilding -------------------------------------------------------------------
