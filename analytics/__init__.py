@@ -32,9 +32,10 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from analytics import cors, db, inputs
+    from analytics import committer, cors, db, inputs
 
     db.init_app(app)
+    committer.init_app(app)
     cors.init_app(app)
     inputs.init_app(app)
     if app.config["TRUSTED_PROXIES"]:

@@ -139,6 +139,43 @@ class TrackEventSchema(Schema):
         return data
 
 
+def quick_load_event(item) -> dict | None:
+    """What ``TrackEventSchema().load(item)`` returns, for an item that plainly follows every
+    rule; None when anything needs a closer look (the schema then decides, and words the error).
+
+    The schema stays the definition of the rules (and the source of every message and of the
+    OpenAPI document); this is the same checks without marshmallow's per-field machinery, which
+    costs several times as much per event in batches and imports. A property test holds the two
+    to the same answers.
+    """
+    if type(item) is not dict:
+        return None
+    event, user_id = item.get("event"), item.get("user_id")
+    if (type(event) is not str or type(user_id) is not str or event == "date"
+            or not 0 < len(event) <= NAME_MAX_CHARS or not 0 < len(user_id) <= NAME_MAX_CHARS
+            or not event.strip() or not user_id.strip()):
+        return None
+    timestamp, metadata, event_id = item.get("timestamp"), item.get("metadata"), item.get("event_id")
+    if metadata is not None and type(metadata) is not dict:
+        return None
+    if event_id is not None and (type(event_id) is not str
+                                 or not 0 < len(event_id) <= EVENT_ID_MAX_CHARS):
+        return None
+    if timestamp is None:
+        when = None
+    elif type(timestamp) is str:
+        try:
+            when = parse_timestamp(timestamp)
+        except ValueError:
+            return None
+    else:
+        return None
+    if has_nul(item):
+        return None
+    return {"event": event, "user_id": user_id, "timestamp": when, "metadata": metadata,
+            "event_id": event_id, "raw_timestamp": timestamp}
+
+
 class StatusSchema(Schema):
     status = fields.String(required=True, metadata={"example": "success"})
 

@@ -445,7 +445,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn workers (default: gunicorn.conf.py's 2 x CPUs + 1)")
+                        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--no-track", dest="track", action="store_false",

@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn workers (default: gunicorn.conf.py's 2 x CPUs + 1)")
+                        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
     if not shutil.which("wrk"):

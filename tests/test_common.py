@@ -91,12 +91,12 @@ def test_unexpected_error_is_json_500_without_internals(database_url):
 def test_database_bug_is_500_with_endpoint_message(app, client, monkeypatch):
     from sqlalchemy.exc import ProgrammingError
 
-    import analytics.api.track as track
+    import analytics.committer as committer
 
     def broken_insert(session, rows):
         raise ProgrammingError("INSERT INTO events ...", {}, Exception("syntax error at or near"))
 
-    monkeypatch.setattr(track, "insert_events", broken_insert)
+    monkeypatch.setattr(committer, "insert_events", broken_insert)
     response = client.post("/track", json={"event": "e", "user_id": "u"})
     assert response.status_code == 500
     assert response.get_json() == {"status": "error", "message": "Failed to log event"}

@@ -4,12 +4,11 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from analytics import bulk
-from analytics.db import get_session
+from analytics.committer import store_event
 from analytics.errors import APIError, failure_message
 from analytics.ingest import prepare_event
 from analytics.inputs import read_json_object
 from analytics.models import utcnow
-from analytics.queries import insert_events
 
 bp = Blueprint("track", __name__)
 
@@ -28,7 +27,7 @@ def track():
     data = load_event(read_json_object(request))
     prepared = prepare_event(data, now=utcnow(),
                              metadata_limit=current_app.config["METADATA_MAX_BYTES"])
-    [stored] = bulk.commit_events(get_session(), [prepared.row], insert=insert_events)
+    stored = store_event(current_app._get_current_object(), prepared.row)
     body = {"status": "success", "message": "Event logged."}
     if not stored:
         # Already stored by an earlier request: the warnings that request got describe the

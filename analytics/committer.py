@@ -1,0 +1,123 @@
+"""Group commit for POST /track: single events from concurrent requests share transactions.
+
+A durable single event costs a transaction: on PostgreSQL several round trips and a WAL flush,
+on SQLite the database's one write lock. When a worker serves several requests at once
+(gunicorn's threaded workers), each process has one writer thread: request threads hand it
+their prepared event and wait; the writer takes every event waiting at that moment, stores
+them with the same code as a batch (``bulk.commit_events``: deduplication, aggregates, retry
+on deadlock) in one transaction, commits, and only then wakes each request with its own
+result. So every 200 still follows its event's commit, and under load one commit serves many
+requests. A lone request is written at once (nothing waits for company).
+
+If the shared transaction fails for a reason other than the database being unreachable, each
+event of the group is tried again alone, so one event the database refuses cannot fail the
+others' requests.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from flask import Flask
+
+from analytics import bulk
+from analytics.db import get_session
+from analytics.errors import is_unreachable
+from analytics.queries import insert_events
+
+EXTENSION_KEY = "analytics.committer"
+MAX_GROUP = 200  # events per shared transaction
+
+
+@dataclass(eq=False)
+class _Pending:
+    row: dict
+    done: threading.Event = field(default_factory=threading.Event)
+    stored: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommitter:
+    """One writer thread per process for an app; see the module's description."""
+
+    def __init__(self, app: Flask):
+        self._app = app
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    def store(self, row: dict) -> bool:
+        """Store one prepared event and commit; whether it was stored (False: a duplicate).
+        Raises what storing it raised."""
+        self._start()
+        pending = _Pending(row)
+        self._queue.put(pending)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.stored
+
+    def _start(self) -> None:
+        # After a fork (gunicorn's workers) the parent's thread does not exist: start one per
+        # process, on first use.
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._run, name="track-writer", daemon=True).start()
+                self._pid = os.getpid()
+
+    def _run(self) -> None:
+        incoming = self._queue
+        while True:
+            group = [incoming.get()]
+            while len(group) < MAX_GROUP:
+                try:
+                    group.append(incoming.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write(group)
+            finally:
+                for pending in group:
+                    pending.done.set()
+
+    def _write(self, group: list[_Pending]) -> None:
+        with self._app.app_context():
+            try:
+                self._commit(group)
+                return
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+                if len(group) == 1 or is_unreachable(exc):
+                    for pending in group:
+                        pending.error = exc
+                    return
+            for pending in group:  # find the event at fault: each alone
+                try:
+                    self._commit([pending])
+                except Exception as exc:  # noqa: BLE001
+                    pending.error = exc
+
+    @staticmethod
+    def _commit(group: list[_Pending]) -> None:
+        session = get_session()
+        try:
+            stored = bulk.commit_events(session, [pending.row for pending in group],
+                                        insert=insert_events)
+        except BaseException:
+            session.rollback()
+            raise
+        for pending, was_stored in zip(group, stored):
+            pending.stored = was_stored
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION_KEY] = GroupCommitter(app)
+
+
+def store_event(app: Flask, row: dict) -> bool:
+    """Store one prepared event through the app's group committer."""
+    return app.extensions[EXTENSION_KEY].store(row)

@@ -1,0 +1,113 @@
+"""Group commit of POST /track (analytics/committer.py), on both backends: requests that wait
+at the same time share one transaction, each still gets its own answer after the commit, and
+an event the database refuses fails only its own request."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy.exc import ProgrammingError
+
+import analytics.committer as committer
+from test_track import SUCCESS, post, stored
+
+DUPLICATE = {**SUCCESS, "duplicate": True}
+
+
+class HeldWriter:
+    """Stands in for committer.insert_events: records each group's user_ids, holds the first
+    group until ``queued`` more events wait behind it (so that they form the next group), and
+    refuses any group holding the user ``refuse``."""
+
+    def __init__(self, app, queued: int, refuse: str | None = None):
+        self.writer = app.extensions[committer.EXTENSION_KEY]
+        self.real = committer.insert_events
+        self.queued, self.refuse = queued, refuse
+        self.groups: list[list[str]] = []
+        self.first_entered = threading.Event()
+
+    def __call__(self, session, rows):
+        self.groups.append([row["user_id"] for row in rows])
+        if len(self.groups) == 1:
+            self.first_entered.set()
+            deadline = time.monotonic() + 10
+            while self.writer._queue.qsize() < self.queued and time.monotonic() < deadline:
+                time.sleep(0.005)
+        if self.refuse in self.groups[-1]:
+            raise ProgrammingError("INSERT INTO events ...", {}, Exception("value refused"))
+        return self.real(session, rows)
+
+
+def post_concurrently(app, held: HeldWriter, first: dict, others: list[dict]) -> list:
+    """POST ``first``, and once the writer holds it, every one of ``others`` at once."""
+    answers: list = [None] * (1 + len(others))
+
+    def send(index, body):
+        answers[index] = post(app.test_client(), body)
+
+    threads = [threading.Thread(target=send, args=(0, first))]
+    threads[0].start()
+    assert held.first_entered.wait(10)
+    for index, body in enumerate(others, start=1):
+        threads.append(threading.Thread(target=send, args=(index, body)))
+        threads[-1].start()
+    for thread in threads:
+        thread.join(30)
+    return answers
+
+
+def event(user_id: str, **fields) -> dict:
+    return {"event": "play", "user_id": user_id, "timestamp": "2025-01-18T14:30:00Z", **fields}
+
+
+def test_requests_waiting_together_share_one_transaction(app, engine, monkeypatch):
+    held = HeldWriter(app, queued=6)
+    monkeypatch.setattr(committer, "insert_events", held)
+    answers = post_concurrently(app, held, event("u0"), [event(f"u{n}") for n in range(1, 7)])
+    assert [answer.status_code for answer in answers] == [200] * 7
+    assert all(answer.get_json() == SUCCESS for answer in answers)
+    assert held.groups[0] == ["u0"]
+    assert sorted(held.groups[1]) == [f"u{n}" for n in range(1, 7)]
+    assert len(held.groups) == 2
+    assert sorted(row.user_id for row in stored(engine)) == [f"u{n}" for n in range(7)]
+
+
+def test_a_duplicate_inside_a_group_is_reported_to_its_own_request(app, engine, monkeypatch):
+    held = HeldWriter(app, queued=2)
+    monkeypatch.setattr(committer, "insert_events", held)
+    answers = post_concurrently(app, held, event("u0"),
+                                [event("u1", event_id="e"), event("u1", event_id="e")])
+    assert sorted(str(answer.get_json()) for answer in answers[1:]) == sorted(
+        [str(SUCCESS), str(DUPLICATE)])
+    assert len(held.groups[1]) == 2
+    assert sorted(row.user_id for row in stored(engine)) == ["u0", "u1"]
+
+
+def test_an_event_the_database_refuses_fails_only_its_own_request(app, engine, monkeypatch):
+    held = HeldWriter(app, queued=3, refuse="bad")
+    monkeypatch.setattr(committer, "insert_events", held)
+    answers = post_concurrently(app, held, event("u0"),
+                                [event("u1"), event("bad"), event("u2")])
+    by_user = dict(zip(["u0", "u1", "bad", "u2"], answers))
+    assert by_user["bad"].status_code == 500
+    assert by_user["bad"].get_json() == {"status": "error", "message": "Failed to log event"}
+    for user in ("u0", "u1", "u2"):
+        assert by_user[user].status_code == 200, user
+    # The shared group failed as a whole, then each of its events was written alone.
+    assert sorted(held.groups[1]) == ["bad", "u1", "u2"]
+    assert sorted(map(tuple, held.groups[2:])) == [("bad",), ("u1",), ("u2",)]
+    assert sorted(row.user_id for row in stored(engine)) == ["u0", "u1", "u2"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_each_worker_process_starts_its_own_writer(app, client, monkeypatch):
+    """A forked worker inherits the parent's committer but not its thread: the first event in
+    the new process starts one there."""
+    assert post(client, event("u0")).status_code == 200
+    writer = app.extensions[committer.EXTENSION_KEY]
+    monkeypatch.setattr(writer, "_pid", -1)  # as seen from a child process after fork
+    before = {thread.ident for thread in threading.enumerate() if thread.name == "track-writer"}
+    assert post(client, event("u1")).status_code == 200
+    after = {thread.ident for thread in threading.enumerate() if thread.name == "track-writer"}
+    assert len(after - before) == 1

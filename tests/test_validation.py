@@ -1,0 +1,106 @@
+"""The quick path of event validation (schemas.quick_load_event) answers exactly as
+TrackEventSchema does: for any item it accepts, the loaded event is the schema's, and it never
+accepts an item the schema refuses. Items it does not accept go to the schema, which words the
+error, so only acceptance needs proving."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError
+
+from analytics.bulk import InvalidEvent, load_event
+from analytics.schemas import TrackEventSchema, quick_load_event
+
+SCHEMA = TrackEventSchema()
+MISSING = object()
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6))
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4),
+                                                                      children, max_size=3),
+    max_leaves=8)
+# Values at and around each rule's edges, besides arbitrary text and JSON.
+names = st.one_of(
+    st.sampled_from(["play", "stop", "date", "Date", "", " ", "\t\n", "a\x00b", "x" * 255,
+                     "x" * 256, " play ", "é" * 255, "é" * 256]),
+    st.text(max_size=6), json_values)
+timestamps = st.one_of(
+    st.sampled_from(["2025-01-18T14:30:00Z", "2025-01-18T14:30:00.123456789+05:30",
+                     "2025-01-18T14:30:00", "2025-01-18", "2025-02-30T00:00:00Z",
+                     "2025-01-18T14:30:00+24:00", "2025-01-18 14:30", " 2025-01-18T14:30:00Z ",
+                     "2999-01-01T00:00:00Z", "2025-01-18T14:30:00\x00", ""]),
+    st.text(max_size=8), json_values)
+event_ids = st.one_of(st.sampled_from(["", "e", "x" * 128, "x" * 129, "a\x00", " "]),
+                      st.text(max_size=8), json_values)
+metadata = st.one_of(json_values, st.dictionaries(st.text(max_size=4), json_values, max_size=3),
+                     st.just({"k\x00": 1}), st.just({"k": ["\x00"]}))
+FIELDS = (("event", names), ("user_id", names), ("timestamp", timestamps),
+          ("metadata", metadata), ("event_id", event_ids))
+
+
+@st.composite
+def items(draw):
+    item = {}
+    for key, values in FIELDS:
+        value = draw(st.one_of(st.just(MISSING), values))
+        if value is not MISSING:
+            item[key] = value
+    extra = draw(st.dictionaries(st.text(max_size=4), json_values, max_size=2))
+    item.update({key: value for key, value in extra.items() if key not in item})
+    return item
+
+
+def schema_answer(item):
+    try:
+        return SCHEMA.load(item)
+    except ValidationError:
+        return None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(items(), json_values))
+def test_quick_path_accepts_only_what_the_schema_accepts_and_loads_the_same(item):
+    quick = quick_load_event(item)
+    if quick is not None:
+        assert quick == schema_answer(item)
+
+
+@pytest.mark.parametrize("item", [
+    {"event": "play", "user_id": "u1"},
+    {"event": "play", "user_id": "u1", "timestamp": None, "metadata": None, "event_id": None},
+    {"event": "purchase", "user_id": "ü", "timestamp": "2025-01-18T14:30:00.5+05:30",
+     "metadata": {"cart": [{"sku": "é", "n": 2}], "ok": True}, "event_id": "x" * 128},
+    {"event": " play", "user_id": "u1", "timestamp": "2025-01-18T14:30:00", "extra": [1, 2]},
+])
+def test_plainly_valid_events_take_the_quick_path(item):
+    quick = quick_load_event(item)
+    assert quick is not None
+    assert quick == SCHEMA.load(item)
+
+
+def test_the_quick_path_keeps_the_text_of_the_timestamp():
+    quick = quick_load_event({"event": "play", "user_id": "u",
+                              "timestamp": "2025-01-18T14:30:00+01:00"})
+    assert quick["timestamp"] == datetime(2025, 1, 18, 13, 30, tzinfo=timezone.utc)
+    assert quick["raw_timestamp"] == "2025-01-18T14:30:00+01:00"
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"event": "date", "user_id": "u"}, 'event "date" is reserved'),
+    ({"event": "play", "user_id": " "}, "user_id must contain at least one non-whitespace"),
+    ({"event": "play", "user_id": "u", "event_id": ""}, "event_id must be 1 to 128 characters"),
+    ({"event": "play", "user_id": "u", "metadata": {"a": "\x00"}},
+     "metadata must not contain NUL"),
+    ({"event": "play", "user_id": "u", "timestamp": "2025-01-18"}, "timestamp must be"),
+    ([1], "Event must be a JSON object"),
+])
+def test_what_the_quick_path_refuses_is_worded_by_the_schema(item, message):
+    assert quick_load_event(item) is None
+    with pytest.raises(InvalidEvent) as caught:
+        load_event(item)
+    assert message in caught.value.message
