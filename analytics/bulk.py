@@ -18,6 +18,7 @@ from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from analytics.db import writer_turn
 from analytics.ingest import PreparedEvent, prepare_event
 from analytics.queries import insert_events
 from analytics.schemas import (TrackEventSchema, ordered_errors, quick_load_event,
@@ -112,8 +113,9 @@ def commit_events(session: Session, rows: list[dict], *,
     """
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            stored = insert(session, rows)
-            session.commit()
+            with writer_turn(session.get_bind()):
+                stored = insert(session, rows)
+                session.commit()
             return stored
         except DBAPIError as exc:
             if attempt == COMMIT_ATTEMPTS or not is_retryable(exc):

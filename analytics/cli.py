@@ -39,10 +39,10 @@ def init_app(app: Flask) -> None:
               help="Keep events this many days instead of RETENTION_DAYS.")
 @click.option("--dry-run", is_flag=True,
               help="Report how many events would be purged; delete nothing.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=retention.DEFAULT_BATCH_SIZE,
-              show_default=True, help="Events deleted per transaction.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Events deleted per transaction (default: 1000; 200 on SQLite).")
 @with_appcontext
-def purge(days: int | None, dry_run: bool, batch_size: int) -> None:
+def purge(days: int | None, dry_run: bool, batch_size: int | None) -> None:
     """Delete events received more than RETENTION_DAYS (or --days) days ago.
 
     Events received strictly before now minus the period (whole seconds, UTC) are deleted, in

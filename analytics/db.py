@@ -1,6 +1,9 @@
 """Database access: one engine per application, one Session per application context."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 
 from flask import Flask, current_app, g
@@ -65,6 +68,36 @@ def _sqlite_engine(url, busy_timeout_s: int) -> Engine:
         connection.exec_driver_sql(f"BEGIN {mode}".strip())
 
     return engine
+
+
+@contextlib.contextmanager
+def writer_turn(engine: Engine) -> Iterator[None]:
+    """On a SQLite file, wait in line for the database's write lock; elsewhere, nothing.
+
+    SQLite lets one writer in at a time, and a writer that finds the lock taken does not queue
+    for it: it polls, sleeping 1, 2, 5, ... up to 100 ms between tries, so under steady writes
+    some wait far longer than the writes before them took, and a purge deleting batch after
+    batch can keep them out until it ends. Every writer of this application (events, batches,
+    imports, purges) first takes an exclusive lock on a file beside the database, on which the
+    operating system wakes a waiter as soon as it is released, and only then begins.
+    """
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    # One open file per call: flock locks belong to an open file, so threads of one process
+    # exclude each other too.
+    try:
+        handle = open(f"{database}-writer.lock", "a")
+    except OSError:  # no such folder, not writable: the database itself will say so
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def init_app(app: Flask) -> None:

@@ -4,6 +4,7 @@
                                     [--days 30] [--runs 7] [--sql-runs 3] [--duration 8]
                                     [--connections 16] [--workers N]
                                     [--no-sqlite] [--no-postgres] [--no-track] [--no-purge]
+                                    [--purge-batch-size N]
 
 For each data set (PostgreSQL at ``--events`` and at ``--small`` events, SQLite at ``--small``
 only): generates the events with bench/query_plans.py's generator (``--days`` days from
@@ -25,7 +26,7 @@ events and a session):
 - then single-event POST /track with wrk on the same server, and right after it the trivial
   Flask endpoint (bench/track_http.py, the framework ceiling), and the largest worker RSS seen;
 - then the purge of the first day of events (``retention.purge_expired``, as the ``purge``
-  command runs it, in batches of 1000) while wrk keeps posting single events in back-to-back
+  command runs it, in batches of ``--purge-batch-size``) while wrk keeps posting single events in back-to-back
   runs of ``--duration`` seconds: the purge's rate, and the worst POST /track p99 of those runs
   beside the p99 measured without a purge just before; afterwards the all-users answers are
   compared with the plain SQL again (purged events must leave the aggregates).
@@ -240,7 +241,8 @@ def measure_purge(base: str, url: str, args) -> dict:
     def purge() -> None:
         began = time.perf_counter()
         try:
-            outcome["rows"] = retention.purge_expired(engine, cutoff)
+            outcome["rows"] = retention.purge_expired(engine, cutoff,
+                                                      batch_size=args.purge_batch_size)
         except Exception as exc:  # reported below, after wrk stops
             outcome["error"] = exc
         outcome["seconds"] = time.perf_counter() - began
@@ -452,6 +454,9 @@ def main() -> None:
                         help="skip the POST /track measurement")
     parser.add_argument("--no-purge", dest="purge", action="store_false",
                         help="skip the purge under ingest (needs the POST /track measurement)")
+    parser.add_argument("--purge-batch-size", type=int, default=None,
+                        help="events deleted per transaction by the purge (default: the purge "
+                             "command's, 1000 on PostgreSQL and 200 on SQLite)")
     args = parser.parse_args()
     if args.track and not shutil.which("wrk"):
         sys.exit("wrk is needed for POST /track (apt-get install wrk), or pass --no-track")

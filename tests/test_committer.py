@@ -111,3 +111,26 @@ def test_each_worker_process_starts_its_own_writer(app, client, monkeypatch):
     assert post(client, event("u1")).status_code == 200
     after = {thread.ident for thread in threading.enumerate() if thread.name == "track-writer"}
     assert len(after - before) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_sqlite_writers_wait_their_turn_on_the_lock_file(app, database_url, engine):
+    """Every writer takes the lock beside the database before it begins: while another
+    process holds it, POST /track waits (it neither fails nor writes), and goes on after."""
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    answers = []
+    with open(f"{make_url(database_url).database}-writer.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sender = threading.Thread(target=lambda: answers.append(post(app.test_client(),
+                                                                     event("u0"))))
+        sender.start()
+        sender.join(0.5)
+        assert sender.is_alive() and not answers
+        assert stored(engine) == []
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    sender.join(30)
+    assert [answer.status_code for answer in answers] == [200]
+    assert [row.user_id for row in stored(engine)] == ["u0"]

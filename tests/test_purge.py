@@ -125,6 +125,18 @@ def test_each_batch_is_bounded(engine):
     assert batches == [4, 4, 2]
 
 
+def test_default_batches_are_smaller_on_sqlite(backend, engine):
+    old = [NOW - timedelta(days=40, seconds=i) for i in range(450)]
+    add_events(engine, *old)
+    batches: list[int] = []
+
+    purged = retention.purge_expired(engine, retention.retention_cutoff(30, NOW),
+                                     on_batch=batches.append)
+
+    assert purged == len(old)
+    assert batches == ([200, 200, 50] if backend == "sqlite" else [450])
+
+
 def test_days_option_overrides_retention_days(app, runner, engine, frozen_now):
     app.config["RETENTION_DAYS"] = 7
     add_events(engine, NOW - timedelta(days=2), NOW - timedelta(days=10),
