@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,19 +86,33 @@ def writer_turn(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:" or database.startswith("file:"):
         yield
         return
-    # One open file per call: flock locks belong to an open file, so threads of one process
-    # exclude each other too.
-    try:
-        handle = open(f"{database}-writer.lock", "a")
-    except OSError:  # no such folder, not writable: the database itself will say so
+    handle = _lock_file(f"{database}-writer.lock")
+    if handle is None:  # no such folder, not writable: the database itself will say so
         yield
         return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_open_lock_files = threading.local()
+
+
+def _lock_file(path: str):
+    """This thread's open lock file at ``path``, or None when it cannot be opened.
+
+    One open file per thread: flock locks belong to an open file, so threads of one process
+    exclude each other too; kept open, because opening it costs more than the lock.
+    """
+    files = _open_lock_files.__dict__
+    if path not in files:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            files[path] = open(path, "a")  # noqa: SIM115 - kept open for the thread's life
+        except OSError:
+            return None
+    return files[path]
 
 
 def init_app(app: Flask) -> None:
