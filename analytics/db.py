@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,33 +87,36 @@ def writer_turn(engine: Engine) -> Iterator[None]:
     if not database or database == ":memory:" or database.startswith("file:"):
         yield
         return
-    handle = _lock_file(f"{database}-writer.lock")
-    if handle is None:  # no such folder, not writable: the database itself will say so
+    turn = _writer_lock(f"{database}-writer.lock")
+    if turn is None:  # no such folder, not writable: the database itself will say so
         yield
         return
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_open_lock_files = threading.local()
-
-
-def _lock_file(path: str):
-    """This thread's open lock file at ``path``, or None when it cannot be opened.
-
-    One open file per thread: flock locks belong to an open file, so threads of one process
-    exclude each other too; kept open, because opening it costs more than the lock.
-    """
-    files = _open_lock_files.__dict__
-    if path not in files:
+    in_process, descriptor = turn
+    with in_process:  # the other threads of this process
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # the other processes
         try:
-            files[path] = open(path, "a")  # noqa: SIM115 - kept open for the thread's life
-        except OSError:
-            return None
-    return files[path]
+            yield
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+
+
+_writer_locks: dict[tuple[int, str], tuple[threading.Lock, int]] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(path: str) -> tuple[threading.Lock, int] | None:
+    """This process's lock for ``path`` and its open descriptor of the file, or None when the
+    file cannot be opened. Opened once per process (after a fork the file is opened again:
+    flock locks belong to an open file, which a forked child would share with its parent)."""
+    key = (os.getpid(), path)
+    with _writer_locks_guard:
+        if key not in _writer_locks:
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError:
+                return None
+            _writer_locks[key] = (threading.Lock(), descriptor)
+        return _writer_locks[key]
 
 
 def init_app(app: Flask) -> None:
