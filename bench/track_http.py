@@ -1,18 +1,22 @@
 """Single-event POST /track throughput under concurrency, beside the framework ceiling.
 
-    .venv/bin/python bench/track_http.py [--duration 10] [--connections 16] [--workers N]
+    .venv/bin/python bench/track_http.py [--duration 10] [--connections 16] [--rounds 3]
+                                         [--workers N] [--no-postgres]
 
 Needs wrk (Debian package ``wrk``) and a PostgreSQL server at BENCH_POSTGRES_URL (default the
-local one; use --no-postgres to skip it). Starts, in turn, gunicorn with the project's
-gunicorn.conf.py serving a trivial Flask JSON endpoint (bench/trivial_app.py), the API on a fresh
-SQLite database and the API on a fresh PostgreSQL database, loads each with the same wrk run, and
-prints requests/s, latency and the ratio to the trivial endpoint measured in the same run.
+local one; use --no-postgres to skip it). Starts gunicorn with the project's gunicorn.conf.py
+serving a trivial Flask JSON endpoint (bench/trivial_app.py), the API on a fresh SQLite database
+and the API on a fresh PostgreSQL database, then loads each in turn with the same wrk run, for
+``--rounds`` rounds, and prints requests/s, latency and the ratio to the trivial endpoint of the
+same round (medians over the rounds).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each target, taken in turn (medians are reported)")
     parser.add_argument("--workers", type=int, default=None,
                         help="gunicorn workers (default: gunicorn.conf.py's one per CPU)")
     parser.add_argument("--no-postgres", action="store_true")
@@ -81,25 +87,46 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
 
-    results = [measure("trivial Flask endpoint", "bench.trivial_app:app", {}, args)]
-    with scratch_sqlite() as url:
-        results.append(measure("POST /track, SQLite", "wsgi:app", {"DATABASE_URL": url}, args))
-        results[-1]["stored"] = stored(url)
-    if not args.no_postgres:
-        with scratch_postgres() as url:
-            results.append(measure("POST /track, PostgreSQL", "wsgi:app",
-                                   {"DATABASE_URL": url}, args))
-            results[-1]["stored"] = stored(url)
+    with contextlib.ExitStack() as stack:
+        targets = [("trivial Flask endpoint", "bench.trivial_app:app", None)]
+        targets.append(("POST /track, SQLite", "wsgi:app", stack.enter_context(scratch_sqlite())))
+        if not args.no_postgres:
+            targets.append(("POST /track, PostgreSQL", "wsgi:app",
+                            stack.enter_context(scratch_postgres())))
+        servers = []
+        for name, app, url in targets:
+            env = {"DATABASE_URL": url} if url else {}
+            base, master = stack.enter_context(gunicorn(app, env=env, workers=args.workers))
+            run_wrk(base, 2, args.connections)  # warm-up
+            servers.append((name, base, master, url))
+        # All servers stay up; the targets are loaded in turn, round after round, so that each
+        # round's ratios compare runs a few seconds apart on this shared machine.
+        runs: dict[str, list[dict]] = {name: [] for name, *_ in servers}
+        for round_number in range(1, args.rounds + 1):
+            for name, base, master, _url in servers:
+                result = run_wrk(base, args.duration, args.connections)
+                result["rss_mb"] = max(worker_rss_mb(master) or [0])
+                runs[name].append(result)
+            ceiling = runs[servers[0][0]][-1]["rps"]
+            print(f"round {round_number}: " + ", ".join(
+                f"{name} {r[-1]['rps']:.0f} req/s ({r[-1]['rps'] / ceiling:.0%})"
+                for name, r in runs.items()), flush=True)
+        counted = {name: stored(url) for name, _b, _m, url in servers if url}
 
-    ceiling = results[0]["rps"]
+    trivial = runs[servers[0][0]]
     print(f"\n{'target':<26}{'req/s':>9}{'vs trivial':>12}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}{'worker RSS MB':>15}")
-    for r in results:
-        print(f"{r['name']:<26}{r['rps']:>9.0f}{r['rps'] / ceiling:>11.0%} {r['p50_ms']:>8.1f}"
-              f"{r['p99_ms']:>9.1f}{r['errors']:>8}{r['rss_mb']:>15.0f}")
-    for r in results[1:]:
-        print(f"{r['name']}: {r['stored']} events stored (wrk counted {r['requests']} "
-              "requests in the measured run plus the warm-up)")
+          f"{'errors':>8}{'worker RSS MB':>15}   (medians of {args.rounds} rounds)")
+    for name, results in runs.items():
+        share = statistics.median(r["rps"] / t["rps"] for r, t in zip(results, trivial))
+        print(f"{name:<26}{statistics.median(r['rps'] for r in results):>9.0f}{share:>11.0%} "
+              f"{statistics.median(r['p50_ms'] for r in results):>8.1f}"
+              f"{statistics.median(r['p99_ms'] for r in results):>9.1f}"
+              f"{sum(r['errors'] for r in results):>8}"
+              f"{max(r['rss_mb'] for r in results):>15.0f}")
+    for name, count in counted.items():
+        requests = sum(r["requests"] for r in runs[name])
+        print(f"{name}: {count} events stored (wrk counted {requests} requests in the measured "
+              "runs, plus the warm-up)")
 
 
 if __name__ == "__main__":
