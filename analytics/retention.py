@@ -10,9 +10,9 @@ is always kept for at least the retention period (at most a second longer, until
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from time import monotonic, sleep
 
 from sqlalchemy import Engine, delete, func, select
 
@@ -24,6 +24,10 @@ from analytics.models import Event
 # while a batch holds it, so its batches are smaller (about 20 ms each on a 1M-event table).
 DEFAULT_BATCH_SIZES = {"sqlite": 200}
 DEFAULT_BATCH_SIZE = 1000
+# After each batch the purge rests as long as the batch took, times this: it is maintenance,
+# and on a small server the API's requests need the same CPUs and disks.
+DEFAULT_PACE = 1.0
+# ... and at least this long on SQLite, so the writers queued for the lock go first.
 WRITERS_FIRST_S = 0.005
 
 
@@ -86,6 +90,7 @@ def delete_batch(engine: Engine, cutoff: datetime, batch_size: int) -> int:
 
 
 def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = None,
+                  pace: float = DEFAULT_PACE,
                   on_batch: Callable[[int], None] | None = None) -> int:
     """Delete every event received strictly before ``cutoff``; return how many this call deleted.
 
@@ -94,22 +99,28 @@ def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = 
     ``on_batch`` is called with the size of each committed batch (for progress reporting).
     ``batch_size`` defaults to ``default_batch_size(engine)``.
 
-    On SQLite, after each batch the purge lets the writers that queued for the database
-    (``db.writer_turn``) go first: otherwise it would take the lock again at once, before they
-    wake, and keep the API's writes out until it ended.
+    After each batch the purge rests ``pace`` times as long as the batch took (0: not at all),
+    so that it takes at most about 1 / (1 + pace) of a CPU from the API. On SQLite it always
+    rests a little, so that the writers queued for the database (``db.writer_turn``) go first:
+    otherwise it would take the lock again at once, before they wake, and keep the API's writes
+    out until it ended.
     """
     if batch_size is None:
         batch_size = default_batch_size(engine)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    let_writers_in = engine.dialect.name == "sqlite"
+    if pace < 0:
+        raise ValueError("pace must not be negative")
+    least_rest = WRITERS_FIRST_S if engine.dialect.name == "sqlite" else 0.0
     total = 0
     while True:
+        began = monotonic()
         deleted = delete_batch(engine, cutoff, batch_size)
         if deleted == 0:
             return total
         total += deleted
         if on_batch is not None:
             on_batch(deleted)
-        if let_writers_in:
-            time.sleep(WRITERS_FIRST_S)
+        rest = max(least_rest, pace * (monotonic() - began))
+        if rest:
+            sleep(rest)

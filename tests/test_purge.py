@@ -137,6 +137,44 @@ def test_default_batches_are_smaller_on_sqlite(backend, engine):
     assert batches == ([200, 200, 50] if backend == "sqlite" else [450])
 
 
+class Sleeps(list):
+    """Stands in for retention's time.sleep: records each rest instead of taking it."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        monkeypatch.setattr(retention, "sleep", self.append)
+
+
+def test_the_purge_rests_after_each_batch_as_long_as_it_took(backend, engine, monkeypatch):
+    add_events(engine, *[NOW - timedelta(days=40, seconds=i) for i in range(10)])
+    sleeps = Sleeps(monkeypatch)
+    moments = iter(range(100))  # each batch "takes" 1 s, from one monotonic reading to the next
+    monkeypatch.setattr(retention, "monotonic", lambda: next(moments))
+
+    retention.purge_expired(engine, retention.retention_cutoff(30, NOW), batch_size=4, pace=0.5)
+
+    assert sleeps == [0.5, 0.5, 0.5]  # three batches (4, 4, 2), no rest after the empty one
+
+
+def test_full_speed_rests_only_to_let_sqlite_writers_in(backend, runner, engine, frozen_now,
+                                                        monkeypatch):
+    add_events(engine, *[NOW - timedelta(days=40, seconds=i) for i in range(10)])
+    sleeps = Sleeps(monkeypatch)
+
+    result = purge(runner, "--full-speed", "--batch-size", "4")
+
+    assert result.output.startswith("Purged 10 events")
+    assert sleeps == ([retention.WRITERS_FIRST_S] * 3 if backend == "sqlite" else [])
+
+
+def test_by_default_the_command_rests_between_batches(runner, engine, frozen_now, monkeypatch):
+    add_events(engine, *[NOW - timedelta(days=40, seconds=i) for i in range(10)])
+    sleeps = Sleeps(monkeypatch)
+
+    assert purge(runner, "--batch-size", "4").output.startswith("Purged 10 events")
+    assert len(sleeps) == 3 and all(rest > 0 for rest in sleeps)
+
+
 def test_days_option_overrides_retention_days(app, runner, engine, frozen_now):
     app.config["RETENTION_DAYS"] = 7
     add_events(engine, NOW - timedelta(days=2), NOW - timedelta(days=10),
