@@ -18,7 +18,7 @@ from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from analytics.db import writer_turn
+from analytics.db import release_writer_turn
 from analytics.ingest import PreparedEvent, prepare_event
 from analytics.queries import insert_events
 from analytics.schemas import (TrackEventSchema, ordered_errors, quick_load_event,
@@ -111,16 +111,25 @@ def commit_events(session: Session, rows: list[dict], *,
     transaction aborted by a deadlock or a serialization failure is rolled back and run again
     (the same rows, so the answer is the same as if it had gone through the first time).
     """
+    try:
+        return _commit_with_retries(session, rows, insert)
+    except BaseException:
+        session.rollback()  # before another writer's turn: it would find SQLite's lock held
+        raise
+    finally:
+        release_writer_turn(session)
+
+
+def _commit_with_retries(session: Session, rows: list[dict], insert) -> list[bool]:
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            with writer_turn(session.get_bind()):
-                stored = insert(session, rows)
-                session.commit()
+            stored = insert(session, rows)  # takes the SQLite writer turn before writing
+            session.commit()
             return stored
         except DBAPIError as exc:
+            session.rollback()
             if attempt == COMMIT_ATTEMPTS or not is_retryable(exc):
                 raise
-            session.rollback()
             # Jitter, so that the two transactions that collided do not collide again.
             time.sleep(random.uniform(0.005, 0.05) * attempt)
     raise AssertionError("unreachable")

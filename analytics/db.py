@@ -81,23 +81,49 @@ def writer_turn(engine: Engine) -> Iterator[None]:
     some wait far longer than the writes before them took, and a purge deleting batch after
     batch can keep them out until it ends. Every writer of this application (events, batches,
     imports, purges) first takes an exclusive lock on a file beside the database, on which the
-    operating system wakes a waiter as soon as it is released, and only then begins.
+    operating system wakes a waiter as soon as it is released, and only then writes.
     """
+    turn = _take_turn(engine)
+    try:
+        yield
+    finally:
+        _give_turn(turn)
+
+
+def hold_writer_turn(session: Session) -> None:
+    """Take the writer turn (see writer_turn) for the rest of ``session``'s transaction, just
+    before its first write: the Python work that comes before does not need it.
+    ``release_writer_turn`` gives it back once the transaction has ended."""
+    if "writer_turn" not in session.info:
+        session.info["writer_turn"] = _take_turn(session.get_bind())
+
+
+def release_writer_turn(session: Session) -> None:
+    _give_turn(session.info.pop("writer_turn", None))
+
+
+def _take_turn(engine: Engine):
     database = engine.url.database if engine.dialect.name == "sqlite" else None
     if not database or database == ":memory:" or database.startswith("file:"):
-        yield
-        return
+        return None
     turn = _writer_lock(f"{database}-writer.lock")
     if turn is None:  # no such folder, not writable: the database itself will say so
-        yield
-        return
+        return None
     in_process, descriptor = turn
-    with in_process:  # the other threads of this process
+    in_process.acquire()  # the other threads of this process
+    try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)  # the other processes
-        try:
-            yield
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    except BaseException:
+        in_process.release()
+        raise
+    return turn
+
+
+def _give_turn(turn) -> None:
+    if turn is not None:
+        in_process, descriptor = turn
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        in_process.release()
 
 
 _writer_locks: dict[tuple[int, str], tuple[threading.Lock, int]] = {}

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from analytics import rollups
+from analytics.db import hold_writer_turn
 from analytics.models import Event, EventCount, SessionCount, is_play_or_stop
 from analytics.periods import microseconds_between, period_label, utc_date
 
@@ -102,6 +103,7 @@ def _insert_sqlite(session: Session, params: list[dict]) -> list[tuple]:
     # row gets the next rowid after the largest, so the rows inserted here are exactly the
     # last ``inserted`` rowids.
     driver = connection.connection.driver_connection
+    hold_writer_turn(session)
     before = driver.total_changes
     connection.exec_driver_sql(_SQLITE_INSERT, rows)
     inserted = driver.total_changes - before
@@ -127,6 +129,7 @@ def _insert_few(session: Session, params: list[dict]) -> list[tuple]:
             _DIALECT_INSERTS[dialect](_events)
             .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
             .returning(*_INSERTED))
+    hold_writer_turn(session)
     return list(session.connection().execute(statement, params))
 
 
@@ -147,7 +150,9 @@ def insert_events(session: Session, rows: list[dict]) -> list[bool]:
     transaction that then commits) or comes earlier in ``rows``. The unique constraint decides,
     with INSERT ... ON CONFLICT DO NOTHING, so concurrent retries of one event store it once.
     Rows without event_id are always stored. The pre-aggregated counts (rollups.py) are
-    brought up to date in the same transaction.
+    brought up to date in the same transaction. On SQLite it takes the writer turn
+    (``db.hold_writer_turn``) for the rest of the transaction: call it through
+    ``bulk.commit_events``, which gives the turn back after the commit.
     """
     dialect = session.get_bind().dialect.name
     if dialect not in _INSERTERS:
