@@ -47,6 +47,7 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid: int | None = None
+        self._thread: threading.Thread | None = None
 
     def store(self, row: dict) -> bool:
         """Store one prepared event and commit; whether it was stored (False: a duplicate).
@@ -61,13 +62,16 @@ class GroupCommitter:
 
     def _start(self) -> None:
         # After a fork (gunicorn's workers) the parent's thread does not exist: start one per
-        # process, on first use.
-        if self._pid == os.getpid():
+        # process, on first use (and again should it ever have stopped).
+        if self._pid == os.getpid() and self._thread.is_alive():
             return
         with self._lock:
-            if self._pid != os.getpid():
-                self._queue = queue.SimpleQueue()
-                threading.Thread(target=self._run, name="track-writer", daemon=True).start()
+            if self._pid != os.getpid() or not self._thread.is_alive():
+                if self._pid != os.getpid():
+                    self._queue = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._run, name="track-writer",
+                                                daemon=True)
+                self._thread.start()
                 self._pid = os.getpid()
 
     def _run(self) -> None:
@@ -103,13 +107,9 @@ class GroupCommitter:
 
     @staticmethod
     def _commit(group: list[_Pending]) -> None:
-        session = get_session()
-        try:
-            stored = bulk.commit_events(session, [pending.row for pending in group],
-                                        insert=insert_events)
-        except BaseException:
-            session.rollback()
-            raise
+        # commit_events rolls back whatever fails; the app context closes the session.
+        stored = bulk.commit_events(get_session(), [pending.row for pending in group],
+                                    insert=insert_events)
         for pending, was_stored in zip(group, stored):
             pending.stored = was_stored
 

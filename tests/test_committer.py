@@ -134,3 +134,16 @@ def test_sqlite_writers_wait_their_turn_on_the_lock_file(app, database_url, engi
     sender.join(30)
     assert [answer.status_code for answer in answers] == [200]
     assert [row.user_id for row in stored(engine)] == ["u0"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_writer_that_stopped_is_started_again(app, client, engine):
+    assert post(client, event("u0")).status_code == 200
+    writer = app.extensions[committer.EXTENSION_KEY]
+    stopped = threading.Thread(target=lambda: None)
+    stopped.start()
+    stopped.join()
+    writer._thread = stopped  # as if the writer thread had died
+    assert post(client, event("u1")).status_code == 200
+    assert writer._thread is not stopped and writer._thread.is_alive()
+    assert [row.user_id for row in stored(engine)] == ["u0", "u1"]
