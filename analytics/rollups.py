@@ -10,9 +10,10 @@ never sees events without their aggregates or the reverse (read-your-writes, no 
 A period (day, ISO week, month) is a union of whole UTC days, and so is a query's date range,
 so summing the days answers every question exactly. ``shard`` spreads concurrent writers of the
 same day and name over several rows, so that they rarely wait for each other's row locks on
-PostgreSQL: each process writes the shard of its process id (a gunicorn worker serves one
-request at a time, so workers seldom share one). Only the sum over shards means anything: a
-purge may take an event out of another shard than the one that counted it.
+PostgreSQL: each process writes the shard of its process id (a gunicorn worker's single events
+all go through its one writer thread, see committer.py, so the API's processes seldom share a
+shard). Only the sum over shards means anything: a purge may take an event out of another
+shard than the one that counted it.
 
 Sessions change only around an event that arrives or leaves: a play forms a session exactly
 when the user's next play-or-stop event (by timestamp, then id) is a stop. So only the pairs
