@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 
 import click
@@ -15,7 +16,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from analytics import importer, retention, rollups
 from analytics.db import get_engine, get_session
-from analytics.errors import is_unreachable
 from analytics.models import utcnow
 from analytics.queries import ping
 
@@ -80,13 +80,14 @@ def purge(days: int | None, dry_run: bool, batch_size: int | None, full_speed: b
 
 def _database_failure(exc: SQLAlchemyError) -> str:
     """One line for the operator: which database, and the driver's own first sentence."""
+    return _failure_text(*importer.describe_error(exc))
+
+
+def _failure_text(kind: str, reason: str) -> str:
     where = get_engine().url.render_as_string(hide_password=True)
-    original = getattr(exc, "orig", None) or exc
-    reason = next((line.strip() for line in str(original).splitlines() if line.strip()),
-                  type(original).__name__)
-    if getattr(original, "sqlstate", None) == "42P01" or "no such table" in reason:
+    if kind == "missing-table":
         return f"no events table in the database at {where} (run alembic upgrade head): {reason}"
-    if is_unreachable(exc):
+    if kind == "unreachable":
         return f"cannot reach the database at {where}: {reason}"
     return f"database error at {where}: {reason}"
 
@@ -101,8 +102,11 @@ def _database_failure(exc: SQLAlchemyError) -> str:
               show_default=True, help="Events stored per transaction.")
 @click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write every rejected line (number and reason) and the summary to this file.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes that check and store chunks side by side.")
 @with_appcontext
-def import_command(source: str, fmt: str | None, chunk_size: int, report: str | None) -> None:
+def import_command(source: str, fmt: str | None, chunk_size: int, report: str | None,
+                   jobs: int) -> None:
     """Import events from an NDJSON or CSV file, or standard input (-).
 
     Every line is checked by the POST /track rules; invalid lines are skipped and listed with
@@ -149,14 +153,25 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
             if bar is not None:
                 bar.update(raw.tell() - bar.pos)
 
-        job = importer.Importer(session, current_app.config["METADATA_MAX_BYTES"],
-                                chunk_size=chunk_size, on_rejected=on_rejected,
-                                on_chunk=on_chunk)
+        cfg = current_app.config
+        if jobs == 1:
+            job = importer.Importer(session, cfg["METADATA_MAX_BYTES"], chunk_size=chunk_size,
+                                    on_rejected=on_rejected, on_chunk=on_chunk)
+        else:
+            job = importer.ParallelImporter(
+                cfg["DATABASE_URL"], cfg["METADATA_MAX_BYTES"], jobs, chunk_size=chunk_size,
+                engine_options={"pool_size": 1, "connect_timeout": cfg["DB_CONNECT_TIMEOUT"],
+                                "statement_timeout_ms": cfg["DB_STATEMENT_TIMEOUT_MS"]},
+                on_rejected=on_rejected, on_chunk=on_chunk)
         failure = None
         try:
             job.run(importer.open_lines(stream, fmt))
         except SQLAlchemyError as exc:
             failure = _database_failure(exc)
+        except importer.StoreFailed as exc:
+            failure = _failure_text(exc.kind, exc.reason)
+        except BrokenProcessPool:
+            failure = "a worker process stopped unexpectedly"
         except importer.UnusableInput as exc:
             failure = str(exc)
         except (OSError, EOFError) as exc:  # includes a damaged .gz file

@@ -12,15 +12,18 @@ No Flask in here: the command passes a Session and the settings.
 from __future__ import annotations
 
 import csv
+import multiprocessing
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from analytics import bulk
-from analytics.errors import APIError
+from analytics.errors import APIError, is_unreachable
 from analytics.inputs import loads_strict
 from analytics.models import utcnow
 
@@ -208,6 +211,111 @@ class Importer:
             self.on_rejected(number, message)
         self.summary.last_line = last_line
         self.on_chunk(self.summary)
+
+
+class StoreFailed(Exception):
+    """A worker process of ParallelImporter could not store a chunk: the database error's kind
+    and first line, as ``describe_error`` gives them (the driver's own exceptions do not
+    reliably cross process boundaries)."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(kind, reason)
+        self.kind, self.reason = kind, reason
+
+
+def describe_error(exc: SQLAlchemyError) -> tuple[str, str]:
+    """(kind, reason) of a database error: kind is "missing-table", "unreachable" or
+    "failed"; reason the driver's own first line."""
+    original = getattr(exc, "orig", None) or exc
+    reason = next((line.strip() for line in str(original).splitlines() if line.strip()),
+                  type(original).__name__)
+    if getattr(original, "sqlstate", None) == "42P01" or "no such table" in reason:
+        return "missing-table", reason
+    if is_unreachable(exc):
+        return "unreachable", reason
+    return "failed", reason
+
+
+@dataclass
+class ParallelImporter:
+    """Importer with ``jobs`` worker processes that check and store chunks side by side, each
+    with its own connection to the database at ``database_url``.
+
+    This process reads the lines and hands out the chunks in file order; results are counted
+    and rejected lines reported in file order too. Chunks are committed in whatever order the
+    workers finish them, so when the import stops early, chunks after ``summary.last_line``
+    may be committed as well (running the same import again stores events that carry an
+    ``event_id`` only once, as always).
+    """
+
+    database_url: str
+    metadata_limit: int
+    jobs: int
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    engine_options: dict = field(default_factory=dict)
+    on_rejected: Callable[[int, str], None] = lambda number, message: None
+    on_chunk: Callable[[ImportSummary], None] = lambda summary: None
+    summary: ImportSummary = field(default_factory=ImportSummary)
+
+    def run(self, lines: Iterable[Line]) -> ImportSummary:
+        # spawn: a forked child would share this process's database connections.
+        with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_start,
+                                 initargs=(self.database_url, self.engine_options)) as pool:
+            in_flight: deque = deque()
+            try:
+                for chunk in _chunks(lines, self.chunk_size):
+                    items = [(line.number, line.item) for line in chunk]
+                    in_flight.append((pool.submit(_worker_store, items, self.metadata_limit),
+                                      chunk[-1].number))
+                    while len(in_flight) > 2 * self.jobs:  # enough to keep every worker busy
+                        self._account(*in_flight.popleft())
+                while in_flight:
+                    self._account(*in_flight.popleft())
+            finally:
+                for future, _ in in_flight:  # stopped early: count what was still committed
+                    future.cancel()
+                for future, last_line in in_flight:
+                    if not future.cancelled() and future.exception() is None:
+                        self._account(future, last_line, contiguous=False)
+        return self.summary
+
+    def _account(self, future: Future, last_line: int, contiguous: bool = True) -> None:
+        accepted, duplicates, rejected = future.result()  # a worker's failure is raised here
+        self.summary.accepted += accepted
+        self.summary.duplicates += duplicates
+        for number, message in rejected:
+            self.summary.rejected += 1
+            self.on_rejected(number, message)
+        if contiguous:
+            self.summary.last_line = last_line
+        self.on_chunk(self.summary)
+
+
+_worker_session: Session | None = None
+
+
+def _worker_start(database_url: str, engine_options: dict) -> None:
+    global _worker_session
+    from analytics.db import make_engine
+
+    _worker_session = Session(make_engine(database_url, **engine_options),
+                              expire_on_commit=False)
+
+
+def _worker_store(items: list[tuple[int, object]], metadata_limit: int
+                  ) -> tuple[int, int, list[tuple[int, str]]]:
+    """Check and store one chunk in a worker process: (accepted, duplicates, rejected)."""
+    checked = bulk.check_events(items, now=utcnow(), metadata_limit=metadata_limit)
+    stored: list[bool] = []
+    if checked.prepared:
+        try:
+            stored = bulk.commit_events(_worker_session,
+                                        [event.row for _, event in checked.prepared])
+        except SQLAlchemyError as exc:
+            raise StoreFailed(*describe_error(exc)) from None
+    accepted = sum(stored)
+    return accepted, len(stored) - accepted, checked.rejected
 
 
 def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:

@@ -1,7 +1,7 @@
 """Bulk ingest throughput: POST /track/batch and ``flask import`` beside the raw driver.
 
     .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
-                                     [--workers N] [--rounds 3] [--no-postgres]
+                                     [--workers N] [--rounds 3] [--jobs 2] [--no-postgres]
 
 For each backend (SQLite, then PostgreSQL at BENCH_POSTGRES_URL unless --no-postgres), on a
 fresh database migrated with alembic (so the same table, constraint and indexes everywhere),
@@ -15,7 +15,7 @@ stored by each path in turn, the table emptied in between, for --rounds rounds:
   clients to gunicorn (the project's gunicorn.conf.py; --workers overrides WEB_CONCURRENCY);
   bodies are encoded, and the workers warmed up, before the clock starts;
 - import: ``flask --app wsgi import`` on an NDJSON file of the events, timed as an operator
-  sees it (process start-up included);
+  sees it (process start-up included), then the same with ``--jobs`` worker processes;
 - raw (one transaction): raw again with a single COMMIT at the end, for reference: what the
   driver reaches when nothing is durable until the end.
 
@@ -179,11 +179,11 @@ def post_batches(base_url: str, bodies: list[bytes], clients: int) -> float:
     return elapsed
 
 
-def run_import(url: str, path: Path, batch: int) -> float:
+def run_import(url: str, path: Path, batch: int, jobs: int = 1) -> float:
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "import", str(path),
-         "--chunk-size", str(batch)],
+         "--chunk-size", str(batch), "--jobs", str(jobs)],
         cwd=ROOT, env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
@@ -222,6 +222,8 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             check("batch")
             seconds["import"] = run_import(url, path, args.batch)
             check("import")
+            seconds[f"import --jobs {args.jobs}"] = run_import(url, path, args.batch, args.jobs)
+            check("import --jobs")
             seconds["raw (one transaction)"] = raw(url, rows, n)
             check("raw, one transaction")
             rates = {label: n / value for label, value in seconds.items()}
@@ -238,6 +240,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="worker processes of the second import run (import --jobs)")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
 
@@ -251,7 +255,8 @@ def main() -> None:
     for name, scratch in backends:
         with scratch() as url:
             rounds = measure(name, url, events, args)
-        for label in ("raw", "batch", "import", "raw (one transaction)"):
+        for label in ("raw", "batch", "import", f"import --jobs {args.jobs}",
+                      "raw (one transaction)"):
             rate = statistics.median(r[label] for r in rounds)
             # Each round's ratio compares runs made minutes apart at most; the median of those
             # is steadier than the ratio of medians on a machine whose speed drifts.

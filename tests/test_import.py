@@ -8,7 +8,7 @@ import json
 import pytest
 
 from analytics import create_app
-from conftest import run_in_terminal, unreachable_url
+from conftest import create_postgres_database, run_in_terminal, unreachable_url
 from conftest import run_flask as run_flask_text
 from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, stored
 
@@ -29,7 +29,8 @@ def run_import(runner, *args, input=None):
     return runner.invoke(args=["import", *args], input=input)
 
 
-def test_ndjson_file_with_bad_lines(runner, engine, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ndjson_file_with_bad_lines(runner, engine, tmp_path, jobs):
     source = write(tmp_path / "events.ndjson", [
         ev(0, event_id="a"),          # 1
         "",                           # 2 blank: skipped
@@ -40,7 +41,7 @@ def test_ndjson_file_with_bad_lines(runner, engine, tmp_path):
         ev(7, timestamp="yesterday"),  # 7
         ev(8),                        # 8
     ])
-    result = run_import(runner, source)
+    result = run_import(runner, source, "--jobs", jobs)
     assert result.exit_code == 3, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{source}: 2 accepted, 1 duplicates, 4 rejected"
@@ -64,29 +65,35 @@ def test_a_clean_file_exits_0_and_rerunning_it_stores_nothing_new(runner, engine
     assert len(stored(engine)) == 10
 
 
-def test_an_interrupted_import_resumes_by_running_it_again(runner, engine, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_interrupted_import_resumes_by_running_it_again(runner, engine, tmp_path, jobs):
     lines = [ev(i % 60, event_id=f"id{i}", user_id=f"user{i % 7}") for i in range(250)]
     # What an import stopped after 100 lines had committed.
     assert run_import(runner, write(tmp_path / "part.ndjson", lines[:100])).exit_code == 0
-    result = run_import(runner, write(tmp_path / "all.ndjson", lines), "--chunk-size", "30")
+    result = run_import(runner, write(tmp_path / "all.ndjson", lines), "--chunk-size", "30",
+                        "--jobs", jobs)
     assert result.exit_code == 0, result.output
     assert "150 accepted, 100 duplicates, 0 rejected" in result.output
     assert sorted(row.event_id for row in stored(engine)) == sorted(f"id{i}" for i in range(250))
 
 
-def test_line_numbers_stay_right_across_chunks(runner, engine, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_line_numbers_stay_right_across_chunks(runner, engine, tmp_path, jobs):
     lines = [ev(i % 60) if i % 4 else '{"user_id": "u"}' for i in range(1, 21)]
-    result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--chunk-size", "3")
+    result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--chunk-size", "3",
+                        "--jobs", jobs)
     assert result.exit_code == 3
     assert [line.split(":")[0].strip() for line in result.output.splitlines()[1:]] == [
         f"line {n}" for n in (4, 8, 12, 16, 20)]
     assert len(stored(engine)) == 15
 
 
-def test_the_report_file_lists_every_rejected_line_and_the_summary(runner, engine, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_the_report_file_lists_every_rejected_line_and_the_summary(runner, engine, tmp_path, jobs):
     lines = ['{"event": "e"}' if i % 2 else ev(0) for i in range(60)]
     report = tmp_path / "report.txt"
-    result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--report", str(report))
+    result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--report", str(report),
+                        "--chunk-size", "7", "--jobs", jobs)
     assert result.exit_code == 3
     written = report.read_text().splitlines()
     assert written[:-1] == [f"line {n}: user_id is required" for n in range(2, 61, 2)]
@@ -117,7 +124,8 @@ def test_rules_are_those_of_track(runner, engine, tmp_path):
     assert b.meta["timestamp_warning"] == FUTURE_WARNING
 
 
-def test_csv_file(runner, engine, tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_csv_file(runner, engine, tmp_path, jobs):
     source = write(tmp_path / "events.csv", [
         HEADER,
         'play,u1,2025-01-18T14:30:00Z,e1,"{""song_id"": ""s1"", ""n"": [1, 2]}"',   # 2
@@ -131,7 +139,7 @@ def test_csv_file(runner, engine, tmp_path):
         "play,u5,2025-01-18T00:00:00Z",                                           # 10 short
         "play,u1,2025-01-19T00:00:00Z,e1,",                                       # 11 duplicate
     ], newline="\r\n")
-    result = run_import(runner, source)
+    result = run_import(runner, source, "--jobs", jobs)
     assert result.exit_code == 3, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{source}: 3 accepted, 1 duplicates, 4 rejected"
@@ -284,3 +292,25 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
     assert again.exit_code == 0, again.output
     assert "6 accepted, 4 duplicates, 0 rejected" in again.output
     assert len(stored(engine)) == 10
+
+
+def test_a_worker_process_that_cannot_store_stops_the_import_clearly(backend, tmp_path, request):
+    """With --jobs, a database error in a worker process reaches the operator as the same one
+    clear line as without (here: a database nobody ran the migrations on)."""
+    if backend == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'empty.db'}", (lambda: None)
+    else:
+        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
+    try:
+        app = create_app({"TESTING": True, "DATABASE_URL": url})
+        source = write(tmp_path / "e.ndjson", [ev(i % 60) for i in range(10)])
+        result = app.test_cli_runner().invoke(args=["import", source, "--jobs", "2",
+                                                    "--chunk-size", "4"])
+        app.extensions["analytics.db"]["engine"].dispose()
+    finally:
+        drop()
+    assert result.exit_code == 1, result.output
+    assert "stopped before anything was committed" in result.output
+    assert "Error: no events table in the database at " in result.output
+    assert "(run alembic upgrade head)" in result.output
+    assert "Traceback" not in result.output
