@@ -127,9 +127,9 @@ def _commit_with_retries(session: Session, rows: list[dict], insert) -> list[boo
             session.commit()
             return stored
         except DBAPIError as exc:
-            session.rollback()
             if attempt == COMMIT_ATTEMPTS or not is_retryable(exc):
-                raise
+                raise  # rolled back by commit_events
+            session.rollback()
             # Jitter, so that the two transactions that collided do not collide again.
             time.sleep(random.uniform(0.005, 0.05) * attempt)
     raise AssertionError("unreachable")

@@ -203,14 +203,22 @@ class Importer:
     def _account(self, future: Future, checked: bulk.CheckedBatch, last_line: int) -> None:
         stored = future.result()  # the writer's error, if any, is raised here
         accepted = sum(stored)
-        self.summary.accepted += accepted
-        self.summary.duplicates += len(stored) - accepted
-        # Reported only once the chunk is committed: a line is never both rejected and retried.
-        for number, message in checked.rejected:
-            self.summary.rejected += 1
-            self.on_rejected(number, message)
+        _count_chunk(self.summary, accepted, len(stored) - accepted, checked.rejected,
+                     self.on_rejected)
         self.summary.last_line = last_line
         self.on_chunk(self.summary)
+
+
+def _count_chunk(summary: ImportSummary, accepted: int, duplicates: int,
+                 rejected: list[tuple[int, str]], on_rejected: Callable[[int, str], None]
+                 ) -> None:
+    """Add a committed chunk to ``summary``. Its rejected lines are reported only now, once the
+    chunk is committed: a line is never both rejected and retried."""
+    summary.accepted += accepted
+    summary.duplicates += duplicates
+    for number, message in rejected:
+        summary.rejected += 1
+        on_rejected(number, message)
 
 
 class StoreFailed(Exception):
@@ -282,11 +290,7 @@ class ParallelImporter:
 
     def _account(self, future: Future, last_line: int, contiguous: bool = True) -> None:
         accepted, duplicates, rejected = future.result()  # a worker's failure is raised here
-        self.summary.accepted += accepted
-        self.summary.duplicates += duplicates
-        for number, message in rejected:
-            self.summary.rejected += 1
-            self.on_rejected(number, message)
+        _count_chunk(self.summary, accepted, duplicates, rejected, self.on_rejected)
         if contiguous:
             self.summary.last_line = last_line
         self.on_chunk(self.summary)
