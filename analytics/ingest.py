@@ -22,11 +22,33 @@ _ISO_DATETIME = re.compile(
 )
 
 
+# The shape nearly every client sends, with every field in its range: datetime.fromisoformat
+# (in C) reads it exactly as the general rule below does, at a twentieth of the cost.
+_COMMON_DATETIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?")
+
+
 def parse_timestamp(value: str) -> datetime:
     """An ISO 8601 date and time as an aware UTC datetime; no offset means UTC.
 
     Raises ValueError with a user-facing sentence when the text is not one.
     """
+    if _COMMON_DATETIME.fullmatch(value):
+        try:
+            parsed = datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                return parsed.replace(tzinfo=timezone.utc)
+            return parsed.astimezone(timezone.utc)
+        except (ValueError, OverflowError):
+            pass  # e.g. 30 February: the general rule words the error
+    return parse_general_timestamp(value)
+
+
+def parse_general_timestamp(value: str) -> datetime:
+    """parse_timestamp for every accepted shape (spaces around it, a space or lower-case t
+    between date and time, no seconds, a comma, more than six decimals, an offset without its
+    colon)."""
     match = _ISO_DATETIME.fullmatch(value.strip())
     if not match:
         raise ValueError("must be an ISO 8601 date and time, e.g. 2025-01-18T14:30:00Z")
@@ -51,9 +73,14 @@ def parse_timestamp(value: str) -> datetime:
         raise ValueError("is not a valid date and time") from None
 
 
+# The compact encoding: no spaces, non-ASCII kept as is. It is what the size limit measures and
+# the very text stored, so each event's metadata is encoded once.
+compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def metadata_size(metadata: dict) -> int:
     """Size in bytes of the compact UTF-8 JSON encoding (no spaces, non-ASCII kept as is)."""
-    return len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return len(compact_json(metadata).encode("utf-8"))
 
 
 @dataclass
@@ -69,19 +96,22 @@ def prepare_event(data: dict, *, now: datetime, metadata_limit: int) -> Prepared
     and optionally event_id).
 
     ``timestamp`` is an aware datetime or None; ``raw_timestamp`` the text the client sent.
+    The row holds the metadata as the compact JSON text to store (``null`` when absent).
     """
     warnings: list[str] = []
     metadata = data.get("metadata")
+    text = None
     if metadata is not None:
-        size = metadata_size(metadata)
+        text = compact_json(metadata)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
         if size > metadata_limit:
-            metadata = {"warning": METADATA_TRUNCATED_WARNING, "originalSize": size}
+            metadata, text = {"warning": METADATA_TRUNCATED_WARNING, "originalSize": size}, None
             warnings.append(METADATA_TRUNCATED_WARNING)
 
     occurred_at = data.get("timestamp") or now
     if occurred_at > now:
         occurred_at = now
-        metadata = dict(metadata or {})
+        metadata, text = dict(metadata or {}), None
         metadata["timestamp_warning"] = FUTURE_TIMESTAMP_WARNING
         metadata["original_timestamp"] = data.get("raw_timestamp")
         warnings.append(FUTURE_TIMESTAMP_WARNING)
@@ -91,7 +121,7 @@ def prepare_event(data: dict, *, now: datetime, metadata_limit: int) -> Prepared
         "user_id": data["user_id"],
         "occurred_at": occurred_at,
         "received_at": now,
-        "meta": metadata,
+        "metadata_json": compact_json(metadata) if text is None else text,
         "event_id": data.get("event_id"),
     }
     return PreparedEvent(row=row, warnings=warnings)

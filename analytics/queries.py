@@ -1,10 +1,9 @@
 """Database statements as plain functions of a session: no Flask, and no commit."""
 from __future__ import annotations
 
-import json
 from datetime import date, datetime, time, timedelta, timezone
 
-from sqlalchemy import Select, func, select, text
+from sqlalchemy import Select, String, bindparam, cast, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -18,55 +17,51 @@ from analytics.periods import microseconds_between, period_label, utc_date
 _events = Event.__table__
 
 
-def _column_params(row: dict) -> dict:
-    # Prepared rows are keyed by attribute name; Core statements (the fast executemany path,
-    # without the ORM's per-row bookkeeping) take column names, which differ for metadata.
-    return {
-        "event": row["event"],
-        "user_id": row["user_id"],
-        "occurred_at": row["occurred_at"],
-        "received_at": row["received_at"],
-        "metadata": row["meta"],
-        "event_id": row.get("event_id"),
-    }
-
-
 # PostgreSQL: COPY cannot skip conflicts, so the batch is COPYed into a temporary staging table
 # (per connection, emptied at every commit) and moved into events by one INSERT ... SELECT ...
 # ON CONFLICT DO NOTHING. COPY is the driver's fast path: a multi-row VALUES list or one array
 # per column costs more in the driver (building, escaping, parsing SQL) than the insert costs
-# in the server. Ordering by position keeps ids in batch order, which breaks ties between
-# equal timestamps when sessions are paired.
+# in the server. The ids are taken from the sequence first, in batch order, so that the rows
+# that went in are known by id alone (no row is sent back) and ties between equal timestamps
+# are broken in batch order when sessions are paired. The same statement adds the new events
+# to the daily counts (rollups.py), so those cost no round trip and no Python per event.
 _PG_STAGING = """
     CREATE TEMPORARY TABLE IF NOT EXISTS incoming_events (
-        position integer, event varchar, user_id varchar, occurred_at timestamptz,
+        id bigint, event varchar, user_id varchar, occurred_at timestamptz,
         received_at timestamptz, metadata text, event_id varchar
     ) ON COMMIT DELETE ROWS
 """
-_PG_COPY = ("COPY incoming_events (position, event, user_id, occurred_at, received_at, "
-            "metadata, event_id) FROM STDIN")
-_PG_MOVE = """
-    INSERT INTO events (event, user_id, occurred_at, received_at, metadata, event_id)
-    SELECT event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
-    FROM incoming_events ORDER BY position
-    ON CONFLICT (user_id, event_id) DO NOTHING
-    RETURNING occurred_at, id, event, user_id, event_id
+_PG_IDS = ("SELECT nextval(pg_get_serial_sequence('events', 'id')) "
+           "FROM generate_series(1, %(n)s)")
+_PG_COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, metadata, "
+            "event_id) FROM STDIN")
+# Rows staged by an earlier call in the same transaction have smaller ids: "id >= first"
+# leaves them out, which is cheaper than emptying the table each time.
+_PG_MOVE = f"""
+    WITH inserted AS (
+        INSERT INTO events (id, event, user_id, occurred_at, received_at, metadata, event_id)
+        SELECT id, event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
+        FROM incoming_events WHERE id >= %(first)s ORDER BY id
+        ON CONFLICT (user_id, event_id) DO NOTHING
+        RETURNING id, occurred_at, event
+    ), counted AS ({rollups.COUNT_INSERTED_POSTGRESQL.format(source="inserted")})
+    SELECT count(*), CASE WHEN count(*) < %(n)s THEN COALESCE(array_agg(id), '{{}}') END
+    FROM inserted
 """
 
 
-def _insert_postgresql(session: Session, params: list[dict]) -> list[tuple]:
+def _insert_postgresql(session: Session, rows: list[dict]) -> tuple[list, bool]:
     connection = session.connection()
+    driver = connection.connection.driver_connection
     connection.exec_driver_sql(_PG_STAGING)
-    # The staging table is only emptied at commit: rows staged by an earlier call in this same
-    # transaction must not be moved twice.
-    connection.exec_driver_sql("TRUNCATE incoming_events")
-    cursor = connection.connection.cursor()
+    with driver.cursor() as cursor:
+        ids = sorted(id_ for id_, in cursor.execute(_PG_IDS, {"n": len(rows)}))
+    cursor = driver.cursor()
     try:
         with cursor.copy(_PG_COPY) as copy:
-            for position, p in enumerate(params):
-                # None becomes JSON null, as the ORM's JSON type stores it on every backend.
-                copy.write_row((position, p["event"], p["user_id"], p["occurred_at"],
-                                p["received_at"], json.dumps(p["metadata"]), p["event_id"]))
+            for id_, row in zip(ids, rows):
+                copy.write_row((id_, row["event"], row["user_id"], row["occurred_at"],
+                                row["received_at"], row["metadata_json"], row["event_id"]))
     except connection.dialect.loaded_dbapi.Error as exc:
         # Present the driver's error as SQLAlchemy's, so that callers tell an unreachable
         # database from a failing one the same way as for every other statement.
@@ -75,42 +70,66 @@ def _insert_postgresql(session: Session, params: list[dict]) -> list[tuple]:
                                   dialect=connection.dialect) from None
     finally:
         cursor.close()
-    return list(connection.exec_driver_sql(_PG_MOVE))
+    count, some = connection.exec_driver_sql(
+        _PG_MOVE, {"first": ids[0], "n": len(rows), "shard": rollups.shard_of_process()}).one()
+    if some is not None:  # some rows were duplicates (the ids of the others, or none)
+        went_in = set(some)
+        ids = [id_ if id_ in went_in else None for id_ in ids]
+    return ids, True
 
 
 _COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event_id")
 _SQLITE_INSERT = (f"INSERT INTO events ({', '.join(_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(_COLUMNS))}) "
                   f"ON CONFLICT (user_id, event_id) DO NOTHING")
-_sqlite_processors: dict = {}
 
 
-def _insert_sqlite(session: Session, params: list[dict]) -> list[tuple]:
+def sqlite_timestamp(at: datetime) -> str:
+    """The stored text of a models.UTCDateTime on SQLite (as SQLAlchemy's DateTime writes it)."""
+    if at.tzinfo is not timezone.utc:
+        at = at.astimezone(timezone.utc)
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _insert_sqlite(session: Session, rows: list[dict]) -> tuple[list, bool]:
     connection = session.connection()
-    dialect = connection.dialect
-    if dialect not in _sqlite_processors:
-        # The column types' own conversions (UTC text for times, JSON text for metadata), so
-        # rows are stored exactly as the ORM would store them.
-        _sqlite_processors[dialect] = [
-            _events.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-            for name in _COLUMNS]
-    processors = list(zip(_COLUMNS, _sqlite_processors[dialect]))
-    rows = [tuple(convert(p[name]) if convert else p[name] for name, convert in processors)
-            for p in params]
+    stamps: dict[datetime, str] = {}  # received_at is most often one value for the whole batch
+    values = []
+    for row in rows:
+        received = row["received_at"]
+        if received not in stamps:
+            stamps[received] = sqlite_timestamp(received)
+        values.append((row["event"], row["user_id"], sqlite_timestamp(row["occurred_at"]),
+                       stamps[received], row["metadata_json"], row["event_id"]))
     # The driver's executemany: one prepared statement stepped in C for every row. RETURNING
     # cannot be used with it, so the rows that went in are found by rowid instead: this
     # transaction holds SQLite's write lock from its first insert to its commit, and each new
     # row gets the next rowid after the largest, so the rows inserted here are exactly the
-    # last ``inserted`` rowids.
+    # last ``inserted`` rowids, in the order of ``rows``.
     driver = connection.connection.driver_connection
     hold_writer_turn(session)
     before = driver.total_changes
-    connection.exec_driver_sql(_SQLITE_INSERT, rows)
+    connection.exec_driver_sql(_SQLITE_INSERT, values)
     inserted = driver.total_changes - before
     if not inserted:
-        return []
+        return [None] * len(rows), False
     last = connection.exec_driver_sql("SELECT max(id) FROM events").scalar()
-    return list(connection.execute(select(*_INSERTED).where(_events.c.id > last - inserted)))
+    if inserted == len(rows):
+        return list(range(last - inserted + 1, last + 1)), False
+    # Some were duplicates (never a row without event_id): walk both in insertion order.
+    went_in = connection.exec_driver_sql(
+        "SELECT id, user_id, event_id FROM events WHERE id > ? ORDER BY id",
+        (last - inserted,)).all()
+    ids: list[int | None] = []
+    following = iter(went_in)
+    next_row = next(following, None)
+    for row in rows:
+        if next_row is not None and (next_row[1], next_row[2]) == (row["user_id"], row["event_id"]):
+            ids.append(next_row[0])
+            next_row = next(following, None)
+        else:
+            ids.append(None)
+    return ids, False
 
 
 # Below this many rows the bulk paths' fixed costs (staging table, extra statements) outweigh
@@ -121,21 +140,28 @@ _FEW_ROWS = 20
 _FEW_INSERTS: dict = {}
 
 
-def _insert_few(session: Session, params: list[dict]) -> list[tuple]:
-    dialect = session.get_bind().dialect.name
-    statement = _FEW_INSERTS.get(dialect)
+def _insert_few(session: Session, rows: list[dict]) -> tuple[list, bool]:
+    dialect = session.get_bind().dialect
+    statement = _FEW_INSERTS.get(dialect.name)
     if statement is None:  # built once: building it costs more than running it
-        statement = _FEW_INSERTS[dialect] = (
-            _DIALECT_INSERTS[dialect](_events)
+        metadata = bindparam("metadata_json", type_=String)
+        if dialect.name == "postgresql":
+            metadata = cast(metadata, postgresql.JSONB)
+        statement = _FEW_INSERTS[dialect.name] = (
+            _DIALECT_INSERTS[dialect.name](_events)
+            .values(metadata=metadata)
             .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
-            .returning(*_INSERTED))
+            .returning(_events.c.id, _events.c.user_id, _events.c.event_id))
     hold_writer_turn(session)
-    return list(session.connection().execute(statement, params))
+    returned = session.connection().execute(statement, rows).all()
+    # Rows with an event_id are told apart by it; the others all went in, and their ids
+    # follow the order of the rows.
+    by_key = {(user_id, event_id): id_ for id_, user_id, event_id in returned
+              if event_id is not None}
+    unkeyed = iter(sorted(id_ for id_, _, event_id in returned if event_id is None))
+    return [by_key.get((row["user_id"], row["event_id"])) if row["event_id"] is not None
+            else next(unkeyed) for row in rows], False
 
-
-# What each inserter reports of the rows that went in: what the aggregates need, and event_id.
-_INSERTED = (_events.c.occurred_at, _events.c.id, _events.c.event, _events.c.user_id,
-             _events.c.event_id)
 
 # The only place that knows how each database skips duplicates.
 _DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
@@ -143,7 +169,8 @@ _INSERTERS = {"postgresql": _insert_postgresql, "sqlite": _insert_sqlite}
 
 
 def insert_events(session: Session, rows: list[dict]) -> list[bool]:
-    """Insert prepared event rows (see ingest.prepare_event) through the driver's bulk path.
+    """Insert prepared event rows (see ingest.prepare_event: aware UTC times, metadata as JSON
+    text) through the driver's bulk path.
 
     Returns, for each row, whether it was stored. A row is not stored when another with the same
     user_id and event_id is already in the table (committed, or inserted by a concurrent
@@ -159,28 +186,28 @@ def insert_events(session: Session, rows: list[dict]) -> list[bool]:
         raise NotImplementedError(f"storing events is not implemented for {dialect}")
     stored = [True] * len(rows)
     keys: set[tuple[str, str]] = set()
-    params: list[dict] = []
+    positions: list[int] = []
     for position, row in enumerate(rows):
-        if row.get("event_id") is not None:
+        if row["event_id"] is not None:
             key = (row["user_id"], row["event_id"])
             if key in keys:  # a repeat inside this batch: the first one wins
                 stored[position] = False
                 continue
             keys.add(key)
-        params.append(_column_params(row))
-    if not params:
+        positions.append(position)
+    if not positions:
         return stored
-    inserter = _insert_few if len(params) < _FEW_ROWS else _INSERTERS[dialect]
-    returned = inserter(session, params)
-    rollups.record_changes(session.connection(), added=[
-        rollups.Change(occurred_at.astimezone(timezone.utc), id_, event, user_id)
-        for occurred_at, id_, event, user_id, _ in returned])
-    inserted = {(user_id, event_id) for _, _, _, user_id, event_id in returned
-                if event_id is not None}
-    for position, row in enumerate(rows):
-        event_id = row.get("event_id")
-        if stored[position] and event_id is not None and (row["user_id"], event_id) not in inserted:
+    todo = [rows[position] for position in positions]
+    inserter = _insert_few if len(todo) < _FEW_ROWS else _INSERTERS[dialect]
+    ids, counted = inserter(session, todo)
+    added = []
+    Change = rollups.Change
+    for position, row, id_ in zip(positions, todo, ids):
+        if id_ is None:
             stored[position] = False
+        else:
+            added.append(Change(row["occurred_at"], id_, row["event"], row["user_id"]))
+    rollups.record_changes(session.connection(), added=added, counted=counted)
     return stored
 
 

@@ -32,9 +32,8 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from sqlalchemy import String, bindparam, column, delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -51,9 +50,10 @@ _event_counts = EventCount.__table__
 _session_counts = SessionCount.__table__
 
 
-@dataclass(frozen=True, order=True)
-class Change:
-    """The columns of an inserted or deleted event that the aggregates depend on."""
+class Change(NamedTuple):
+    """The columns of an inserted or deleted event that the aggregates depend on, in the order
+    that sorts a user's events as sessions pair them (timestamp, then id). occurred_at is an
+    aware UTC datetime."""
 
     occurred_at: datetime
     id: int
@@ -62,20 +62,34 @@ class Change:
 
 
 def record_changes(conn: Connection, added: Sequence[Change] = (),
-                   removed: Sequence[Change] = ()) -> None:
+                   removed: Sequence[Change] = (), *, counted: bool = False) -> None:
     """Bring the aggregates up to date after ``added`` were inserted into and ``removed``
-    deleted from events in the current transaction (both already applied to the table)."""
+    deleted from events in the current transaction (both already applied to the table).
+
+    ``counted``: the statement that inserted ``added`` also added them to event_counts
+    (COUNT_INSERTED_POSTGRESQL).
+    """
     if not added and not removed:
         return
-    _apply_event_counts(conn, added, removed)
+    _apply_event_counts(conn, () if counted else added, removed)
     _apply_session_changes(conn, added, removed)
+
+
+# event_counts += the rows of ``source`` (a CTE of inserted rows with occurred_at and event),
+# in key order like _upsert_adding; %(shard)s is shard_of_process().
+COUNT_INSERTED_POSTGRESQL = """
+    INSERT INTO event_counts (day, event, shard, n)
+    SELECT {day} AS day, event, %(shard)s, count(*) FROM {{source}}
+    GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (day, event, shard) DO UPDATE SET n = event_counts.n + excluded.n
+""".format(day=utc_date(column("occurred_at")).compile(dialect=postgresql.dialect()))
 
 
 # --- event_counts ----------------------------------------------------------------------------
 
 def _apply_event_counts(conn: Connection, added, removed) -> None:
     deltas: Counter = Counter()
-    shard = _shard()
+    shard = shard_of_process()
     for change in added:
         deltas[(change.occurred_at.date(), change.event, shard)] += 1
     for change in removed:
@@ -112,7 +126,7 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
         run[change.id in added_ids].append(change)
 
     deltas: dict[tuple[date, int], list[int]] = defaultdict(lambda: [0, 0])
-    shard = _shard()
+    shard = shard_of_process()
     for (_, before, after), (gone, new) in runs.items():
         ends = [c for c in (before, after) if c is not None]
         for sign, inside in ((-1, gone), (1, new)):
@@ -127,7 +141,8 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
                        totals=("sessions", "total_us"))
 
 
-def _shard() -> int:
+def shard_of_process() -> int:
+    """The shard this process writes its counts to."""
     return os.getpid() % SHARDS
 
 

@@ -175,11 +175,15 @@ def test_duplicates_against_stored_events_report_no_warnings(client, engine):
     assert [row.event_id for row in stored(engine)] == ["e1", "e2"]
 
 
-def test_a_whole_batch_retried_stores_nothing_new(client, engine):
-    events = [ev(i, event_id=f"id-{i}") for i in range(10)]
-    assert batch(client, events).get_json() == success(accepted=10)
-    assert batch(client, events).get_json() == success(duplicates=10)
-    assert len(stored(engine)) == 10
+@pytest.mark.parametrize("size", [10, 50])  # below and above the bulk path's threshold
+def test_a_whole_batch_retried_stores_nothing_new(client, engine, size):
+    events = [ev(i % 60, event_id=f"id-{i}") for i in range(size)]
+    assert batch(client, events).get_json() == success(accepted=size)
+    assert batch(client, events).get_json() == success(duplicates=size)
+    assert len(stored(engine)) == size
+    # The daily counts did not take the retried events in either.
+    metrics = client.get("/metrics?start_date=2025-01-18&end_date=2025-01-18").get_json()
+    assert metrics["data"] == [{"date": "2025-01-18", "play": size}]
 
 
 def test_event_ids_are_scoped_by_user(client, engine):
