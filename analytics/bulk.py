@@ -54,9 +54,10 @@ class InvalidEvent(Exception):
         self.errors = errors
 
 
-def load_event(item) -> dict:
-    """Validate one incoming event by the POST /track rules; InvalidEvent when it fails."""
-    loaded = quick_load_event(item)
+def load_event(item, nul_free: bool = False) -> dict:
+    """Validate one incoming event by the POST /track rules; InvalidEvent when it fails.
+    ``nul_free`` as for ``schemas.quick_load_event``."""
+    loaded = quick_load_event(item, nul_free)
     if loaded is not None:
         return loaded
     if isinstance(item, Unreadable):
@@ -82,12 +83,14 @@ class CheckedBatch:
 
 
 def check_events(items: Iterable[tuple[int, object]], *, now: datetime,
-                 metadata_limit: int) -> CheckedBatch:
-    """Validate and prepare each (position, item); one bad item never affects the others."""
+                 metadata_limit: int, nul_free: bool = False) -> CheckedBatch:
+    """Validate and prepare each (position, item); one bad item never affects the others.
+    ``nul_free``: no string in any item contains U+0000 (see ``schemas.json_text_is_nul_free``).
+    """
     checked = CheckedBatch()
     for position, item in items:
         try:
-            data = load_event(item)
+            data = load_event(item, nul_free)
         except InvalidEvent as exc:
             checked.rejected.append((position, exc.message))
             continue

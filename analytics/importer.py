@@ -26,6 +26,7 @@ from analytics import bulk
 from analytics.errors import APIError, is_unreachable
 from analytics.inputs import loads_strict
 from analytics.models import utcnow
+from analytics.schemas import json_text_is_nul_free
 
 FORMATS = ("ndjson", "csv")
 EXTENSIONS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
@@ -56,6 +57,7 @@ class Line:
 
     number: int
     item: object
+    nul_free: bool = False  # no string in item can contain U+0000 (schemas.json_text_is_nul_free)
 
 
 def read_ndjson(stream: BinaryIO) -> Iterator[Line]:
@@ -70,7 +72,7 @@ def read_ndjson(stream: BinaryIO) -> Iterator[Line]:
             item = loads_strict(raw)
         except APIError:
             item = bulk.Unreadable(NOT_UTF8 if not _is_utf8(raw) else bulk.MALFORMED_JSON)
-        yield Line(number, item)
+        yield Line(number, item, json_text_is_nul_free(raw))
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -193,7 +195,8 @@ class Importer:
 
     def _check(self, chunk: list[Line]) -> bulk.CheckedBatch:
         return bulk.check_events(((line.number, line.item) for line in chunk), now=utcnow(),
-                                 metadata_limit=self.metadata_limit)
+                                 metadata_limit=self.metadata_limit,
+                                 nul_free=all(line.nul_free for line in chunk))
 
     def _write(self, checked: bulk.CheckedBatch) -> list[bool]:
         if not checked.prepared:
@@ -274,7 +277,8 @@ class ParallelImporter:
             try:
                 for chunk in _chunks(lines, self.chunk_size):
                     items = [(line.number, line.item) for line in chunk]
-                    in_flight.append((pool.submit(_worker_store, items, self.metadata_limit),
+                    in_flight.append((pool.submit(_worker_store, items, self.metadata_limit,
+                                                  all(line.nul_free for line in chunk)),
                                       chunk[-1].number))
                     while len(in_flight) > 2 * self.jobs:  # enough to keep every worker busy
                         self._account(*in_flight.popleft())
@@ -307,10 +311,11 @@ def _worker_start(database_url: str, engine_options: dict) -> None:
                               expire_on_commit=False)
 
 
-def _worker_store(items: list[tuple[int, object]], metadata_limit: int
+def _worker_store(items: list[tuple[int, object]], metadata_limit: int, nul_free: bool
                   ) -> tuple[int, int, list[tuple[int, str]]]:
     """Check and store one chunk in a worker process: (accepted, duplicates, rejected)."""
-    checked = bulk.check_events(items, now=utcnow(), metadata_limit=metadata_limit)
+    checked = bulk.check_events(items, now=utcnow(), metadata_limit=metadata_limit,
+                                nul_free=nul_free)
     stored: list[bool] = []
     if checked.prepared:
         try:

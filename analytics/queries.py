@@ -11,7 +11,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from analytics import rollups
 from analytics.db import hold_writer_turn
-from analytics.models import Event, EventCount, SessionCount, is_play_or_stop
+from analytics.models import PLAY_OR_STOP, Event, EventCount, SessionCount, is_play_or_stop
 from analytics.periods import microseconds_between, period_label, utc_date
 
 _events = Event.__table__
@@ -205,7 +205,7 @@ def insert_events(session: Session, rows: list[dict]) -> list[bool]:
     for position, row, id_ in zip(positions, todo, ids):
         if id_ is None:
             stored[position] = False
-        else:
+        elif not counted or row["event"] in PLAY_OR_STOP:  # counted: only sessions are left
             added.append(Change(row["occurred_at"], id_, row["event"], row["user_id"]))
     rollups.record_changes(session.connection(), added=added, counted=counted)
     return stored

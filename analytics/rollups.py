@@ -29,10 +29,11 @@ each other in a cycle.
 """
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from collections import Counter, defaultdict
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Iterable, NamedTuple, Sequence
 
 from sqlalchemy import String, bindparam, column, delete, func, insert, select, text
@@ -211,8 +212,8 @@ def _read_neighbours(conn: Connection, changed: Sequence[Change]
     for key_id, *sides in conn.execute(_NEIGHBOURS[dialect], {"keys": keys}):
         found = []
         for at, id_, event in (sides[:3], sides[3:]):
-            found.append(None if id_ is None else
-                         Change(at.astimezone(timezone.utc), id_, event, user_of[key_id]))
+            # (UTCDateTime already gives aware UTC datetimes)
+            found.append(None if id_ is None else Change(at, id_, event, user_of[key_id]))
         neighbours[key_id] = tuple(found)
     return neighbours
 
@@ -230,14 +231,30 @@ def _upsert_adding(conn: Connection, table, rows: list[dict], keys: tuple, total
     dialect = conn.dialect.name
     statement = _UPSERTS.get((dialect, table.name))
     if statement is None:
-        make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = make_insert(table)
-        statement = statement.on_conflict_do_update(
+        statement = _UPSERTS[(dialect, table.name)] = _upsert_statement(conn, table, keys, totals)
+    if dialect == "postgresql":
+        conn.execute(statement, {"rows": json.dumps(rows, default=date.isoformat)})
+    else:
+        conn.execute(statement, rows)
+
+
+def _upsert_statement(conn: Connection, table, keys: tuple, totals: tuple):
+    if conn.dialect.name != "postgresql":  # SQLite's executemany steps the statement in C
+        statement = sqlite.insert(table)
+        return statement.on_conflict_do_update(
             index_elements=list(keys),
-            set_={name: table.c[name] + statement.excluded[name] for name in totals},
-        )
-        _UPSERTS[(dialect, table.name)] = statement
-    conn.execute(statement, rows)
+            set_={name: table.c[name] + statement.excluded[name] for name in totals})
+    # PostgreSQL: all rows in one statement, read from one JSON parameter, rather than one
+    # execution per row.
+    names = [*keys, *totals]
+    record = ", ".join(f"{name} {table.c[name].type.compile(conn.dialect)}" for name in names)
+    listed = ", ".join(names)
+    added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in totals)
+    return text(
+        f"INSERT INTO {table.name} ({listed}) SELECT {listed} "
+        f"FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
+        f"ORDER BY {', '.join(keys)} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
 
 
 def rebuild(conn: Connection) -> None:

@@ -186,6 +186,38 @@ def test_a_whole_batch_retried_stores_nothing_new(client, engine, size):
     assert metrics["data"] == [{"date": "2025-01-18", "play": size}]
 
 
+def test_every_way_in_stores_the_same_text(client, engine):
+    # A single event, a small batch and a bulk batch (three different inserts) store times and
+    # metadata exactly as the ORM writes them: the same column text on SQLite, the same values
+    # on PostgreSQL.
+    metadata = {"song": "Ünïcode ✓", "n": [1, 2.5, None], "nested": {"a": True}}
+    when = "2025-01-18T14:30:00.250000+01:00"
+    item = {"event": "play", "user_id": "u", "timestamp": when, "metadata": metadata}
+    with Session(engine) as session:
+        session.add(Event(event="play", user_id="u", meta=metadata, event_id="orm",
+                          occurred_at=datetime(2025, 1, 18, 13, 30, 0, 250000, timezone.utc),
+                          received_at=datetime(2025, 1, 18, 13, 30, 0, 250000, timezone.utc)))
+        session.commit()
+    assert client.post("/track", json={**item, "event_id": "one"}).status_code == 200
+    assert batch(client, [{**item, "event_id": "small"}]).status_code == 200
+    assert batch(client, [{**item, "event_id": f"bulk{i}"} for i in range(30)]).status_code == 200
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT event_id, occurred_at, metadata FROM events "
+                                 "ORDER BY id")).all()
+    assert [row[0] for row in rows[:3]] == ["orm", "one", "small"]
+    orm_time, orm_metadata = rows[0][1], rows[0][2]
+    for event_id, occurred_at, stored_metadata in rows[1:]:
+        assert occurred_at == orm_time, event_id
+        loaded = json.loads(stored_metadata) if isinstance(stored_metadata, str) else stored_metadata
+        assert loaded == metadata, event_id
+    if engine.dialect.name == "sqlite":
+        assert orm_time == "2025-01-18 13:30:00.250000"
+        # The compact encoding, non-ASCII kept: the text whose size the limit measured.
+        assert {row[2] for row in rows[1:]} == {json.dumps(metadata, separators=(",", ":"),
+                                                           ensure_ascii=False)}
+        assert json.loads(orm_metadata) == metadata
+
+
 def test_event_ids_are_scoped_by_user(client, engine):
     response = batch(client, [ev(1, user_id="a", event_id="x"), ev(2, user_id="b", event_id="x"),
                               ev(3, user_id="a", event_id="X")])

@@ -4,6 +4,7 @@ accepts an item the schema refuses. Items it does not accept go to the schema, w
 error, so only acceptance needs proving."""
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 from marshmallow import ValidationError
 
 from analytics.bulk import InvalidEvent, load_event
-from analytics.schemas import TrackEventSchema, quick_load_event
+from analytics.ingest import parse_general_timestamp, parse_timestamp
+from analytics.schemas import (TrackEventSchema, has_nul, json_text_is_nul_free,
+                               quick_load_event)
 
 SCHEMA = TrackEventSchema()
 MISSING = object()
@@ -104,3 +107,67 @@ def test_what_the_quick_path_refuses_is_worded_by_the_schema(item, message):
     with pytest.raises(InvalidEvent) as caught:
         load_event(item)
     assert message in caught.value.message
+
+
+# --- the shortcuts inside the quick path --------------------------------------------------------
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(items(), json_values))
+def test_a_batch_text_without_the_nul_escape_needs_no_nul_walk(item):
+    # What the batch endpoint and the import pass as nul_free: the answer must not change.
+    text = json.dumps(item).encode()
+    nul_free = json_text_is_nul_free(text)
+    if nul_free:
+        assert not has_nul(json.loads(text))
+    assert quick_load_event(item, nul_free) == quick_load_event(item)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b'{"event": "play", "user_id": "u"}', True),
+    (b'{"event": "play", "user_id": "u\\u0000"}', False),
+    (b'{"event": "play", "user_id": "u", "metadata": {"k\\u0000": 1}}', False),
+    (b'{"event": "play", "user_id": "u\\\\u0000"}', False),  # a backslash: no NUL, walk anyway
+])
+def test_the_nul_escape_is_looked_for_in_the_text(text, expected):
+    assert json_text_is_nul_free(text) is expected
+
+
+digits = st.integers
+common_timestamps = st.builds(
+    lambda y, mo, d, h, mi, s, fraction, zone: f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:"
+                                               f"{s:02d}{fraction}{zone}",
+    digits(0, 9999), digits(0, 13), digits(0, 32), digits(0, 24), digits(0, 60), digits(0, 61),
+    st.sampled_from(["", ".5", ".123", ".123456", ".1234567", ".000000"]),
+    st.one_of(st.sampled_from(["", "Z", "+00:00", "-00:00", "+23:59", "-23:59", "+24:00",
+                               "+05:60", "+0530", "z"]),
+              st.builds(lambda sign, h, m: f"{sign}{h:02d}:{m:02d}", st.sampled_from("+-"),
+                        digits(0, 25), digits(0, 61))))
+
+
+def general_answer(text):
+    try:
+        return parse_general_timestamp(text)
+    except ValueError as exc:
+        return str(exc)
+
+
+def quick_answer(text):
+    try:
+        return parse_timestamp(text)
+    except ValueError as exc:
+        return str(exc)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(common_timestamps, timestamps.filter(lambda value: isinstance(value, str))))
+def test_common_timestamps_read_by_fromisoformat_as_by_the_general_rule(text):
+    answer = quick_answer(text)
+    assert answer == general_answer(text)
+    if isinstance(answer, datetime):
+        assert answer.tzinfo is timezone.utc
+
+
+@pytest.mark.parametrize("text", ["2025-01-18T14:30:00Z", "0001-01-01T00:00:00+05:00",
+                                  "9999-12-31T23:59:59.999999-05:00", "2024-02-29T00:00:00"])
+def test_edges_of_the_common_shape(text):
+    assert quick_answer(text) == general_answer(text)

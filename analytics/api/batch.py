@@ -12,7 +12,7 @@ from analytics.db import get_session
 from analytics.errors import APIError, failure_message
 from analytics.inputs import is_json_mimetype, loads_strict, read_body
 from analytics.models import utcnow
-from analytics.schemas import find_nul
+from analytics.schemas import find_nul, json_text_is_nul_free
 
 bp = Blueprint("batch", __name__)
 
@@ -50,8 +50,9 @@ def _json_items(body: bytes) -> list:
     return events
 
 
-def read_batch() -> list:
-    """The items of the request, in order; APIError for a body that is not a batch at all."""
+def read_batch() -> tuple[list, bool]:
+    """The items of the request, in order, and whether no string in them contains U+0000;
+    APIError for a body that is not a batch at all."""
     mimetype = request.mimetype
     if mimetype not in NDJSON_MIMETYPES and not is_json_mimetype(mimetype):
         raise APIError(415, "Content-Type must be application/json or application/x-ndjson")
@@ -62,14 +63,14 @@ def read_batch() -> list:
         raise APIError(413, f"Too many events in one batch: {len(items)} (limit {limit})")
     if not items:
         raise APIError(400, "The batch has no events")
-    return items
+    return items, json_text_is_nul_free(body)
 
 
 @bp.post("/track/batch")
 @failure_message("Failed to log events")
 def track_batch():
-    items = read_batch()
-    checked = bulk.check_events(enumerate(items), now=utcnow(),
+    items, nul_free = read_batch()
+    checked = bulk.check_events(enumerate(items), now=utcnow(), nul_free=nul_free,
                                 metadata_limit=current_app.config["METADATA_MAX_BYTES"])
     rejected = [{"index": index, "message": message} for index, message in checked.rejected]
     if not checked.prepared:
