@@ -156,6 +156,7 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
         cfg = current_app.config
         if jobs == 1:
             job = importer.Importer(session, cfg["METADATA_MAX_BYTES"], chunk_size=chunk_size,
+                                    writers=importer.writers_for(session.get_bind()),
                                     on_rejected=on_rejected, on_chunk=on_chunk)
         else:
             job = importer.ParallelImporter(

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import BinaryIO
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -159,38 +161,40 @@ class ImportSummary:
 class Importer:
     """Reads lines, stores them chunk by chunk, and reports rejected lines as it goes.
 
-    Chunks are committed one at a time, in file order. While one chunk is being written, the
-    next is read and checked: the database's work (in the server for PostgreSQL, in SQLite's C
-    code, which runs without the GIL) overlaps the Python work of checking.
+    Each chunk is one committed transaction. While chunks are being written, the next is read
+    and checked: the database's work (in the server for PostgreSQL, in SQLite's C code, which
+    runs without the GIL) overlaps the Python work of checking. With ``writers`` > 1, that many
+    chunks are written at once, each by its own thread and connection (on PostgreSQL one
+    chunk's events go in while the previous chunk's sessions are being paired); with one
+    writer, chunks are committed one at a time, in file order.
     """
 
     session: Session
     metadata_limit: int
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    writers: int = 1
     on_rejected: Callable[[int, str], None] = lambda number, message: None
     on_chunk: Callable[[ImportSummary], None] = lambda summary: None
     summary: ImportSummary = field(default_factory=ImportSummary)
 
     def run(self, lines: Iterable[Line]) -> ImportSummary:
-        # One writer thread, and the session is only ever used by it while run() lasts.
-        with ThreadPoolExecutor(1, thread_name_prefix="import-writer") as writer:
-            pending = None
-            try:
-                for chunk in _chunks(lines, self.chunk_size):
-                    checked = self._check(chunk)
-                    if pending is not None:
-                        previous, pending = pending, None
-                        self._account(*previous)
-                    pending = (writer.submit(self._write, checked), checked, chunk[-1].number)
-                if pending is not None:
-                    previous, pending = pending, None
-                    self._account(*previous)
-            finally:
-                if pending is not None:  # stopped early: still count what was committed
-                    try:
-                        self._account(*pending)
-                    except Exception:  # the error that stopped the import is the one to report
-                        pass
+        # Each session is only ever used by one writer thread at a time while run() lasts.
+        sessions: queue.SimpleQueue = queue.SimpleQueue()
+        sessions.put(self.session)
+        extra = [Session(self.session.get_bind(), expire_on_commit=False)
+                 for _ in range(self.writers - 1)]
+        for session in extra:
+            sessions.put(session)
+        try:
+            with ThreadPoolExecutor(self.writers, thread_name_prefix="import-writer") as pool:
+                # Each chunk is checked here (while the writers write the ones before it) and
+                # handed to a writer once one is free.
+                work = ((partial(pool.submit, self._write, self._check(chunk), sessions),
+                         chunk[-1].number) for chunk in _chunks(lines, self.chunk_size))
+                _InOrder(self.summary, self.on_rejected, self.on_chunk).drive(work, self.writers)
+        finally:
+            for session in extra:
+                session.close()
         return self.summary
 
     def _check(self, chunk: list[Line]) -> bulk.CheckedBatch:
@@ -198,18 +202,70 @@ class Importer:
                                  metadata_limit=self.metadata_limit,
                                  nul_free=all(line.nul_free for line in chunk))
 
-    def _write(self, checked: bulk.CheckedBatch) -> list[bool]:
-        if not checked.prepared:
-            return []
-        return bulk.commit_events(self.session, [event.row for _, event in checked.prepared])
-
-    def _account(self, future: Future, checked: bulk.CheckedBatch, last_line: int) -> None:
-        stored = future.result()  # the writer's error, if any, is raised here
+    @staticmethod
+    def _write(checked: bulk.CheckedBatch, sessions: queue.SimpleQueue
+               ) -> tuple[int, int, list[tuple[int, str]]]:
+        stored: list[bool] = []
+        if checked.prepared:
+            session = sessions.get()
+            try:
+                stored = bulk.commit_events(session,
+                                            [event.row for _, event in checked.prepared])
+            finally:
+                sessions.put(session)
         accepted = sum(stored)
-        _count_chunk(self.summary, accepted, len(stored) - accepted, checked.rejected,
-                     self.on_rejected)
-        self.summary.last_line = last_line
+        return accepted, len(stored) - accepted, checked.rejected
+
+
+@dataclass
+class _InOrder:
+    """Hands chunks to writers (threads or processes), at most ``depth`` at a time, and counts
+    their results in file order. ``summary.last_line`` ends the committed prefix: it stops
+    advancing at the first chunk that failed, although chunks after it that another writer
+    committed are still counted."""
+
+    summary: ImportSummary
+    on_rejected: Callable[[int, str], None]
+    on_chunk: Callable[[ImportSummary], None]
+    broken: bool = False
+
+    def drive(self, work: Iterable[tuple[Callable[[], Future], int]], depth: int) -> None:
+        in_flight: deque = deque()
+        try:
+            for submit, last_line in work:
+                while len(in_flight) >= depth:
+                    self._count(*in_flight.popleft())
+                in_flight.append((submit(), last_line))
+            while in_flight:
+                self._count(*in_flight.popleft())
+        finally:
+            for future, _ in in_flight:  # stopped early: what has not started never will
+                future.cancel()
+            for future, last_line in in_flight:  # and what has is still counted
+                if not future.cancelled():
+                    try:
+                        self._count(future, last_line)
+                    except Exception:  # the error that stopped the import is the one to report
+                        pass
+
+    def _count(self, future: Future, last_line: int) -> None:
+        try:
+            accepted, duplicates, rejected = future.result()  # a writer's error is raised here
+        except BaseException:
+            self.broken = True
+            raise
+        _count_chunk(self.summary, accepted, duplicates, rejected, self.on_rejected)
+        if not self.broken:
+            self.summary.last_line = last_line
         self.on_chunk(self.summary)
+
+
+def writers_for(engine) -> int:
+    """How many chunks an Importer writes at once: two on PostgreSQL, where one chunk's events
+    go in while the previous one's sessions are paired (they wait for each other only on the
+    users they share, and their totals go to different shards); one on SQLite, which lets
+    one transaction write at a time anyway."""
+    return 2 if engine.dialect.name == "postgresql" else 1
 
 
 def _count_chunk(summary: ImportSummary, accepted: int, duplicates: int,
@@ -273,31 +329,13 @@ class ParallelImporter:
         with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_start,
                                  initargs=(self.database_url, self.engine_options)) as pool:
-            in_flight: deque = deque()
-            try:
-                for chunk in _chunks(lines, self.chunk_size):
-                    items = [(line.number, line.item) for line in chunk]
-                    in_flight.append((pool.submit(_worker_store, items, self.metadata_limit,
-                                                  all(line.nul_free for line in chunk)),
-                                      chunk[-1].number))
-                    while len(in_flight) > 2 * self.jobs:  # enough to keep every worker busy
-                        self._account(*in_flight.popleft())
-                while in_flight:
-                    self._account(*in_flight.popleft())
-            finally:
-                for future, _ in in_flight:  # stopped early: count what was still committed
-                    future.cancel()
-                for future, last_line in in_flight:
-                    if not future.cancelled() and future.exception() is None:
-                        self._account(future, last_line, contiguous=False)
+            work = ((partial(pool.submit, _worker_store,
+                             [(line.number, line.item) for line in chunk], self.metadata_limit,
+                             all(line.nul_free for line in chunk)),
+                     chunk[-1].number) for chunk in _chunks(lines, self.chunk_size))
+            # Two chunks a worker, so that none waits while this process reads the next.
+            _InOrder(self.summary, self.on_rejected, self.on_chunk).drive(work, 2 * self.jobs + 1)
         return self.summary
-
-    def _account(self, future: Future, last_line: int, contiguous: bool = True) -> None:
-        accepted, duplicates, rejected = future.result()  # a worker's failure is raised here
-        _count_chunk(self.summary, accepted, duplicates, rejected, self.on_rejected)
-        if contiguous:
-            self.summary.last_line = last_line
-        self.on_chunk(self.summary)
 
 
 _worker_session: Session | None = None

@@ -33,8 +33,11 @@ _PG_STAGING = """
 """
 _PG_IDS = ("SELECT nextval(pg_get_serial_sequence('events', 'id')) "
            "FROM generate_series(1, %(n)s)")
+# Binary COPY: psycopg writes each row in C (the text format costs six times as much per row
+# in Python), and the server has no text to parse.
 _PG_COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, metadata, "
-            "event_id) FROM STDIN")
+            "event_id) FROM STDIN (FORMAT BINARY)")
+_PG_COPY_TYPES = ("int8", "varchar", "varchar", "timestamptz", "timestamptz", "text", "varchar")
 # Rows staged by an earlier call in the same transaction have smaller ids: "id >= first"
 # leaves them out, which is cheaper than emptying the table each time.
 _PG_MOVE = f"""
@@ -59,6 +62,7 @@ def _insert_postgresql(session: Session, rows: list[dict]) -> tuple[list, bool]:
     cursor = driver.cursor()
     try:
         with cursor.copy(_PG_COPY) as copy:
+            copy.set_types(_PG_COPY_TYPES)
             for id_, row in zip(ids, rows):
                 copy.write_row((id_, row["event"], row["user_id"], row["occurred_at"],
                                 row["received_at"], row["metadata_json"], row["event_id"]))
@@ -71,7 +75,7 @@ def _insert_postgresql(session: Session, rows: list[dict]) -> tuple[list, bool]:
     finally:
         cursor.close()
     count, some = connection.exec_driver_sql(
-        _PG_MOVE, {"first": ids[0], "n": len(rows), "shard": rollups.shard_of_process()}).one()
+        _PG_MOVE, {"first": ids[0], "n": len(rows), "shard": rollups.shard_of_writer()}).one()
     if some is not None:  # some rows were duplicates (the ids of the others, or none)
         went_in = set(some)
         ids = [id_ if id_ in went_in else None for id_ in ids]

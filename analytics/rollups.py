@@ -10,10 +10,10 @@ never sees events without their aggregates or the reverse (read-your-writes, no 
 A period (day, ISO week, month) is a union of whole UTC days, and so is a query's date range,
 so summing the days answers every question exactly. ``shard`` spreads concurrent writers of the
 same day and name over several rows, so that they rarely wait for each other's row locks on
-PostgreSQL: each process writes the shard of its process id (a gunicorn worker's single events
-all go through its one writer thread, see committer.py, so the API's processes seldom share a
-shard). Only the sum over shards means anything: a purge may take an event out of another
-shard than the one that counted it.
+PostgreSQL: each thread writes the shard of its system-wide thread id (a gunicorn worker's
+single events all go through its one writer thread, see committer.py; an import writes with
+two threads), so concurrent writers seldom share a shard. Only the sum over shards means
+anything: a purge may take an event out of another shard than the one that counted it.
 
 Sessions change only around an event that arrives or leaves: a play forms a session exactly
 when the user's next play-or-stop event (by timestamp, then id) is a stop. So only the pairs
@@ -30,7 +30,7 @@ each other in a cycle.
 from __future__ import annotations
 
 import json
-import os
+import threading
 import zlib
 from collections import Counter, defaultdict
 from datetime import date, datetime
@@ -77,7 +77,7 @@ def record_changes(conn: Connection, added: Sequence[Change] = (),
 
 
 # event_counts += the rows of ``source`` (a CTE of inserted rows with occurred_at and event),
-# in key order like _upsert_adding; %(shard)s is shard_of_process().
+# in key order like _upsert_adding; %(shard)s is shard_of_writer().
 COUNT_INSERTED_POSTGRESQL = """
     INSERT INTO event_counts (day, event, shard, n)
     SELECT {day} AS day, event, %(shard)s, count(*) FROM {{source}}
@@ -90,7 +90,7 @@ COUNT_INSERTED_POSTGRESQL = """
 
 def _apply_event_counts(conn: Connection, added, removed) -> None:
     deltas: Counter = Counter()
-    shard = shard_of_process()
+    shard = shard_of_writer()
     for change in added:
         deltas[(change.occurred_at.date(), change.event, shard)] += 1
     for change in removed:
@@ -127,7 +127,7 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
         run[change.id in added_ids].append(change)
 
     deltas: dict[tuple[date, int], list[int]] = defaultdict(lambda: [0, 0])
-    shard = shard_of_process()
+    shard = shard_of_writer()
     for (_, before, after), (gone, new) in runs.items():
         ends = [c for c in (before, after) if c is not None]
         for sign, inside in ((-1, gone), (1, new)):
@@ -142,9 +142,11 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
                        totals=("sessions", "total_us"))
 
 
-def shard_of_process() -> int:
-    """The shard this process writes its counts to."""
-    return os.getpid() % SHARDS
+def shard_of_writer() -> int:
+    """The shard this thread writes its counts to: by its system-wide thread id, so that the
+    writer threads of one process (an import's two writers, gunicorn's request threads) and of
+    different processes seldom share one."""
+    return threading.get_native_id() % SHARDS
 
 
 def paired(sequence: Sequence[Change]) -> Iterable[tuple[Change, Change]]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+from concurrent.futures import Future
 
 import pytest
+from sqlalchemy import text
 
 from analytics import create_app
+from analytics.importer import ImportSummary, _InOrder
 from conftest import create_postgres_database, run_in_terminal, unreachable_url
 from conftest import run_flask as run_flask_text
 from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, stored
@@ -270,7 +273,7 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
 
     def fail_second_chunk(session, rows):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if any(row["event_id"] == "id4" for row in rows):  # the second chunk (lines 5 to 8)
             # What a lost connection looks like to the importer.
             from sqlalchemy.exc import OperationalError
             raise OperationalError("INSERT", {}, Exception("server closed the connection"))
@@ -314,3 +317,77 @@ def test_a_worker_process_that_cannot_store_stops_the_import_clearly(backend, tm
     assert "Error: no events table in the database at " in result.output
     assert "(run alembic upgrade head)" in result.output
     assert "Traceback" not in result.output
+
+
+# --- chunks written side by side, counted in file order ---------------------------------------
+
+def finished(result=None, error=None):
+    future = Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+    return future
+
+
+def drive(futures, last_lines, fail_reading_after=None):
+    summary, rejected = ImportSummary(), []
+
+    def work():
+        for number, (future, last_line) in enumerate(zip(futures, last_lines)):
+            if number == fail_reading_after:
+                raise OSError("damaged input")
+            yield (lambda future=future: future), last_line
+
+    counting = _InOrder(summary, lambda number, message: rejected.append(number),
+                        lambda summary: None)
+    return summary, rejected, counting, work()
+
+
+def test_a_failed_chunk_ends_the_committed_prefix_but_later_commits_still_count():
+    summary, rejected, counting, work = drive(
+        [finished((4, 0, [])), finished(error=RuntimeError("lost")), finished((3, 1, [(27, "bad")]))],
+        [10, 20, 30])
+    with pytest.raises(RuntimeError):
+        counting.drive(work, depth=3)
+    assert summary.last_line == 10  # lines 11 to 20 are not committed: resume from there
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (7, 1, 1)
+    assert rejected == [27]
+
+
+def test_an_input_error_keeps_the_chunks_already_written_in_the_prefix():
+    summary, _, counting, work = drive(
+        [finished((4, 0, [])), finished((4, 0, [])), finished((4, 0, []))], [10, 20, 30],
+        fail_reading_after=2)
+    with pytest.raises(OSError):
+        counting.drive(work, depth=2)
+    assert summary.last_line == 20
+    assert summary.accepted == 8
+
+
+@pytest.mark.parametrize("writers", [1, 2, 3])
+def test_several_writers_store_everything_and_count_in_file_order(database_url, engine, writers):
+    from sqlalchemy.orm import Session
+
+    from analytics.db import make_engine
+    from analytics.importer import Importer, Line
+
+    lines = [Line(n, json.loads(ev(n % 60, event_id=f"id{n % 70}", user_id=f"u{n % 7}")), True)
+             for n in range(1, 101)]
+    lines[41] = Line(42, {"event": "play"})
+    counted = []
+    own = make_engine(database_url)
+    try:
+        job = Importer(Session(own, expire_on_commit=False), 10000, chunk_size=9, writers=writers,
+                       on_rejected=lambda number, message: counted.append(number),
+                       on_chunk=lambda summary: counted.append(summary.last_line))
+        summary = job.run(iter(lines))
+    finally:
+        own.dispose()
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (69, 30, 1)
+    assert summary.last_line == 100
+    # Chunk ends (every 9th line) in order, and line 42 reported before the end of its chunk.
+    assert counted == [9, 18, 27, 36, 42, 45, 54, 63, 72, 81, 90, 99, 100]
+    assert len(stored(engine)) == 69
+    with engine.connect() as conn:  # and the daily totals took each stored event once
+        assert conn.execute(text("SELECT sum(n) FROM event_counts")).scalar() == 69
