@@ -21,7 +21,9 @@ next to a changed event can change. For each changed play/stop event, the user's
 events just before and just after it in the table are looked up (two index probes); changed
 events with no unchanged event between them form a run, and each run's sessions are paired
 between its two unchanged neighbours before and after the change, and the difference is
-applied. The cost is two probes per changed event, whatever the user's history looks like. On
+applied. The cost is two probes per changed event, whatever the user's history looks like.
+Inserts (every ingest path) do all of this in one statement in the database, with a third
+probe per run; deletes (the purge) pair the runs here in Python. On
 PostgreSQL a transaction-level advisory lock per user serialises this for concurrent writers of
 the same user (SQLite serialises all writers anyway); the locks are taken in one global order,
 after the event rows and counts and before the session rows, so two writers never wait for
@@ -109,6 +111,17 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
     if not changed:
         return
     _lock_users(conn, {c.user_id for c in changed})
+    if not removed:  # the ingest paths: the whole difference is worked out in the database
+        ids = [c.id for c in changed]
+        if conn.dialect.name == "postgresql":
+            parameters = {"ids": ids, "users": [c.user_id for c in changed],
+                          "times": [c.occurred_at for c in changed],
+                          "events": [c.event for c in changed]}
+        else:  # SQLite looks the rows up by rowid
+            parameters = {"ids": json.dumps(ids)}
+        conn.execute(_SESSION_ADDITIONS[conn.dialect.name],
+                     {**parameters, "shard": shard_of_writer()})
+        return
     neighbours = _read_neighbours(conn, changed)
     changed_ids = {c.id for c in changed}
 
@@ -201,6 +214,82 @@ def _neighbours_statement(dialect: str):
 
 
 _NEIGHBOURS = {dialect: _neighbours_statement(dialect) for dialect in EVENT_KEY_ROWS}
+
+
+def _session_additions_statement(dialect: str):
+    """The sessions that the play/stop events with ids :ids (all just inserted) make and break,
+    added to session_counts as one difference per day (shard :shard).
+
+    The same reasoning as the Python path below, in one statement. Each added event c makes the
+    pair (c, its successor), and, when its predecessor b is not itself added (c starts a run of
+    added events), the pair (b, c). Such a run also breaks the pair that b formed with the first
+    event after the run that is not added (u). Only pairs of a play and then a stop count.
+    """
+    if dialect == "postgresql":
+        changed = "CAST(:ids AS bigint[])"
+        is_added = f"{{0}} = ANY({changed})"
+    else:
+        is_added = "{0} IN (SELECT value FROM json_each(:ids))"
+
+    def probe(columns: str, compare: str, order: str, skip_added: bool = False,
+              only_if: str = "") -> str:
+        skip = f"AND NOT ({is_added.format('e.id')}) " if skip_added else ""
+        return (f"SELECT {columns} FROM events e WHERE {only_if}e.user_id = c.user_id "
+                f"AND e.{PLAY_OR_STOP_SQL} AND (e.occurred_at, e.id) {compare} "
+                f"(c.occurred_at, c.id) {skip}ORDER BY e.occurred_at {order}, e.id {order} LIMIT 1")
+
+    run_start = f"b.id IS NOT NULL AND NOT ({is_added.format('b.id')})"
+    only_if = f"{run_start} AND b.event = 'play' AND "
+    if dialect == "postgresql":
+        row = "e.id, e.event, e.occurred_at"
+        joins = (f"LEFT JOIN LATERAL ({probe(row, '<', 'DESC')}) b ON true "
+                 f"LEFT JOIN LATERAL ({probe(row, '>', 'ASC')}) a ON true "
+                 # (the condition inside, so that the probe is not even started without it)
+                 f"LEFT JOIN LATERAL ({probe(row, '>', 'ASC', skip_added=True, only_if=only_if)})"
+                 f" u ON true")
+        # The added events' own columns come as arrays: looking them up by id could be planned
+        # as a scan of the table.
+        added = ("SELECT * FROM unnest(CAST(:users AS varchar[]), CAST(:times AS timestamptz[]), "
+                 f"{changed}, CAST(:events AS varchar[])) AS c(user_id, occurred_at, id, event)")
+    else:  # no LATERAL: each neighbour's id, then its row
+        joins = (f"LEFT JOIN events b ON b.id = ({probe('e.id', '<', 'DESC')}) "
+                 f"LEFT JOIN events a ON a.id = ({probe('e.id', '>', 'ASC')}) "
+                 f"LEFT JOIN events u ON {run_start} AND b.event = 'play' "
+                 f"AND u.id = ({probe('e.id', '>', 'ASC', skip_added=True)})")
+        added = ("SELECT id, user_id, occurred_at, event FROM events "
+                 "WHERE id IN (SELECT value FROM json_each(:ids))")
+    play, stop = column("play_at"), column("stop_at")
+    length = microseconds_between(play, stop).compile(dialect=_DIALECTS[dialect])
+    play_day = utc_date(play).compile(dialect=_DIALECTS[dialect])
+    return text(f"""
+        WITH c AS ({added}),
+        n AS (
+            SELECT c.event, c.occurred_at, b.event AS b_event, b.occurred_at AS b_at,
+                   a.event AS a_event, a.occurred_at AS a_at, u.event AS u_event,
+                   u.occurred_at AS u_at, {run_start} AS run_start
+            FROM c {joins}
+        ),
+        pairs AS (
+            SELECT occurred_at AS play_at, a_at AS stop_at, 1 AS sign FROM n
+            WHERE event = 'play' AND a_event = 'stop'
+            UNION ALL
+            SELECT b_at, occurred_at, 1 FROM n
+            WHERE run_start AND b_event = 'play' AND event = 'stop'
+            UNION ALL
+            SELECT b_at, u_at, -1 FROM n
+            WHERE run_start AND b_event = 'play' AND u_event = 'stop'
+        )
+        INSERT INTO session_counts (day, shard, sessions, total_us)
+        SELECT {play_day}, :shard, sum(sign), sum(sign * {length}) FROM pairs WHERE true
+        GROUP BY 1 HAVING sum(sign) <> 0 OR sum(sign * {length}) <> 0 ORDER BY 1
+        ON CONFLICT (day, shard) DO UPDATE SET
+            sessions = session_counts.sessions + excluded.sessions,
+            total_us = session_counts.total_us + excluded.total_us
+    """)
+
+
+_DIALECTS = {"postgresql": postgresql.dialect(), "sqlite": sqlite.dialect()}
+_SESSION_ADDITIONS = {dialect: _session_additions_statement(dialect) for dialect in EVENT_KEY_ROWS}
 
 
 def _read_neighbours(conn: Connection, changed: Sequence[Change]

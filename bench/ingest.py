@@ -10,7 +10,7 @@ stored by each path in turn, the table emptied in between, for --rounds rounds:
 
 - raw: the driver alone, with values already in the driver's types, in transactions of
   --batch rows (one COMMIT per 1000 rows, the durability unit of a batch request):
-  psycopg COPY on PostgreSQL, sqlite3 executemany on SQLite (with the app's PRAGMAs);
+  psycopg binary COPY on PostgreSQL, sqlite3 executemany on SQLite (with the app's PRAGMAs);
 - batch: POST /track/batch with --batch events a request, sent by --clients concurrent
   clients to gunicorn (the project's gunicorn.conf.py; --workers overrides WEB_CONCURRENCY);
   bodies are encoded, and the workers warmed up, before the clock starts;
@@ -51,6 +51,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from bench.support import ROOT, gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
 
 COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event_id")
+COPY_TYPES = ("varchar", "varchar", "timestamptz", "timestamptz", "jsonb", "varchar")
 NAMES = ("play", "stop", "pause", "skip", "purchase")
 
 
@@ -103,11 +104,13 @@ def raw_postgres(url: str, rows: list[tuple], batch: int) -> float:
     import psycopg
 
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    statement = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN"
+    # Binary, as the app's own COPY: the rows are written in C and the server parses no text.
+    statement = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
     with psycopg.connect(dsn) as conn:
         start = time.perf_counter()
         for first in range(0, len(rows), batch):
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.set_types(COPY_TYPES)
                 for row in rows[first:first + batch]:
                     copy.write_row(row)
             conn.commit()
