@@ -114,13 +114,13 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
     if not removed:  # the ingest paths: the whole difference is worked out in the database
         ids = [c.id for c in changed]
         if conn.dialect.name == "postgresql":
-            parameters = {"ids": ids, "users": [c.user_id for c in changed],
-                          "times": [c.occurred_at for c in changed],
-                          "events": [c.event for c in changed]}
+            _execute_binary(conn, _SESSION_ADDITIONS["postgresql"], {
+                "ids": ids, "users": [c.user_id for c in changed],
+                "times": [c.occurred_at for c in changed], "events": [c.event for c in changed],
+                "shard": shard_of_writer()})
         else:  # SQLite looks the rows up by rowid
-            parameters = {"ids": json.dumps(ids)}
-        conn.execute(_SESSION_ADDITIONS[conn.dialect.name],
-                     {**parameters, "shard": shard_of_writer()})
+            conn.execute(_SESSION_ADDITIONS["sqlite"],
+                         {"ids": json.dumps(ids), "shard": shard_of_writer()})
         return
     neighbours = _read_neighbours(conn, changed)
     changed_ids = {c.id for c in changed}
@@ -180,6 +180,22 @@ _LOCK_ONE = select(func.pg_advisory_xact_lock(bindparam("lock_key", type_=postgr
 _LOCK_MANY = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 
 
+def _execute_binary(conn: Connection, statement, parameters: dict) -> None:
+    """Execute a PostgreSQL ``text()`` statement with its list parameters sent as binary
+    arrays: psycopg builds those in C, at a fifth of the cost of array literals in text."""
+    sql = _BINARY_SQL.get(statement)
+    if sql is None:
+        sql = str(statement.compile(dialect=conn.dialect))
+        for name, value in parameters.items():
+            if isinstance(value, list):
+                sql = sql.replace(f"%({name})s", f"%({name})b")
+        _BINARY_SQL[statement] = sql
+    conn.exec_driver_sql(sql, parameters)
+
+
+_BINARY_SQL: dict = {}
+
+
 def _lock_users(conn: Connection, users: set[str]) -> None:
     if conn.dialect.name != "postgresql":
         return  # SQLite: the write transaction already excludes every other writer
@@ -187,7 +203,7 @@ def _lock_users(conn: Connection, users: set[str]) -> None:
     if len(keys) == 1:  # every POST /track: one prepared statement
         conn.execute(_LOCK_ONE, {"lock_key": keys[0]})
     else:  # in ascending order, the one global order of these locks
-        conn.execute(_LOCK_MANY, {"keys": keys})
+        _execute_binary(conn, _LOCK_MANY, {"keys": keys})
 
 
 def _neighbours_statement(dialect: str):
