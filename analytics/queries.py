@@ -31,8 +31,11 @@ _PG_STAGING = """
         received_at timestamptz, metadata text, event_id varchar
     ) ON COMMIT DELETE ROWS
 """
-_PG_IDS = ("SELECT nextval(pg_get_serial_sequence('events', 'id')) "
-           "FROM generate_series(1, %(n)s)")
+# The ids, and whether this connection already has its staging table (it is created once per
+# connection, but goes away again if the transaction that created it is rolled back).
+_PG_IDS = ("SELECT to_regclass('pg_temp.incoming_events') IS NOT NULL, "
+           "ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'id')) "
+           "FROM generate_series(1, %(n)s))")
 # Binary COPY: psycopg writes each row in C (the text format costs six times as much per row
 # in Python), and the server has no text to parse.
 _PG_COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, metadata, "
@@ -44,7 +47,7 @@ _PG_MOVE = f"""
     WITH inserted AS (
         INSERT INTO events (id, event, user_id, occurred_at, received_at, metadata, event_id)
         SELECT id, event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
-        FROM incoming_events WHERE id >= %(first)s ORDER BY id
+        FROM incoming_events WHERE id >= %(first)s
         ON CONFLICT (user_id, event_id) DO NOTHING
         RETURNING id, occurred_at, event
     ), counted AS ({rollups.COUNT_INSERTED_POSTGRESQL.format(source="inserted")})
@@ -56,9 +59,10 @@ _PG_MOVE = f"""
 def _insert_postgresql(session: Session, rows: list[dict]) -> tuple[list, bool]:
     connection = session.connection()
     driver = connection.connection.driver_connection
-    connection.exec_driver_sql(_PG_STAGING)
-    with driver.cursor() as cursor:
-        ids = sorted(id_ for id_, in cursor.execute(_PG_IDS, {"n": len(rows)}))
+    staged, ids = connection.exec_driver_sql(_PG_IDS, {"n": len(rows)}).one()
+    if not staged:
+        connection.exec_driver_sql(_PG_STAGING)
+    ids.sort()  # in batch order: ties between equal timestamps are broken by arrival
     cursor = driver.cursor()
     try:
         with cursor.copy(_PG_COPY) as copy:
