@@ -1,0 +1,131 @@
+"""Where an imported event's time goes: each step of the import path, one after the other.
+
+    .venv/bin/python bench/ingest_steps.py [--events 30000] [--chunk 1000] [--rounds 3]
+                                           [--no-postgres]
+
+In this process, on a fresh migrated database of each backend, the same generated events as
+bench/ingest.py (NDJSON lines) go through the import's steps serially, chunk by chunk:
+
+- read: parse the NDJSON lines (``importer.read_ndjson``);
+- check: the POST /track rules and the storage rules (``bulk.check_events``);
+- write, split into the insert of the events (with, on PostgreSQL, the daily event counts in
+  the same statement), the upkeep of the daily session totals, and the commit;
+
+then the raw driver write of bench/ingest.py on the same rows, for comparison. Prints the
+median over rounds of microseconds per event of each step, and of this process's CPU time
+(Python and driver) beside the wall time: the rest is the database server's work (and, on
+SQLite, nothing: it runs in this process).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy.orm import Session  # noqa: E402
+
+from analytics import bulk, importer, queries, rollups  # noqa: E402
+from analytics.db import make_engine  # noqa: E402
+from analytics.models import utcnow  # noqa: E402
+from bench.ingest import count_rows, driver_rows, empty_table, generate, raw  # noqa: E402
+from bench.support import scratch_postgres, scratch_sqlite  # noqa: E402
+
+STEPS = ("read", "check", "write: insert", "write: sessions", "write: commit", "write, total")
+
+
+class Clock:
+    """Wall time of each named step, and the process's CPU time over the whole run."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = defaultdict(float)
+
+    def timed(self, name: str, function):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.wall[name] += time.perf_counter() - start
+        return run
+
+
+def one_round(url: str, lines: bytes, events: list[dict], chunk: int) -> dict[str, float]:
+    clock = Clock()
+    engine = make_engine(url)
+    inserter = queries._INSERTERS[engine.dialect.name]
+    patched = [(queries._INSERTERS, engine.dialect.name, inserter),
+               (rollups, "_apply_session_changes", rollups._apply_session_changes)]
+    queries._INSERTERS[engine.dialect.name] = clock.timed("write: insert", inserter)
+    rollups._apply_session_changes = clock.timed("write: sessions",
+                                                 rollups._apply_session_changes)
+    try:
+        cpu, start = time.process_time(), time.perf_counter()
+        parsed = clock.timed("read", lambda: list(importer.read_ndjson(io.BytesIO(lines))))()
+        session = Session(engine, expire_on_commit=False)
+        commit = clock.timed("write: commit", session.commit)
+        session.commit = commit
+        for first in range(0, len(parsed), chunk):
+            part = parsed[first:first + chunk]
+            checked = clock.timed("check", bulk.check_events)(
+                ((line.number, line.item) for line in part), now=utcnow(),
+                metadata_limit=4096, nul_free=all(line.nul_free for line in part))
+            clock.timed("write, total", bulk.commit_events)(
+                session, [event.row for _, event in checked.prepared])
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        session.close()
+    finally:
+        for owner, name, original in patched:
+            if isinstance(owner, dict):
+                owner[name] = original
+            else:
+                setattr(owner, name, original)
+        engine.dispose()
+    if count_rows(url) != len(events):
+        raise RuntimeError("not every event was stored")
+    empty_table(url)
+    n = len(events)
+    result = {name: clock.wall[name] / n * 1e6 for name in STEPS}
+    result["all steps (wall)"] = wall / n * 1e6
+    result["this process's CPU"] = cpu / n * 1e6
+    result["raw driver write"] = raw(url, driver_rows(events), chunk) / n * 1e6
+    empty_table(url)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--chunk", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+
+    events = generate(args.events)
+    lines = "".join(json.dumps(event) + "\n" for event in events).encode()
+    backends = [("SQLite", scratch_sqlite)]
+    if not args.no_postgres:
+        backends.append(("PostgreSQL", scratch_postgres))
+    print(f"{args.events} events in chunks of {args.chunk}, {args.rounds} rounds; "
+          f"µs per event, median of rounds")
+    columns = {}
+    for name, scratch in backends:
+        with scratch() as url:
+            rounds = [one_round(url, lines, events, args.chunk) for _ in range(args.rounds)]
+        columns[name] = {step: statistics.median(r[step] for r in rounds) for step in rounds[0]}
+    print()
+    print("| step | " + " | ".join(f"{name} µs" for name in columns) + " |")
+    print("| --- |" + " ---: |" * len(columns))
+    for step in next(iter(columns.values())):
+        print(f"| {step} | " + " | ".join(f"{column[step]:.1f}" for column in columns.values())
+              + " |")
+
+
+if __name__ == "__main__":
+    main()
