@@ -6,6 +6,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -57,6 +58,31 @@ def test_single_events_in_random_order_keep_aggregates_exact(client, engine):
     counts, sessions = assert_exact(engine)
     assert sum(counts.values()) == 150
     assert sessions  # the history does contain sessions
+
+
+def at(seconds: int) -> str:
+    return (START + timedelta(seconds=seconds)).isoformat()
+
+
+@pytest.mark.parametrize("size", [1, 25])  # the few-rows insert and the bulk one
+def test_a_run_of_events_landing_inside_a_session_splits_it(client, engine, size):
+    # play 0 - stop 100 is one session; then, in one batch, a stop at 20 and a play at 50 land
+    # between them (a run of two added events, with other users' events around them): the
+    # session becomes 0-20 and 50-100.
+    others = [{"event": "skip", "user_id": f"x{i}", "timestamp": at(i)} for i in range(size - 1)]
+    assert client.post("/track/batch", json={"events": [
+        {"event": "play", "user_id": "u", "timestamp": at(0)},
+        {"event": "stop", "user_id": "u", "timestamp": at(100)}]}).status_code == 200
+    assert assert_exact(engine)[1] == {START.date(): (1, 100_000_000)}
+    assert client.post("/track/batch", json={"events": others + [
+        {"event": "play", "user_id": "u", "timestamp": at(50)},
+        {"event": "stop", "user_id": "u", "timestamp": at(20)}]}).status_code == 200
+    assert assert_exact(engine)[1] == {START.date(): (2, 70_000_000)}
+    # And a third event after the stop changes nothing; a play at 10 inside 0-20 breaks it.
+    assert client.post("/track/batch", json={"events": others + [
+        {"event": "play", "user_id": "u", "timestamp": at(200)},
+        {"event": "play", "user_id": "u", "timestamp": at(10)}]}).status_code == 200
+    assert assert_exact(engine)[1] == {START.date(): (2, 60_000_000)}
 
 
 def test_batches_and_duplicates_keep_aggregates_exact(client, engine):
