@@ -31,11 +31,15 @@ _PG_STAGING = """
         received_at timestamptz, metadata text, event_id varchar
     ) ON COMMIT DELETE ROWS
 """
-# The ids, and whether this connection already has its staging table (it is created once per
-# connection, but goes away again if the transaction that created it is rolled back).
-_PG_IDS = ("SELECT to_regclass('pg_temp.incoming_events') IS NOT NULL, "
-           "ARRAY(SELECT nextval(pg_get_serial_sequence('events', 'id')) "
-           "FROM generate_series(1, %(n)s))")
+# Whether this connection already has its staging table (it is created once per connection,
+# but goes away again if the transaction that created it is rolled back), and the ids: the
+# sequence steps by a block of ids (migration 0005), so one nextval() reserves a whole block.
+_PG_IDS = """
+    SELECT to_regclass('pg_temp.incoming_events') IS NOT NULL, seqincrement,
+           ARRAY(SELECT nextval(seqrelid::regclass)
+                 FROM generate_series(1, (%(n)s + seqincrement - 1) / seqincrement))
+    FROM pg_sequence WHERE seqrelid = CAST(pg_get_serial_sequence('events', 'id') AS regclass)
+"""
 # Binary COPY: psycopg writes each row in C (the text format costs six times as much per row
 # in Python), and the server has no text to parse.
 _PG_COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, metadata, "
@@ -59,10 +63,12 @@ _PG_MOVE = f"""
 def _insert_postgresql(session: Session, rows: list[dict]) -> tuple[list, bool]:
     connection = session.connection()
     driver = connection.connection.driver_connection
-    staged, ids = connection.exec_driver_sql(_PG_IDS, {"n": len(rows)}).one()
+    staged, step, blocks = connection.exec_driver_sql(_PG_IDS, {"n": len(rows)}).one()
     if not staged:
         connection.exec_driver_sql(_PG_STAGING)
-    ids.sort()  # in batch order: ties between equal timestamps are broken by arrival
+    # In ascending order, given to the rows in batch order: ties between equal timestamps are
+    # broken by arrival.
+    ids = [first + offset for first in sorted(blocks) for offset in range(step)][:len(rows)]
     cursor = driver.cursor()
     try:
         with cursor.copy(_PG_COPY) as copy:

@@ -186,6 +186,35 @@ def test_a_whole_batch_retried_stores_nothing_new(client, engine, size):
     assert metrics["data"] == [{"date": "2025-01-18", "play": size}]
 
 
+def test_postgresql_numbers_a_bulk_batch_from_one_block_of_ids(client, engine, backend):
+    if backend != "postgresql":
+        pytest.skip("SQLite numbers rows itself")
+    assert client.post("/track", json=ev(0)).status_code == 200
+    assert batch(client, [ev(i % 60, event_id=f"b{i}") for i in range(1000)]).status_code == 200
+    assert client.post("/track", json=ev(1)).status_code == 200
+    ids = [row.id for row in stored(engine)]
+    assert ids == sorted(ids)  # arrival order
+    single, bulk, after = ids[0], ids[1:-1], ids[-1]
+    assert bulk == list(range(bulk[0], bulk[0] + 1000))  # one block, numbered in batch order
+    assert bulk[0] > single and after > bulk[-1]
+    # A database whose sequence still steps by 1 (before migration 0005) works the same way,
+    # one nextval() an event.
+    with engine.begin() as conn:
+        conn.execute(text("DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY 1', "
+                          "pg_get_serial_sequence('events', 'id')); END $$"))
+    try:
+        assert batch(client, [ev(i % 60, event_id=f"c{i}") for i in range(30)]).get_json() \
+            == success(accepted=30)
+        assert batch(client, [ev(i % 60, event_id=f"c{i}") for i in range(40)]).get_json() \
+            == success(accepted=10, duplicates=30)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY 1000', "
+                              "pg_get_serial_sequence('events', 'id')); END $$"))
+    later = [row.id for row in stored(engine)][len(ids):]
+    assert len(later) == len(set(later)) == 40 and later == sorted(later)
+
+
 def test_every_way_in_stores_the_same_text(client, engine):
     # A single event, a small batch and a bulk batch (three different inserts) store times and
     # metadata exactly as the ORM writes them: the same column text on SQLite, the same values
