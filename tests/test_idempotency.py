@@ -9,7 +9,9 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from conftest import create_postgres_database, migrate
+from alembic import command
+
+from conftest import alembic_config, create_postgres_database, migrate
 from test_track import FUTURE_WARNING, SUCCESS, assert_error, post, stored
 
 DUPLICATE = {**SUCCESS, "duplicate": True}
@@ -155,5 +157,34 @@ def test_adding_event_id_keeps_stored_events_and_indexes(empty_database):
         assert indexes_before <= indexes_after
         assert [(u["name"], u["column_names"]) for u in uniques] == [
             ("uq_events_user_id_event_id", ["user_id", "event_id"])]
+    finally:
+        engine.dispose()
+
+
+def test_id_blocks_migrate_up_and_down(empty_database, backend):
+    """0005 makes PostgreSQL's id sequence step by 1000 and its downgrade back by 1; events
+    stored before it keep their ids and later ones come after them."""
+    if backend != "postgresql":
+        pytest.skip("SQLite numbers rows itself")
+    step = text("SELECT seqincrement FROM pg_sequence "
+                "WHERE seqrelid = CAST(pg_get_serial_sequence('events', 'id') AS regclass)")
+    migrate(empty_database, "0004")
+    engine = create_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO events (event, user_id, occurred_at, received_at) "
+                              "VALUES ('play', 'u', now(), now()), ('stop', 'u', now(), now())"))
+            assert conn.execute(step).scalar() == 1
+        migrate(empty_database, "0005")
+        with engine.begin() as conn:
+            assert conn.execute(step).scalar() == 1000
+            conn.execute(text("INSERT INTO events (event, user_id, occurred_at, received_at) "
+                              "VALUES ('play', 'u', now(), now())"))
+            # The next value starts a block of its own, after every id handed out before.
+            assert conn.execute(text("SELECT id FROM events ORDER BY id")).scalars().all() \
+                == [1, 2, 1002]
+        command.downgrade(alembic_config(empty_database), "0004")
+        with engine.connect() as conn:
+            assert conn.execute(step).scalar() == 1
     finally:
         engine.dispose()
