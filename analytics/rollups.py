@@ -239,8 +239,8 @@ def _session_additions_statement(dialect: str):
     The same reasoning as the Python path below, in one statement. Each added event c makes the
     pair (c, its successor), and, when its predecessor b is not itself added (c starts a run of
     added events), the pair (b, c). Such a run also breaks the pair that b formed with the first
-    event after the run that is not added (u: c's successor a, unless a is added too, which
-    takes a third probe). Only pairs of a play and then a stop count.
+    event after the run that is not added (u, a third probe, made only where b is a play). Only
+    pairs of a play and then a stop count.
     """
     if dialect == "postgresql":
         changed = "CAST(:ids AS bigint[])"
@@ -256,9 +256,7 @@ def _session_additions_statement(dialect: str):
                 f"(c.occurred_at, c.id) {skip}ORDER BY e.occurred_at {order}, e.id {order} LIMIT 1")
 
     run_start = f"b.id IS NOT NULL AND NOT ({is_added.format('b.id')})"
-    # The third probe, only where the broken pair could be a session and a is added.
-    further = f"b.event = 'play' AND a.id IS NOT NULL AND {is_added.format('a.id')}"
-    only_if = f"{run_start} AND {further} AND "
+    only_if = f"{run_start} AND b.event = 'play' AND "
     if dialect == "postgresql":
         row = "e.id, e.event, e.occurred_at"
         joins = (f"LEFT JOIN LATERAL ({probe(row, '<', 'DESC')}) b ON true "
@@ -273,7 +271,7 @@ def _session_additions_statement(dialect: str):
     else:  # no LATERAL: each neighbour's id, then its row
         joins = (f"LEFT JOIN events b ON b.id = ({probe('e.id', '<', 'DESC')}) "
                  f"LEFT JOIN events a ON a.id = ({probe('e.id', '>', 'ASC')}) "
-                 f"LEFT JOIN events u ON {run_start} AND {further} "
+                 f"LEFT JOIN events u ON {run_start} AND b.event = 'play' "
                  f"AND u.id = ({probe('e.id', '>', 'ASC', skip_added=True)})")
         added = ("SELECT id, user_id, occurred_at, event FROM events "
                  "WHERE id IN (SELECT value FROM json_each(:ids))")
@@ -284,10 +282,8 @@ def _session_additions_statement(dialect: str):
         WITH c AS ({added}),
         n AS (
             SELECT c.event, c.occurred_at, b.event AS b_event, b.occurred_at AS b_at,
-                   a.event AS a_event, a.occurred_at AS a_at,
-                   CASE WHEN {further} THEN u.event ELSE a.event END AS u_event,
-                   CASE WHEN {further} THEN u.occurred_at ELSE a.occurred_at END AS u_at,
-                   {run_start} AS run_start
+                   a.event AS a_event, a.occurred_at AS a_at, u.event AS u_event,
+                   u.occurred_at AS u_at, {run_start} AS run_start
             FROM c {joins}
         ),
         pairs AS (
