@@ -19,9 +19,9 @@ _events = Event.__table__
 
 # PostgreSQL: COPY cannot skip conflicts, so the batch is COPYed into a temporary staging table
 # (per connection, emptied at every commit) and moved into events by one INSERT ... SELECT ...
-# ON CONFLICT DO NOTHING. COPY is the driver's fast path: a multi-row VALUES list or one array
-# per column costs more in the driver (building, escaping, parsing SQL) than the insert costs
-# in the server. The ids are taken from the sequence first, in batch order, so that the rows
+# ON CONFLICT DO NOTHING. COPY is the driver's fast path: a multi-row VALUES list costs more in
+# the driver (building, escaping, parsing SQL) than the insert costs in the server, and one
+# binary array per column measured the same as the staging table. The ids are taken from the sequence first, in batch order, so that the rows
 # that went in are known by id alone (no row is sent back) and ties between equal timestamps
 # are broken in batch order when sessions are paired. The same statement adds the new events
 # to the daily counts (rollups.py), so those cost no round trip and no Python per event.
@@ -55,8 +55,7 @@ _PG_MOVE = f"""
         ON CONFLICT (user_id, event_id) DO NOTHING
         RETURNING id, occurred_at, event
     ), counted AS ({rollups.COUNT_INSERTED_POSTGRESQL.format(source="inserted")})
-    SELECT count(*), CASE WHEN count(*) < %(n)s THEN COALESCE(array_agg(id), '{{}}') END
-    FROM inserted
+    SELECT CASE WHEN count(*) < %(n)s THEN COALESCE(array_agg(id), '{{}}') END FROM inserted
 """
 
 
@@ -84,9 +83,9 @@ def _insert_postgresql(session: Session, rows: list[dict]) -> tuple[list, bool]:
                                   dialect=connection.dialect) from None
     finally:
         cursor.close()
-    count, some = connection.exec_driver_sql(
-        _PG_MOVE, {"first": ids[0], "n": len(rows), "shard": rollups.shard_of_writer()}).one()
-    if some is not None:  # some rows were duplicates (the ids of the others, or none)
+    some = connection.exec_driver_sql(
+        _PG_MOVE, {"first": ids[0], "n": len(rows), "shard": rollups.shard_of_writer()}).scalar()
+    if some is not None:  # some rows were duplicates: the ids of the others (maybe none)
         went_in = set(some)
         ids = [id_ if id_ in went_in else None for id_ in ids]
     return ids, True
@@ -165,16 +164,24 @@ def _insert_few(session: Session, rows: list[dict]) -> tuple[list, bool]:
             _DIALECT_INSERTS[dialect.name](_events)
             .values(metadata=metadata)
             .on_conflict_do_nothing(index_elements=["user_id", "event_id"])
-            .returning(_events.c.id, _events.c.user_id, _events.c.event_id))
+            .returning(_events.c.id, _events.c.user_id, _events.c.event_id,
+                       _events.c.occurred_at, _events.c.event))
     hold_writer_turn(session)
     returned = session.connection().execute(statement, rows).all()
-    # Rows with an event_id are told apart by it; the others all went in, and their ids
-    # follow the order of the rows.
-    by_key = {(user_id, event_id): id_ for id_, user_id, event_id in returned
-              if event_id is not None}
-    unkeyed = iter(sorted(id_ for id_, _, event_id in returned if event_id is None))
-    return [by_key.get((row["user_id"], row["event_id"])) if row["event_id"] is not None
-            else next(unkeyed) for row in rows], False
+    # Rows with an event_id are told apart by it. The others all went in; each is given the id
+    # of a returned row with its own user, time and name (the smallest first), so whatever the
+    # order the database numbered them in, every id goes with the values stored under it.
+    by_key: dict[tuple, list[int]] = {}
+    for id_, user_id, event_id, occurred_at, event in sorted(returned, reverse=True):
+        key = (user_id, event_id) if event_id is not None else (user_id, occurred_at, event)
+        by_key.setdefault(key, []).append(id_)
+    ids = []
+    for row in rows:
+        key = ((row["user_id"], row["event_id"]) if row["event_id"] is not None
+               else (row["user_id"], row["occurred_at"], row["event"]))
+        found = by_key.get(key)
+        ids.append(found.pop() if found else None)
+    return ids, False
 
 
 # The only place that knows how each database skips duplicates.
