@@ -55,6 +55,15 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
+def sqlite_timestamp(at: datetime) -> str:
+    """The text UTCDateTime stores on SQLite for an aware datetime, as SQLAlchemy's DateTime
+    writes it (``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC, the year on four digits): for statements
+    that pass timestamps to SQLite without the column type."""
+    if at.tzinfo is not timezone.utc:
+        at = at.astimezone(timezone.utc)
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

@@ -22,13 +22,15 @@ without one, compiling a statement fails loudly instead of producing wrong perio
 from __future__ import annotations
 
 import json
-from datetime import timezone
+from datetime import datetime
 
 from sqlalchemy import BigInteger, Date, String
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FunctionElement
+
+from analytics.models import sqlite_timestamp
 
 
 class utc_date(FunctionElement):
@@ -188,11 +190,6 @@ EVENT_KEY_ROWS = {
 def event_keys_json(dialect: str, keys) -> str:
     """(user_id, occurred_at, id) triples (aware datetimes) as the JSON that EVENT_KEY_ROWS
     reads."""
-    if dialect == "sqlite":  # the stored text form of models.UTCDateTime
-        def stamp(at):
-            return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    else:
-        def stamp(at):
-            return at.isoformat()
+    stamp = sqlite_timestamp if dialect == "sqlite" else datetime.isoformat
     return json.dumps([{"user_id": user_id, "occurred_at": stamp(at), "id": id_}
                        for user_id, at, id_ in keys])

@@ -11,7 +11,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from analytics import rollups
 from analytics.db import hold_writer_turn
-from analytics.models import PLAY_OR_STOP, Event, EventCount, SessionCount, is_play_or_stop
+from analytics.models import (PLAY_OR_STOP, Event, EventCount, SessionCount, is_play_or_stop,
+                              sqlite_timestamp)
 from analytics.periods import microseconds_between, period_label, utc_date
 
 _events = Event.__table__
@@ -95,13 +96,6 @@ _COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event
 _SQLITE_INSERT = (f"INSERT INTO events ({', '.join(_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(_COLUMNS))}) "
                   f"ON CONFLICT (user_id, event_id) DO NOTHING")
-
-
-def sqlite_timestamp(at: datetime) -> str:
-    """The stored text of a models.UTCDateTime on SQLite (as SQLAlchemy's DateTime writes it)."""
-    if at.tzinfo is not timezone.utc:
-        at = at.astimezone(timezone.utc)
-    return at.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _insert_sqlite(session: Session, rows: list[dict]) -> tuple[list, bool]:

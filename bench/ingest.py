@@ -48,6 +48,7 @@ import http.client  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from analytics.models import sqlite_timestamp  # noqa: E402
 from bench.support import ROOT, gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
 
 COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event_id")
@@ -118,11 +119,9 @@ def raw_postgres(url: str, rows: list[tuple], batch: int) -> float:
 
 
 def raw_sqlite(url: str, rows: list[tuple], batch: int) -> float:
-    # The app's storage format for UTCDateTime on SQLite: naive UTC text with microseconds.
-    def stamp(value: datetime) -> str:
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    converted = [(e, u, stamp(o), stamp(r), m, i) for e, u, o, r, m, i in rows]
+    # The app's storage format for UTCDateTime on SQLite.
+    converted = [(e, u, sqlite_timestamp(o), sqlite_timestamp(r), m, i)
+                 for e, u, o, r, m, i in rows]
     conn = sqlite3.connect(make_url(url).database, isolation_level=None)
     # The same settings as the app's connections (analytics/db.py).
     conn.execute("PRAGMA journal_mode=WAL")

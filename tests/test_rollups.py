@@ -7,11 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from analytics import rollups
-from analytics.models import Event, EventCount, SessionCount
+from analytics.models import Event, EventCount, SessionCount, sqlite_timestamp
+from analytics.periods import event_keys_json
 
 START = datetime(2025, 3, 1, tzinfo=timezone.utc)
 
@@ -222,3 +223,23 @@ def test_read_your_writes_under_concurrent_ingest(live_server):
         stop.set()
         for thread in threads:
             thread.join()
+
+
+def test_timestamps_sent_as_text_are_the_stored_text(engine, backend):
+    # The bulk insert and the neighbour probes pass timestamps to SQLite as text, without the
+    # column type: it must be the very text the column stores, or comparisons go wrong (a
+    # year before 1000 was once written with three digits).
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL compares timestamptz values, not text")
+    times = [datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
+             datetime(2025, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=5))),
+             datetime(2025, 3, 1, 23, 59, 59, 999999, tzinfo=timezone.utc)]
+    with Session(engine) as session:
+        session.add_all(Event(event="play", user_id="u", occurred_at=at, received_at=at)
+                        for at in times)
+        session.commit()
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT occurred_at FROM events ORDER BY id")).scalars().all()
+    assert [sqlite_timestamp(at) for at in times] == stored
+    keys = json.loads(event_keys_json("sqlite", [("u", at, i) for i, at in enumerate(times)]))
+    assert [key["occurred_at"] for key in keys] == stored
