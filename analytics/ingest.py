@@ -80,7 +80,11 @@ compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 
 def metadata_size(metadata: dict) -> int:
     """Size in bytes of the compact UTF-8 JSON encoding (no spaces, non-ASCII kept as is)."""
-    return len(compact_json(metadata).encode("utf-8"))
+    return _utf8_size(compact_json(metadata))
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 @dataclass
@@ -103,7 +107,7 @@ def prepare_event(data: dict, *, now: datetime, metadata_limit: int) -> Prepared
     text = None
     if metadata is not None:
         text = compact_json(metadata)
-        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        size = _utf8_size(text)  # metadata_size, with the text kept to be stored
         if size > metadata_limit:
             metadata, text = {"warning": METADATA_TRUNCATED_WARNING, "originalSize": size}, None
             warnings.append(METADATA_TRUNCATED_WARNING)
