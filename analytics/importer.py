@@ -205,16 +205,21 @@ class Importer:
     @staticmethod
     def _write(checked: bulk.CheckedBatch, sessions: queue.SimpleQueue
                ) -> tuple[int, int, list[tuple[int, str]]]:
-        stored: list[bool] = []
-        if checked.prepared:
-            session = sessions.get()
-            try:
-                stored = bulk.commit_events(session,
-                                            [event.row for _, event in checked.prepared])
-            finally:
-                sessions.put(session)
-        accepted = sum(stored)
-        return accepted, len(stored) - accepted, checked.rejected
+        session = sessions.get()
+        try:
+            return _store(session, checked)
+        finally:
+            sessions.put(session)
+
+
+def _store(session: Session, checked: bulk.CheckedBatch
+           ) -> tuple[int, int, list[tuple[int, str]]]:
+    """Commit a checked chunk's events: (accepted, duplicates, rejected)."""
+    stored: list[bool] = []
+    if checked.prepared:
+        stored = bulk.commit_events(session, [event.row for _, event in checked.prepared])
+    accepted = sum(stored)
+    return accepted, len(stored) - accepted, checked.rejected
 
 
 @dataclass
@@ -254,7 +259,13 @@ class _InOrder:
         except BaseException:
             self.broken = True
             raise
-        _count_chunk(self.summary, accepted, duplicates, rejected, self.on_rejected)
+        # Rejected lines are reported only now, once their chunk is committed: a line is never
+        # both rejected and retried.
+        self.summary.accepted += accepted
+        self.summary.duplicates += duplicates
+        self.summary.rejected += len(rejected)
+        for number, message in rejected:
+            self.on_rejected(number, message)
         if not self.broken:
             self.summary.last_line = last_line
         self.on_chunk(self.summary)
@@ -266,18 +277,6 @@ def writers_for(engine) -> int:
     users they share, and their totals go to different shards); one on SQLite, which lets
     one transaction write at a time anyway."""
     return 2 if engine.dialect.name == "postgresql" else 1
-
-
-def _count_chunk(summary: ImportSummary, accepted: int, duplicates: int,
-                 rejected: list[tuple[int, str]], on_rejected: Callable[[int, str], None]
-                 ) -> None:
-    """Add a committed chunk to ``summary``. Its rejected lines are reported only now, once the
-    chunk is committed: a line is never both rejected and retried."""
-    summary.accepted += accepted
-    summary.duplicates += duplicates
-    for number, message in rejected:
-        summary.rejected += 1
-        on_rejected(number, message)
 
 
 class StoreFailed(Exception):
@@ -354,15 +353,10 @@ def _worker_store(items: list[tuple[int, object]], metadata_limit: int, nul_free
     """Check and store one chunk in a worker process: (accepted, duplicates, rejected)."""
     checked = bulk.check_events(items, now=utcnow(), metadata_limit=metadata_limit,
                                 nul_free=nul_free)
-    stored: list[bool] = []
-    if checked.prepared:
-        try:
-            stored = bulk.commit_events(_worker_session,
-                                        [event.row for _, event in checked.prepared])
-        except SQLAlchemyError as exc:
-            raise StoreFailed(*describe_error(exc)) from None
-    accepted = sum(stored)
-    return accepted, len(stored) - accepted, checked.rejected
+    try:
+        return _store(_worker_session, checked)
+    except SQLAlchemyError as exc:
+        raise StoreFailed(*describe_error(exc)) from None
 
 
 def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:

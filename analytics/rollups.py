@@ -107,7 +107,7 @@ def _apply_event_counts(conn: Connection, added, removed) -> None:
 # --- session_counts --------------------------------------------------------------------------
 
 def _apply_session_changes(conn: Connection, added, removed) -> None:
-    changed = sorted(c for c in (*added, *removed) if c.event in PLAY_OR_STOP)
+    changed = [c for c in (*added, *removed) if c.event in PLAY_OR_STOP]
     if not changed:
         return
     _lock_users(conn, {c.user_id for c in changed})
@@ -122,6 +122,7 @@ def _apply_session_changes(conn: Connection, added, removed) -> None:
             conn.execute(_SESSION_ADDITIONS["sqlite"],
                          {"ids": json.dumps(ids), "shard": shard_of_writer()})
         return
+    changed.sort()  # (a run's events are collected in order below)
     neighbours = _read_neighbours(conn, changed)
     changed_ids = {c.id for c in changed}
 
