@@ -97,6 +97,8 @@ class Config:
         self.DB_POOL_TIMEOUT = _int(environ, "DB_POOL_TIMEOUT", 10, minimum=1)
         self.DB_CONNECT_TIMEOUT = _int(environ, "DB_CONNECT_TIMEOUT", 5, minimum=1)
         self.DB_STATEMENT_TIMEOUT_MS = _int(environ, "DB_STATEMENT_TIMEOUT_MS", 30000)
+        # The longest a POST /track waits for its event's commit before answering 503.
+        self.TRACK_WAIT_SECONDS = _int(environ, "TRACK_WAIT_SECONDS", 10, minimum=1)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in dir(self) if k.isupper()}

@@ -6,7 +6,6 @@ import io
 import os
 import stat
 import sys
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 
 import click
@@ -14,10 +13,10 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
-from analytics import importer, retention, rollups
-from analytics.db import get_engine, get_session
+from analytics import importer, retention, writer
+from analytics.aggregates import REGISTRY
+from analytics.db import get_engine, get_session, ping
 from analytics.models import utcnow
-from analytics.queries import ping
 
 COMMANDS: list = []
 
@@ -102,11 +101,8 @@ def _failure_text(kind: str, reason: str) -> str:
               show_default=True, help="Events stored per transaction.")
 @click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write every rejected line (number and reason) and the summary to this file.")
-@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes that check and store chunks side by side.")
 @with_appcontext
-def import_command(source: str, fmt: str | None, chunk_size: int, report: str | None,
-                   jobs: int) -> None:
+def import_command(source: str, fmt: str | None, chunk_size: int, report: str | None) -> None:
     """Import events from an NDJSON or CSV file, or standard input (-).
 
     Every line is checked by the POST /track rules; invalid lines are skipped and listed with
@@ -154,25 +150,14 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
                 bar.update(raw.tell() - bar.pos)
 
         cfg = current_app.config
-        if jobs == 1:
-            job = importer.Importer(session, cfg["METADATA_MAX_BYTES"], chunk_size=chunk_size,
-                                    writers=importer.writers_for(session.get_bind()),
-                                    on_rejected=on_rejected, on_chunk=on_chunk)
-        else:
-            job = importer.ParallelImporter(
-                cfg["DATABASE_URL"], cfg["METADATA_MAX_BYTES"], jobs, chunk_size=chunk_size,
-                engine_options={"pool_size": 1, "connect_timeout": cfg["DB_CONNECT_TIMEOUT"],
-                                "statement_timeout_ms": cfg["DB_STATEMENT_TIMEOUT_MS"]},
-                on_rejected=on_rejected, on_chunk=on_chunk)
+        job = importer.Importer(session, cfg["METADATA_MAX_BYTES"], chunk_size=chunk_size,
+                                writers=importer.writers_for(session.get_bind()),
+                                on_rejected=on_rejected, on_chunk=on_chunk)
         failure = None
         try:
             job.run(importer.open_lines(stream, fmt))
         except SQLAlchemyError as exc:
             failure = _database_failure(exc)
-        except importer.StoreFailed as exc:
-            failure = _failure_text(exc.kind, exc.reason)
-        except BrokenProcessPool:
-            failure = "a worker process stopped unexpectedly"
         except importer.UnusableInput as exc:
             failure = str(exc)
         except (OSError, EOFError) as exc:  # includes a damaged .gz file
@@ -232,22 +217,14 @@ def _file_size(raw) -> int | None:
 @click.command("rebuild-aggregates")
 @with_appcontext
 def rebuild_aggregates() -> None:
-    """Recompute the daily event and session counts from the stored events.
+    """Recompute the aggregates (event counts, sessions) from the stored events.
 
     The API keeps them exact by itself; this is for after events were changed behind its back
-    (restored from a backup, edited or deleted with SQL). Runs in one transaction.
+    (restored from a backup, edited or deleted with SQL). Runs in one transaction, while
+    writers wait.
     """
-    engine = get_engine()
     try:
-        with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                if engine.dialect.name == "postgresql":
-                    # Writers wait instead of changing counts that are being recomputed.
-                    conn.exec_driver_sql("LOCK TABLE event_counts, session_counts "
-                                         "IN EXCLUSIVE MODE")
-                rollups.rebuild(conn)
+        writer.rebuild_aggregates(get_engine())
     except SQLAlchemyError as exc:
         raise click.ClickException(_database_failure(exc)) from None
-    click.echo("Rebuilt the daily event and session counts")
+    click.echo("Rebuilt the aggregates: " + ", ".join(a.name for a in REGISTRY))

@@ -3,15 +3,15 @@
 A durable single event costs a transaction: on PostgreSQL several round trips and a WAL flush,
 on SQLite the database's one write lock. When a worker serves several requests at once
 (gunicorn's threaded workers), each process has one writer thread: request threads hand it
-their prepared event and wait; the writer takes every event waiting at that moment, stores
-them with the same code as a batch (``bulk.commit_events``: deduplication, aggregates, retry
-on deadlock) in one transaction, commits, and only then wakes each request with its own
-result. So every 200 still follows its event's commit, and under load one commit serves many
+their event and wait; the writer takes every event waiting at that moment, stores them with
+``writer.store_events`` in one transaction, and only then wakes each request with its own
+result. So every 200 follows its event's commit, and under load one commit serves many
 requests. A lone request is written at once (nothing waits for company).
 
-If the shared transaction fails for a reason other than the database being unreachable, each
-event of the group is tried again alone, so one event the database refuses cannot fail the
-others' requests.
+It fails closed: a request whose event has no result (the writer stopped, or the wait passed
+its bound) gets an error, never a success. If the shared transaction fails for a reason other
+than the database being unreachable, each event of the group is tried again alone, so one
+event the database refuses cannot fail the others' requests.
 """
 from __future__ import annotations
 
@@ -22,42 +22,52 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from analytics import bulk
+from analytics import writer
 from analytics.db import get_session
 from analytics.errors import is_unreachable
-from analytics.queries import insert_events
+from analytics.rows import EventRow
 
 EXTENSION_KEY = "analytics.committer"
 MAX_GROUP = 200  # events per shared transaction
 
 
+class NoResult(Exception):
+    """The event's fate is unknown: the writer did not report within the wait's bound, or
+    stopped without a result. The event may or may not be stored; a retry with the same
+    event_id is safe."""
+
+
 @dataclass(eq=False)
 class _Pending:
-    row: dict
+    row: EventRow
     done: threading.Event = field(default_factory=threading.Event)
-    stored: bool = False
+    stored: bool | None = None  # None: no result (yet)
     error: BaseException | None = None
 
 
 class GroupCommitter:
     """One writer thread per process for an app; see the module's description."""
 
-    def __init__(self, app: Flask):
+    def __init__(self, app: Flask, wait_seconds: float):
         self._app = app
+        self._wait_seconds = wait_seconds
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
 
-    def store(self, row: dict) -> bool:
-        """Store one prepared event and commit; whether it was stored (False: a duplicate).
-        Raises what storing it raised."""
+    def store(self, row: EventRow) -> bool:
+        """Store one event and commit; whether it was stored (False: a duplicate). Raises what
+        storing it raised, or NoResult."""
         self._start()
         pending = _Pending(row)
         self._queue.put(pending)
-        pending.done.wait()
+        if not pending.done.wait(self._wait_seconds):
+            raise NoResult(f"no result within {self._wait_seconds} s")
         if pending.error is not None:
             raise pending.error
+        if pending.stored is None:
+            raise NoResult("the writer stopped without a result")
         return pending.stored
 
     def _start(self) -> None:
@@ -107,17 +117,15 @@ class GroupCommitter:
 
     @staticmethod
     def _commit(group: list[_Pending]) -> None:
-        # commit_events rolls back whatever fails; the app context closes the session.
-        stored = bulk.commit_events(get_session(), [pending.row for pending in group],
-                                    insert=insert_events)
+        stored = writer.store_events(get_session(), [pending.row for pending in group])
         for pending, was_stored in zip(group, stored):
             pending.stored = was_stored
 
 
 def init_app(app: Flask) -> None:
-    app.extensions[EXTENSION_KEY] = GroupCommitter(app)
+    app.extensions[EXTENSION_KEY] = GroupCommitter(app, app.config["TRACK_WAIT_SECONDS"])
 
 
-def store_event(app: Flask, row: dict) -> bool:
-    """Store one prepared event through the app's group committer."""
+def store_event(app: Flask, row: EventRow) -> bool:
+    """Store one event through the app's group committer."""
     return app.extensions[EXTENSION_KEY].store(row)

@@ -1,7 +1,7 @@
 """Bulk import of events from NDJSON or CSV files, for ``flask --app wsgi import``.
 
 Lines are read, checked by the POST /track rules and stored in chunks, each chunk one committed
-transaction (see ``bulk``). Events that carry an ``event_id`` are stored once however often they
+transaction (see ``writer``). Events that carry an ``event_id`` are stored once however often they
 are imported, so an interrupted import is resumed by running it again on the same file.
 
 NDJSON: one event object a line; blank lines are skipped. CSV: a header row naming the columns
@@ -12,11 +12,10 @@ No Flask in here: the command passes a Session and the settings.
 from __future__ import annotations
 
 import csv
-import multiprocessing
 import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import BinaryIO
@@ -24,7 +23,7 @@ from typing import BinaryIO
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from analytics import bulk
+from analytics import validation, writer
 from analytics.errors import APIError, is_unreachable
 from analytics.inputs import loads_strict
 from analytics.models import utcnow
@@ -63,7 +62,7 @@ class Line:
 
 
 def read_ndjson(stream: BinaryIO) -> Iterator[Line]:
-    """Each non-blank line, parsed; an unparseable one as ``bulk.Unreadable``."""
+    """Each non-blank line, parsed; an unparseable one as ``validation.Unreadable``."""
     for number, raw in enumerate(stream, start=1):
         raw = raw.strip()
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -73,7 +72,7 @@ def read_ndjson(stream: BinaryIO) -> Iterator[Line]:
         try:
             item = loads_strict(raw)
         except APIError:
-            item = bulk.Unreadable(NOT_UTF8 if not _is_utf8(raw) else bulk.MALFORMED_JSON)
+            item = validation.Unreadable(NOT_UTF8 if not _is_utf8(raw) else validation.MALFORMED_JSON)
         yield Line(number, item, json_text_is_nul_free(raw))
 
 
@@ -110,7 +109,7 @@ def _has_surrogates(values: Iterable[str]) -> bool:
 
 
 def read_csv(stream: BinaryIO) -> Iterator[Line]:
-    """Each data record as an event dict (or ``bulk.Unreadable``), numbered by its first line."""
+    """Each data record as an event dict (or ``validation.Unreadable``), numbered by its first line."""
     lines = _CountingLines(stream)
     reader = csv.reader(lines)
     try:
@@ -134,16 +133,16 @@ def read_csv(stream: BinaryIO) -> Iterator[Line]:
 
 def _csv_item(values: list[str], columns: list[str], wanted: list[tuple[int, str]]):
     if len(values) != len(columns):
-        return bulk.Unreadable(f"Expected {len(columns)} columns, found {len(values)}")
+        return validation.Unreadable(f"Expected {len(columns)} columns, found {len(values)}")
     if _has_surrogates(values):
-        return bulk.Unreadable(NOT_UTF8)
+        return validation.Unreadable(NOT_UTF8)
     # An empty cell is an absent field (so an empty user_id is "user_id is required").
     item = {name: values[position] for position, name in wanted if values[position] != ""}
     if "metadata" in item:
         try:
             item["metadata"] = loads_strict(item["metadata"])
         except APIError:
-            return bulk.Unreadable("metadata is not valid JSON")
+            return validation.Unreadable("metadata is not valid JSON")
     return item
 
 
@@ -197,13 +196,13 @@ class Importer:
                 session.close()
         return self.summary
 
-    def _check(self, chunk: list[Line]) -> bulk.CheckedBatch:
-        return bulk.check_events(((line.number, line.item) for line in chunk), now=utcnow(),
+    def _check(self, chunk: list[Line]) -> validation.CheckedBatch:
+        return validation.check_events(((line.number, line.item) for line in chunk), now=utcnow(),
                                  metadata_limit=self.metadata_limit,
                                  nul_free=all(line.nul_free for line in chunk))
 
     @staticmethod
-    def _write(checked: bulk.CheckedBatch, sessions: queue.SimpleQueue
+    def _write(checked: validation.CheckedBatch, sessions: queue.SimpleQueue
                ) -> tuple[int, int, list[tuple[int, str]]]:
         session = sessions.get()
         try:
@@ -212,19 +211,19 @@ class Importer:
             sessions.put(session)
 
 
-def _store(session: Session, checked: bulk.CheckedBatch
+def _store(session: Session, checked: validation.CheckedBatch
            ) -> tuple[int, int, list[tuple[int, str]]]:
     """Commit a checked chunk's events: (accepted, duplicates, rejected)."""
     stored: list[bool] = []
     if checked.prepared:
-        stored = bulk.commit_events(session, [event.row for _, event in checked.prepared])
+        stored = writer.store_events(session, [event.row for _, event in checked.prepared])
     accepted = sum(stored)
     return accepted, len(stored) - accepted, checked.rejected
 
 
 @dataclass
 class _InOrder:
-    """Hands chunks to writers (threads or processes), at most ``depth`` at a time, and counts
+    """Hands chunks to writer threads, at most ``depth`` at a time, and counts
     their results in file order. ``summary.last_line`` ends the committed prefix: it stops
     advancing at the first chunk that failed, although chunks after it that another writer
     committed are still counted."""
@@ -279,16 +278,6 @@ def writers_for(engine) -> int:
     return 2 if engine.dialect.name == "postgresql" else 1
 
 
-class StoreFailed(Exception):
-    """A worker process of ParallelImporter could not store a chunk: the database error's kind
-    and first line, as ``describe_error`` gives them (the driver's own exceptions do not
-    reliably cross process boundaries)."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(kind, reason)
-        self.kind, self.reason = kind, reason
-
-
 def describe_error(exc: SQLAlchemyError) -> tuple[str, str]:
     """(kind, reason) of a database error: kind is "missing-table", "unreachable" or
     "failed"; reason the driver's own first line."""
@@ -300,63 +289,6 @@ def describe_error(exc: SQLAlchemyError) -> tuple[str, str]:
     if is_unreachable(exc):
         return "unreachable", reason
     return "failed", reason
-
-
-@dataclass
-class ParallelImporter:
-    """Importer with ``jobs`` worker processes that check and store chunks side by side, each
-    with its own connection to the database at ``database_url``.
-
-    This process reads the lines and hands out the chunks in file order; results are counted
-    and rejected lines reported in file order too. Chunks are committed in whatever order the
-    workers finish them, so when the import stops early, chunks after ``summary.last_line``
-    may be committed as well (running the same import again stores events that carry an
-    ``event_id`` only once, as always).
-    """
-
-    database_url: str
-    metadata_limit: int
-    jobs: int
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    engine_options: dict = field(default_factory=dict)
-    on_rejected: Callable[[int, str], None] = lambda number, message: None
-    on_chunk: Callable[[ImportSummary], None] = lambda summary: None
-    summary: ImportSummary = field(default_factory=ImportSummary)
-
-    def run(self, lines: Iterable[Line]) -> ImportSummary:
-        # spawn: a forked child would share this process's database connections.
-        with ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_start,
-                                 initargs=(self.database_url, self.engine_options)) as pool:
-            work = ((partial(pool.submit, _worker_store,
-                             [(line.number, line.item) for line in chunk], self.metadata_limit,
-                             all(line.nul_free for line in chunk)),
-                     chunk[-1].number) for chunk in _chunks(lines, self.chunk_size))
-            # Two chunks a worker, so that none waits while this process reads the next.
-            _InOrder(self.summary, self.on_rejected, self.on_chunk).drive(work, 2 * self.jobs + 1)
-        return self.summary
-
-
-_worker_session: Session | None = None
-
-
-def _worker_start(database_url: str, engine_options: dict) -> None:
-    global _worker_session
-    from analytics.db import make_engine
-
-    _worker_session = Session(make_engine(database_url, **engine_options),
-                              expire_on_commit=False)
-
-
-def _worker_store(items: list[tuple[int, object]], metadata_limit: int, nul_free: bool
-                  ) -> tuple[int, int, list[tuple[int, str]]]:
-    """Check and store one chunk in a worker process: (accepted, duplicates, rejected)."""
-    checked = bulk.check_events(items, now=utcnow(), metadata_limit=metadata_limit,
-                                nul_free=nul_free)
-    try:
-        return _store(_worker_session, checked)
-    except SQLAlchemyError as exc:
-        raise StoreFailed(*describe_error(exc)) from None
 
 
 def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:

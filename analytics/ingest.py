@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from analytics.rows import EventRow
+
 FUTURE_TIMESTAMP_WARNING = "Future timestamp replaced with server time"
 METADATA_TRUNCATED_WARNING = "Metadata truncated due to size limit"
 
@@ -91,7 +93,7 @@ def _utf8_size(text: str) -> int:
 class PreparedEvent:
     """An event ready to store, and the warnings to report for it."""
 
-    row: dict
+    row: EventRow
     warnings: list[str] = field(default_factory=list)
 
 
@@ -120,12 +122,12 @@ def prepare_event(data: dict, *, now: datetime, metadata_limit: int) -> Prepared
         metadata["original_timestamp"] = data.get("raw_timestamp")
         warnings.append(FUTURE_TIMESTAMP_WARNING)
 
-    row = {
-        "event": data["event"],
-        "user_id": data["user_id"],
-        "occurred_at": occurred_at,
-        "received_at": now,
-        "metadata_json": compact_json(metadata) if text is None else text,
-        "event_id": data.get("event_id"),
-    }
+    row = EventRow(
+        event=data["event"],
+        user_id=data["user_id"],
+        occurred_at=occurred_at,
+        received_at=now,
+        metadata_json=compact_json(metadata) if text is None else text,
+        event_id=data.get("event_id"),
+    )
     return PreparedEvent(row=row, warnings=warnings)

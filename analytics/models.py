@@ -1,9 +1,10 @@
-"""The schema: one ``events`` table, its indexes and the types that keep time in UTC."""
+"""The schema: the ``events`` table, the aggregates derived from it, and the types that keep
+time in UTC."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, Date, DateTime, Index, Integer, MetaData,
+from sqlalchemy import (JSON, BigInteger, DateTime, Index, Integer, MetaData,
                         SmallInteger, String, UniqueConstraint, literal_column, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -97,15 +98,10 @@ class Event(Base):
         # so concurrent retries store an event once. Scoped by user_id so that the constraint
         # stays enforceable when the table is distributed by user. Also the ON CONFLICT target.
         UniqueConstraint("user_id", "event_id"),
-        # /metrics over all users: a range scan on time that also yields the event name,
-        # so counting per period and name is an index-only scan.
-        Index("ix_events_occurred_at_event", "occurred_at", "event"),
         # /metrics?user_id= and /sessions?user_id=: one user's events in time order.
         Index("ix_events_user_id_occurred_at", "user_id", "occurred_at"),
-        # /sessions: each user's play/stop sequence in (timestamp, arrival) order, which is
-        # exactly the window's PARTITION BY / ORDER BY, so no sort is needed and the other
-        # events never enter the window; with the name last, the index alone answers (no
-        # visit to the table per event).
+        # Session pairing: each user's play/stop sequence in (timestamp, arrival) order, the
+        # window's PARTITION BY / ORDER BY, answered from the index alone.
         Index(
             "ix_events_play_stop",
             "user_id", "occurred_at", "id", "event",
@@ -117,25 +113,45 @@ class Event(Base):
     )
 
 
-class EventCount(Base):
-    """Events per UTC day and name (see rollups.py): answers /metrics for all users."""
+class EventBucket(Base):
+    """Events per quarter-hour bucket and name (aggregates/event_counts.py)."""
 
-    __tablename__ = "event_counts"
+    __tablename__ = "event_buckets"
 
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     event: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # Spreads concurrent writers of one day and name over several rows; only sums mean anything.
+    # Spreads concurrent writers of one bucket and name over several rows; only sums mean
+    # anything.
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger)
 
 
-class SessionCount(Base):
-    """Play/stop sessions per UTC day of the play (see rollups.py): answers /sessions for all
-    users. Durations are summed in microseconds, so totals are exact."""
+class PlayStopSession(Base):
+    """One play/stop session (aggregates/sessions.py): a person can check a pairing with a
+    plain SELECT."""
 
-    __tablename__ = "session_counts"
+    __tablename__ = "sessions"
 
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    play_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    stop_id: Mapped[int] = mapped_column(BigId)
+    user_id: Mapped[str] = mapped_column(String(255))
+    play_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    bucket: Mapped[int] = mapped_column(Integer)  # of play_at
+    duration_us: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # The repair window of one user, and /sessions?user_id=.
+        Index("ix_sessions_user_id_play_at", "user_id", "play_at"),
+    )
+
+
+class SessionBucket(Base):
+    """Sessions per quarter-hour bucket of the play, with their summed durations in
+    microseconds so that totals are exact (aggregates/sessions.py)."""
+
+    __tablename__ = "session_buckets"
+
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     sessions: Mapped[int] = mapped_column(BigInteger)
     total_us: Mapped[int] = mapped_column(BigInteger)

@@ -1,195 +1,150 @@
-"""Time arithmetic in SQL, the one place that knows SQL dialects.
+"""Local periods as runs of UTC quarter-hour buckets: the grain of every aggregate.
 
-Three constructs, each compiled once per dialect with ``@compiles``:
-
-- ``utc_date(timestamp)``: the UTC calendar date of a stored timestamp, a ``Date`` (stored by
-  SQLite as ``YYYY-MM-DD`` text, as SQLAlchemy's Date is). Cheap to compute and to group by:
-  queries count per date first and label the periods from the (few) dates afterwards.
-- ``period_label(date, group_by)``: the period of a date (a ``utc_date`` value or a Date column)
-  as text ``YYYY-MM-DD``:
-  ``day``: the date; ``week``: the Monday of its ISO week; ``month``: ``YYYY-MM-01``. Labels
-  sort as text in chronological order.
-- ``microseconds_between(start, end)``: ``end - start`` of two stored timestamps as an exact
-  integer number of microseconds.
-
-How the ``events`` timestamps are stored (see ``models.UTCDateTime``) decides how they are read:
-on PostgreSQL a ``timestamptz``, converted with ``AT TIME ZONE 'UTC'`` so that the session's
-TimeZone setting never changes a date; on SQLite UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``.
-
-Supporting another database means adding one ``@compiles`` function per construct; on a dialect
-without one, compiling a statement fails loudly instead of producing wrong periods.
+Aggregates count per *bucket*: whole 15-minute steps of UTC time since the epoch. Every zone's
+UTC offset is a whole number of quarter hours, and (under the rules in force since 2012) every
+change of offset falls on a quarter hour, so every local hour, day, week and month of every
+zone is a union of whole buckets, and summing buckets answers any of them exactly.
+``local_periods`` works out which buckets make up which period for a query; the database then
+sums per period with ``dialects.period_index``. No SQL in here. See docs/architecture.md.
 """
 from __future__ import annotations
 
-import json
-from datetime import datetime
+import functools
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, Date, String
-from sqlalchemy.exc import CompileError
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.expression import FunctionElement
-
-from analytics.models import sqlite_timestamp
-
-
-class utc_date(FunctionElement):
-    """The UTC calendar date of a stored timestamp."""
-
-    type = Date()
-    inherit_cache = True
-    name = "utc_date"
-
-    def __init__(self, timestamp: ColumnElement):
-        super().__init__(timestamp)
+UTC = timezone.utc
+BUCKET = timedelta(minutes=15)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+GROUP_BYS = ("hour", "day", "week", "month")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# Local dates lie within this much of the same UTC date (offsets run from -12:00 to +14:00).
+_MARGIN = timedelta(hours=15)
+_HOUR = timedelta(hours=1)
+# How often the offset is looked at: no zone changes it twice within this time.
+_PROBE = timedelta(hours=6)
 
 
-class PeriodLabel(FunctionElement):
-    """The ``YYYY-MM-DD`` label of the period of a date; see period_label."""
-
-    type = String()
-    inherit_cache = True
-    name = "period_label"
-    group_by: str
+def bucket_of(at: datetime) -> int:
+    """The bucket of an aware instant (rounded down)."""
+    return (at - EPOCH) // BUCKET
 
 
-# One class per kind of period, so that the kind is part of the compiled-statement cache key.
-class DayLabel(PeriodLabel):
-    inherit_cache = True
-    group_by = "day"
+def bucket_start(bucket: int) -> datetime:
+    return EPOCH + bucket * BUCKET
 
 
-class WeekLabel(PeriodLabel):
-    inherit_cache = True
-    group_by = "week"
+@dataclass(frozen=True)
+class Periods:
+    """The periods of a query, in order, and the buckets that make them up.
+
+    The buckets from ``bounds[0]`` to ``bounds[-1]`` are cut into runs at ``bounds``; run i
+    (``bounds[i]`` up to ``bounds[i+1]``) belongs to the period labelled ``run_labels[i]``, or
+    to none when that is None (outside the range). A period may own several runs: the hour
+    that repeats when clocks go back, or a day whose midnight is repeated.
+    """
+
+    labels: tuple[str, ...]
+    bounds: tuple[int, ...]
+    run_labels: tuple[str | None, ...]
+
+    @property
+    def first_bucket(self) -> int:
+        return self.bounds[0]
+
+    @property
+    def end_bucket(self) -> int:
+        return self.bounds[-1]
+
+    def label_of_index(self, index: int) -> str | None:
+        """The label of what ``period_index`` (1-based) returned, or None."""
+        if 1 <= index < len(self.bounds):
+            return self.run_labels[index - 1]
+        return None
 
 
-class MonthLabel(PeriodLabel):
-    inherit_cache = True
-    group_by = "month"
+def _offset_text(offset: timedelta) -> str:
+    sign = "-" if offset < timedelta(0) else "+"
+    minutes = abs(offset) // timedelta(minutes=1)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-_LABELS = {cls.group_by: cls for cls in (DayLabel, WeekLabel, MonthLabel)}
-GROUP_BYS = tuple(_LABELS)
+def _constant_offsets(zone: ZoneInfo, start: datetime, end: datetime
+                      ) -> list[tuple[datetime, datetime, timedelta]]:
+    """[start, end) cut where the zone's offset changes: (from, to, offset) pieces."""
+    pieces = []
+    at, offset = start, start.astimezone(zone).utcoffset()
+    probe = start
+    while probe < end:
+        following = min(probe + _PROBE, end)
+        changed = following.astimezone(zone).utcoffset() if following < end else offset
+        if changed != offset:
+            # Find the bucket where it changes (offset changes fall on quarter hours).
+            change = probe + BUCKET
+            while change.astimezone(zone).utcoffset() == offset:
+                change += BUCKET
+            pieces.append((at, change, offset))
+            at, offset = change, change.astimezone(zone).utcoffset()
+        probe = following
+    pieces.append((at, end, offset))
+    return pieces
 
 
-def period_label(day: ColumnElement, group_by: str) -> PeriodLabel:
-    """The ``YYYY-MM-DD`` label of the day, ISO week or month of a date."""
+def _label(local: datetime, offset: timedelta, group_by: str, week_start: int) -> str:
+    day = local.date()
+    if group_by == "hour":
+        return f"{day.isoformat()}T{local.hour:02d}:00{_offset_text(offset)}"
+    if group_by == "week":
+        day -= timedelta(days=(day.weekday() - week_start) % 7)
+    elif group_by == "month":
+        day = day.replace(day=1)
+    return day.isoformat()
+
+
+@functools.lru_cache(maxsize=256)
+def local_periods(start: date, end: date, zone_name: str = "UTC", group_by: str = "day",
+                  week_start: int = 0) -> Periods:
+    """The periods of the local dates ``start`` to ``end`` (inclusive) in zone ``zone_name``,
+    grouped by ``group_by`` (hour, day, week, month); weeks start on ``week_start``
+    (0 = Monday). Labels as API.md ("Query options") defines them."""
+    if group_by not in GROUP_BYS:
+        raise ValueError(f"group_by must be one of {GROUP_BYS}, got {group_by!r}")
+    zone = ZoneInfo(zone_name)
+    lo = max(datetime.combine(start, time.min, tzinfo=UTC) - _MARGIN, EPOCH.replace(year=1))
     try:
-        return _LABELS[group_by](day)
-    except KeyError:
-        raise ValueError(f"group_by must be one of {GROUP_BYS}, got {group_by!r}") from None
-
-
-class microseconds_between(FunctionElement):
-    """``end - start`` in whole microseconds, computed exactly (no floating point)."""
-
-    type = BigInteger()
-    inherit_cache = True
-    name = "microseconds_between"
-
-    def __init__(self, start: ColumnElement, end: ColumnElement):
-        super().__init__(start, end)
-
-
-def _arguments(element, compiler, **kw) -> list[str]:
-    return [compiler.process(argument, **kw) for argument in element.clauses]
-
-
-@compiles(utc_date)
-@compiles(PeriodLabel)
-@compiles(microseconds_between)
-def _unsupported(element, compiler, **kw):
-    raise CompileError(f"{type(element).__name__} is not implemented for the "
-                       f"{compiler.dialect.name} dialect (see analytics/periods.py)")
-
-
-# PostgreSQL: timestamptz.
-@compiles(utc_date, "postgresql")
-def _utc_date_postgresql(element, compiler, **kw):
-    [timestamp] = _arguments(element, compiler, **kw)
-    return f"CAST(({timestamp}) AT TIME ZONE 'UTC' AS DATE)"
-
-
-# A date given to date_trunc or to_char would be converted to timestamptz, at midnight in the
-# session's time zone: the explicit cast to timestamp (without time zone) keeps the session's
-# TimeZone out. to_char rather than a cast to text, whose format follows DateStyle.
-_PG_LABELS = {
-    "day": "to_char({day}, 'YYYY-MM-DD')",
-    # date_trunc('week') is the Monday of the ISO week; YYYY is its calendar year (not IYYY).
-    "week": "to_char(date_trunc('week', {day}), 'YYYY-MM-DD')",
-    # Digits are not to_char pattern characters: '01' is copied as is.
-    "month": "to_char({day}, 'YYYY-MM-01')",
-}
-
-
-@compiles(PeriodLabel, "postgresql")
-def _period_label_postgresql(element, compiler, **kw):
-    [day] = _arguments(element, compiler, **kw)
-    return _PG_LABELS[element.group_by].format(day=f"CAST({day} AS TIMESTAMP)")
-
-
-@compiles(microseconds_between, "postgresql")
-def _microseconds_between_postgresql(element, compiler, **kw):
-    start, end = _arguments(element, compiler, **kw)
-    # EXTRACT returns numeric (PostgreSQL 14+), so the product is exact; the interval of two
-    # timestamptz values has no month part, so its epoch is days * 86400 + time, exactly.
-    return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
-
-
-# SQLite: UTC text. Only the leading date part is handed to SQLite's date functions, because
-# they round fractional seconds to milliseconds: 23:59:59.9996 would become the next day.
-@compiles(utc_date, "sqlite")
-def _utc_date_sqlite(element, compiler, **kw):
-    [timestamp] = _arguments(element, compiler, **kw)
-    return f"substr({timestamp}, 1, 10)"
-
-
-_SQLITE_LABELS = {
-    "day": "{day}",
-    # Back 6 days, then forward to the next Monday (itself when it already is one).
-    "week": "date({day}, '-6 days', 'weekday 1')",
-    "month": "(substr({day}, 1, 7) || '-01')",
-}
-
-
-@compiles(PeriodLabel, "sqlite")
-def _period_label_sqlite(element, compiler, **kw):
-    [day] = _arguments(element, compiler, **kw)
-    return _SQLITE_LABELS[element.group_by].format(day=day)
-
-
-def _sqlite_epoch_microseconds(timestamp: str) -> str:
-    # Whole seconds from the text without its fraction (strftime would round the fraction to
-    # milliseconds), plus the six fraction digits as an integer: exact integer arithmetic.
-    return (f"(CAST(strftime('%s', substr({timestamp}, 1, 19)) AS INTEGER) * 1000000"
-            f" + CAST(substr({timestamp}, 21, 6) AS INTEGER))")
-
-
-@compiles(microseconds_between, "sqlite")
-def _microseconds_between_sqlite(element, compiler, **kw):
-    start, end = _arguments(element, compiler, **kw)
-    return f"({_sqlite_epoch_microseconds(end)} - {_sqlite_epoch_microseconds(start)})"
-
-
-# --- rows passed as one JSON parameter ---------------------------------------------------------
-# A statement over many (user_id, occurred_at, id) rows written as VALUES is compiled anew for
-# every call (its shape changes with the number of rows); one JSON parameter keeps the
-# statement text constant, so it is compiled once and reused. Each database reads JSON its own
-# way, and the timestamps must be written as that database compares them.
-
-EVENT_KEY_ROWS = {
-    "postgresql": ("SELECT user_id, occurred_at, id FROM json_to_recordset(CAST(:keys AS json)) "
-                   "AS k(user_id text, occurred_at timestamptz, id bigint)"),
-    "sqlite": ("SELECT json_extract(value, '$.user_id') AS user_id, "
-               "json_extract(value, '$.occurred_at') AS occurred_at, "
-               "json_extract(value, '$.id') AS id FROM json_each(:keys)"),
-}
-
-
-def event_keys_json(dialect: str, keys) -> str:
-    """(user_id, occurred_at, id) triples (aware datetimes) as the JSON that EVENT_KEY_ROWS
-    reads."""
-    stamp = sqlite_timestamp if dialect == "sqlite" else datetime.isoformat
-    return json.dumps([{"user_id": user_id, "occurred_at": stamp(at), "id": id_}
-                       for user_id, at, id_ in keys])
+        hi = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC) + _MARGIN
+    except OverflowError:
+        hi = datetime.max.replace(tzinfo=UTC) - _HOUR  # (whole buckets up to the end of time)
+        hi = bucket_start(bucket_of(hi))
+    bounds: list[int] = []
+    run_labels: list[str | None] = []
+    labels: dict[str, None] = {}
+    for piece_start, piece_end, offset in _constant_offsets(zone, lo, hi):
+        at = piece_start
+        while at < piece_end:
+            local = (at + offset).replace(tzinfo=None)
+            # The next boundary a label or the range can change at: the next local hour, or
+            # the next local midnight.
+            if group_by == "hour":
+                step = local.replace(minute=0, second=0, microsecond=0) + _HOUR
+            else:
+                step = datetime.combine(local.date() + timedelta(days=1), time.min)
+            following = min(step.replace(tzinfo=UTC) - offset, piece_end)
+            label = (_label(local, offset, group_by, week_start)
+                     if start <= local.date() <= end else None)
+            if not run_labels or run_labels[-1] != label:
+                bounds.append(bucket_of(at))
+                run_labels.append(label)
+            if label is not None:
+                labels.setdefault(label)
+            at = following
+    bounds.append(bucket_of(hi))
+    # Leading and trailing runs outside the range are not needed.
+    while run_labels and run_labels[-1] is None:
+        run_labels.pop()
+        bounds.pop()
+    while run_labels and run_labels[0] is None:
+        run_labels.pop(0)
+        bounds.pop(0)
+    return Periods(tuple(labels), tuple(bounds), tuple(run_labels))

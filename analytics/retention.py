@@ -14,10 +14,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from time import monotonic, sleep
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, func, select
 
-from analytics import rollups
-from analytics.db import writer_turn
+from analytics import writer
 from analytics.models import Event
 
 # Events deleted per transaction. SQLite has one write lock, which the API's writes wait for
@@ -55,38 +54,22 @@ def count_expired(engine: Engine, cutoff: datetime) -> int:
             select(func.count()).select_from(Event).where(Event.received_at < cutoff))
 
 
-def _batch_statement(cutoff: datetime, batch_size: int):
+def _expired_ids(cutoff: datetime, batch_size: int):
     # Oldest first, by the received_at index. On PostgreSQL, FOR UPDATE SKIP LOCKED gives
     # concurrent purges disjoint batches instead of making one wait for the other's rows and
     # then find them gone; SQLite ignores it, and serialises writers by its database lock.
-    batch = (
+    return (
         select(Event.id)
         .where(Event.received_at < cutoff)
         .order_by(Event.received_at)
         .limit(batch_size)
         .with_for_update(skip_locked=True)
     )
-    table = Event.__table__
-    return (delete(table).where(table.c.id.in_(batch.scalar_subquery()))
-            .returning(table.c.occurred_at, table.c.id, table.c.event, table.c.user_id))
 
 
 def delete_batch(engine: Engine, cutoff: datetime, batch_size: int) -> int:
     """Delete at most ``batch_size`` expired events in one transaction; return how many."""
-    with writer_turn(engine), engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            # Take the write lock when the transaction starts, so that the read inside the
-            # DELETE can never be outdated by another writer (which SQLite reports as busy
-            # without waiting).
-            conn.execution_options(sqlite_begin="IMMEDIATE")
-        with conn.begin():
-            # RETURNING names exactly the rows this transaction deleted (a concurrent purge
-            # may have taken others), so the aggregates lose exactly those.
-            removed = [rollups.Change(occurred_at.astimezone(timezone.utc), id_, event, user_id)
-                       for occurred_at, id_, event, user_id
-                       in conn.execute(_batch_statement(cutoff, batch_size))]
-            rollups.record_changes(conn, removed=removed)
-        return len(removed)
+    return writer.delete_events(engine, _expired_ids(cutoff, batch_size))
 
 
 def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = None,
@@ -101,7 +84,7 @@ def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = 
 
     After each batch the purge rests ``pace`` times as long as the batch took (0: not at all),
     so that it takes at most about 1 / (1 + pace) of a CPU from the API. On SQLite it always
-    rests a little, so that the writers queued for the database (``db.writer_turn``) go first:
+    rests a little, so that the writers queued for the database (the dialect's ``writer_turn``) go first:
     otherwise it would take the lock again at once, before they wake, and keep the API's writes
     out until it ended.
     """

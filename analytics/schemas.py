@@ -1,14 +1,16 @@
 """Marshmallow schemas: what comes in and what goes out. The OpenAPI document is built from them."""
 from __future__ import annotations
 
+import functools
 import re
+import zoneinfo
 from datetime import date
 
 from marshmallow import (EXCLUDE, Schema, ValidationError, fields, post_load, pre_load,
                          validate, validates, validates_schema)
 
 from analytics.ingest import parse_timestamp
-from analytics.periods import GROUP_BYS
+from analytics.periods import GROUP_BYS, WEEKDAYS
 
 NAME_MAX_CHARS = 255
 EVENT_ID_MAX_CHARS = 128
@@ -274,9 +276,46 @@ def validation_message(messages: dict) -> str:
 DATES_REQUIRED = "start_date and end_date are required"
 INVALID_DATE = "Invalid date format. Use YYYY-MM-DD"
 DATES_OUT_OF_ORDER = "start_date must not be after end_date"
-INVALID_GROUP_BY = "group_by must be one of: day, week, month"
-# When several parameters are wrong, the answer is the first of these that applies.
-PERIOD_QUERY_PRECEDENCE = (DATES_REQUIRED, INVALID_DATE, DATES_OUT_OF_ORDER, INVALID_GROUP_BY)
+INVALID_GROUP_BY = "group_by must be one of: hour, day, week, month"
+INVALID_TZ = "tz must be an IANA time zone name, e.g. Europe/Berlin"
+INVALID_WEEK_START = "week_start must be a day of the week, e.g. monday"
+EMPTY_EVENT = "event must not be empty"
+TOO_MANY_EVENTS = "at most 50 event names"
+MAX_EVENT_FILTERS = 50
+INVALID_FILL = "fill must be one of: none, zero"
+FILLS = ("none", "zero")
+
+
+def not_a_parameter(name: str, endpoint: str) -> str:
+    return f"{name} is not a parameter of {endpoint}"
+
+
+# When several parameters are wrong, the answer is the first of these that applies; the
+# "is not a parameter" messages come last.
+PERIOD_QUERY_PRECEDENCE = (DATES_REQUIRED, INVALID_DATE, DATES_OUT_OF_ORDER, INVALID_GROUP_BY,
+                           INVALID_TZ, INVALID_WEEK_START, EMPTY_EVENT, TOO_MANY_EVENTS,
+                           INVALID_FILL)
+
+
+@functools.cache
+def time_zone_names() -> frozenset[str]:
+    """Every name of the tz database, spelt as it spells them."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+class _AnyTimeZone:
+    """The tz database's names, read when first needed (for validate.OneOf)."""
+
+    def __contains__(self, name) -> bool:
+        return name in time_zone_names()
+
+    def __iter__(self):
+        return iter(sorted(time_zone_names()))
+
+
+def _weekday(value: str) -> None:
+    if value.lower() not in WEEKDAYS:
+        raise ValidationError(INVALID_WEEK_START)
 
 # ASCII digits only: \d would also accept other scripts' digits, which date.fromisoformat reads.
 _DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -319,6 +358,29 @@ class PeriodQuerySchema(Schema):
     user_id = fields.String(metadata={
         "description": "Only this user's events (exact match). Empty means all users.",
         "example": "user123"})
+    tz = fields.String(
+        load_default="UTC",
+        validate=validate.OneOf(_AnyTimeZone(), error=INVALID_TZ),
+        error_messages={"invalid": INVALID_TZ, "null": INVALID_TZ, "validator_failed": INVALID_TZ},
+        metadata={"description": "IANA time zone of the dates, days and hours "
+                                 "(spelt as in the tz database).", "example": "Europe/Berlin"})
+    week_start = fields.String(
+        load_default="monday",
+        validate=_weekday,
+        error_messages={"invalid": INVALID_WEEK_START, "null": INVALID_WEEK_START,
+                        "validator_failed": INVALID_WEEK_START},
+        metadata={"description": "The day weeks start on, any case.", "example": "sunday"})
+    event = fields.List(
+        fields.String(validate=validate.Length(min=1, error=EMPTY_EVENT),
+                      error_messages={"invalid": EMPTY_EVENT}),
+        validate=validate.Length(max=MAX_EVENT_FILTERS, error=TOO_MANY_EVENTS),
+        metadata={"description": "Only these events count (repeat the parameter for several)."})
+    fill = fields.String(
+        load_default="none",
+        validate=validate.OneOf(FILLS, error=INVALID_FILL),
+        error_messages={"invalid": INVALID_FILL, "null": INVALID_FILL},
+        metadata={"description": "zero: list every period of the range, empty ones with 0.",
+                  "example": "zero"})
 
     @pre_load
     def empty_user_id_means_all(self, data, **kwargs):
@@ -334,15 +396,24 @@ class PeriodQuerySchema(Schema):
 
 
 def period_query_error(messages: dict) -> tuple[str, dict[str, list[str]]]:
-    """The one message to answer for a PeriodQuerySchema failure, and the fields it concerns.
-
-    Missing dates come first, then a malformed date, then the order of the dates, then group_by.
-    """
+    """The one message to answer for a PeriodQuerySchema failure, and the fields it concerns,
+    by PERIOD_QUERY_PRECEDENCE."""
+    found_messages = {name: _flat(found) for name, found in messages.items()}
     for message in PERIOD_QUERY_PRECEDENCE:
-        concerned = {name: [message] for name, found in messages.items() if message in found}
+        concerned = {name: [message] for name, found in found_messages.items()
+                     if message in found}
         if concerned:
             return message, concerned
     return validation_message(messages), messages
+
+
+def _flat(found) -> list[str]:
+    """The messages of a field, those of a list's items included."""
+    if isinstance(found, dict):
+        return [message for item in found.values() for message in _flat(item)]
+    if isinstance(found, list):
+        return [message for item in found for message in _flat(item)]
+    return [found]
 
 
 class MetricsRowSchema(Schema):

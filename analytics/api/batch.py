@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from analytics import bulk
+from analytics import validation, writer
 from analytics.db import get_session
 from analytics.errors import APIError, failure_message
 from analytics.inputs import is_json_mimetype, loads_strict, read_body
@@ -30,7 +30,7 @@ def _ndjson_items(body: bytes) -> list:
         try:
             items.append(loads_strict(line))
         except APIError:
-            items.append(bulk.Unreadable())
+            items.append(validation.Unreadable())
     return items
 
 
@@ -70,7 +70,7 @@ def read_batch() -> tuple[list, bool]:
 @failure_message("Failed to log events")
 def track_batch():
     items, nul_free = read_batch()
-    checked = bulk.check_events(enumerate(items), now=utcnow(), nul_free=nul_free,
+    checked = validation.check_events(enumerate(items), now=utcnow(), nul_free=nul_free,
                                 metadata_limit=current_app.config["METADATA_MAX_BYTES"])
     rejected = [{"index": index, "message": message} for index, message in checked.rejected]
     if not checked.prepared:
@@ -78,7 +78,7 @@ def track_batch():
                        errors={f"events[{index}]": [message]
                                for index, message in checked.rejected})
 
-    stored = bulk.commit_events(get_session(), [event.row for _, event in checked.prepared])
+    stored = writer.store_events(get_session(), [event.row for _, event in checked.prepared])
     warnings = [{"index": index, "warnings": event.warnings}
                 for (index, event), was_stored in zip(checked.prepared, stored)
                 if was_stored and event.warnings]

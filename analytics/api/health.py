@@ -4,9 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
-from analytics.db import close_session, get_session
+from analytics.db import close_session, get_session, ping
 from analytics.errors import RETRY_AFTER_SECONDS, error_response
-from analytics.queries import ping
 
 bp = Blueprint("health", __name__)
 

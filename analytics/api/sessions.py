@@ -1,12 +1,13 @@
-"""GET /sessions: play/stop sessions per day, ISO week or month: count, total and average."""
+"""GET /sessions: play/stop sessions per period of their play: count, total and average."""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from analytics.api.metrics import load_period_query
+from analytics import reports
+from analytics.api.metrics import answer
+from analytics.api.query import load_period_query
 from analytics.db import get_session
 from analytics.errors import failure_message
-from analytics.queries import sessions as session_totals
 
 bp = Blueprint("sessions", __name__)
 
@@ -25,16 +26,14 @@ def seconds_half_up(microseconds: int, count: int = 1) -> int:
 @bp.get("/sessions")
 @failure_message("Failed to fetch session metrics")
 def sessions():
-    query = load_period_query(request.args)
-    rows = session_totals(get_session(), query["start_date"], query["end_date"],
-                          query["group_by"], query.get("user_id"))
+    query = load_period_query(request.args, "/sessions", refused=("event",))
     data = [
         {
             "date": label,
             "totalDuration": seconds_half_up(total),
             "sessionCount": count,
-            "averageDuration": seconds_half_up(total, count),
+            "averageDuration": seconds_half_up(total, count) if count else 0,
         }
-        for label, count, total in rows
+        for label, count, total in answer(lambda: reports.sessions(get_session(), query))
     ]
     return jsonify({"status": "success", "data": data})

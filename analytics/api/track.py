@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from analytics import bulk
-from analytics.committer import store_event
-from analytics.errors import APIError, failure_message
+from analytics import validation
+from analytics.committer import NoResult, store_event
+from analytics.errors import RETRY_AFTER_SECONDS, APIError, failure_message
 from analytics.ingest import prepare_event
 from analytics.inputs import read_json_object
 from analytics.models import utcnow
@@ -16,8 +16,8 @@ bp = Blueprint("track", __name__)
 def load_event(body: dict) -> dict:
     """Validate one event object; APIError 400 naming the offending fields."""
     try:
-        return bulk.load_event(body)
-    except bulk.InvalidEvent as exc:
+        return validation.load_event(body)
+    except validation.InvalidEvent as exc:
         raise APIError(400, exc.message, errors=exc.errors) from None
 
 
@@ -27,7 +27,12 @@ def track():
     data = load_event(read_json_object(request))
     prepared = prepare_event(data, now=utcnow(),
                              metadata_limit=current_app.config["METADATA_MAX_BYTES"])
-    stored = store_event(current_app._get_current_object(), prepared.row)
+    try:
+        stored = store_event(current_app._get_current_object(), prepared.row)
+    except NoResult:
+        current_app.logger.warning("POST /track answered 503: no result from the writer")
+        raise APIError(503, "Failed to log event",
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     body = {"status": "success", "message": "Event logged."}
     if not stored:
         # Already stored by an earlier request: the warnings that request got describe the

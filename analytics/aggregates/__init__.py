@@ -1,0 +1,55 @@
+"""The aggregates: tables kept exact by the write path, inside the very transaction that
+inserts or deletes events, so that reads never see events without their aggregates.
+
+Every aggregate implements ``Aggregate`` and is listed once in ``REGISTRY``; the write path
+(analytics/writer.py) calls each one on every insert and every delete, and ``rebuild``
+recomputes each from the events. See docs/architecture.md for how to add one.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from sqlalchemy import Connection
+
+from analytics import dialects
+from analytics.rows import StoredEvent
+
+# Concurrent writers of the same bucket spread their additions over this many rows (on a
+# database that lets several write at once), so they seldom wait for each other's row locks.
+SHARDS = 16
+
+
+class Aggregate(Protocol):
+    """A table (or several) derived from the events."""
+
+    name: str
+    tables: tuple[str, ...]  # the tables it owns
+
+    def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        """``events`` were just inserted in this transaction (already in the table)."""
+
+    def on_delete(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        """``events`` were just deleted in this transaction (already gone from the table)."""
+
+    def rebuild(self, conn: Connection) -> None:
+        """Recompute everything from the events as they are."""
+
+
+def shard_of_writer(conn: Connection) -> int:
+    """The shard this thread adds to: by its system-wide thread id, so that the writer threads
+    of one process and of different processes seldom share one."""
+    if not dialects.of(conn).spreads_writers:
+        return 0
+    return threading.get_native_id() % SHARDS
+
+
+def _registry() -> tuple[Aggregate, ...]:
+    from analytics.aggregates.event_counts import EventCounts
+    from analytics.aggregates.sessions import Sessions
+
+    return (EventCounts(), Sessions())
+
+
+REGISTRY: tuple[Aggregate, ...] = _registry()

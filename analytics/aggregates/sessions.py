@@ -1,0 +1,139 @@
+"""Play/stop sessions, one row each, and their totals per quarter-hour bucket of the play.
+
+The pairing rule (API.md, GET /sessions): a play and a stop make a session when the stop is
+the user's next play-or-stop event after the play, by timestamp and then id. ``pairs`` is the
+one place that rule is written; inserts, deletes and rebuild all go through it.
+
+After events of a user change between timestamps lo and hi, only pairs whose play lies in the
+*repair window* can change: from the user's last play/stop strictly before lo (or lo) up to
+the first one strictly after hi (or without end). The window's sessions are deleted and paired
+again from the events; the differences go to the per-bucket totals. See docs/architecture.md.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, and_, delete, func, insert, literal, or_, select
+
+from analytics import dialects
+from analytics.aggregates import shard_of_writer
+from analytics.dialects import bucket_of, microseconds_between
+from analytics.models import (PLAY_OR_STOP, Event, PlayStopSession, SessionBucket,
+                              is_play_or_stop)
+from analytics.rows import StoredEvent
+
+_events = Event.__table__
+_sessions = PlayStopSession.__table__
+_totals = SessionBucket.__table__
+_COLUMNS = ["play_id", "stop_id", "user_id", "play_at", "bucket", "duration_us"]
+
+
+def pairs(windows=None):
+    """The sessions as rows of _COLUMNS: of every user, or (``windows``: a selectable of
+    user_id, lo, hi) only those whose play lies in [lo, hi) of its user's window."""
+    e = _events
+    in_order = dict(partition_by=e.c.user_id, order_by=(e.c.occurred_at, e.c.id))
+    sequence = select(
+        e.c.id, e.c.user_id, e.c.event, e.c.occurred_at,
+        func.lead(e.c.id).over(**in_order).label("next_id"),
+        func.lead(e.c.event).over(**in_order).label("next_event"),
+        func.lead(e.c.occurred_at).over(**in_order).label("next_at"),
+    ).where(is_play_or_stop(e))
+    if windows is not None:
+        # The window's last event is read too: it may be the stop of the last play inside.
+        sequence = sequence.add_columns(windows.c.hi).join(windows, and_(
+            e.c.user_id == windows.c.user_id, e.c.occurred_at >= windows.c.lo,
+            or_(windows.c.hi.is_(None), e.c.occurred_at <= windows.c.hi)))
+    sequence = sequence.subquery("sequence")
+    s = sequence.c
+    found = select(s.id, s.next_id, s.user_id, s.occurred_at, bucket_of(s.occurred_at),
+                   microseconds_between(s.occurred_at, s.next_at)
+                   ).where(s.event == "play", s.next_event == "stop")
+    if windows is not None:
+        found = found.where(or_(s.hi.is_(None), s.occurred_at < s.hi))
+    return found
+
+
+class Sessions:
+    name = "sessions"
+    tables = ("sessions", "session_buckets")
+
+    def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        self._repair(conn, events)
+
+    def on_delete(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        self._repair(conn, events)
+
+    def rebuild(self, conn: Connection) -> None:
+        conn.execute(delete(_totals))
+        conn.execute(delete(_sessions))
+        conn.execute(insert(_sessions).from_select(_COLUMNS, pairs()))
+        conn.execute(insert(_totals).from_select(
+            ["bucket", "shard", "sessions", "total_us"],
+            select(_sessions.c.bucket, literal(0), func.count(), func.sum(_sessions.c.duration_us))
+            .group_by(_sessions.c.bucket)))
+
+    def _repair(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        spans: dict[str, list] = {}
+        for e in events:
+            if e.event in PLAY_OR_STOP:
+                span = spans.setdefault(e.user_id, [e.occurred_at, e.occurred_at])
+                span[0], span[1] = min(span[0], e.occurred_at), max(span[1], e.occurred_at)
+        if not spans:
+            return
+        dialect = dialects.of(conn)
+        dialect.lock_users(conn, set(spans))
+        statements = _statements(dialect)
+        spans_json = dialect.windows_json(
+            [(user, lo, hi) for user, (lo, hi) in sorted(spans.items())])
+        windows = conn.execute(statements.windows, {"windows": spans_json}).all()
+        parameters = {"windows": dialect.windows_json(windows)}
+        deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for sign, statement in ((-1, statements.delete), (1, statements.insert)):
+            for bucket, duration in conn.execute(statement, parameters):
+                deltas[bucket][0] += sign
+                deltas[bucket][1] += sign * duration
+        shard = shard_of_writer(conn)
+        rows = [{"bucket": bucket, "shard": shard, "sessions": n, "total_us": total}
+                for bucket, (n, total) in sorted(deltas.items()) if n or total]
+        if rows:
+            dialect.add_totals(conn, _totals, rows, keys=("bucket", "shard"),
+                               totals=("sessions", "total_us"))
+
+
+class _Statements:
+    """The repair's statements for one database (its JSON rows are read its own way)."""
+
+    def __init__(self, dialect):
+        e = _events
+        spans = dialect.windows_source()
+
+        def neighbour(compare, order):
+            return (select(e.c.occurred_at)
+                    .where(e.c.user_id == spans.c.user_id, is_play_or_stop(e),
+                           compare(e.c.occurred_at))
+                    .order_by(order(e.c.occurred_at)).limit(1).scalar_subquery())
+
+        before = neighbour(lambda at: at < spans.c.lo, lambda at: at.desc())
+        after = neighbour(lambda at: at > spans.c.hi, lambda at: at.asc())
+        self.windows = select(spans.c.user_id, func.coalesce(before, spans.c.lo).label("lo"),
+                              after.label("hi"))
+        windows = dialect.windows_source()
+        s = _sessions
+        doomed = select(s.c.play_id).select_from(windows).join(s, and_(
+            s.c.user_id == windows.c.user_id, s.c.play_at >= windows.c.lo,
+            or_(windows.c.hi.is_(None), s.c.play_at < windows.c.hi)))
+        self.delete = (delete(s).where(s.c.play_id.in_(doomed))
+                       .returning(s.c.bucket, s.c.duration_us))
+        self.insert = (insert(s).from_select(_COLUMNS, pairs(dialect.windows_source()))
+                       .returning(s.c.bucket, s.c.duration_us))
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _statements(dialect) -> _Statements:
+    if dialect.name not in _STATEMENTS:
+        _STATEMENTS[dialect.name] = _Statements(dialect)
+    return _STATEMENTS[dialect.name]

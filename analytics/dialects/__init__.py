@@ -1,0 +1,134 @@
+"""Everything that differs between the databases, behind one boundary.
+
+Two kinds of things live here:
+
+- SQL constructs (``bucket_of``, ``microseconds_between``, ``period_index``) that queries use
+  like functions; each dialect module compiles them with ``@compiles``, and on a database
+  without a compilation they fail loudly instead of producing wrong numbers;
+- a ``Dialect`` per database: how events are inserted (duplicates skipped), how writers take
+  turns, how rows are added to a table of totals, how a list of rows is passed as one
+  parameter.
+
+Nothing outside this package names a database. See docs/architecture.md.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import BigInteger, Connection, Engine, Integer
+from sqlalchemy.exc import CompileError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import FunctionElement
+
+from analytics.rows import EventRow
+
+
+class bucket_of(FunctionElement):
+    """The quarter-hour bucket of a stored timestamp: whole 15-minute steps since the epoch,
+    rounded down (see periods.bucket_of, its Python twin)."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "bucket_of"
+
+    def __init__(self, timestamp: ColumnElement):
+        super().__init__(timestamp)
+
+
+class microseconds_between(FunctionElement):
+    """``end - start`` of two stored timestamps in whole microseconds, computed exactly."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "microseconds_between"
+
+    def __init__(self, start: ColumnElement, end: ColumnElement):
+        super().__init__(start, end)
+
+
+class period_index(FunctionElement):
+    """The 1-based position of ``bucket`` among ascending ``bounds`` (a bound parameter holding
+    a list of ints): i where bounds[i-1] <= bucket < bounds[i]; 0 below the first bound and
+    len(bounds) from the last one on."""
+
+    type = Integer()
+    inherit_cache = True
+    name = "period_index"
+
+    def __init__(self, bucket: ColumnElement, bounds: ColumnElement):
+        super().__init__(bucket, bounds)
+
+
+@compiles(bucket_of)
+@compiles(microseconds_between)
+@compiles(period_index)
+def _unsupported(element, compiler, **kw):
+    raise CompileError(f"{type(element).__name__} is not implemented for the "
+                       f"{compiler.dialect.name} dialect (see analytics/dialects/)")
+
+
+def arguments(element, compiler, **kw) -> list[str]:
+    """The compiled SQL of a construct's arguments."""
+    return [compiler.process(argument, **kw) for argument in element.clauses]
+
+
+class Dialect(Protocol):
+    """What the write path and the aggregates need from a database."""
+
+    name: str
+    # Whether concurrent writers of the same totals should write to different rows.
+    spreads_writers: bool
+
+    def writer_turn(self, engine: Engine) -> AbstractContextManager[None]:
+        """Held around a whole write transaction: waits for the other writers where the
+        database lets only one write at a time."""
+
+    def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
+        """Insert rows (no two with the same dedupe key), skipping those already stored; for
+        each row its new id, or None when it was a duplicate."""
+
+    def lock_users(self, conn: Connection, users: set[str]) -> None:
+        """Serialise, until the transaction ends, the session pairing of these users."""
+
+    def lock_tables(self, conn: Connection, tables: list[str]) -> None:
+        """Make other writers wait for these tables until the transaction ends."""
+
+    def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
+                   totals: tuple[str, ...]) -> None:
+        """Insert ``rows`` into ``table``, or add their ``totals`` to the rows with the same
+        ``keys`` already there."""
+
+    def bounds_parameter(self, bounds: list[int]):
+        """The value to bind as ``period_index``'s ``bounds``."""
+
+    def windows_source(self):
+        """A selectable of (user_id, lo, hi) rows read from the JSON parameter ``:windows``
+        that ``windows_json`` writes."""
+
+    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime]]) -> str:
+        """(user_id, lo, hi) rows as the JSON that ``windows_source`` reads."""
+
+
+_DIALECTS: dict[str, Dialect] = {}
+
+
+def register(dialect: Dialect) -> Dialect:
+    _DIALECTS[dialect.name] = dialect
+    return dialect
+
+
+def of(bind: Connection | Engine) -> Dialect:
+    """The Dialect of a connection or engine; NotImplementedError for another database."""
+    name = bind.dialect.name
+    try:
+        return _DIALECTS[name]
+    except KeyError:
+        raise NotImplementedError(f"the {name} database is not supported "
+                                  f"(see analytics/dialects/)") from None
+
+
+from analytics.dialects import postgresql, sqlite  # noqa: E402,F401  (registers both)

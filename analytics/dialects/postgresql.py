@@ -1,0 +1,217 @@
+"""PostgreSQL: binary COPY for batches, advisory locks per user, totals added from one JSON
+parameter, and the SQL constructs of analytics.dialects."""
+from __future__ import annotations
+
+import contextlib
+import json
+import zlib
+from collections.abc import Sequence
+from datetime import date, datetime
+
+from sqlalchemy import Connection, Engine, String, bindparam, cast, column, func, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
+
+from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
+                                register)
+from analytics.models import Event, UTCDateTime
+from analytics.rows import EventRow
+
+_events = Event.__table__
+
+
+@compiles(bucket_of, "postgresql")
+def _bucket_of(element, compiler, **kw):
+    [timestamp] = arguments(element, compiler, **kw)
+    # EXTRACT gives numeric, so the division is exact before it is rounded down.
+    return f"CAST(floor(EXTRACT(EPOCH FROM {timestamp}) / 900) AS INTEGER)"
+
+
+@compiles(microseconds_between, "postgresql")
+def _microseconds_between(element, compiler, **kw):
+    start, end = arguments(element, compiler, **kw)
+    # The interval of two timestamptz values has no month part, so its epoch is exact.
+    return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
+
+
+@compiles(period_index, "postgresql")
+def _period_index(element, compiler, **kw):
+    bucket, bounds = arguments(element, compiler, **kw)
+    return f"width_bucket({bucket}, CAST({bounds} AS integer[]))"
+
+
+# Batches are COPYed (in binary: psycopg writes each row in C) into a temporary staging table
+# and moved into events by one INSERT ... SELECT ... ON CONFLICT DO NOTHING, since COPY itself
+# cannot skip duplicates. The ids are reserved first, in batch order, so the rows that went in
+# are known by id alone.
+_STAGING = """
+    CREATE TEMPORARY TABLE IF NOT EXISTS incoming_events (
+        id bigint, event varchar, user_id varchar, occurred_at timestamptz,
+        received_at timestamptz, metadata text, event_id varchar
+    ) ON COMMIT DELETE ROWS
+"""
+# Whether this connection has its staging table yet (a rolled-back transaction takes it away),
+# and a block of ids per id-sequence step (migration 0005 makes the sequence step by 1000).
+_IDS = """
+    SELECT to_regclass('pg_temp.incoming_events') IS NOT NULL, seqincrement,
+           ARRAY(SELECT nextval(seqrelid::regclass)
+                 FROM generate_series(1, (%(n)s + seqincrement - 1) / seqincrement))
+    FROM pg_sequence WHERE seqrelid = CAST(pg_get_serial_sequence('events', 'id') AS regclass)
+"""
+_COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, metadata, "
+         "event_id) FROM STDIN (FORMAT BINARY)")
+_COPY_TYPES = ("int8", "varchar", "varchar", "timestamptz", "timestamptz", "text", "varchar")
+# Rows staged earlier in the same transaction have smaller ids: "id >= first" leaves them out.
+# The ids that went in come back only when some did not.
+_MOVE = """
+    WITH inserted AS (
+        INSERT INTO events (id, event, user_id, occurred_at, received_at, metadata, event_id)
+        SELECT id, event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
+        FROM incoming_events WHERE id >= %(first)s
+        ON CONFLICT (user_id, event_id) DO NOTHING
+        RETURNING id
+    )
+    SELECT CASE WHEN count(*) < %(n)s THEN COALESCE(array_agg(id), '{}') END FROM inserted
+"""
+# Below this many rows a plain INSERT ... RETURNING beats the staging table's fixed costs.
+_FEW_ROWS = 20
+
+
+def _few_statement():
+    insert = postgresql.insert(_events).values(
+        metadata=cast(bindparam("metadata_json", type_=String), postgresql.JSONB))
+    return (insert.on_conflict_do_nothing(index_elements=["user_id", "event_id"])
+            .returning(_events.c.id, _events.c.user_id, _events.c.event_id,
+                       _events.c.occurred_at, _events.c.event))
+
+
+class PostgreSQL:
+    name = "postgresql"
+    spreads_writers = True
+
+    def __init__(self):
+        self._few = _few_statement()
+
+    def writer_turn(self, engine: Engine):
+        return contextlib.nullcontext()  # row locks and the unique constraint suffice
+
+    def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
+        if len(rows) < _FEW_ROWS:
+            return _insert_returning(conn, self._few, rows)
+        return _insert_copy(conn, rows)
+
+    def lock_users(self, conn: Connection, users: set[str]) -> None:
+        # Ascending: one global order, so two writers never wait for each other in a cycle.
+        keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in users})
+        conn.execute(_LOCK_USERS, {"keys": keys})
+
+    def lock_tables(self, conn: Connection, tables: list[str]) -> None:
+        conn.exec_driver_sql(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+
+    def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
+                   totals: tuple[str, ...]) -> None:
+        statement = _TOTALS.get(table.name)
+        if statement is None:
+            statement = _TOTALS[table.name] = _totals_statement(conn, table, keys, totals)
+        conn.execute(statement, {"rows": json.dumps(rows, default=date.isoformat)})
+
+    def bounds_parameter(self, bounds: list[int]) -> list[int]:
+        return bounds
+
+    def windows_source(self):
+        return text(
+            "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:windows AS json)) "
+            "AS w(user_id varchar, lo timestamptz, hi timestamptz)"
+        ).columns(column("user_id", String), column("lo", UTCDateTime()),
+                  column("hi", UTCDateTime())).subquery("windows")
+
+    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime]]) -> str:
+        return json.dumps([{"user_id": user_id, "lo": lo.isoformat(),
+                            "hi": hi.isoformat() if hi else None}
+                           for user_id, lo, hi in windows])
+
+
+_LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
+    func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k"))
+_TOTALS: dict = {}
+
+
+def _totals_statement(conn: Connection, table, keys, totals):
+    # All rows in one statement from one JSON parameter, in key order, so that concurrent
+    # writers lock rows in the same order and never deadlock.
+    names = [*keys, *totals]
+    record = ", ".join(f"{name} {table.c[name].type.compile(conn.dialect)}" for name in names)
+    listed = ", ".join(names)
+    added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in totals)
+    return text(
+        f"INSERT INTO {table.name} ({listed}) SELECT {listed} "
+        f"FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
+        f"ORDER BY {', '.join(keys)} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
+
+
+def _insert_returning(conn: Connection, statement, rows: Sequence[EventRow]
+                      ) -> list[int | None]:
+    returned = conn.execute(statement, [
+        {"event": r.event, "user_id": r.user_id, "occurred_at": r.occurred_at,
+         "received_at": r.received_at, "metadata_json": r.metadata_json,
+         "event_id": r.event_id} for r in rows]).all()
+    return match_returned(rows, returned)
+
+
+def match_returned(rows: Sequence[EventRow], returned) -> list[int | None]:
+    """Each row's id among (id, user_id, event_id, occurred_at, event) rows that an INSERT
+    RETURNING gave back in any order; None for a row that did not go in."""
+    # Rows with an event_id are told apart by it; the others all went in, and each is given
+    # the id of a returned row with its own user, time and name (the smallest first).
+    by_key: dict[tuple, list[int]] = {}
+    for id_, user_id, event_id, occurred_at, event in sorted(returned, reverse=True):
+        key = (user_id, event_id) if event_id is not None else (user_id, occurred_at, event)
+        by_key.setdefault(key, []).append(id_)
+    ids: list[int | None] = []
+    for row in rows:
+        key = row.dedupe_key() or (row.user_id, row.occurred_at, row.event)
+        found = by_key.get(key)
+        ids.append(found.pop() if found else None)
+    return ids
+
+
+def _insert_copy(conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
+    staged, step, blocks = conn.exec_driver_sql(_IDS, {"n": len(rows)}).one()
+    if not staged:
+        conn.exec_driver_sql(_STAGING)
+    # Ascending, given in batch order: ties between equal timestamps are broken by arrival.
+    ids = [first + offset for first in sorted(blocks) for offset in range(step)][:len(rows)]
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        with cursor.copy(_COPY) as copy:
+            copy.set_types(_COPY_TYPES)
+            for id_, r in zip(ids, rows):
+                copy.write_row((id_, r.event, r.user_id, r.occurred_at, r.received_at,
+                                r.metadata_json, r.event_id))
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # Presented as SQLAlchemy's error, so callers tell an unreachable database from a
+        # failing one the same way as for every other statement.
+        raise DBAPIError.instance(_COPY, None, exc, conn.dialect.loaded_dbapi.Error,
+                                  connection_invalidated=bool(cursor.connection.closed),
+                                  dialect=conn.dialect) from None
+    finally:
+        cursor.close()
+    went_in = conn.exec_driver_sql(_MOVE, {"first": ids[0], "n": len(rows)}).scalar()
+    if went_in is None:
+        return list(ids)
+    kept = set(went_in)
+    return [id_ if id_ in kept else None for id_ in ids]
+
+
+def engine_arguments(connect_timeout: int, statement_timeout_ms: int) -> dict:
+    """create_engine's connect_args for this service."""
+    # JIT compilation of short aggregate queries costs more than it saves.
+    options = ["-c jit=off"]
+    if statement_timeout_ms:
+        options.append(f"-c statement_timeout={statement_timeout_ms}")
+    return {"connect_timeout": connect_timeout, "options": " ".join(options)}
+
+
+DIALECT = register(PostgreSQL())

@@ -1,0 +1,239 @@
+"""SQLite: one writer at a time through a lock file, the driver's executemany for inserts,
+and the SQL constructs of analytics.dialects."""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, String, column, create_engine, event, text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.compiler import compiles
+
+from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
+                                register)
+from analytics.dialects.postgresql import match_returned
+from analytics.models import Event, UTCDateTime, sqlite_timestamp
+from analytics.rows import EventRow
+
+_events = Event.__table__
+
+
+def _epoch_seconds(timestamp: str) -> str:
+    # strftime would round a fraction to milliseconds: only the whole-second part is given.
+    return f"CAST(strftime('%s', substr({timestamp}, 1, 19)) AS INTEGER)"
+
+
+@compiles(bucket_of, "sqlite")
+def _bucket_of(element, compiler, **kw):
+    [timestamp] = arguments(element, compiler, **kw)
+    seconds = _epoch_seconds(timestamp)
+    # Integer division truncates toward zero: step back one for instants before 1970.
+    return f"(({seconds} - (({seconds} % 900) + 900) % 900) / 900)"
+
+
+@compiles(microseconds_between, "sqlite")
+def _microseconds_between(element, compiler, **kw):
+    start, end = arguments(element, compiler, **kw)
+
+    def micro(ts: str) -> str:
+        return f"({_epoch_seconds(ts)} * 1000000 + CAST(substr({ts}, 21, 6) AS INTEGER))"
+
+    return f"({micro(end)} - {micro(start)})"
+
+
+@compiles(period_index, "sqlite")
+def _period_index(element, compiler, **kw):
+    bucket, bounds = arguments(element, compiler, **kw)
+    return f"period_index({bucket}, {bounds})"
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_bounds(bounds: str) -> list[int]:
+    return json.loads(bounds)
+
+
+def _period_index_function(bucket: int, bounds: str) -> int:
+    return bisect.bisect_right(_parsed_bounds(bounds), bucket)
+
+
+class SQLite:
+    name = "sqlite"
+    spreads_writers = False  # one writer at a time anyway
+
+    def __init__(self):
+        self._insert = (f"INSERT INTO events (event, user_id, occurred_at, received_at, "
+                        f"metadata, event_id) VALUES (?, ?, ?, ?, ?, ?) "
+                        f"ON CONFLICT (user_id, event_id) DO NOTHING")
+
+    @contextlib.contextmanager
+    def writer_turn(self, engine: Engine) -> Iterator[None]:
+        """Wait in line for the database's write lock on a lock file beside it.
+
+        SQLite does not queue writers: one that finds the lock taken polls with growing
+        sleeps, so under steady writes some wait far longer than the writes before them took.
+        An exclusive lock on a file, on which the operating system wakes a waiter as soon as
+        it is released, makes them take turns.
+        """
+        turn = _take_turn(engine)
+        try:
+            yield
+        finally:
+            _give_turn(turn)
+
+    def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
+        stamps: dict[datetime, str] = {}  # received_at is most often one value for a batch
+        values = []
+        for r in rows:
+            received = stamps.get(r.received_at)
+            if received is None:
+                received = stamps[r.received_at] = sqlite_timestamp(r.received_at)
+            values.append((r.event, r.user_id, sqlite_timestamp(r.occurred_at), received,
+                           r.metadata_json, r.event_id))
+        # The driver's executemany steps one prepared statement in C. It cannot RETURN, so the
+        # new rows are found by rowid: the transaction holds the write lock, and each new row
+        # gets the next rowid after the largest, so they are the last ``inserted`` rowids.
+        driver = conn.connection.driver_connection
+        before = driver.total_changes
+        conn.exec_driver_sql(self._insert, values)
+        inserted = driver.total_changes - before
+        if not inserted:
+            return [None] * len(rows)
+        last = conn.exec_driver_sql("SELECT max(id) FROM events").scalar()
+        if inserted == len(rows):
+            return list(range(last - inserted + 1, last + 1))
+        # Some were duplicates (only rows with an event_id can be): match by that key.
+        went_in = conn.exec_driver_sql(
+            "SELECT id, user_id, event_id, occurred_at, event FROM events WHERE id > ?",
+            (last - inserted,)).all()
+        by_key = {(user_id, event_id): id_ for id_, user_id, event_id, _, _ in went_in
+                  if event_id is not None}
+        others = [(id_, user_id, None, occurred_at, event)
+                  for id_, user_id, event_id, occurred_at, event in went_in if event_id is None]
+        ids = match_returned([r for r in rows if r.event_id is None],
+                             [(i, u, e, _stored_text_time(at), n) for i, u, e, at, n in others])
+        without = iter(ids)
+        return [by_key.get(r.dedupe_key()) if r.event_id is not None else next(without)
+                for r in rows]
+
+    def lock_users(self, conn: Connection, users: set[str]) -> None:
+        pass  # the write transaction already excludes every other writer
+
+    def lock_tables(self, conn: Connection, tables: list[str]) -> None:
+        pass  # the write transaction already excludes every other writer
+
+    def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
+                   totals: tuple[str, ...]) -> None:
+        statement = _TOTALS.get(table.name)
+        if statement is None:
+            insert = sqlite.insert(table)
+            statement = _TOTALS[table.name] = insert.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={name: table.c[name] + insert.excluded[name] for name in totals})
+        conn.execute(statement, rows)
+
+    def bounds_parameter(self, bounds: list[int]) -> str:
+        return json.dumps(bounds)
+
+    def windows_source(self):
+        return text(
+            "SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS lo, "
+            "json_extract(value, '$[2]') AS hi FROM json_each(:windows)"
+        ).columns(column("user_id", String), column("lo", UTCDateTime()),
+                  column("hi", UTCDateTime())).subquery("windows")
+
+    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime | None]]) -> str:
+        return json.dumps([[user_id, sqlite_timestamp(lo), sqlite_timestamp(hi) if hi else None]
+                           for user_id, lo, hi in windows])
+
+
+_TOTALS: dict = {}
+
+
+def _stored_text_time(value: str) -> datetime:
+    return UTCDateTime().process_result_value(datetime.fromisoformat(value), None)
+
+
+def make_engine(url, busy_timeout_s: int) -> Engine:
+    """An engine for a SQLite file: WAL, a busy timeout, and the period_index function."""
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # reported as an unreachable database on first use
+    timeout = max(busy_timeout_s, 30)
+    engine = create_engine(url, connect_args={"timeout": timeout})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # SQLAlchemy emits BEGIN itself (the driver's implicit transactions are unreliable);
+        # WAL lets readers run beside the writer.
+        dbapi_connection.isolation_level = None
+        dbapi_connection.create_function("period_index", 2, _period_index_function,
+                                         deterministic=True)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={timeout * 1000}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        immediate = connection.get_execution_options().get("immediate")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _take_turn(engine: Engine):
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    turn = _writer_lock(f"{database}-writer.lock")
+    if turn is None:  # no such folder, not writable: the database itself will say so
+        return None
+    in_process, descriptor = turn
+    in_process.acquire()  # the other threads of this process
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # the other processes
+    except BaseException:
+        in_process.release()
+        raise
+    return turn
+
+
+def _give_turn(turn) -> None:
+    if turn is not None:
+        in_process, descriptor = turn
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        in_process.release()
+
+
+_writer_locks: dict[tuple[int, str], tuple[threading.Lock, int]] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(path: str) -> tuple[threading.Lock, int] | None:
+    """This process's lock for ``path`` and an open descriptor of the file, opened once per
+    process (flock locks belong to an open file, which a forked child would share)."""
+    key = (os.getpid(), path)
+    with _writer_locks_guard:
+        if key not in _writer_locks:
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError:
+                return None
+            _writer_locks[key] = (threading.Lock(), descriptor)
+        return _writer_locks[key]
+
+
+DIALECT = register(SQLite())

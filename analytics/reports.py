@@ -1,0 +1,163 @@
+"""Reading the answers of /metrics and /sessions: the aggregates summed per local period for
+all users, or one user's own rows. Plain functions of a Session: no Flask, no commit."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from sqlalchemy import bindparam, func, literal, select
+from sqlalchemy.orm import Session
+
+from analytics import dialects
+from analytics.dialects import bucket_of, period_index
+from analytics.models import Event, EventBucket, PlayStopSession, SessionBucket
+from analytics.periods import Periods, bucket_start, local_periods
+
+# fill=zero lists every period of the range: beyond this many, the answer is refused rather
+# than built.
+MAX_FILLED_PERIODS = 100_000
+
+
+class TooManyPeriods(ValueError):
+    """fill=zero over a range with more periods than MAX_FILLED_PERIODS."""
+
+
+@dataclass(frozen=True)
+class PeriodQuery:
+    """A validated query of a per-period endpoint (API.md, "Query options")."""
+
+    start: date
+    end: date
+    group_by: str = "day"
+    tz: str = "UTC"
+    week_start: int = 0  # 0 = Monday
+    events: tuple[str, ...] = ()  # empty: every event
+    user_id: str | None = None
+    fill_zero: bool = False
+
+
+def _periods(session: Session, query: PeriodQuery) -> Periods | None:
+    """The query's periods; without fill=zero only those around the stored events (None when
+    there are none), so that a range of centuries costs no more than the data in it."""
+    start, end = query.start, query.end
+    if query.fill_zero:
+        days = (end - start).days + 1
+        if days * (25 if query.group_by == "hour" else 1) > MAX_FILLED_PERIODS:
+            raise TooManyPeriods(f"fill=zero would list more than {MAX_FILLED_PERIODS} periods")
+    else:
+        first, last = session.execute(_DATA_SPAN).one()
+        if first is None:
+            return None
+        # A local date is within a day of the UTC date of the same instant.
+        start = max(start, bucket_start(first).date() - timedelta(days=1))
+        end = min(end, bucket_start(last).date() + timedelta(days=1))
+        if start > end:
+            return None
+    periods = local_periods(start, end, query.tz, query.group_by, query.week_start)
+    return periods if periods.labels else None
+
+
+_buckets = EventBucket.__table__
+_session_buckets = SessionBucket.__table__
+_sessions = PlayStopSession.__table__
+_events = Event.__table__
+_DATA_SPAN = select(func.min(_buckets.c.bucket), func.max(_buckets.c.bucket))
+_LO, _HI, _BOUNDS = bindparam("lo"), bindparam("hi"), bindparam("bounds")
+
+
+def _grouped(rows_with_bucket, *sums):
+    """``SELECT period, sum(...) ... GROUP BY period`` over a select whose first column is a
+    bucket: the period is its period_index among :bounds."""
+    inner = rows_with_bucket.subquery("in_range")
+    bucket, *others = inner.c
+    period = period_index(bucket, _BOUNDS).label("period")
+    keyed = select(period, *others).subquery("keyed")
+    keys = [keyed.c.period, *(keyed.c[name] for name in sums[0])]
+    return select(*keys, *(func.sum(keyed.c[name]) for name in sums[1])).group_by(*keys)
+
+
+def _all_users_metrics(with_events: bool):
+    rows = select(_buckets.c.bucket, _buckets.c.event, _buckets.c.n).where(
+        _buckets.c.bucket >= _LO, _buckets.c.bucket < _HI)
+    if with_events:
+        rows = rows.where(_buckets.c.event.in_(bindparam("events", expanding=True)))
+    return _grouped(rows, ("event",), ("n",))
+
+
+def _user_metrics(with_events: bool):
+    rows = select(bucket_of(_events.c.occurred_at).label("bucket"), _events.c.event,
+                  literal(1).label("n")).where(
+        _events.c.user_id == bindparam("user_id"), _events.c.occurred_at >= _LO,
+        _events.c.occurred_at < _HI)
+    if with_events:
+        rows = rows.where(_events.c.event.in_(bindparam("events", expanding=True)))
+    return _grouped(rows, ("event",), ("n",))
+
+
+_METRICS = {(user, filtered): (_user_metrics if user else _all_users_metrics)(filtered)
+            for user in (False, True) for filtered in (False, True)}
+_SESSIONS = {
+    False: _grouped(select(_session_buckets.c.bucket, _session_buckets.c.sessions,
+                           _session_buckets.c.total_us)
+                    .where(_session_buckets.c.bucket >= _LO, _session_buckets.c.bucket < _HI),
+                    (), ("sessions", "total_us")),
+    True: _grouped(select(_sessions.c.bucket, literal(1).label("sessions"),
+                          _sessions.c.duration_us.label("total_us"))
+                   .where(_sessions.c.user_id == bindparam("user_id"),
+                          _sessions.c.play_at >= _LO, _sessions.c.play_at < _HI),
+                   (), ("sessions", "total_us")),
+}
+
+
+def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time: bool) -> dict:
+    lo, hi = periods.first_bucket, periods.end_bucket
+    parameters = {
+        "bounds": dialects.of(session.get_bind()).bounds_parameter(list(periods.bounds)),
+        "lo": bucket_start(lo) if by_time else lo,
+        "hi": bucket_start(hi) if by_time else hi,
+    }
+    if query.user_id is not None:
+        parameters["user_id"] = query.user_id
+    if query.events:
+        parameters["events"] = list(query.events)
+    return parameters
+
+
+def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, int]]]:
+    """(label, {event: count}) per period in order; periods without events left out unless
+    fill=zero, which also lists every event name of the answer (or asked for) in each."""
+    periods = _periods(session, query)
+    if periods is None:
+        return []
+    statement = _METRICS[(query.user_id is not None, bool(query.events))]
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for index, event, n in session.execute(
+            statement, _parameters(session, query, periods, query.user_id is not None)):
+        label = periods.label_of_index(index)
+        if label is not None and n:
+            counts[label][event] += int(n)
+    if not query.fill_zero:
+        return [(label, dict(counts[label])) for label in periods.labels
+                if +counts[label]]
+    names = set(query.events).union(*counts.values())
+    return [(label, {name: counts[label][name] for name in names})
+            for label in periods.labels]
+
+
+def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]:
+    """(label, sessions, total microseconds) per period of the plays, in order; periods
+    without sessions left out unless fill=zero."""
+    periods = _periods(session, query)
+    if periods is None:
+        return []
+    statement = _SESSIONS[query.user_id is not None]
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for index, n, total in session.execute(
+            statement, _parameters(session, query, periods, query.user_id is not None)):
+        label = periods.label_of_index(index)
+        if label is not None:
+            totals[label][0] += int(n)
+            totals[label][1] += int(total)
+    return [(label, *totals[label]) for label in periods.labels
+            if query.fill_zero or totals[label][0]]

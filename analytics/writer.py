@@ -1,0 +1,123 @@
+"""The write path: every insert and every delete of events goes through here.
+
+One function per direction:
+
+- ``store_events``: deduplicate, take the writer turn, insert (the dialect picks the
+  strategy), let every aggregate of the registry see the stored events, commit; a
+  transaction that lost a race is run again;
+- ``delete_events``: delete the events a query selects, let every aggregate see them, commit;
+- ``rebuild_aggregates``: recompute every aggregate from the events.
+
+Nothing else writes events or aggregates. See docs/architecture.md.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from datetime import timezone
+
+from sqlalchemy import Connection, Engine, Select, delete
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from analytics import dialects
+from analytics.aggregates import REGISTRY
+from analytics.models import Event
+from analytics.rows import EventRow, StoredEvent
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction lost a race with
+# another one and is safe to run again. SQLite serialises writers, so it never reports these.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+ATTEMPTS = 4
+
+_events = Event.__table__
+
+
+def is_retryable(exc: DBAPIError) -> bool:
+    """Whether the database aborted the transaction only because it lost a race."""
+    return getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def store_events(session: Session, rows: Sequence[EventRow]) -> list[bool]:
+    """Store rows and commit; for each row, whether it was stored (False: a duplicate).
+
+    A row is a duplicate when one with the same user_id and event_id is stored already
+    (committed, or by a concurrent transaction that then commits) or comes earlier in
+    ``rows``; the unique constraint decides, so concurrent retries store an event once. All
+    the new rows and their aggregates are committed together, or none is.
+    """
+    stored = [False] * len(rows)
+    positions, seen = [], set()
+    for position, row in enumerate(rows):
+        key = row.dedupe_key()
+        if key is not None:
+            if key in seen:
+                continue  # a repeat inside this batch: the first one wins
+            seen.add(key)
+        positions.append(position)
+    if not positions:
+        return stored
+    todo = [rows[position] for position in positions]
+    engine = session.get_bind()
+    dialect = dialects.of(engine)
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with dialect.writer_turn(engine):
+                try:
+                    ids = _insert(session.connection(), dialect, todo)
+                    session.commit()
+                except BaseException:
+                    session.rollback()  # before the turn passes on: SQLite's lock is held
+                    raise
+            break
+        except DBAPIError as exc:
+            if attempt == ATTEMPTS or not is_retryable(exc):
+                raise
+            # Jitter, so that the two transactions that collided do not collide again.
+            time.sleep(random.uniform(0.005, 0.05) * attempt)
+    for position, id_ in zip(positions, ids):
+        stored[position] = id_ is not None
+    return stored
+
+
+def _insert(conn: Connection, dialect, rows: list[EventRow]) -> list[int | None]:
+    ids = dialect.insert_events(conn, rows)
+    added = [StoredEvent(row.occurred_at, id_, row.event, row.user_id)
+             for row, id_ in zip(rows, ids) if id_ is not None]
+    if added:
+        for aggregate in REGISTRY:
+            aggregate.on_insert(conn, added)
+    return ids
+
+
+def delete_events(engine: Engine, ids: Select) -> int:
+    """Delete the events whose ids ``ids`` selects, in one transaction; how many it deleted."""
+    statement = (delete(_events).where(_events.c.id.in_(ids.scalar_subquery()))
+                 .returning(_events.c.occurred_at, _events.c.id, _events.c.event,
+                            _events.c.user_id))
+    with dialects.of(engine).writer_turn(engine), engine.connect() as conn:
+        # On SQLite the write lock is taken at BEGIN, so the read inside the DELETE cannot be
+        # outdated by another writer (which SQLite would report as busy without waiting).
+        conn = conn.execution_options(immediate=True)
+        with conn.begin():
+            # RETURNING names exactly the rows this transaction deleted (a concurrent delete
+            # may have taken others), so the aggregates lose exactly those.
+            removed = [StoredEvent(at.astimezone(timezone.utc), id_, event, user_id)
+                       for at, id_, event, user_id in conn.execute(statement)]
+            if removed:
+                for aggregate in REGISTRY:
+                    aggregate.on_delete(conn, removed)
+        return len(removed)
+
+
+def rebuild_aggregates(engine: Engine) -> None:
+    """Recompute every aggregate from the events (after a restore or a manual change), in one
+    transaction; writers wait until it is committed."""
+    dialect = dialects.of(engine)
+    with dialect.writer_turn(engine), engine.connect() as conn:
+        conn = conn.execution_options(immediate=True)
+        with conn.begin():
+            dialect.lock_tables(conn, [table for a in REGISTRY for table in a.tables])
+            for aggregate in REGISTRY:
+                aggregate.rebuild(conn)
