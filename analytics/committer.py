@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from analytics import writer
 from analytics.db import get_session
 from analytics.errors import is_unreachable
 from analytics.rows import EventRow
+from analytics.writer import store_events
 
 EXTENSION_KEY = "analytics.committer"
 MAX_GROUP = 200  # events per shared transaction
@@ -95,6 +95,8 @@ class GroupCommitter:
                     break
             try:
                 self._write(group)
+            except BaseException:  # noqa: BLE001 - the group's requests get NoResult
+                self._app.logger.exception("the writer lost a group of events")
             finally:
                 for pending in group:
                     pending.done.set()
@@ -117,7 +119,7 @@ class GroupCommitter:
 
     @staticmethod
     def _commit(group: list[_Pending]) -> None:
-        stored = writer.store_events(get_session(), [pending.row for pending in group])
+        stored = store_events(get_session(), [pending.row for pending in group])
         for pending, was_stored in zip(group, stored):
             pending.stored = was_stored
 

@@ -16,19 +16,19 @@ DUPLICATE = {**SUCCESS, "duplicate": True}
 
 
 class HeldWriter:
-    """Stands in for committer.insert_events: records each group's user_ids, holds the first
+    """Stands in for committer.store_events: records each group's user_ids, holds the first
     group until ``queued`` more events wait behind it (so that they form the next group), and
     refuses any group holding the user ``refuse``."""
 
     def __init__(self, app, queued: int, refuse: str | None = None):
         self.writer = app.extensions[committer.EXTENSION_KEY]
-        self.real = committer.insert_events
+        self.real = committer.store_events
         self.queued, self.refuse = queued, refuse
         self.groups: list[list[str]] = []
         self.first_entered = threading.Event()
 
     def __call__(self, session, rows):
-        self.groups.append([row["user_id"] for row in rows])
+        self.groups.append([row.user_id for row in rows])
         if len(self.groups) == 1:
             self.first_entered.set()
             deadline = time.monotonic() + 10
@@ -63,7 +63,7 @@ def event(user_id: str, **fields) -> dict:
 
 def test_requests_waiting_together_share_one_transaction(app, engine, monkeypatch):
     held = HeldWriter(app, queued=6)
-    monkeypatch.setattr(committer, "insert_events", held)
+    monkeypatch.setattr(committer, "store_events", held)
     answers = post_concurrently(app, held, event("u0"), [event(f"u{n}") for n in range(1, 7)])
     assert [answer.status_code for answer in answers] == [200] * 7
     assert all(answer.get_json() == SUCCESS for answer in answers)
@@ -75,7 +75,7 @@ def test_requests_waiting_together_share_one_transaction(app, engine, monkeypatc
 
 def test_a_duplicate_inside_a_group_is_reported_to_its_own_request(app, engine, monkeypatch):
     held = HeldWriter(app, queued=2)
-    monkeypatch.setattr(committer, "insert_events", held)
+    monkeypatch.setattr(committer, "store_events", held)
     answers = post_concurrently(app, held, event("u0"),
                                 [event("u1", event_id="e"), event("u1", event_id="e")])
     assert sorted(str(answer.get_json()) for answer in answers[1:]) == sorted(
@@ -86,7 +86,7 @@ def test_a_duplicate_inside_a_group_is_reported_to_its_own_request(app, engine, 
 
 def test_an_event_the_database_refuses_fails_only_its_own_request(app, engine, monkeypatch):
     held = HeldWriter(app, queued=3, refuse="bad")
-    monkeypatch.setattr(committer, "insert_events", held)
+    monkeypatch.setattr(committer, "store_events", held)
     answers = post_concurrently(app, held, event("u0"),
                                 [event("u1"), event("bad"), event("u2")])
     by_user = dict(zip(["u0", "u1", "bad", "u2"], answers))
@@ -147,3 +147,44 @@ def test_a_writer_that_stopped_is_started_again(app, client, engine):
     assert post(client, event("u1")).status_code == 200
     assert writer._thread is not stopped and writer._thread.is_alive()
     assert [row.user_id for row in stored(engine)] == ["u0", "u1"]
+
+
+def test_a_writer_that_stops_without_a_result_is_never_a_success(app, engine, monkeypatch):
+    def stops(session, rows):
+        raise SystemExit  # what an Exception handler does not catch
+
+    monkeypatch.setattr(committer, "store_events", stops)
+    response = post(app.test_client(), event("u0"))
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "error", "message": "Failed to log event"}
+    assert response.headers["Retry-After"]
+    monkeypatch.undo()  # and the writer goes on
+    assert post(app.test_client(), event("u1")).get_json() == SUCCESS
+    assert [row.user_id for row in stored(engine)] == ["u1"]
+
+
+def test_a_request_waits_for_its_commit_only_so_long(database_url, engine, monkeypatch):
+    from analytics import create_app
+
+    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "TRACK_WAIT_SECONDS": 1})
+    release = threading.Event()
+    real = committer.store_events
+
+    def slow(session, rows):
+        release.wait(10)
+        return real(session, rows)
+
+    monkeypatch.setattr(committer, "store_events", slow)
+    try:
+        response = post(app.test_client(), event("u0"))
+        assert response.status_code == 503
+        assert response.get_json() == {"status": "error", "message": "Failed to log event"}
+    finally:
+        release.set()
+        # The held group still goes in: a 503 says the outcome is unknown, not that it failed
+        # (a retry with the same event_id is safe).
+        deadline = time.monotonic() + 10
+        while not stored(engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        app.extensions["analytics.db"]["engine"].dispose()
+    assert [row.user_id for row in stored(engine)] == ["u0"]

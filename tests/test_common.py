@@ -96,7 +96,7 @@ def test_database_bug_is_500_with_endpoint_message(app, client, monkeypatch):
     def broken_insert(session, rows):
         raise ProgrammingError("INSERT INTO events ...", {}, Exception("syntax error at or near"))
 
-    monkeypatch.setattr(committer, "insert_events", broken_insert)
+    monkeypatch.setattr(committer, "store_events", broken_insert)
     response = client.post("/track", json={"event": "e", "user_id": "u"})
     assert response.status_code == 500
     assert response.get_json() == {"status": "error", "message": "Failed to log event"}

@@ -32,8 +32,7 @@ def run_import(runner, *args, input=None):
     return runner.invoke(args=["import", *args], input=input)
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_ndjson_file_with_bad_lines(runner, engine, tmp_path, jobs):
+def test_ndjson_file_with_bad_lines(runner, engine, tmp_path):
     source = write(tmp_path / "events.ndjson", [
         ev(0, event_id="a"),          # 1
         "",                           # 2 blank: skipped
@@ -44,7 +43,7 @@ def test_ndjson_file_with_bad_lines(runner, engine, tmp_path, jobs):
         ev(7, timestamp="yesterday"),  # 7
         ev(8),                        # 8
     ])
-    result = run_import(runner, source, "--jobs", jobs)
+    result = run_import(runner, source)
     assert result.exit_code == 3, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{source}: 2 accepted, 1 duplicates, 4 rejected"
@@ -68,35 +67,30 @@ def test_a_clean_file_exits_0_and_rerunning_it_stores_nothing_new(runner, engine
     assert len(stored(engine)) == 10
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_an_interrupted_import_resumes_by_running_it_again(runner, engine, tmp_path, jobs):
+def test_an_interrupted_import_resumes_by_running_it_again(runner, engine, tmp_path):
     lines = [ev(i % 60, event_id=f"id{i}", user_id=f"user{i % 7}") for i in range(250)]
     # What an import stopped after 100 lines had committed.
     assert run_import(runner, write(tmp_path / "part.ndjson", lines[:100])).exit_code == 0
-    result = run_import(runner, write(tmp_path / "all.ndjson", lines), "--chunk-size", "30",
-                        "--jobs", jobs)
+    result = run_import(runner, write(tmp_path / "all.ndjson", lines), "--chunk-size", "30")
     assert result.exit_code == 0, result.output
     assert "150 accepted, 100 duplicates, 0 rejected" in result.output
     assert sorted(row.event_id for row in stored(engine)) == sorted(f"id{i}" for i in range(250))
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_line_numbers_stay_right_across_chunks(runner, engine, tmp_path, jobs):
+def test_line_numbers_stay_right_across_chunks(runner, engine, tmp_path):
     lines = [ev(i % 60) if i % 4 else '{"user_id": "u"}' for i in range(1, 21)]
-    result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--chunk-size", "3",
-                        "--jobs", jobs)
+    result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--chunk-size", "3")
     assert result.exit_code == 3
     assert [line.split(":")[0].strip() for line in result.output.splitlines()[1:]] == [
         f"line {n}" for n in (4, 8, 12, 16, 20)]
     assert len(stored(engine)) == 15
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_the_report_file_lists_every_rejected_line_and_the_summary(runner, engine, tmp_path, jobs):
+def test_the_report_file_lists_every_rejected_line_and_the_summary(runner, engine, tmp_path):
     lines = ['{"event": "e"}' if i % 2 else ev(0) for i in range(60)]
     report = tmp_path / "report.txt"
     result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--report", str(report),
-                        "--chunk-size", "7", "--jobs", jobs)
+                        "--chunk-size", "7")
     assert result.exit_code == 3
     written = report.read_text().splitlines()
     assert written[:-1] == [f"line {n}: user_id is required" for n in range(2, 61, 2)]
@@ -127,8 +121,7 @@ def test_rules_are_those_of_track(runner, engine, tmp_path):
     assert b.meta["timestamp_warning"] == FUTURE_WARNING
 
 
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_csv_file(runner, engine, tmp_path, jobs):
+def test_csv_file(runner, engine, tmp_path):
     source = write(tmp_path / "events.csv", [
         HEADER,
         'play,u1,2025-01-18T14:30:00Z,e1,"{""song_id"": ""s1"", ""n"": [1, 2]}"',   # 2
@@ -142,7 +135,7 @@ def test_csv_file(runner, engine, tmp_path, jobs):
         "play,u5,2025-01-18T00:00:00Z",                                           # 10 short
         "play,u1,2025-01-19T00:00:00Z,e1,",                                       # 11 duplicate
     ], newline="\r\n")
-    result = run_import(runner, source, "--jobs", jobs)
+    result = run_import(runner, source)
     assert result.exit_code == 3, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{source}: 3 accepted, 1 duplicates, 4 rejected"
@@ -269,21 +262,21 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
     calls = {"n": 0}
 
     from analytics import importer
-    original = importer.bulk.commit_events
+    original = importer.writer.store_events
 
     def fail_second_chunk(session, rows):
         calls["n"] += 1
-        if any(row["event_id"] == "id4" for row in rows):  # the second chunk (lines 5 to 8)
+        if any(row.event_id == "id4" for row in rows):  # the second chunk (lines 5 to 8)
             # What a lost connection looks like to the importer.
             from sqlalchemy.exc import OperationalError
             raise OperationalError("INSERT", {}, Exception("server closed the connection"))
         return original(session, rows)
 
-    importer.bulk.commit_events = fail_second_chunk
+    importer.writer.store_events = fail_second_chunk
     try:
         result = app.test_cli_runner().invoke(args=["import", source, "--chunk-size", "4"])
     finally:
-        importer.bulk.commit_events = original
+        importer.writer.store_events = original
     assert result.exit_code == 1
     assert "4 accepted, 0 duplicates, 0 rejected; stopped after line 4" in result.output
     assert "run the same import again to resume" in result.output
@@ -297,9 +290,9 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
     assert len(stored(engine)) == 10
 
 
-def test_a_worker_process_that_cannot_store_stops_the_import_clearly(backend, tmp_path, request):
-    """With --jobs, a database error in a worker process reaches the operator as the same one
-    clear line as without (here: a database nobody ran the migrations on)."""
+def test_a_database_without_tables_stops_the_import_clearly(backend, tmp_path, request):
+    """A database error reaches the operator as one clear line (here: a database nobody ran
+    the migrations on)."""
     if backend == "sqlite":
         url, drop = f"sqlite:///{tmp_path / 'empty.db'}", (lambda: None)
     else:
@@ -307,8 +300,7 @@ def test_a_worker_process_that_cannot_store_stops_the_import_clearly(backend, tm
     try:
         app = create_app({"TESTING": True, "DATABASE_URL": url})
         source = write(tmp_path / "e.ndjson", [ev(i % 60) for i in range(10)])
-        result = app.test_cli_runner().invoke(args=["import", source, "--jobs", "2",
-                                                    "--chunk-size", "4"])
+        result = app.test_cli_runner().invoke(args=["import", source, "--chunk-size", "4"])
         app.extensions["analytics.db"]["engine"].dispose()
     finally:
         drop()
@@ -390,4 +382,4 @@ def test_several_writers_store_everything_and_count_in_file_order(database_url, 
     assert counted == [9, 18, 27, 36, 42, 45, 54, 63, 72, 81, 90, 99, 100]
     assert len(stored(engine)) == 69
     with engine.connect() as conn:  # and the daily totals took each stored event once
-        assert conn.execute(text("SELECT sum(n) FROM event_counts")).scalar() == 69
+        assert conn.execute(text("SELECT sum(n) FROM event_buckets")).scalar() == 69

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from analytics.bulk import InvalidEvent, load_event
+from analytics.validation import InvalidEvent, load_event
 from analytics.ingest import parse_general_timestamp, parse_timestamp
 from analytics.schemas import (TrackEventSchema, has_nul, json_text_is_nul_free,
                                quick_load_event)

@@ -86,16 +86,21 @@ def _period_paths(spec: APISpec) -> None:
     spec.components.schema("SessionsRow", schema=schemas.SessionsRowSchema)
     spec.components.schema("SessionsResponse", schema=schemas.SessionsResponseSchema)
     parameters = [{"in": "query", "schema": schemas.PeriodQuerySchema}]
+    session_parameters = [{"in": "query", "schema": schemas.PeriodQuerySchema(exclude=("event",))}]
     validation = _error(
         'Invalid query string; exactly one of, in this order of precedence: '
-        f'"{schemas.DATES_REQUIRED}", "{schemas.INVALID_DATE}", '
-        f'"{schemas.DATES_OUT_OF_ORDER}", "{schemas.INVALID_GROUP_BY}"')
+        + ", ".join(f'"{message}"' for message in schemas.PERIOD_QUERY_PRECEDENCE)
+        + ', then "event is not a parameter of /sessions" (on /sessions)')
     validation["content"][JSON]["example"] = {"status": "error",
                                               "message": schemas.DATES_REQUIRED}
-    range_note = ("The range is inclusive of both dates in UTC: start_date 00:00:00Z <= t < "
-                  "(end_date + 1 day) 00:00:00Z. Periods are UTC days, ISO weeks (labelled "
-                  "with their Monday, which may precede start_date) or months (YYYY-MM-01). "
-                  "Periods without data are left out.")
+    range_note = (
+        "start_date and end_date are local dates in the zone tz (default UTC): the range is "
+        "every event whose local date lies between them, inclusive. Periods are local hours "
+        "(labelled YYYY-MM-DDTHH:00+HH:MM with the UTC offset, so the hour repeated when "
+        "clocks go back appears twice and the skipped one not at all), days (YYYY-MM-DD), "
+        "weeks starting on week_start (labelled with that day, which may precede start_date) "
+        "or months (YYYY-MM-01), ordered by their first instant. Periods without data are "
+        "left out unless fill=zero. Exact in every zone: no sampling.")
     spec.path(path="/metrics", operations={"get": {
         "summary": "Event counts per event name per period",
         "description": range_note,
@@ -120,7 +125,7 @@ def _period_paths(spec: APISpec) -> None:
             "session. A session belongs to the period of its play and is in the range when "
             "its play is (its stop may come later). Durations are exact; totals and "
             "averages are whole seconds, halves rounded up. " + range_note),
-        "parameters": parameters,
+        "parameters": session_parameters,
         "responses": {
             "200": {"description": "Sessions per period, ascending", "content": {JSON: {
                 "schema": "SessionsResponse",

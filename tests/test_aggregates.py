@@ -1,41 +1,45 @@
-"""The pre-aggregated tables stay equal to a recomputation from the events, whatever writes them."""
+"""The aggregates stay equal to a recomputation from the events, whatever writes them, and every
+aggregate of the registry hears of every write."""
 from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
-from analytics import rollups
-from analytics.models import Event, EventCount, SessionCount, sqlite_timestamp
-from analytics.periods import event_keys_json
+from analytics import aggregates as registry_module
+from analytics import dialects, retention, writer
+from analytics.models import (Event, EventBucket, PlayStopSession, SessionBucket,
+                              sqlite_timestamp)
+from analytics.periods import bucket_of
 
 START = datetime(2025, 3, 1, tzinfo=timezone.utc)
+DAY0 = bucket_of(START) // 96
 
 
-def aggregates(engine) -> tuple[dict, dict]:
-    """The two tables, summed over shards, without zero rows."""
+def aggregates(engine) -> tuple[dict, dict, set]:
+    """Event counts per bucket and name and session totals per bucket, summed over shards,
+    without zero rows, and the session rows (play id, stop id, duration)."""
     with Session(engine) as session:
-        counts: dict = {}
-        for row in session.execute(select(EventCount)).scalars():
-            key = (row.day, row.event)
-            counts[key] = counts.get(key, 0) + row.n
-        sessions: dict = {}
-        for row in session.execute(select(SessionCount)).scalars():
-            n, total = sessions.get(row.day, (0, 0))
-            sessions[row.day] = (n + row.sessions, total + row.total_us)
-    return ({k: v for k, v in counts.items() if v},
-            {k: v for k, v in sessions.items() if v != (0, 0)})
+        counts: Counter = Counter()
+        for row in session.execute(select(EventBucket)).scalars():
+            counts[(row.bucket, row.event)] += row.n
+        totals: dict = {}
+        for row in session.execute(select(SessionBucket)).scalars():
+            n, total = totals.get(row.bucket, (0, 0))
+            totals[row.bucket] = (n + row.sessions, total + row.total_us)
+        pairs = {(row.play_id, row.stop_id, row.duration_us)
+                 for row in session.execute(select(PlayStopSession)).scalars()}
+    return (+counts, {k: v for k, v in totals.items() if v != (0, 0)}, pairs)
 
 
-def rebuilt(engine) -> tuple[dict, dict]:
-    with Session(engine) as session:
-        rollups.rebuild(session)
-        session.commit()
+def rebuilt(engine) -> tuple[dict, dict, set]:
+    writer.rebuild_aggregates(engine)
     return aggregates(engine)
 
 
@@ -43,6 +47,15 @@ def assert_exact(engine):
     incremental = aggregates(engine)
     assert incremental == rebuilt(engine)
     return incremental
+
+
+def per_day(totals: dict) -> dict:
+    """Session totals per UTC day (index from START's day)."""
+    days: dict = {}
+    for bucket, (n, total) in totals.items():
+        a, b = days.get(bucket // 96 - DAY0, (0, 0))
+        days[bucket // 96 - DAY0] = (a + n, b + total)
+    return days
 
 
 def random_events(rng: random.Random, n: int, users: int = 6) -> list[dict]:
@@ -56,9 +69,9 @@ def test_single_events_in_random_order_keep_aggregates_exact(client, engine):
     rng = random.Random(7)
     for event in random_events(rng, 150):
         assert client.post("/track", json=event).status_code == 200
-    counts, sessions = assert_exact(engine)
+    counts, sessions, pairs = assert_exact(engine)
     assert sum(counts.values()) == 150
-    assert sessions  # the history does contain sessions
+    assert sessions and pairs  # the history does contain sessions
 
 
 def at(seconds: int) -> str:
@@ -74,16 +87,16 @@ def test_a_run_of_events_landing_inside_a_session_splits_it(client, engine, size
     assert client.post("/track/batch", json={"events": [
         {"event": "play", "user_id": "u", "timestamp": at(0)},
         {"event": "stop", "user_id": "u", "timestamp": at(100)}]}).status_code == 200
-    assert assert_exact(engine)[1] == {START.date(): (1, 100_000_000)}
+    assert per_day(assert_exact(engine)[1]) == {0: (1, 100_000_000)}
     assert client.post("/track/batch", json={"events": others + [
         {"event": "play", "user_id": "u", "timestamp": at(50)},
         {"event": "stop", "user_id": "u", "timestamp": at(20)}]}).status_code == 200
-    assert assert_exact(engine)[1] == {START.date(): (2, 70_000_000)}
+    assert per_day(assert_exact(engine)[1]) == {0: (2, 70_000_000)}
     # And a third event after the stop changes nothing; a play at 10 inside 0-20 breaks it.
     assert client.post("/track/batch", json={"events": others + [
         {"event": "play", "user_id": "u", "timestamp": at(200)},
         {"event": "play", "user_id": "u", "timestamp": at(10)}]}).status_code == 200
-    assert assert_exact(engine)[1] == {START.date(): (2, 60_000_000)}
+    assert per_day(assert_exact(engine)[1]) == {0: (2, 60_000_000)}
 
 
 def test_batches_and_duplicates_keep_aggregates_exact(client, engine):
@@ -96,7 +109,7 @@ def test_batches_and_duplicates_keep_aggregates_exact(client, engine):
         rng.shuffle(batch)
         response = client.post("/track/batch", json={"events": batch})
         assert response.status_code == 200
-    counts, _ = assert_exact(engine)
+    counts, _, _ = assert_exact(engine)
     assert sum(counts.values()) == 400
 
 
@@ -112,7 +125,7 @@ def test_purge_keeps_aggregates_exact(app, client, engine):
         session.commit()
     result = app.test_cli_runner().invoke(args=["purge", "--batch-size", "17"])
     assert result.exit_code == 0, result.output
-    counts, _ = assert_exact(engine)
+    counts, _, _ = assert_exact(engine)
     assert sum(counts.values()) == 120
 
 
@@ -135,7 +148,7 @@ def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(send, [events[i::8] for i in range(8)]))
-    counts, _ = assert_exact(engine)
+    counts, _, _ = assert_exact(engine)
     assert sum(counts.values()) == 600
 
 
@@ -145,10 +158,10 @@ def test_rebuild_from_scratch_matches(client, engine):
         client.post("/track", json=event)
     before = aggregates(engine)
     with Session(engine) as session:
-        session.execute(delete(EventCount))
-        session.execute(delete(SessionCount))
+        for table in (EventBucket, PlayStopSession, SessionBucket):
+            session.execute(delete(table))
         session.commit()
-    assert aggregates(engine) == ({}, {})
+    assert aggregates(engine) == ({}, {}, set())
     assert rebuilt(engine) == before
 
 
@@ -241,5 +254,92 @@ def test_timestamps_sent_as_text_are_the_stored_text(engine, backend):
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT occurred_at FROM events ORDER BY id")).scalars().all()
     assert [sqlite_timestamp(at) for at in times] == stored
-    keys = json.loads(event_keys_json("sqlite", [("u", at, i) for i, at in enumerate(times)]))
-    assert [key["occurred_at"] for key in keys] == stored
+    windows = json.loads(dialects.of(engine).windows_json([("u", at, at) for at in times]))
+    assert [window[1] for window in windows] == stored
+
+
+class RecordingAggregate:
+    """An aggregate that only writes down what the write path tells it."""
+
+    name = "recording"
+    tables: tuple[str, ...] = ()
+
+    def __init__(self):
+        self.inserted: list[int] = []
+        self.deleted: list[int] = []
+        self.rebuilds = 0
+
+    def on_insert(self, conn, events):
+        self.inserted.extend(e.id for e in events)
+
+    def on_delete(self, conn, events):
+        self.deleted.extend(e.id for e in events)
+
+    def rebuild(self, conn):
+        self.rebuilds += 1
+
+
+def stored_ids(engine) -> list[int]:
+    with Session(engine) as session:
+        return sorted(session.scalars(select(Event.id)))
+
+
+def test_a_registered_aggregate_hears_of_every_write_path(app, client, engine, monkeypatch,
+                                                         tmp_path):
+    recorder = RecordingAggregate()
+    monkeypatch.setattr(writer, "REGISTRY", (*registry_module.REGISTRY, recorder))
+    event = {"event": "play", "user_id": "u", "timestamp": "2025-03-01T10:00:00Z"}
+    assert client.post("/track", json=event).status_code == 200
+    assert client.post("/track", json={**event, "event_id": "x"}).status_code == 200
+    assert client.post("/track", json={**event, "event_id": "x"}).get_json()["duplicate"]
+    assert client.post("/track/batch", json={"events": [event] * 30}).status_code == 200
+    source = tmp_path / "e.ndjson"
+    source.write_text("\n".join(json.dumps({**event, "user_id": f"i{n}"}) for n in range(5)))
+    result = app.test_cli_runner().invoke(args=["import", str(source)])
+    assert result.exit_code == 0, result.output
+    ids = stored_ids(engine)
+    assert len(ids) == 37
+    assert sorted(recorder.inserted) == ids  # each stored event once, duplicates never
+
+    with Session(engine) as session:  # expire a third of them, and delete three directly
+        session.execute(Event.__table__.update().where(Event.id.in_(ids[::3]))
+                        .values(received_at=START - timedelta(days=400)))
+        session.commit()
+    cutoff = retention.retention_cutoff(30, datetime.now(timezone.utc))
+    assert retention.purge_expired(engine, cutoff, batch_size=4, pace=0) == len(ids[::3])
+    assert writer.delete_events(engine, select(Event.id).where(Event.id.in_(ids[1:4]))) == 2
+    assert sorted(recorder.deleted) == sorted({*ids[::3], *ids[1:4]})
+
+    result = app.test_cli_runner().invoke(args=["rebuild-aggregates"])
+    assert result.exit_code == 0, result.output
+    assert recorder.rebuilds == 1
+    assert_exact(engine)
+
+
+def test_the_sessions_table_holds_each_pairing(client, engine):
+    # play, play, stop, stop: one session, from the second play to the first stop.
+    for name, second in (("play", 0), ("play", 5), ("stop", 9), ("stop", 20)):
+        client.post("/track", json={"event": name, "user_id": "u", "timestamp": at(second)})
+    with Session(engine) as session:
+        ids = {(e.event, e.occurred_at): e.id for e in session.scalars(select(Event))}
+        rows = session.execute(select(PlayStopSession.play_id, PlayStopSession.stop_id,
+                                      PlayStopSession.duration_us)).all()
+    assert rows == [(ids[("play", START + timedelta(seconds=5))],
+                     ids[("stop", START + timedelta(seconds=9))], 4_000_000)]
+    assert_exact(engine)
+
+
+def test_an_event_between_a_play_and_its_stop_by_timestamp_tie(client, engine):
+    # Equal timestamps are ordered by arrival: play@0, stop@10, then a play@10 arriving later
+    # comes after the stop and starts nothing; a stop@0 arriving later comes after the play.
+    for name, second in (("play", 0), ("stop", 10), ("play", 10), ("stop", 0)):
+        client.post("/track", json={"event": name, "user_id": "u", "timestamp": at(second)})
+    _, totals, pairs = assert_exact(engine)
+    assert [duration for _, _, duration in pairs] == [0]
+    assert sum(n for n, _ in totals.values()) == 1
+
+
+def test_counting_nothing_leaves_no_rows(engine):
+    with Session(engine) as session:
+        assert writer.store_events(session, []) == []
+        assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
