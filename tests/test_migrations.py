@@ -49,3 +49,52 @@ def test_the_app_never_creates_tables(tmp_path):
     assert inspect(engine).get_table_names() == []
     engine.dispose()
     app.extensions["analytics.db"]["engine"].dispose()
+
+
+def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend, tmp_path,
+                                                                         request):
+    """Events stored at revision 0005 are counted and paired by the upgrade exactly as a
+    rebuild would, and survive the downgrade."""
+    from sqlalchemy import text
+
+    from analytics import writer
+    from conftest import create_postgres_database
+
+    if backend == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'm.db'}", (lambda: None)
+    else:
+        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
+    cfg = alembic_config(url)
+    engine = create_engine(url)
+    try:
+        command.upgrade(cfg, "0005")
+        with engine.begin() as conn:
+            for n, (name, at) in enumerate([("play", "2025-01-01 10:00:00"),
+                                            ("stop", "2025-01-01 10:00:30.250000"),
+                                            ("view", "2025-01-02 23:59:59"),
+                                            ("play", "2025-01-03 00:00:00"),
+                                            ("play", "2025-01-03 00:01:00"),
+                                            ("stop", "2025-01-03 00:02:00")]):
+                conn.execute(text("INSERT INTO events (event, user_id, occurred_at, "
+                                  "received_at) VALUES (:e, 'u', :at, :at)"),
+                             {"e": name, "at": at + ("" if "." in at else ".000000")})
+        command.upgrade(cfg, "head")
+        tables = ("event_buckets", "sessions", "session_buckets")
+
+        def contents():
+            with engine.connect() as conn:
+                return {table: sorted(tuple(row) for row in conn.execute(text(
+                    f"SELECT * FROM {table}"))) for table in tables}
+
+        migrated = contents()
+        assert [row[-1] for row in migrated["sessions"]] == [30_250_000, 60_000_000]
+        assert sum(row[-1] for row in migrated["event_buckets"]) == 6
+        writer.rebuild_aggregates(engine)
+        assert contents() == migrated
+        command.downgrade(cfg, "0005")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT sum(n) FROM event_counts")).scalar() == 6
+            assert conn.execute(text("SELECT sum(sessions) FROM session_counts")).scalar() == 2
+    finally:
+        engine.dispose()
+        drop()
