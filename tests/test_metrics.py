@@ -320,9 +320,11 @@ def test_openapi_documents_both_endpoints(client):
     for path in PERIOD_PATHS:
         operation = document["paths"][path]["get"]
         parameters = {p["name"]: p for p in operation["parameters"]}
-        assert set(parameters) == {"start_date", "end_date", "group_by", "user_id"}
+        expected = {"start_date", "end_date", "group_by", "user_id", "tz", "week_start", "fill"}
+        assert set(parameters) == expected | ({"event"} if path == "/metrics" else set())
         assert parameters["start_date"]["required"] and parameters["end_date"]["required"]
-        assert parameters["group_by"]["schema"]["enum"] == ["day", "week", "month"]
+        assert parameters["group_by"]["schema"]["enum"] == ["hour", "day", "week", "month"]
+        assert parameters["fill"]["schema"]["enum"] == ["none", "zero"]
         assert {"200", "400", "500", "503"} <= set(operation["responses"])
         assert operation["responses"]["200"]["content"]["application/json"]["example"]["data"]
 
