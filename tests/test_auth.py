@@ -376,3 +376,37 @@ def test_a_failed_refusal_never_writes_last_use(make_app, engine):
     secret = create_key(app, "ingest-only", "ingest")
     assert app.test_client().get(METRICS, headers=bearer(secret)).status_code == 403
     assert last_used(engine, "ingest-only") is None
+
+
+# --- Every worker -----------------------------------------------------------------------------
+
+@pytest.mark.live
+def test_keys_reach_every_worker(live_server, database_url):
+    """A new key works at once on every gunicorn worker; a revoked one is refused by all of
+    them within the contract's five seconds."""
+    import http.client
+    import time
+
+    from conftest import run_flask
+
+    server = live_server(workers=2, AUTH_MODE="reads")
+
+    def statuses(secret: str, count: int = 40) -> set[int]:
+        found = set()
+        for _ in range(count):  # a connection each, spread over the workers by the kernel
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            connection.request("GET", METRICS, headers=bearer(secret))
+            found.add(connection.getresponse().status)
+            connection.close()
+        return found
+
+    created = run_flask(database_url, "keys", "create", "live", "--scope", "read")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.splitlines()[-1]
+    assert statuses(secret) == {200}
+
+    assert run_flask(database_url, "keys", "revoke", "live").returncode == 0
+    revoked_at = time.monotonic()
+    while statuses(secret, 10) != {401}:
+        assert time.monotonic() - revoked_at < 5
+    assert statuses(secret) == {401}
