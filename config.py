@@ -66,12 +66,12 @@ def _bool(environ, name: str, default: bool) -> bool:
 
 
 AUTH_MODES = ("open", "reads", "all")
-RATE_LIMIT_STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
+RATE_LIMIT_STORAGE_SCHEMES = ("memory", "redis", "rediss", "unix")
 
 
 def parse_rate(text: str) -> str:
-    """A rate limit as flask-limiter reads it (``100/second``, ``5000 per hour``, several
-    separated by ``;``), returned as given; ValueError when it is not one."""
+    """A rate limit as ``limits`` (and flask-limiter) reads it (``100/second``, ``5000 per
+    hour``, several separated by ``;``), returned as given; ValueError when it is not one."""
     from limits import parse_many
 
     text = text.strip()

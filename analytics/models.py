@@ -159,7 +159,7 @@ class AccessKey(Base):
     scopes: Mapped[str] = mapped_column(String(64))
     # Space-separated allowed browser origins; NULL: any origin.
     origins: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # A flask-limiter rate such as "100/second"; NULL: no limit of its own.
+    # A rate such as "100/second"; NULL: no limit of its own.
     rate: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
