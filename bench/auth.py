@@ -141,13 +141,13 @@ def main() -> None:
     print(f"\n{backend}, {args.connections} connections, medians of {args.rounds} rounds of "
           f"{args.duration} s")
     print(f"{'':<16}" + "".join(f"{endpoint:>24}" for endpoint in endpoints))
-    print(f"{'':<16}" + f"{'req/s':>14}{'vs keys off':>10}" * len(endpoints))
+    print(f"{'':<16}" + f"{'req/s':>12}{'vs keys off':>12}" * len(endpoints))
     for name, *_ in servers:
         cells = []
         for endpoint in endpoints:
             mine, off = rates[name, endpoint], rates["keys off", endpoint]
             ratio = statistics.median(m / o for m, o in zip(mine, off))
-            cells.append(f"{statistics.median(mine):>14.0f}{ratio:>10.0%}")
+            cells.append(f"{statistics.median(mine):>12.0f}{ratio:>12.0%}")
         print(f"{name:<16}" + "".join(cells))
 
 
