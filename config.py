@@ -65,6 +65,50 @@ def _bool(environ, name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+AUTH_MODES = ("open", "reads", "all")
+RATE_LIMIT_STORAGE_SCHEMES = ("memory", "redis", "rediss", "unix")
+
+
+def parse_rate(text: str) -> str:
+    """A rate limit as ``limits`` (and flask-limiter) reads it (``100/second``, ``5000 per
+    hour``, several separated by ``;``), returned as given; ValueError when it is not one."""
+    from limits import parse_many
+
+    text = text.strip()
+    try:
+        items = parse_many(text) if text else []
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise ValueError(f"not a rate such as 100/second or 5000/hour: {text!r}")
+    return text
+
+
+def _rate(environ, name: str, default: str | None) -> str | None:
+    """A rate limit, or None for ``off``."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() == "off":
+        return None
+    try:
+        return parse_rate(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be off or a rate such as 120/minute, got {raw!r}") from None
+
+
+def _storage_url(environ, name: str) -> str:
+    """Where rate-limit counts live: memory:// (each process alone) unless a Redis URL is given."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return "memory://"
+    scheme = raw.partition("://")[0].lower() if "://" in raw else ""
+    if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+        raise ConfigError(f"{name} must be a redis:// URL (e.g. redis://127.0.0.1:6379/0) or "
+                          f"memory://, got {raw!r}")
+    return raw
+
+
 def _choice(environ, name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = environ.get(name, "").strip().upper() or default
     if raw not in choices:
@@ -77,6 +121,9 @@ class Config:
 
     TESTING = False
     REQUIRED: tuple[str, ...] = ()
+    # What needs an access key, and how often a client without one may ask, unless set.
+    DEFAULT_AUTH_MODE = "open"
+    DEFAULT_RATE_LIMIT_ANONYMOUS: str | None = None
 
     def __init__(self, environ=None):
         environ = os.environ if environ is None else environ
@@ -99,6 +146,13 @@ class Config:
         self.DB_STATEMENT_TIMEOUT_MS = _int(environ, "DB_STATEMENT_TIMEOUT_MS", 30000)
         # The longest a POST /track waits for its event's commit before answering 503.
         self.TRACK_WAIT_SECONDS = _int(environ, "TRACK_WAIT_SECONDS", 10, minimum=1)
+        mode = environ.get("AUTH_MODE", "").strip().lower() or self.DEFAULT_AUTH_MODE
+        if mode not in AUTH_MODES:
+            raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+        self.AUTH_MODE = mode
+        self.RATE_LIMIT_ANONYMOUS = _rate(environ, "RATE_LIMIT_ANONYMOUS",
+                                          self.DEFAULT_RATE_LIMIT_ANONYMOUS)
+        self.RATE_LIMIT_STORAGE_URL = _storage_url(environ, "RATE_LIMIT_STORAGE_URL")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in dir(self) if k.isupper()}
@@ -109,9 +163,12 @@ class DevelopmentConfig(Config):
 
 
 class ProductionConfig(Config):
-    """Serving for real: the database must be named explicitly."""
+    """Serving for real: the database must be named explicitly, reads need a key, and clients
+    without one are held to a rate."""
 
     REQUIRED = ("DATABASE_URL",)
+    DEFAULT_AUTH_MODE = "reads"
+    DEFAULT_RATE_LIMIT_ANONYMOUS = "120/minute"
 
 
 class TestingConfig(Config):

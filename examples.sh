@@ -7,6 +7,8 @@
 #   ./examples.sh                                  # against http://127.0.0.1:8000
 #   BASE_URL=https://analytics.example.com ./examples.sh
 #   USER_ID=user456 ./examples.sh                  # another user (letters, digits, - and _)
+#   ANALYTICS_KEY=ak_... ./examples.sh             # a server that needs keys: a key with the
+#                                                  # ingest and read scopes, sent as a Bearer token
 #
 # Needs only sh, curl and date (GNU coreutils, BusyBox or BSD/macOS). For a server with a
 # self-signed certificate, point curl at it: CURL_CA_BUNDLE=/path/to/cert.pem ./examples.sh
@@ -15,6 +17,7 @@ set -eu
 BASE_URL=${BASE_URL:-http://127.0.0.1:8000}
 BASE_URL=${BASE_URL%/}
 USER_ID=${USER_ID:-user123}
+ANALYTICS_KEY=${ANALYTICS_KEY:-}
 DAY=86400
 
 # utc EPOCH FORMAT: an instant given in seconds since 1970, formatted in UTC.
@@ -41,10 +44,19 @@ RUN_ID=$NOW-$$
 request() {
   printf '\n== %s\n%s %s\n' "$1" "$2" "$BASE_URL$3"
   if [ $# -ge 4 ]; then
-    printf '%s' "$4" | curl -sS --max-time 30 -X "$2" "$BASE_URL$3" \
+    printf '%s' "$4" | api_curl -sS --max-time 30 -X "$2" "$BASE_URL$3" \
       -H "Content-Type: ${5:-application/json}" --data-binary @- -w '\nHTTP %{http_code}\n'
   else
-    curl -sS --max-time 30 -X "$2" "$BASE_URL$3" -w '\nHTTP %{http_code}\n'
+    api_curl -sS --max-time 30 -X "$2" "$BASE_URL$3" -w '\nHTTP %{http_code}\n'
+  fi
+}
+
+# api_curl ARGS...: curl, with the access key when one is given (never printed).
+api_curl() {
+  if [ -n "$ANALYTICS_KEY" ]; then
+    curl -H "Authorization: Bearer $ANALYTICS_KEY" "$@"
+  else
+    curl "$@"
   fi
 }
 

@@ -32,11 +32,12 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from analytics import committer, cors, db, inputs
+    from analytics import auth, committer, cors, db, inputs
 
     db.init_app(app)
     committer.init_app(app)
     cors.init_app(app)
+    auth.init_app(app)  # access keys and rate limits, before any input is read
     inputs.init_app(app)
     if app.config["TRUSTED_PROXIES"]:
         from werkzeug.middleware.proxy_fix import ProxyFix

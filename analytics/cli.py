@@ -13,10 +13,11 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
-from analytics import importer, retention, writer
+from analytics import importer, keys, retention, writer
 from analytics.aggregates import REGISTRY
 from analytics.db import get_engine, get_session, ping
 from analytics.models import utcnow
+from config import parse_rate
 
 COMMANDS: list = []
 
@@ -228,3 +229,101 @@ def rebuild_aggregates() -> None:
     except SQLAlchemyError as exc:
         raise click.ClickException(_database_failure(exc)) from None
     click.echo("Rebuilt the aggregates: " + ", ".join(a.name for a in REGISTRY))
+
+
+@command
+@click.group("keys")
+def keys_group() -> None:
+    """Create, list and revoke access keys (see the README's "Securing a deployment")."""
+
+
+def _check_option(check):
+    def callback(_ctx, _param, values):
+        try:
+            if isinstance(values, tuple):
+                return [check(value) for value in values]
+            return None if values is None else check(values)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return callback
+
+
+def _keys_failure(exc: SQLAlchemyError) -> str:
+    kind, reason = importer.describe_error(exc)
+    if kind == "missing-table":
+        where = get_engine().url.render_as_string(hide_password=True)
+        return f"no keys table in the database at {where} (run alembic upgrade head): {reason}"
+    return _failure_text(kind, reason)
+
+
+@keys_group.command("create")
+@click.argument("name", callback=_check_option(keys.check_name))
+@click.option("--scope", "scopes", multiple=True, required=True,
+              type=click.Choice(keys.SCOPES),
+              help="What the key allows: ingest, read or admin (everything). Repeatable.")
+@click.option("--origin", "origins", multiple=True, callback=_check_option(keys.check_origin),
+              help="A browser origin the key may be used from, e.g. https://example.com. "
+                   "Repeatable; without it, any origin.")
+@click.option("--rate", default=None, callback=_check_option(parse_rate),
+              help="The key's own rate limit, e.g. 100/second or 5000/hour; without it, none.")
+@with_appcontext
+def keys_create(name: str, scopes: tuple[str, ...], origins: list[str], rate: str | None
+                ) -> None:
+    """Create a key and print its secret, once, alone on the last line."""
+    session = get_session()
+    try:
+        secret = keys.create_key(session, name, list(scopes), origins, rate, utcnow())
+        session.commit()
+    except keys.KeyProblem as exc:
+        raise click.ClickException(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_keys_failure(exc)) from None
+    details = [f"scopes {' '.join(s for s in keys.SCOPES if s in scopes)}",
+               f"origins {' '.join(origins)}" if origins else "any origin",
+               f"rate {rate}" if rate else "no rate limit of its own"]
+    click.echo(f"Created key {name!r}: {'; '.join(details)}.")
+    click.echo("Its secret follows; it is shown only this once and cannot be recovered:")
+    click.echo(secret)
+
+
+def _when(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "never"
+
+
+@keys_group.command("list")
+@with_appcontext
+def keys_list() -> None:
+    """List every key (never its secret): name, scopes, origins, rate, created, last used."""
+    try:
+        rows = keys.list_keys(get_session())
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_keys_failure(exc)) from None
+    if not rows:
+        click.echo("No keys. Create one with: flask --app wsgi keys create NAME --scope read")
+        return
+    table = [("NAME", "SCOPES", "ORIGINS", "RATE", "CREATED", "LAST USED", "STATUS")]
+    for key in rows:
+        table.append((key.name, key.scopes.replace(" ", ","),
+                      (key.origins or "*").replace(" ", ","), key.rate or "-",
+                      _when(key.created_at), _when(key.last_used_at),
+                      f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@with_appcontext
+def keys_revoke(name: str) -> None:
+    """Revoke a key: every worker refuses it within seconds. Its name stays taken."""
+    session = get_session()
+    try:
+        key = keys.revoke_key(session, name, utcnow())
+        revoked_at = key.revoked_at
+        session.commit()
+    except keys.KeyProblem as exc:
+        raise click.ClickException(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_keys_failure(exc)) from None
+    click.echo(f"Revoked key {name!r} at {_when(revoked_at)}.")

@@ -10,6 +10,10 @@ from flask import Flask, request
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Requested-With"
 MAX_AGE_SECONDS = "86400"
+# Headers a browser script may read from an answer besides the basic ones: the limits and
+# the reason for a refusal.
+EXPOSE_HEADERS = ("RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, "
+                  "WWW-Authenticate")
 
 
 def init_app(app: Flask) -> None:
@@ -28,4 +32,5 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _allow_origin(response):
         response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response

@@ -1,11 +1,11 @@
-"""The schema: the ``events`` table, the aggregates derived from it, and the types that keep
-time in UTC."""
+"""The schema: the ``events`` table, the aggregates derived from it, the access keys, and the
+types that keep time in UTC."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Index, Integer, MetaData,
-                        SmallInteger, String, UniqueConstraint, literal_column, text)
+                        SmallInteger, String, Text, UniqueConstraint, literal_column, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -155,3 +155,27 @@ class SessionBucket(Base):
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     sessions: Mapped[int] = mapped_column(BigInteger)
     total_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class AccessKey(Base):
+    """An access key as stored: its name, what it may do and from where, never its secret.
+
+    Only the SHA-256 digest of the secret is kept (see auth.py); a revoked key keeps its row,
+    so that its name stays taken and ``keys list`` still shows when it was last used.
+    """
+
+    __tablename__ = "keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Hex SHA-256 of the secret: what a presented key is looked up by.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Space-separated, e.g. "ingest read".
+    scopes: Mapped[str] = mapped_column(String(64))
+    # Space-separated allowed browser origins; NULL: any origin.
+    origins: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A rate such as "100/second"; NULL: no limit of its own.
+    rate: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -3,6 +3,9 @@
 PostgreSQL is found at TEST_POSTGRES_URL (default: the local server, database ``test``). When it
 cannot be reached, its half of the suite is skipped with a reason, unless
 ANALYTICS_TEST_POSTGRES=required, which turns that into a failure (CI sets it).
+
+Redis, for the rate limits shared between processes, is found at TEST_REDIS_URL (default the
+local server); the same rule applies with ANALYTICS_TEST_REDIS=required.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ PG_URL = os.environ.get("TEST_POSTGRES_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_REQUIRED = os.environ.get("ANALYTICS_TEST_POSTGRES", "").lower() == "required"
 BACKENDS = ("sqlite", "postgresql")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_REQUIRED = os.environ.get("ANALYTICS_TEST_REDIS", "").lower() == "required"
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -129,6 +134,59 @@ def app(database_url):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def make_app(database_url):
+    """``make_app(AUTH_MODE="all", ...)``: an app on the test database with these settings.
+    Each has its own rate-limit counts, in Redis too (a prefix of its own)."""
+    apps = []
+
+    def make(**config):
+        config.setdefault("RATE_LIMIT_KEY_PREFIX", f"test-{uuid.uuid4().hex[:12]}")
+        app = create_app({"TESTING": True, "DATABASE_URL": database_url, **config})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["analytics.db"]["engine"].dispose()
+
+
+def create_key(app, name: str, *scopes: str, origins: tuple[str, ...] = (),
+               rate: str | None = None) -> str:
+    """``flask keys create`` on ``app``; the secret it printed on its last line."""
+    args = ["keys", "create", name]
+    args += [part for scope in scopes for part in ("--scope", scope)]
+    args += [part for origin in origins for part in ("--origin", origin)]
+    args += ["--rate", rate] if rate else []
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()[-1]
+
+
+def _redis_unreachable(url: str) -> str | None:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client.ping()
+        client.close()
+        return None
+    except Exception as exc:  # any failure to connect means "not here"
+        return f"{type(exc).__name__}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The URL of a Redis server for the shared rate limits, or a skip."""
+    problem = _redis_unreachable(REDIS_URL)
+    if problem:
+        message = f"Redis not reachable at {REDIS_URL} ({problem})"
+        if REDIS_REQUIRED:
+            pytest.fail(message + " and ANALYTICS_TEST_REDIS=required", pytrace=False)
+        pytest.skip(message)
+    return REDIS_URL
 
 
 @pytest.fixture

@@ -57,3 +57,34 @@ def test_the_server_refuses_to_start_with_a_clear_message():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "DATABASE_URL must be set" in result.stderr
+
+
+def test_access_defaults_follow_app_env():
+    development = load_config({})
+    assert (development.AUTH_MODE, development.RATE_LIMIT_ANONYMOUS) == ("open", None)
+    assert development.RATE_LIMIT_STORAGE_URL == "memory://"
+    production = load_config({"APP_ENV": "production", "DATABASE_URL": "sqlite:////tmp/x.db"})
+    assert (production.AUTH_MODE, production.RATE_LIMIT_ANONYMOUS) == ("reads", "120/minute")
+    assert production.RATE_LIMIT_STORAGE_URL == "memory://"
+
+
+def test_access_settings_are_read_from_the_environment():
+    cfg = load_config({"APP_ENV": "production", "DATABASE_URL": "sqlite:////tmp/x.db",
+                       "AUTH_MODE": "ALL", "RATE_LIMIT_ANONYMOUS": "off",
+                       "RATE_LIMIT_STORAGE_URL": "redis://127.0.0.1:6379/2"})
+    assert (cfg.AUTH_MODE, cfg.RATE_LIMIT_ANONYMOUS) == ("all", None)
+    assert cfg.RATE_LIMIT_STORAGE_URL == "redis://127.0.0.1:6379/2"
+    assert load_config({"RATE_LIMIT_ANONYMOUS": "10/second;1000/hour"}).RATE_LIMIT_ANONYMOUS == (
+        "10/second;1000/hour")
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"AUTH_MODE": "keys"}, "AUTH_MODE must be one of open, reads, all"),
+    ({"RATE_LIMIT_ANONYMOUS": "lots"}, "RATE_LIMIT_ANONYMOUS must be off or a rate"),
+    ({"RATE_LIMIT_ANONYMOUS": "0/minute"}, "RATE_LIMIT_ANONYMOUS must be off or a rate"),
+    ({"RATE_LIMIT_STORAGE_URL": "memcached://127.0.0.1"}, "RATE_LIMIT_STORAGE_URL must be a"),
+    ({"RATE_LIMIT_STORAGE_URL": "127.0.0.1:6379"}, "RATE_LIMIT_STORAGE_URL must be a"),
+])
+def test_malformed_access_settings_are_refused(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(environ)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from analytics import create_app
 from analytics.models import Event
 from config import load_config
-from conftest import ROOT, free_port, stop_process
+from conftest import ROOT, free_port, run_flask, stop_process
 from e2e import require_tool
 
 pytest.register_assert_rewrite("tour")
@@ -63,9 +63,27 @@ def test_environment_example_is_a_valid_production_configuration():
     settings = load_config(values)  # raises on any malformed or missing setting
     assert settings.DATABASE_URL.startswith("postgresql+psycopg://")
     assert settings.TRUSTED_PROXIES == 1
+    assert settings.AUTH_MODE == "reads"
+    assert settings.RATE_LIMIT_ANONYMOUS == "120/minute"
+    assert settings.RATE_LIMIT_STORAGE_URL.startswith("redis://")
     # Every name in the example is a setting the app or gunicorn.conf.py reads.
     sources = (ROOT / "config.py").read_text() + (ROOT / "gunicorn.conf.py").read_text()
     assert [name for name in values if f'"{name}"' not in sources] == []
+
+
+def test_nginx_limits_floods_but_never_health_the_document_or_preflights():
+    site = SITE.read_text()
+    [zone] = re.findall(r"^limit_req_zone \$(\w+) zone=(\w+):\w+ rate=(\d+)r/s;", site,
+                        re.MULTILINE)
+    variable, name, rate = zone
+    assert re.search(rf"^\s*limit_req zone={name} burst=\d+ nodelay;", site, re.MULTILINE)
+    assert "limit_req_status 429;" in site
+    # The map gives the exempt requests an empty key, which nginx does not count.
+    [body] = re.findall(rf'map "\$request_method \$uri" \${variable} {{(.*?)}}', site, re.S)
+    assert '"~^OPTIONS "' in body and "health|openapi" in body
+    assert '{"status":"error","message":"Rate limit exceeded"}' in site
+    # Generous beside the app's own anonymous limit: nginx only stops floods.
+    assert int(rate) * 60 > 10 * int(load_config(env_example()).RATE_LIMIT_ANONYMOUS.split("/")[0])
 
 
 def test_nginx_body_limit_is_the_apps_limit():
@@ -227,8 +245,18 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def gunicorn(live_server):
-    """gunicorn on the test database, trusting one proxy, as deploy/analytics.env.example says."""
-    return live_server(TRUSTED_PROXIES=env_example()["TRUSTED_PROXIES"])
+    """gunicorn on the test database with the access and proxy settings of
+    deploy/analytics.env.example. Its rate-limit counts stay in memory: in the machine's Redis
+    they would be shared with every other test run."""
+    example = env_example()
+    return live_server(**{name: example[name] for name in (
+        "TRUSTED_PROXIES", "AUTH_MODE", "RATE_LIMIT_ANONYMOUS")})
+
+
+def create_key(database_url: str, name: str, *options: str) -> str:
+    done = run_flask(database_url, "keys", "create", name, *options)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1]
 
 
 @pytest.fixture
@@ -257,11 +285,12 @@ def request(connection, method: str, path: str, body: bytes | None = None,
 
 @e2e
 @pytest.mark.live
-def test_curl_tour_over_https(nginx):
+def test_curl_tour_over_https(nginx, database_url):
     require_tool("curl", install="apt-get install curl")
     today = tour.utc_today()
+    secret = create_key(database_url, "tour", "--scope", "ingest", "--scope", "read")
     done = tour.run(nginx.https_url, user_id="tls-user",
-                    env={"CURL_CA_BUNDLE": str(nginx.certificate)})
+                    env={"CURL_CA_BUNDLE": str(nginx.certificate), "ANALYTICS_KEY": secret})
     assert done.returncode == 0, done.stderr
     tour.check(done.stdout, nginx.https_url, "tls-user", today)
 
@@ -327,3 +356,86 @@ def test_body_limit_answers_like_the_app(nginx, gunicorn, engine):
     assert json.loads(body)["warnings"] == ["Metadata truncated due to size limit"]
     with Session(engine) as session:
         assert session.scalar(select(Event.user_id)) == "big"
+
+
+METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
+
+
+@e2e
+@pytest.mark.live
+def test_keyed_read_through_nginx(nginx, database_url):
+    response, body = request(nginx.https(), "GET", METRICS)
+    assert response.status == 401
+    assert json.loads(body) == {"status": "error", "message": "API key required"}
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+    secret = create_key(database_url, "reader", "--scope", "read")
+    response, body = request(nginx.https(), "GET", METRICS,
+                             headers={"Authorization": f"Bearer {secret}"})
+    assert response.status == 200, body
+    assert json.loads(body) == {"status": "success", "data": []}
+
+
+@e2e
+@pytest.mark.live
+def test_the_apps_rate_limits_through_nginx(nginx, database_url):
+    secret = create_key(database_url, "metered", "--scope", "read", "--rate", "2/minute")
+    headers = {"Authorization": f"Bearer {secret}"}
+    for _ in range(2):
+        response, _body = request(nginx.https(), "GET", METRICS, headers=headers)
+        assert response.status == 200
+    response, body = request(nginx.https(), "GET", METRICS, headers=headers)
+    assert response.status == 429
+    assert json.loads(body) == {"status": "error", "message": "Rate limit exceeded"}
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert (response.headers["RateLimit-Limit"], response.headers["RateLimit-Remaining"]) == (
+        "2", "0")
+
+    # Without a key the client is counted by the address nginx saw: a forged
+    # X-Forwarded-For neither moves it to another count nor is believed.
+    remaining = []
+    for forged in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
+        response, _body = request(nginx.https(), "POST", "/track",
+                                  json.dumps({"event": "e", "user_id": "u"}).encode(),
+                                  {"Content-Type": "application/json",
+                                   "X-Forwarded-For": forged})
+        assert response.status == 200
+        remaining.append(int(response.headers["RateLimit-Remaining"]))
+    assert remaining == [remaining[0], remaining[0] - 1, remaining[0] - 2]
+
+
+def kept_alive_statuses(nginx, path: str, count: int, stop_at: int | None = None):
+    """Send ``count`` GETs of ``path`` one after the other on one kept-alive connection, far
+    faster than the zone's rate; their statuses, and the last response and body."""
+    connection = nginx.https()
+    statuses = []
+    try:
+        for _ in range(count):
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            statuses.append(response.status)
+            if response.status == stop_at:
+                break
+    finally:
+        connection.close()
+    return statuses, response, body
+
+
+@e2e
+@pytest.mark.live
+def test_nginx_refuses_a_flood_with_the_apis_429(nginx):
+    # Health checks and the document are not counted: many more than the burst all pass.
+    for path in ("/health", "/openapi.json"):
+        statuses, _response, _body = kept_alive_statuses(nginx, path, 400)
+        assert set(statuses) == {200}
+
+    statuses, response, body = kept_alive_statuses(nginx, "/no-such-path", 2000, stop_at=429)
+    assert statuses[-1] == 429, statuses[-5:]
+    assert set(statuses[:-1]) == {404}  # the burst went through to the app
+    assert len(statuses) > 100
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {"status": "error", "message": "Rate limit exceeded"}
+    assert response.headers["Retry-After"] == "1"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"

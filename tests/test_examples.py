@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from analytics.models import Event
-from conftest import free_port
+from conftest import free_port, run_flask
 from e2e import require_tool
 
 pytest.register_assert_rewrite("tour")
@@ -75,6 +75,23 @@ def test_every_answer_of_the_tour(live_server, engine):
     assert like.event_id.removeprefix("like-") == skip.event_id.removeprefix("skip-")
     assert sorted(event.meta["page"] for event in stored(engine, "page_view")) == [
         "/pricing", "/signup"]
+
+
+def test_the_tour_with_a_key_on_a_server_that_needs_one(live_server, database_url):
+    server = live_server(workers=1, AUTH_MODE="all")
+    created = run_flask(database_url, "keys", "create", "tour", "--scope", "ingest",
+                        "--scope", "read")
+    assert created.returncode == 0, created.stderr
+    today = tour.utc_today()
+
+    refused = tour.parse(tour.run(server.url, user_id="keyless").stdout)
+    assert {(step.status, step.body["message"]) for step in refused} == {
+        (401, "API key required")}
+
+    done = tour.run(server.url, user_id="keyed",
+                    env={"ANALYTICS_KEY": created.stdout.splitlines()[-1]})
+    assert done.returncode == 0, done.stderr
+    tour.check(done.stdout, server.url, "keyed", today)
 
 
 def test_a_rerun_sends_new_event_ids(live_server, engine):

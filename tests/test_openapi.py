@@ -28,3 +28,31 @@ def test_every_route_is_documented(app, client):
     document = client.get("/openapi.json").get_json()
     routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
     assert routes <= set(document["paths"])
+
+
+def test_the_document_declares_the_keys_and_their_refusals(make_app):
+    document = make_app(AUTH_MODE="reads").test_client().get("/openapi.json").get_json()
+    validate(document)
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearerKey"] == {**schemes["bearerKey"], "type": "http", "scheme": "bearer"}
+    assert schemes["queryKey"]["in"] == "query" and schemes["queryKey"]["name"] == "key"
+
+    metrics = document["paths"]["/metrics"]["get"]
+    assert metrics["security"] == [{"bearerKey": []}]  # reads need a key in this mode
+    track = document["paths"]["/track"]["post"]
+    assert track["security"] == [{"bearerKey": []}, {"queryKey": []}, {}]
+    for operation in (metrics, track):
+        assert {"401", "403", "429"} <= set(operation["responses"])
+        assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+        assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                "RateLimit-Reset"} <= set(operation["responses"]["429"]["headers"])
+    for path in ("/health", "/openapi.json"):
+        operation = document["paths"][path]["get"]
+        assert operation["security"] == []
+        assert not {"401", "403", "429"} & set(operation["responses"])
+
+
+def test_in_all_mode_every_keyed_operation_requires_a_key(make_app):
+    document = make_app(AUTH_MODE="all").test_client().get("/openapi.json").get_json()
+    assert document["paths"]["/track"]["post"]["security"] == [{"bearerKey": []},
+                                                               {"queryKey": []}]

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_flask
 from e2e import require_tool
 
 COLLECTION = ROOT / "analytics-api.postman_collection.json"
@@ -36,7 +36,12 @@ def test_collection_is_postman_v21_with_a_checked_request_per_case():
     collection = json.loads(COLLECTION.read_text())
     assert collection["info"]["schema"] == (
         "https://schema.getpostman.com/json/collection/v2.1.0/collection.json")
-    assert "baseUrl" in {variable["key"] for variable in collection["variable"]}
+    variables = {variable["key"]: variable["value"] for variable in collection["variable"]}
+    assert "baseUrl" in variables
+    # The key is sent as a Bearer token by every request, and left empty for an open server.
+    assert variables["apiKey"] == ""
+    assert collection["auth"] == {"type": "bearer", "bearer": [
+        {"key": "token", "value": "{{apiKey}}", "type": "string"}]}
     items = requests(collection["item"])
     assert {(item["request"]["method"], "/".join(item["request"]["url"]["path"]))
             for item in items} == {
@@ -63,18 +68,47 @@ def test_collection_is_postman_v21_with_a_checked_request_per_case():
             json.loads(re.sub(r"\{\{\w+\}\}", "text", request["body"]["raw"]))
 
 
-@pytest.mark.live
-def test_newman_runs_the_collection_green(live_server, tmp_path):
+def run_newman(base_url: str, report, *env_vars: str) -> subprocess.CompletedProcess:
     newman = require_tool("newman", path=str(NEWMAN), install="npm ci")
-    server = live_server(workers=1)
-    report = tmp_path / "newman.json"
-
-    done = subprocess.run(
-        [newman, "run", str(COLLECTION), "--env-var", f"baseUrl={server.url}", "--color", "off",
-         "--reporters", "cli,json", "--reporter-json-export", str(report)],
+    options = [part for env_var in env_vars for part in ("--env-var", env_var)]
+    return subprocess.run(
+        [newman, "run", str(COLLECTION), "--env-var", f"baseUrl={base_url}", *options,
+         "--color", "off", "--reporters", "cli,json", "--reporter-json-export", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
+
+@pytest.mark.live
+def test_newman_runs_the_collection_green(live_server, tmp_path):
+    server = live_server(workers=1)
+    report = tmp_path / "newman.json"
+    done = run_newman(server.url, report)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert_every_request_passed(report)
+
+
+@pytest.mark.live
+def test_newman_runs_the_collection_green_with_a_key(live_server, database_url, tmp_path):
+    server = live_server(workers=1, AUTH_MODE="all")
+    created = run_flask(database_url, "keys", "create", "postman", "--scope", "ingest",
+                        "--scope", "read")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.splitlines()[-1]
+
+    # Without the key every request of the collection is refused...
+    refused = tmp_path / "refused.json"
+    done = run_newman(server.url, refused)
+    assert done.returncode != 0
+    executions = json.loads(refused.read_text())["run"]["executions"]
+    assert len(executions) == 13
+    assert {execution["response"]["code"] for execution in executions} == {401}
+    # ...and with it every one is answered as on an open server.
+    report = tmp_path / "newman.json"
+    done = run_newman(server.url, report, f"apiKey={secret}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_every_request_passed(report)
+
+
+def assert_every_request_passed(report) -> None:
     run = json.loads(report.read_text())["run"]
     assert run["failures"] == []
     names = [item["name"] for item in requests(json.loads(COLLECTION.read_text())["item"])]

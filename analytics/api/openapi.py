@@ -10,7 +10,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, jsonify, request
 
-from analytics import schemas
+from analytics import auth, ratelimits, schemas
 
 bp = Blueprint("openapi", __name__)
 
@@ -143,7 +143,8 @@ def _period_paths(spec: APISpec) -> None:
 @bp.get("/openapi.json")
 def openapi_document():
     if "openapi" not in current_app.extensions:
-        current_app.extensions["openapi"] = build_spec().to_dict()
+        current_app.extensions["openapi"] = add_security(build_spec().to_dict(),
+                                                         current_app.config["AUTH_MODE"])
     # The base URL the client used: behind nginx (TRUSTED_PROXIES) the public https:// one, so
     # that tools reading this document send their requests where this one came from.
     server = {"url": request.url_root.rstrip("/")}
@@ -194,3 +195,54 @@ def _batch_path(spec: APISpec) -> None:
             "503": _error("Failed to log events (database unreachable; see Retry-After)"),
         },
     }})
+
+
+def _refusal(description: str, headers: dict | None = None) -> dict:
+    """An error response written into the finished document, where names are not resolved."""
+    content = {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}
+    response = {"description": description, "content": content}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_HEADER = {"schema": {"type": "integer"}}
+LIMIT_HEADERS = {
+    "RateLimit-Limit": {**_HEADER, "description": "Requests allowed in the window"},
+    "RateLimit-Remaining": {**_HEADER, "description": "Requests left in the window"},
+    "RateLimit-Reset": {**_HEADER, "description": "Seconds until the window starts again"},
+}
+
+
+def add_security(document: dict, auth_mode: str) -> dict:
+    """Declare the key schemes and, on each operation that takes a key, which it accepts (an
+    empty requirement where ``auth_mode`` lets it go without) and its 401, 403 and 429."""
+    document.setdefault("components", {})["securitySchemes"] = {
+        "bearerKey": {"type": "http", "scheme": "bearer",
+                      "description": "An access key (flask --app wsgi keys create): "
+                                     "Authorization: Bearer ak_..."},
+        "queryKey": {"type": "apiKey", "in": "query", "name": "key",
+                     "description": "An ingest key in the query string, for "
+                                    "navigator.sendBeacon: POST /track and /track/batch only."},
+    }
+    challenge = {"WWW-Authenticate": {"schema": {"type": "string", "example": "Bearer"}}}
+    for path, operations in document["paths"].items():
+        scope = auth.scope_for(path)
+        for operation in operations.values():
+            if scope is None:
+                operation["security"] = []
+                continue
+            accepted = [{"bearerKey": []}]
+            if scope == auth.INGEST:
+                accepted.append({"queryKey": []})
+            if scope not in auth.REQUIRED_IN_MODE[auth_mode]:
+                accepted.append({})
+            operation["security"] = accepted
+            operation["responses"].update({
+                "401": _refusal(f'"{auth.KEY_REQUIRED}" or "{auth.INVALID_KEY}"', challenge),
+                "403": _refusal(f'"{auth.not_allowed(scope)}" or "{auth.ORIGIN_NOT_ALLOWED}"'),
+                "429": _refusal(f'"{ratelimits.EXCEEDED}": wait Retry-After seconds',
+                                {"Retry-After": {**_HEADER, "description": "Seconds to wait"},
+                                 **LIMIT_HEADERS}),
+            })
+    return document

@@ -1,0 +1,146 @@
+"""Rate limits: per key (its ``--rate``), or per client address (RATE_LIMIT_ANONYMOUS) for
+requests without a valid key; 429 "Rate limit exceeded" over the limit, and ``RateLimit-*``
+headers on every response a limit applies to.
+
+One allowance is shared by every endpoint a client calls, in fixed windows (a batch is one
+request). Counts live in Redis when RATE_LIMIT_STORAGE_URL names one, so they hold across
+processes and hosts; in memory otherwise, where each process counts alone. Should Redis stop
+answering, each process counts in memory until it answers again, rather than refusing or
+failing requests.
+
+Rates are parsed, and counted in memory, by ``limits``, the library under flask-limiter.
+flask-limiter itself is not used on the request path: it asks its storage three times per
+request (the count, then the count and expiry again for the headers), which took
+Redis-backed requests to under half the throughput of unlimited ones; here one script call
+both counts and says when the window ends (docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+from flask import Flask, current_app, g, request
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+
+from analytics.auth import current_access
+from analytics.errors import APIError
+
+EXTENSION_KEY = "analytics.ratelimits"
+EXCEEDED = "Rate limit exceeded"
+# A Redis that does not answer costs a request this long at most before memory takes over...
+REDIS_TIMEOUT_SECONDS = 0.5
+# ...and is tried again after this long.
+REDIS_RETRY_SECONDS = 5.0
+log = logging.getLogger(__name__)
+
+# Counts one request and tells when its window ends, in one round trip. The first request of a
+# window starts it; a count left without an expiry (never by this script) is given one.
+COUNT_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1]) * 1000
+end
+return {count, ttl}
+"""
+
+
+@lru_cache(maxsize=1024)
+def parse(rate: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(rate))
+
+
+@dataclass(frozen=True)
+class Count:
+    """Where a request leaves its allowance: what the RateLimit headers say."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int
+    exceeded: bool
+
+
+class Counter:
+    """Fixed-window counts, in Redis or in this process's memory."""
+
+    def __init__(self, storage_url: str, prefix: str):
+        self.prefix = prefix
+        self.memory = MemoryStorage()
+        self._redis_down_until = 0.0
+        self._lock = threading.Lock()
+        self._script = None
+        if not storage_url.startswith("memory"):
+            client = redis.Redis.from_url(storage_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                          socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+            self._script = client.register_script(COUNT_SCRIPT)
+
+    def hit(self, rate: str, bucket: str) -> Count:
+        """Count one request of ``bucket`` against each limit of ``rate``."""
+        counts = [self._hit_one(item, bucket) for item in parse(rate)]
+        # The header describes the limit the request broke, else the one closest to it.
+        return min(counts, key=lambda count: (not count.exceeded, count.remaining))
+
+    def _hit_one(self, item: RateLimitItem, bucket: str) -> Count:
+        key = item.key_for(self.prefix, bucket)
+        window = item.get_expiry()
+        count, seconds = self._count(key, window)
+        return Count(limit=item.amount, remaining=max(0, item.amount - count),
+                     reset_seconds=max(0, math.ceil(seconds)), exceeded=count > item.amount)
+
+    def _count(self, key: str, window: int) -> tuple[int, float]:
+        if self._script is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                count, ttl_ms = self._script(keys=[key], args=[window])
+                return int(count), int(ttl_ms) / 1000
+            except redis.RedisError as exc:
+                with self._lock:
+                    self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+                log.warning("rate limit storage unavailable (%s): counting in this process "
+                            "for now", exc.__class__.__name__)
+        count = self.memory.incr(key, window)
+        return count, self.memory.get_expiry(key) - time.time()
+
+
+def _check() -> None:
+    access = current_access()
+    if access.scope is None:
+        return  # /health, /openapi.json, preflights and unknown paths are never limited
+    if access.key is not None:
+        rate = access.key.rate
+        # The digest rather than the row id: deployments sharing a Redis never share a count.
+        bucket = f"key:{access.key.secret_hash[:32]}"
+    else:
+        rate = current_app.config["RATE_LIMIT_ANONYMOUS"]
+        bucket = f"addr:{request.remote_addr}"
+    if not rate:
+        return
+    count = current_app.extensions[EXTENSION_KEY].hit(rate, bucket)
+    g.rate_count = count
+    if count.exceeded:
+        raise APIError(429, EXCEEDED)
+
+
+def _add_headers(response):
+    count: Count | None = g.pop("rate_count", None)
+    if count is not None:
+        response.headers["RateLimit-Limit"] = str(count.limit)
+        response.headers["RateLimit-Remaining"] = str(count.remaining)
+        response.headers["RateLimit-Reset"] = str(count.reset_seconds)
+        if response.status_code == 429:
+            response.headers["Retry-After"] = str(max(1, count.reset_seconds))
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION_KEY] = Counter(app.config["RATE_LIMIT_STORAGE_URL"],
+                                            app.config.get("RATE_LIMIT_KEY_PREFIX", "analytics"))
+    app.before_request(_check)
+    app.after_request(_add_headers)
