@@ -24,8 +24,9 @@ _events = Event.__table__
 @compiles(bucket_of, "postgresql")
 def _bucket_of(element, compiler, **kw):
     [timestamp] = arguments(element, compiler, **kw)
-    # EXTRACT gives numeric, so the division is exact before it is rounded down.
-    return f"CAST(floor(EXTRACT(EPOCH FROM {timestamp}) / 900) AS INTEGER)"
+    # Whole seconds first: numeric division keeps only so many decimals, and a fraction just
+    # under a bucket edge would round up to it.
+    return f"CAST(floor(floor(EXTRACT(EPOCH FROM {timestamp})) / 900) AS INTEGER)"
 
 
 @compiles(microseconds_between, "postgresql")

@@ -28,7 +28,7 @@ def _expressions(dialect: str):
     """(bucket of a timestamp, microseconds between two) in this database's SQL."""
     if dialect == "postgresql":
         def bucket(ts):
-            return f"CAST(floor(EXTRACT(EPOCH FROM {ts}) / 900) AS INTEGER)"
+            return f"CAST(floor(floor(EXTRACT(EPOCH FROM {ts})) / 900) AS INTEGER)"
 
         def microseconds(start, end):
             return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
