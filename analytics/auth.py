@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from analytics import db
-from analytics.db import writer_turn
+from analytics import dialects
 from analytics.errors import APIError
 from analytics.keys import KeyRecord, find_key, hash_secret, record_use
 from analytics.models import utcnow
@@ -119,7 +119,7 @@ class KeyRing:
             return
         self._used[key.id] = now
         try:
-            with writer_turn(self.engine), self.engine.begin() as conn:
+            with dialects.of(self.engine).writer_turn(self.engine), self.engine.begin() as conn:
                 record_use(conn, key.id, utcnow(), LAST_USE_INTERVAL)
         except SQLAlchemyError as exc:
             # Bookkeeping only: the request itself does not depend on it.

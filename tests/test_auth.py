@@ -9,7 +9,7 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from analytics import auth
-from analytics.models import AccessKey, Event, EventCount
+from analytics.models import AccessKey, Event, EventBucket
 from conftest import create_key
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
@@ -242,7 +242,7 @@ def test_refused_requests_store_nothing(make_app, engine):
                      path).status_code == 403
     assert stored_events(engine) == 0
     with Session(engine) as session:
-        assert session.scalar(select(func.count()).select_from(EventCount)) == 0
+        assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
 
 
 def test_a_refused_read_reveals_nothing(make_app):
