@@ -106,12 +106,12 @@ class Dialect(Protocol):
         """Make ``period_index`` use ``bounds`` in the next statement on ``conn``: the
         parameters to pass it (its ``bounds`` parameter, or nothing)."""
 
-    def windows_source(self):
-        """A selectable of (user_id, lo, hi) rows read from the JSON parameter ``:windows``
-        that ``windows_json`` writes."""
+    def spans_source(self):
+        """A selectable of (user_id, lo, hi) rows read from the JSON parameter ``:spans``
+        that ``spans_json`` writes."""
 
-    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime]]) -> str:
-        """(user_id, lo, hi) rows as the JSON that ``windows_source`` reads."""
+    def spans_json(self, spans: Sequence[tuple[str, datetime, datetime]]) -> str:
+        """(user_id, lo, hi) rows as the JSON that ``spans_source`` reads."""
 
 
 _DIALECTS: dict[str, Dialect] = {}

@@ -120,17 +120,17 @@ class PostgreSQL:
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         return {"bounds": bounds}
 
-    def windows_source(self):
+    def spans_source(self):
         return text(
-            "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:windows AS json)) "
+            "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:spans AS json)) "
             "AS w(user_id varchar, lo timestamptz, hi timestamptz)"
         ).columns(column("user_id", String), column("lo", UTCDateTime()),
-                  column("hi", UTCDateTime())).subquery("windows")
+                  column("hi", UTCDateTime())).subquery("spans")
 
-    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime]]) -> str:
+    def spans_json(self, spans: Sequence[tuple[str, datetime, datetime]]) -> str:
         return json.dumps([{"user_id": user_id, "lo": lo.isoformat(),
                             "hi": hi.isoformat() if hi else None}
-                           for user_id, lo, hi in windows])
+                           for user_id, lo, hi in spans])
 
 
 _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(

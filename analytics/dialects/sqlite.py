@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, String, column, create_engine, event, text
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.compiler import compiles
 
 from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
@@ -124,13 +123,17 @@ class SQLite:
 
     def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
                    totals: tuple[str, ...]) -> None:
+        names = (*keys, *totals)
         statement = _TOTALS.get(table.name)
         if statement is None:
-            insert = sqlite.insert(table)
-            statement = _TOTALS[table.name] = insert.on_conflict_do_update(
-                index_elements=list(keys),
-                set_={name: table.c[name] + insert.excluded[name] for name in totals})
-        conn.execute(statement, rows)
+            added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}"
+                              for name in totals)
+            statement = _TOTALS[table.name] = (
+                f"INSERT INTO {table.name} ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' * len(names))}) "
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
+        # The driver's executemany, stepped in C, with plain tuples.
+        conn.exec_driver_sql(statement, [tuple(row[name] for name in names) for row in rows])
 
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         # Registered on this connection for the statement about to run on it (a connection
@@ -140,16 +143,16 @@ class SQLite:
             deterministic=True)
         return {}
 
-    def windows_source(self):
+    def spans_source(self):
         return text(
             "SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS lo, "
-            "json_extract(value, '$[2]') AS hi FROM json_each(:windows)"
+            "json_extract(value, '$[2]') AS hi FROM json_each(:spans)"
         ).columns(column("user_id", String), column("lo", UTCDateTime()),
-                  column("hi", UTCDateTime())).subquery("windows")
+                  column("hi", UTCDateTime())).subquery("spans")
 
-    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime | None]]) -> str:
+    def spans_json(self, spans: Sequence[tuple[str, datetime, datetime | None]]) -> str:
         return json.dumps([[user_id, sqlite_timestamp(lo), sqlite_timestamp(hi) if hi else None]
-                           for user_id, lo, hi in windows])
+                           for user_id, lo, hi in spans])
 
 
 _TOTALS: dict = {}
