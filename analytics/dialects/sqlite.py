@@ -59,10 +59,8 @@ class SQLite:
     name = "sqlite"
     spreads_writers = False  # one writer at a time anyway
 
-    def __init__(self):
-        self._insert = (f"INSERT INTO events (event, user_id, occurred_at, received_at, "
-                        f"metadata, event_id) VALUES (?, ?, ?, ?, ?, ?) "
-                        f"ON CONFLICT (user_id, event_id) DO NOTHING")
+    _insert = ("INSERT INTO events (event, user_id, occurred_at, received_at, metadata, "
+               "event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, event_id) DO NOTHING")
 
     @contextlib.contextmanager
     def writer_turn(self, engine: Engine) -> Iterator[None]:
