@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import bindparam, func, literal, select
+from sqlalchemy import BigInteger, bindparam, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from analytics import dialects
@@ -74,7 +74,9 @@ def _grouped(rows_with_bucket, *sums):
     period = period_index(bucket, _BOUNDS).label("period")
     keyed = select(period, *others).subquery("keyed")
     keys = [keyed.c.period, *(keyed.c[name] for name in sums[0])]
-    return select(*keys, *(func.sum(keyed.c[name]) for name in sums[1])).group_by(*keys)
+    # (PostgreSQL sums bigints as numeric, which the driver would make Decimals of.)
+    return select(*keys, *(cast(func.sum(keyed.c[name]), BigInteger) for name in sums[1])
+                  ).group_by(*keys)
 
 
 def _all_users_metrics(with_events: bool):
@@ -112,8 +114,9 @@ _SESSIONS = {
 
 def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time: bool) -> dict:
     lo, hi = periods.first_bucket, periods.end_bucket
+    conn = session.connection()
     parameters = {
-        "bounds": dialects.of(session.get_bind()).bounds_parameter(list(periods.bounds)),
+        **dialects.of(conn).bind_bounds(conn, list(periods.bounds)),
         "lo": bucket_start(lo) if by_time else lo,
         "hi": bucket_start(hi) if by_time else hi,
     }
@@ -136,7 +139,7 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
             statement, _parameters(session, query, periods, query.user_id is not None)):
         label = periods.label_of_index(index)
         if label is not None and n:
-            counts[label][event] += int(n)
+            counts[label][event] += n
     if not query.fill_zero:
         return [(label, dict(counts[label])) for label in periods.labels
                 if +counts[label]]
@@ -157,7 +160,7 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
             statement, _parameters(session, query, periods, query.user_id is not None)):
         label = periods.label_of_index(index)
         if label is not None:
-            totals[label][0] += int(n)
-            totals[label][1] += int(total)
+            totals[label][0] += n
+            totals[label][1] += total
     return [(label, *totals[label]) for label in periods.labels
             if query.fill_zero or totals[label][0]]

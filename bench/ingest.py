@@ -1,7 +1,7 @@
 """Bulk ingest throughput: POST /track/batch and ``flask import`` beside the raw driver.
 
     .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
-                                     [--workers N] [--rounds 3] [--jobs 2] [--no-postgres]
+                                     [--workers N] [--rounds 3] [--no-postgres]
 
 For each backend (SQLite, then PostgreSQL at BENCH_POSTGRES_URL unless --no-postgres), on a
 fresh database migrated with alembic (so the same table, constraint and indexes everywhere),
@@ -15,7 +15,7 @@ stored by each path in turn, the table emptied in between, for --rounds rounds:
   clients to gunicorn (the project's gunicorn.conf.py; --workers overrides WEB_CONCURRENCY);
   bodies are encoded, and the workers warmed up, before the clock starts;
 - import: ``flask --app wsgi import`` on an NDJSON file of the events, timed as an operator
-  sees it (process start-up included), then the same with ``--jobs`` worker processes;
+  sees it (process start-up included);
 - raw (one transaction): raw again with a single COMMIT at the end, for reference: what the
   driver reaches when nothing is durable until the end.
 
@@ -48,6 +48,7 @@ import http.client  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from analytics.aggregates import REGISTRY  # noqa: E402
 from analytics.models import sqlite_timestamp  # noqa: E402
 from bench.support import ROOT, gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
 
@@ -87,12 +88,15 @@ def count_rows(url: str) -> int:
 
 
 def empty_table(url: str) -> None:
+    """Empty the events and every aggregate's tables."""
+    tables = ["events", *(table for aggregate in REGISTRY for table in aggregate.tables)]
     engine = create_engine(url)
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE events RESTART IDENTITY"))
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
         else:
-            conn.execute(text("DELETE FROM events"))
+            for table in tables:
+                conn.execute(text(f"DELETE FROM {table}"))
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.execute(text("VACUUM"))
@@ -181,11 +185,11 @@ def post_batches(base_url: str, bodies: list[bytes], clients: int) -> float:
     return elapsed
 
 
-def run_import(url: str, path: Path, batch: int, jobs: int = 1) -> float:
+def run_import(url: str, path: Path, batch: int) -> float:
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "import", str(path),
-         "--chunk-size", str(batch), "--jobs", str(jobs)],
+         "--chunk-size", str(batch)],
         cwd=ROOT, env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
@@ -224,8 +228,6 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             check("batch")
             seconds["import"] = run_import(url, path, args.batch)
             check("import")
-            seconds[f"import --jobs {args.jobs}"] = run_import(url, path, args.batch, args.jobs)
-            check("import --jobs")
             seconds["raw (one transaction)"] = raw(url, rows, n)
             check("raw, one transaction")
             rates = {label: n / value for label, value in seconds.items()}
@@ -242,8 +244,6 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2,
-                        help="worker processes of the second import run (import --jobs)")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
 
@@ -257,8 +257,7 @@ def main() -> None:
     for name, scratch in backends:
         with scratch() as url:
             rounds = measure(name, url, events, args)
-        for label in ("raw", "batch", "import", f"import --jobs {args.jobs}",
-                      "raw (one transaction)"):
+        for label in ("raw", "batch", "import", "raw (one transaction)"):
             rate = statistics.median(r[label] for r in rounds)
             # Each round's ratio compares runs made minutes apart at most; the median of those
             # is steadier than the ratio of medians on a machine whose speed drifts.

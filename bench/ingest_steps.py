@@ -7,9 +7,10 @@ In this process, on a fresh migrated database of each backend, the same generate
 bench/ingest.py (NDJSON lines) go through the import's steps serially, chunk by chunk:
 
 - read: parse the NDJSON lines (``importer.read_ndjson``);
-- check: the POST /track rules and the storage rules (``bulk.check_events``);
-- write, split into the insert of the events (with, on PostgreSQL, the daily event counts in
-  the same statement), the upkeep of the daily session totals, and the commit;
+- check: the POST /track rules (``validation.check_events``);
+- write (``writer.store_events``, which also takes the writer turn), split into the insert of
+  the events (``dialects.of(engine).insert_events``), each aggregate's ``on_insert`` (event
+  counts per bucket; session pairing and session totals), and the commit;
 
 then the raw driver write of bench/ingest.py on the same rows, for comparison. Prints the
 median over rounds of microseconds per event of each step, and of this process's CPU time
@@ -31,13 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy.orm import Session  # noqa: E402
 
-from analytics import bulk, importer, queries, rollups  # noqa: E402
+from analytics import dialects, importer, validation, writer  # noqa: E402
+from analytics.aggregates import REGISTRY  # noqa: E402
 from analytics.db import make_engine  # noqa: E402
 from analytics.models import utcnow  # noqa: E402
 from bench.ingest import count_rows, driver_rows, empty_table, generate, raw  # noqa: E402
 from bench.support import scratch_postgres, scratch_sqlite  # noqa: E402
 
-STEPS = ("read", "check", "write: insert", "write: sessions", "write: commit", "write, total")
+STEPS = ("read", "check", "write: insert", *(f"write: {a.name}" for a in REGISTRY),
+         "write: commit", "write, total")
 
 
 class Clock:
@@ -59,12 +62,12 @@ class Clock:
 def one_round(url: str, lines: bytes, events: list[dict], chunk: int) -> dict[str, float]:
     clock = Clock()
     engine = make_engine(url)
-    inserter = queries._INSERTERS[engine.dialect.name]
-    patched = [(queries._INSERTERS, engine.dialect.name, inserter),
-               (rollups, "_apply_session_changes", rollups._apply_session_changes)]
-    queries._INSERTERS[engine.dialect.name] = clock.timed("write: insert", inserter)
-    rollups._apply_session_changes = clock.timed("write: sessions",
-                                                 rollups._apply_session_changes)
+    dialect = dialects.of(engine)
+    # Instance attributes shadow the methods for this run only (deleted again below).
+    patched = [(dialect, "insert_events"), *((aggregate, "on_insert") for aggregate in REGISTRY)]
+    dialect.insert_events = clock.timed("write: insert", dialect.insert_events)
+    for aggregate in REGISTRY:
+        aggregate.on_insert = clock.timed(f"write: {aggregate.name}", aggregate.on_insert)
     try:
         cpu, start = time.process_time(), time.perf_counter()
         parsed = clock.timed("read", lambda: list(importer.read_ndjson(io.BytesIO(lines))))()
@@ -73,19 +76,16 @@ def one_round(url: str, lines: bytes, events: list[dict], chunk: int) -> dict[st
         session.commit = commit
         for first in range(0, len(parsed), chunk):
             part = parsed[first:first + chunk]
-            checked = clock.timed("check", bulk.check_events)(
+            checked = clock.timed("check", validation.check_events)(
                 ((line.number, line.item) for line in part), now=utcnow(),
                 metadata_limit=4096, nul_free=all(line.nul_free for line in part))
-            clock.timed("write, total", bulk.commit_events)(
+            clock.timed("write, total", writer.store_events)(
                 session, [event.row for _, event in checked.prepared])
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         session.close()
     finally:
-        for owner, name, original in patched:
-            if isinstance(owner, dict):
-                owner[name] = original
-            else:
-                setattr(owner, name, original)
+        for owner, name in patched:
+            vars(owner).pop(name, None)
         engine.dispose()
     if count_rows(url) != len(events):
         raise RuntimeError("not every event was stored")

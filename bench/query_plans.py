@@ -1,137 +1,43 @@
-"""Query plans and timings of GET /metrics and GET /sessions at 1,000,000 events.
+"""Query plans and timings of the statements behind GET /metrics and GET /sessions.
 
-    .venv/bin/python bench/query_plans.py [--events 1000000] [--users 10000] [--days 30]
+    .venv/bin/python bench/query_plans.py [--events 1000000] [--users 100000] [--days 30]
                                           [--runs 5] [--no-postgres] [--no-sqlite]
 
-Generates the events (30 days, 10,000 users, 20 event names, a third of them play/stop; the
-same events on every run) into a fresh PostgreSQL database at BENCH_POSTGRES_URL (default the
-local server; loaded with COPY) and a fresh SQLite file (executemany in large transactions),
-both created with ``alembic upgrade head`` and analysed afterwards (VACUUM ANALYZE / ANALYZE).
-Then, for each query, prints the exact SQL that analytics.queries generates, its plan
-(PostgreSQL: EXPLAIN (ANALYZE, BUFFERS); SQLite: EXPLAIN QUERY PLAN) and the median time of
-``--runs`` calls of the query function (warm cache). Last, on the same data, it undoes one at a
-time the choices those queries rely on (counting per date before labelling periods, JIT off on
-PostgreSQL, the event name in the play/stop index) and prints what each is worth beside the
-floor of a bare count. Both databases are removed at the end. Findings: docs/benchmarks.md.
+Generates the events with bench/data.py (the same as bench/scale.py for the same arguments)
+into a fresh PostgreSQL database at BENCH_POSTGRES_URL and a fresh SQLite file, both created by
+``alembic upgrade head``, rebuilds the aggregates (``writer.rebuild_aggregates``) and analyses.
+Then, for each query (all users over the whole range unless said otherwise), prints the
+statement that ``analytics.reports`` runs with its parameters, its plan (PostgreSQL:
+``EXPLAIN (ANALYZE, BUFFERS)``; SQLite: ``EXPLAIN QUERY PLAN``), how many rows it returns,
+and three medians of ``--runs`` calls (warm cache): the statement alone, ``reports.metrics`` /
+``reports.sessions`` (the statement, the periods and the labelling in Python), and the whole
+HTTP answer in-process (``app.test_client()``: Flask, validation and JSON too). So the table
+splits a request's time between the database, the report's Python and the web layer.
+Findings: docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import argparse
-import io
-import random
+import os
 import sqlite3
 import statistics
 import sys
 import time
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.compiler import compiles  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 from sqlalchemy.sql.expression import ClauseElement, Executable  # noqa: E402
 
-from analytics import queries  # noqa: E402
+from analytics import reports, writer  # noqa: E402
 from analytics.db import make_engine  # noqa: E402
-from analytics.models import Event  # noqa: E402
-from analytics.periods import period_label, utc_date  # noqa: E402
+from analytics.periods import WEEKDAYS  # noqa: E402
+from bench.data import FIRST_DAY, generate, load_postgres, load_sqlite  # noqa: E402
 from bench.support import scratch_postgres, scratch_sqlite  # noqa: E402
-
-FIRST_DAY = date(2025, 1, 1)
-OTHER_EVENTS = ("pause", "skip", "seek", "like", "share", "search", "view", "click", "scroll",
-                "login", "logout", "purchase", "add_to_cart", "checkout", "signup", "error",
-                "complete", "volume")
-SEED = 20250101
-
-
-def generate(n_events: int, n_users: int, n_days: int):
-    """(id, event, user_id, occurred_at) tuples in arrival order, which is nearly time order.
-
-    occurred_at is UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``. About one event in three is a play
-    or a stop, in equal numbers; users are uniform.
-    """
-    rng = random.Random(SEED)
-    span = n_days * 86_400_000_000
-    offsets = sorted(int(rng.random() * span) for _ in range(n_events))
-    names = ("play", "stop") + OTHER_EVENTS
-    # play and stop 1/6 each, the 18 other names share the remaining 2/3.
-    weights = [1 / 6, 1 / 6] + [(2 / 3) / len(OTHER_EVENTS)] * len(OTHER_EVENTS)
-    events = rng.choices(names, weights=weights, k=n_events)
-    users = rng.choices([f"user{n:05d}" for n in range(n_users)], k=n_events)
-    days = [(FIRST_DAY + timedelta(days=n)).isoformat() for n in range(n_days)]
-    for index, offset in enumerate(offsets):
-        seconds, microseconds = divmod(offset, 1_000_000)
-        day, seconds = divmod(seconds, 86_400)
-        hours, seconds = divmod(seconds, 3600)
-        minutes, seconds = divmod(seconds, 60)
-        stamp = f"{days[day]} {hours:02d}:{minutes:02d}:{seconds:02d}.{microseconds:06d}"
-        yield index + 1, events[index], users[index], stamp
-
-
-def load_postgres(url: str, rows) -> None:
-    """COPY the rows in, then VACUUM ANALYZE (fresh statistics and visibility map).
-
-    The migrated indexes that back no constraint are dropped for the load and created again
-    from their own definitions afterwards: one sort per index instead of a million insertions.
-    """
-    import psycopg
-
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        with conn.cursor() as cursor:
-            cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events' "
-                           "AND indexname NOT IN (SELECT conname FROM pg_constraint)")
-            indexes = cursor.fetchall()
-            for name, _definition in indexes:
-                cursor.execute(f'DROP INDEX "{name}"')
-            with cursor.copy("COPY events (id, event, user_id, occurred_at, received_at) "
-                             "FROM STDIN") as copy:
-                buffer = io.StringIO()
-                for count, (event_id, event, user_id, occurred_at) in enumerate(rows, 1):
-                    stamp = occurred_at + "+00"
-                    buffer.write(f"{event_id}\t{event}\t{user_id}\t{stamp}\t{stamp}\n")
-                    if count % 50_000 == 0:
-                        copy.write(buffer.getvalue())
-                        buffer = io.StringIO()
-                copy.write(buffer.getvalue())
-            for _name, definition in indexes:
-                cursor.execute(definition)
-            cursor.execute("SELECT setval(pg_get_serial_sequence('events', 'id'), "
-                           "(SELECT max(id) FROM events))")
-            cursor.execute("VACUUM ANALYZE events")
-
-
-def load_sqlite(url: str, rows, batch: int = 200_000) -> None:
-    """executemany in large transactions, in the storage format of models.UTCDateTime, with
-    the migrated indexes dropped for the load and created again from their own SQL."""
-    path = make_url(url).database
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA synchronous=OFF")
-    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
-                           "AND tbl_name = 'events' AND sql IS NOT NULL").fetchall()
-    for name, _sql in indexes:
-        conn.execute(f'DROP INDEX "{name}"')
-    insert = ("INSERT INTO events (id, event, user_id, occurred_at, received_at) "
-              "VALUES (?, ?, ?, ?, ?)")
-    pending = []
-    for event_id, event, user_id, occurred_at in rows:
-        pending.append((event_id, event, user_id, occurred_at, occurred_at))
-        if len(pending) == batch:
-            conn.execute("BEGIN")
-            conn.executemany(insert, pending)
-            conn.execute("COMMIT")
-            pending = []
-    if pending:
-        conn.execute("BEGIN")
-        conn.executemany(insert, pending)
-        conn.execute("COMMIT")
-    for _name, sql in indexes:
-        conn.execute(sql)
-    conn.execute("ANALYZE")
-    conn.close()
 
 
 class Explain(Executable, ClauseElement):
@@ -149,37 +55,41 @@ def _compile_explain(element, compiler, **kw):
     return f"{element.prefix} {compiler.process(element.statement, **kw)}"
 
 
-def cases(n_days: int, user_id: str) -> list[tuple[str, callable, callable, dict]]:
-    """(name, statement builder, query function, arguments) of each measured query."""
-    last_day = FIRST_DAY + timedelta(days=n_days - 1)
-    period = {"start": FIRST_DAY, "end": last_day}
+def cases(args) -> list[tuple[str, str, dict]]:
+    """(title, endpoint, query arguments)."""
+    period = {"start": FIRST_DAY, "end": FIRST_DAY + timedelta(days=args.days - 1)}
     return [
-        (f"metrics day, {n_days} days", queries.metrics_statement, queries.metrics,
-         {**period, "group_by": "day"}),
-        (f"metrics week, {n_days} days", queries.metrics_statement, queries.metrics,
-         {**period, "group_by": "week"}),
-        (f"metrics month, {n_days} days", queries.metrics_statement, queries.metrics,
-         {**period, "group_by": "month"}),
-        (f"metrics day, one user, {n_days} days", queries.metrics_statement, queries.metrics,
-         {**period, "group_by": "day", "user_id": user_id}),
-        (f"sessions day, {n_days} days", queries.sessions_statement, queries.sessions,
-         {**period, "group_by": "day"}),
-        (f"sessions day, one user, {n_days} days", queries.sessions_statement, queries.sessions,
-         {**period, "group_by": "day", "user_id": user_id}),
+        ("metrics hour, Kathmandu", "/metrics",
+         {**period, "group_by": "hour", "tz": "Asia/Kathmandu"}),
+        ("metrics day, UTC", "/metrics", {**period, "group_by": "day"}),
+        ("metrics day, Los Angeles, event=play", "/metrics",
+         {**period, "group_by": "day", "tz": "America/Los_Angeles", "events": ("play",)}),
+        ("metrics week (sunday), Kathmandu", "/metrics",
+         {**period, "group_by": "week", "tz": "Asia/Kathmandu", "week_start": 6}),
+        ("metrics month, UTC", "/metrics", {**period, "group_by": "month"}),
+        ("sessions hour, Los Angeles", "/sessions",
+         {**period, "group_by": "hour", "tz": "America/Los_Angeles"}),
+        ("sessions day, Kathmandu", "/sessions",
+         {**period, "group_by": "day", "tz": "Asia/Kathmandu"}),
+        ("metrics day, one user", "/metrics", {**period, "user_id": "user00042"}),
+        ("sessions day, one user", "/sessions", {**period, "user_id": "user00042"}),
     ]
 
 
-def show_sql(session: Session, statement) -> str:
-    compiled = statement.compile(dialect=session.get_bind().dialect)
-    params = ", ".join(f"{name}={value!r}" for name, value in compiled.params.items())
-    return f"{compiled}\n-- parameters: {params}"
+def statement_of(session: Session, endpoint: str, query: reports.PeriodQuery):
+    """The statement and parameters that reports.metrics / reports.sessions execute."""
+    periods = reports._periods(session, query)
+    by_user = query.user_id is not None
+    statement = (reports._METRICS[(by_user, bool(query.events))] if endpoint == "/metrics"
+                 else reports._SESSIONS[by_user])
+    return statement, reports._parameters(session, query, periods, by_user)
 
 
-def explain(session: Session, statement) -> str:
+def explain(session: Session, statement, parameters) -> str:
     if session.get_bind().dialect.name == "postgresql":
-        rows = session.execute(Explain(statement, "EXPLAIN (ANALYZE, BUFFERS)"))
+        rows = session.execute(Explain(statement, "EXPLAIN (ANALYZE, BUFFERS)"), parameters)
         return "\n".join(row[0] for row in rows)
-    rows = list(session.execute(Explain(statement, "EXPLAIN QUERY PLAN")))
+    rows = list(session.execute(Explain(statement, "EXPLAIN QUERY PLAN"), parameters))
     depth = {0: -1}
     lines = []
     for node_id, parent, _unused, detail in rows:
@@ -188,124 +98,74 @@ def explain(session: Session, statement) -> str:
     return "\n".join(lines)
 
 
-def single_level_metrics(start: date, end: date, group_by: str = "day"):
-    """The straightforward form of the metrics query: one GROUP BY (period label, event) over
-    the events, with ORDER BY; the baseline for the two-level form analytics.queries uses."""
-    events = Event.__table__
-    start_at, end_at = queries.utc_bounds(start, end)
-    label = period_label(utc_date(events.c.occurred_at), group_by)
-    return (select(label.label("date"), events.c.event, func.count())
-            .where(events.c.occurred_at >= start_at, events.c.occurred_at < end_at)
-            .group_by(label, events.c.event).order_by(label))
-
-
-def median_of(runs: int, call) -> float:
-    call()  # warm the cache
+def median_ms(runs: int, call) -> float:
+    call()  # warm the caches
     timings = []
     for _ in range(runs):
         began = time.perf_counter()
         call()
         timings.append(time.perf_counter() - began)
-    return statistics.median(timings)
+    return statistics.median(timings) * 1000
 
 
-def median_seconds(session: Session, function, arguments: dict, runs: int) -> float:
-    return median_of(runs, lambda: function(session, **arguments))
+def query_string(arguments: dict) -> dict:
+    params = {"start_date": arguments["start"].isoformat(),
+              "end_date": arguments["end"].isoformat(),
+              "group_by": arguments.get("group_by", "day"), "tz": arguments.get("tz", "UTC"),
+              "week_start": WEEKDAYS[arguments.get("week_start", 0)]}
+    if "user_id" in arguments:
+        params["user_id"] = arguments["user_id"]
+    if arguments.get("events"):
+        params["event"] = list(arguments["events"])
+    return params
 
 
-def baselines(session: Session, args) -> dict[str, float]:
-    """The choices made in analytics.queries, the migrations and analytics.db, undone one at a
-    time on the same data: medians of the metrics-day and sessions-day queries."""
-    period = {"start": FIRST_DAY, "end": FIRST_DAY + timedelta(days=args.days - 1)}
-    is_postgresql = session.get_bind().dialect.name == "postgresql"
-    timings = {}
+def measure(name: str, url: str, args) -> dict[str, tuple]:
+    os.environ["DATABASE_URL"] = url
+    from analytics import create_app  # noqa: PLC0415  (reads DATABASE_URL)
 
-    def metrics_day():
-        return queries.metrics(session, **period)
-
-    def sessions_day():
-        return queries.sessions(session, **period)
-
-    events = Event.__table__
-    start_at, end_at = queries.utc_bounds(**period)
-    count_only = select(func.count()).where(events.c.occurred_at >= start_at,
-                                           events.c.occurred_at < end_at)
-    timings["floor: count(*) of the range, no grouping"] = median_of(
-        args.runs, lambda: session.execute(count_only).scalar())
-    timings["metrics day: as shipped"] = median_of(args.runs, metrics_day)
-    baseline = single_level_metrics(**period)
-    print(f"\n--- baseline: metrics day with one GROUP BY (label, event) and ORDER BY\n"
-          f"{show_sql(session, baseline)}\n\n{explain(session, baseline)}")
-    timings["metrics day: single GROUP BY (label, event) + ORDER BY"] = median_of(
-        args.runs, lambda: session.execute(baseline).all())
-    timings["sessions day: as shipped"] = median_of(args.runs, sessions_day)
-    if is_postgresql:
-        session.execute(text("SET jit = on"))
-        timings["metrics day: jit = on"] = median_of(args.runs, metrics_day)
-        timings["sessions day: jit = on"] = median_of(args.runs, sessions_day)
-        session.execute(text("SET jit = off"))
-    # The play/stop index as migration 0001 created it: without the event name.
-    session.execute(text("DROP INDEX ix_events_play_stop"))
-    session.execute(text("CREATE INDEX ix_events_play_stop ON events (user_id, occurred_at, id) "
-                         "WHERE event IN ('play', 'stop')"))
-    session.execute(text("ANALYZE events" if is_postgresql else "ANALYZE"))
-    session.commit()
-    statement = queries.sessions_statement(**period)
-    print(f"\n--- baseline: sessions day with the play/stop index without event\n"
-          f"{explain(session, statement)}")
-    timings["sessions day: play/stop index without event"] = median_of(args.runs, sessions_day)
-    return timings
-
-
-def measure(name: str, url: str, args) -> tuple[dict[str, float], dict[str, float]]:
+    client = create_app().test_client()
     engine = make_engine(url, statement_timeout_ms=0)
     results = {}
     print(f"\n{'=' * 100}\n{name}\n{'=' * 100}")
     with Session(engine) as session:
         if engine.dialect.name == "postgresql":
             print(session.execute(text("SELECT version()")).scalar())
-            for setting in ("work_mem", "shared_buffers", "jit"):
-                print(f"{setting} = {session.execute(text(f'SHOW {setting}')).scalar()}")
         else:
             print(f"SQLite {sqlite3.sqlite_version}")
-        for title, build, function, arguments in cases(args.days, "user00042"):
-            statement = build(**arguments)
-            print(f"\n--- {title} ({name})\n{show_sql(session, statement)}\n")
-            print(explain(session, statement))
-            results[title] = median_seconds(session, function, arguments, args.runs)
-            rows = function(session, **arguments)
-            print(f"\n{len(rows)} rows; median of {args.runs}: {results[title] * 1000:.1f} ms")
+        for title, endpoint, arguments in cases(args):
+            query = reports.PeriodQuery(**arguments)
+            statement, parameters = statement_of(session, endpoint, query)
+            compiled = statement.compile(dialect=engine.dialect)
+            shown = {k: (f"<{len(v)} bounds>" if k == "bounds" else v)
+                     for k, v in parameters.items()}
+            print(f"\n--- {title} ({name})\n{compiled}\n-- parameters: {shown}\n")
+            print(explain(session, statement, parameters))
+            n_rows = len(session.execute(statement, parameters).all())
+            report = reports.metrics if endpoint == "/metrics" else reports.sessions
+            sql_ms = median_ms(args.runs, lambda: session.execute(statement, parameters).all())
+            report_ms = median_ms(args.runs, lambda: report(session, query))
+            params = query_string(arguments)
+            http_ms = median_ms(args.runs, lambda: client.get(endpoint, query_string=params))
+            results[title] = (n_rows, sql_ms, report_ms, http_ms)
+            print(f"\n{n_rows} rows; medians of {args.runs}: statement {sql_ms:.1f} ms, "
+                  f"report {report_ms:.1f} ms, in-process HTTP {http_ms:.1f} ms", flush=True)
             session.rollback()
-        compared = baselines(session, args)
     engine.dispose()
-    return results, compared
-
-
-def print_table(title: str, results: dict[str, dict[str, float]]) -> None:
-    backends = list(results)
-    rows = list(dict.fromkeys(row for values in results.values() for row in values))
-    print(f"\n{title}\n")
-    print("| query | " + " | ".join(backends) + " |")
-    print("| --- |" + " ---: |" * len(backends))
-    for row in rows:
-        cells = " | ".join(f"{results[b][row] * 1000:.0f}" if row in results[b] else "n/a"
-                           for b in backends)
-        print(f"| {row} | {cells} |")
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     args = parser.parse_args()
 
-    results: dict[str, dict[str, float]] = {}
-    compared: dict[str, dict[str, float]] = {}
-    rows = lambda: generate(args.events, args.users, args.days)  # noqa: E731
+    results: dict[str, dict[str, tuple]] = {}
     backends = [("PostgreSQL", scratch_postgres, load_postgres, args.no_postgres),
                 ("SQLite", scratch_sqlite, load_sqlite, args.no_sqlite)]
     for name, scratch, load, skip in backends:
@@ -313,14 +173,27 @@ def main() -> None:
             continue
         with scratch() as url:
             began = time.perf_counter()
-            load(url, rows())
-            print(f"{name}: {args.events} events loaded and analysed in "
+            load(url, generate(args.events, args.users, args.days))
+            engine = make_engine(url, statement_timeout_ms=0)
+            writer.rebuild_aggregates(engine)
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE" if name == "PostgreSQL" else "ANALYZE")
+            engine.dispose()
+            print(f"{name}: {args.events} events loaded, aggregated and analysed in "
                   f"{time.perf_counter() - began:.1f} s")
-            results[name], compared[name] = measure(name, url, args)
+            results[name] = measure(name, url, args)
 
-    scale = f"{args.events} events, {args.users} users, {args.days} days"
-    print_table(f"Median of {args.runs} runs (ms), {scale}", results)
-    print_table(f"What each choice is worth: median of {args.runs} runs (ms), {scale}", compared)
+    print(f"\nMedians of {args.runs} runs (ms), {args.events} events, {args.users} users, "
+          f"{args.days} days\n")
+    print("| query | " + " | ".join(
+        f"{b} rows | {b} statement | {b} report | {b} in-process HTTP" for b in results) + " |")
+    print("| --- |" + " ---: |" * (4 * len(results)))
+    for title in next(iter(results.values())):
+        cells = []
+        for backend in results:
+            n, sql_ms, report_ms, http_ms = results[backend][title]
+            cells += [str(n), f"{sql_ms:.1f}", f"{report_ms:.1f}", f"{http_ms:.1f}"]
+        print(f"| {title} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def test_timestamps_sent_as_text_are_the_stored_text(engine, backend):
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT occurred_at FROM events ORDER BY id")).scalars().all()
     assert [sqlite_timestamp(at) for at in times] == stored
-    windows = json.loads(dialects.of(engine).windows_json([("u", at, at) for at in times]))
+    windows = json.loads(dialects.of(engine).spans_json([("u", at, at) for at in times]))
     assert [window[1] for window in windows] == stored
 
 

@@ -85,10 +85,8 @@ class Sessions:
         dialect = dialects.of(conn)
         dialect.lock_users(conn, set(spans))
         statements = _statements(dialect)
-        spans_json = dialect.windows_json(
-            [(user, lo, hi) for user, (lo, hi) in sorted(spans.items())])
-        windows = conn.execute(statements.windows, {"windows": spans_json}).all()
-        parameters = {"windows": dialect.windows_json(windows)}
+        parameters = {"spans": dialect.spans_json(
+            [(user, lo, hi) for user, (lo, hi) in sorted(spans.items())])}
         deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         for sign, statement in ((-1, statements.delete), (1, statements.insert)):
             for bucket, duration in conn.execute(statement, parameters):
@@ -103,11 +101,15 @@ class Sessions:
 
 
 class _Statements:
-    """The repair's statements for one database (its JSON rows are read its own way)."""
+    """The repair's two statements for one database (its JSON rows are read its own way).
+
+    Both start from the changed span of each user (``:spans``) and work out its repair window
+    in the database, so the windows never travel to Python and back.
+    """
 
     def __init__(self, dialect):
         e = _events
-        spans = dialect.windows_source()
+        spans = dialect.spans_source()
 
         def neighbour(compare, order):
             return (select(e.c.occurred_at)
@@ -117,16 +119,15 @@ class _Statements:
 
         before = neighbour(lambda at: at < spans.c.lo, lambda at: at.desc())
         after = neighbour(lambda at: at > spans.c.hi, lambda at: at.asc())
-        self.windows = select(spans.c.user_id, func.coalesce(before, spans.c.lo).label("lo"),
-                              after.label("hi"))
-        windows = dialect.windows_source()
-        s = _sessions
-        doomed = select(s.c.play_id).select_from(windows).join(s, and_(
-            s.c.user_id == windows.c.user_id, s.c.play_at >= windows.c.lo,
-            or_(windows.c.hi.is_(None), s.c.play_at < windows.c.hi)))
-        self.delete = (delete(s).where(s.c.play_id.in_(doomed))
-                       .returning(s.c.bucket, s.c.duration_us))
-        self.insert = (insert(s).from_select(_COLUMNS, pairs(dialect.windows_source()))
+        windows = select(spans.c.user_id, func.coalesce(before, spans.c.lo).label("lo"),
+                         after.label("hi")).cte("windows")
+        s, doomed = _sessions, _sessions.alias("doomed")
+        self.delete = (delete(s).where(s.c.play_id.in_(
+            select(doomed.c.play_id).select_from(windows).join(doomed, and_(
+                doomed.c.user_id == windows.c.user_id, doomed.c.play_at >= windows.c.lo,
+                or_(windows.c.hi.is_(None), doomed.c.play_at < windows.c.hi)))))
+            .returning(s.c.bucket, s.c.duration_us))
+        self.insert = (insert(s).from_select(_COLUMNS, pairs(windows))
                        .returning(s.c.bucket, s.c.duration_us))
 
 

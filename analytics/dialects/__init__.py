@@ -51,9 +51,9 @@ class microseconds_between(FunctionElement):
 
 
 class period_index(FunctionElement):
-    """The 1-based position of ``bucket`` among ascending ``bounds`` (a bound parameter holding
-    a list of ints): i where bounds[i-1] <= bucket < bounds[i]; 0 below the first bound and
-    len(bounds) from the last one on."""
+    """The 1-based position of ``bucket`` among ascending ``bounds`` (the ``:bounds``
+    parameter, bound with ``Dialect.bind_bounds``): i where bounds[i-1] <= bucket < bounds[i];
+    0 below the first bound and len(bounds) from the last one on."""
 
     type = Integer()
     inherit_cache = True
@@ -102,15 +102,16 @@ class Dialect(Protocol):
         """Insert ``rows`` into ``table``, or add their ``totals`` to the rows with the same
         ``keys`` already there."""
 
-    def bounds_parameter(self, bounds: list[int]):
-        """The value to bind as ``period_index``'s ``bounds``."""
+    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
+        """Make ``period_index`` use ``bounds`` in the next statement on ``conn``: the
+        parameters to pass it (its ``bounds`` parameter, or nothing)."""
 
-    def windows_source(self):
-        """A selectable of (user_id, lo, hi) rows read from the JSON parameter ``:windows``
-        that ``windows_json`` writes."""
+    def spans_source(self):
+        """A selectable of (user_id, lo, hi) rows read from the JSON parameter ``:spans``
+        that ``spans_json`` writes."""
 
-    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime]]) -> str:
-        """(user_id, lo, hi) rows as the JSON that ``windows_source`` reads."""
+    def spans_json(self, spans: Sequence[tuple[str, datetime, datetime]]) -> str:
+        """(user_id, lo, hi) rows as the JSON that ``spans_source`` reads."""
 
 
 _DIALECTS: dict[str, Dialect] = {}

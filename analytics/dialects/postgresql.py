@@ -117,20 +117,20 @@ class PostgreSQL:
             statement = _TOTALS[table.name] = _totals_statement(conn, table, keys, totals)
         conn.execute(statement, {"rows": json.dumps(rows, default=date.isoformat)})
 
-    def bounds_parameter(self, bounds: list[int]) -> list[int]:
-        return bounds
+    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
+        return {"bounds": bounds}
 
-    def windows_source(self):
+    def spans_source(self):
         return text(
-            "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:windows AS json)) "
+            "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:spans AS json)) "
             "AS w(user_id varchar, lo timestamptz, hi timestamptz)"
         ).columns(column("user_id", String), column("lo", UTCDateTime()),
-                  column("hi", UTCDateTime())).subquery("windows")
+                  column("hi", UTCDateTime())).subquery("spans")
 
-    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime]]) -> str:
+    def spans_json(self, spans: Sequence[tuple[str, datetime, datetime]]) -> str:
         return json.dumps([{"user_id": user_id, "lo": lo.isoformat(),
                             "hi": hi.isoformat() if hi else None}
-                           for user_id, lo, hi in windows])
+                           for user_id, lo, hi in spans])
 
 
 _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
@@ -158,12 +158,6 @@ def _insert_returning(conn: Connection, statement, rows: Sequence[EventRow]
         {"event": r.event, "user_id": r.user_id, "occurred_at": r.occurred_at,
          "received_at": r.received_at, "metadata_json": r.metadata_json,
          "event_id": r.event_id} for r in rows]).all()
-    return match_returned(rows, returned)
-
-
-def match_returned(rows: Sequence[EventRow], returned) -> list[int | None]:
-    """Each row's id among (id, user_id, event_id, occurred_at, event) rows that an INSERT
-    RETURNING gave back in any order; None for a row that did not go in."""
     # Rows with an event_id are told apart by it; the others all went in, and each is given
     # the id of a returned row with its own user, time and name (the smallest first).
     by_key: dict[tuple, list[int]] = {}

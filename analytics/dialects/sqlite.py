@@ -14,12 +14,10 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, String, column, create_engine, event, text
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.compiler import compiles
 
 from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
                                 register)
-from analytics.dialects.postgresql import match_returned
 from analytics.models import Event, UTCDateTime, sqlite_timestamp
 from analytics.rows import EventRow
 
@@ -51,27 +49,18 @@ def _microseconds_between(element, compiler, **kw):
 
 @compiles(period_index, "sqlite")
 def _period_index(element, compiler, **kw):
-    bucket, bounds = arguments(element, compiler, **kw)
-    return f"period_index({bucket}, {bounds})"
-
-
-@functools.lru_cache(maxsize=64)
-def _parsed_bounds(bounds: str) -> list[int]:
-    return json.loads(bounds)
-
-
-def _period_index_function(bucket: int, bounds: str) -> int:
-    return bisect.bisect_right(_parsed_bounds(bounds), bucket)
+    # The bounds are not a parameter here: bind_bounds gives the function its own copy (a
+    # parameter would be copied into Python again for every row).
+    bucket = compiler.process(element.clauses.clauses[0], **kw)
+    return f"period_index({bucket})"
 
 
 class SQLite:
     name = "sqlite"
     spreads_writers = False  # one writer at a time anyway
 
-    def __init__(self):
-        self._insert = (f"INSERT INTO events (event, user_id, occurred_at, received_at, "
-                        f"metadata, event_id) VALUES (?, ?, ?, ?, ?, ?) "
-                        f"ON CONFLICT (user_id, event_id) DO NOTHING")
+    _insert = ("INSERT INTO events (event, user_id, occurred_at, received_at, metadata, "
+               "event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, event_id) DO NOTHING")
 
     @contextlib.contextmanager
     def writer_turn(self, engine: Engine) -> Iterator[None]:
@@ -109,19 +98,20 @@ class SQLite:
         last = conn.exec_driver_sql("SELECT max(id) FROM events").scalar()
         if inserted == len(rows):
             return list(range(last - inserted + 1, last + 1))
-        # Some were duplicates (only rows with an event_id can be): match by that key.
-        went_in = conn.exec_driver_sql(
-            "SELECT id, user_id, event_id, occurred_at, event FROM events WHERE id > ?",
-            (last - inserted,)).all()
-        by_key = {(user_id, event_id): id_ for id_, user_id, event_id, _, _ in went_in
-                  if event_id is not None}
-        others = [(id_, user_id, None, occurred_at, event)
-                  for id_, user_id, event_id, occurred_at, event in went_in if event_id is None]
-        ids = match_returned([r for r in rows if r.event_id is None],
-                             [(i, u, e, _stored_text_time(at), n) for i, u, e, at, n in others])
-        without = iter(ids)
-        return [by_key.get(r.dedupe_key()) if r.event_id is not None else next(without)
-                for r in rows]
+        # Some were duplicates (only rows with an event_id can be): the rows that went in are
+        # in the order of ``rows``, so walk both.
+        went_in = iter(conn.exec_driver_sql(
+            "SELECT id, user_id, event_id FROM events WHERE id > ? ORDER BY id",
+            (last - inserted,)).all())
+        ids: list[int | None] = []
+        following = next(went_in, None)
+        for r in rows:
+            if following is not None and (following[1], following[2]) == (r.user_id, r.event_id):
+                ids.append(following[0])
+                following = next(went_in, None)
+            else:
+                ids.append(None)
+        return ids
 
     def lock_users(self, conn: Connection, users: set[str]) -> None:
         pass  # the write transaction already excludes every other writer
@@ -131,34 +121,39 @@ class SQLite:
 
     def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
                    totals: tuple[str, ...]) -> None:
+        names = (*keys, *totals)
         statement = _TOTALS.get(table.name)
         if statement is None:
-            insert = sqlite.insert(table)
-            statement = _TOTALS[table.name] = insert.on_conflict_do_update(
-                index_elements=list(keys),
-                set_={name: table.c[name] + insert.excluded[name] for name in totals})
-        conn.execute(statement, rows)
+            added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}"
+                              for name in totals)
+            statement = _TOTALS[table.name] = (
+                f"INSERT INTO {table.name} ({', '.join(names)}) "
+                f"VALUES ({', '.join('?' * len(names))}) "
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
+        # The driver's executemany, stepped in C, with plain tuples.
+        conn.exec_driver_sql(statement, [tuple(row[name] for name in names) for row in rows])
 
-    def bounds_parameter(self, bounds: list[int]) -> str:
-        return json.dumps(bounds)
+    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
+        # Registered on this connection for the statement about to run on it (a connection
+        # serves one thread at a time).
+        conn.connection.driver_connection.create_function(
+            "period_index", 1, functools.partial(bisect.bisect_right, bounds),
+            deterministic=True)
+        return {}
 
-    def windows_source(self):
+    def spans_source(self):
         return text(
             "SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS lo, "
-            "json_extract(value, '$[2]') AS hi FROM json_each(:windows)"
+            "json_extract(value, '$[2]') AS hi FROM json_each(:spans)"
         ).columns(column("user_id", String), column("lo", UTCDateTime()),
-                  column("hi", UTCDateTime())).subquery("windows")
+                  column("hi", UTCDateTime())).subquery("spans")
 
-    def windows_json(self, windows: Sequence[tuple[str, datetime, datetime | None]]) -> str:
+    def spans_json(self, spans: Sequence[tuple[str, datetime, datetime | None]]) -> str:
         return json.dumps([[user_id, sqlite_timestamp(lo), sqlite_timestamp(hi) if hi else None]
-                           for user_id, lo, hi in windows])
+                           for user_id, lo, hi in spans])
 
 
 _TOTALS: dict = {}
-
-
-def _stored_text_time(value: str) -> datetime:
-    return UTCDateTime().process_result_value(datetime.fromisoformat(value), None)
 
 
 def make_engine(url, busy_timeout_s: int) -> Engine:
@@ -177,8 +172,6 @@ def make_engine(url, busy_timeout_s: int) -> Engine:
         # SQLAlchemy emits BEGIN itself (the driver's implicit transactions are unreliable);
         # WAL lets readers run beside the writer.
         dbapi_connection.isolation_level = None
-        dbapi_connection.create_function("period_index", 2, _period_index_function,
-                                         deterministic=True)
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={timeout * 1000}")
