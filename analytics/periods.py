@@ -22,6 +22,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 # Local dates lie within this much of the same UTC date (offsets run from -12:00 to +14:00).
 _MARGIN = timedelta(hours=15)
 _HOUR = timedelta(hours=1)
+_FIRST = datetime(1, 1, 1, tzinfo=UTC)
 # How often the offset is looked at: no zone changes it twice within this time.
 _PROBE = timedelta(hours=6)
 
@@ -70,22 +71,29 @@ def _offset_text(offset: timedelta) -> str:
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+def _offset_at(zone: ZoneInfo, at: datetime) -> timedelta:
+    try:
+        return at.astimezone(zone).utcoffset()
+    except OverflowError:  # local time before year 1 or after 9999: the zone's first rule
+        return zone.utcoffset(at.replace(tzinfo=None))
+
+
 def _constant_offsets(zone: ZoneInfo, start: datetime, end: datetime
                       ) -> list[tuple[datetime, datetime, timedelta]]:
     """[start, end) cut where the zone's offset changes: (from, to, offset) pieces."""
     pieces = []
-    at, offset = start, start.astimezone(zone).utcoffset()
+    at, offset = start, _offset_at(zone, start)
     probe = start
     while probe < end:
         following = min(probe + _PROBE, end)
-        changed = following.astimezone(zone).utcoffset() if following < end else offset
+        changed = _offset_at(zone, following) if following < end else offset
         if changed != offset:
             # Find the bucket where it changes (offset changes fall on quarter hours).
             change = probe + BUCKET
-            while change.astimezone(zone).utcoffset() == offset:
+            while _offset_at(zone, change) == offset:
                 change += BUCKET
             pieces.append((at, change, offset))
-            at, offset = change, change.astimezone(zone).utcoffset()
+            at, offset = change, _offset_at(zone, change)
         probe = following
     pieces.append((at, end, offset))
     return pieces
@@ -102,6 +110,20 @@ def _label(local: datetime, offset: timedelta, group_by: str, week_start: int) -
     return day.isoformat()
 
 
+def _next_boundary(local: datetime, offset: timedelta, group_by: str, end: datetime
+                   ) -> datetime:
+    """The next instant a label or the range can change at: the next local hour or the next
+    local midnight (at most ``end``)."""
+    try:
+        if group_by == "hour":
+            step = local.replace(minute=0, second=0, microsecond=0) + _HOUR
+        else:
+            step = datetime.combine(local.date() + timedelta(days=1), time.min)
+        return min(step.replace(tzinfo=UTC) - offset, end)
+    except OverflowError:  # the last local day there is
+        return end
+
+
 @functools.lru_cache(maxsize=256)
 def local_periods(start: date, end: date, zone_name: str = "UTC", group_by: str = "day",
                   week_start: int = 0) -> Periods:
@@ -111,7 +133,10 @@ def local_periods(start: date, end: date, zone_name: str = "UTC", group_by: str 
     if group_by not in GROUP_BYS:
         raise ValueError(f"group_by must be one of {GROUP_BYS}, got {group_by!r}")
     zone = ZoneInfo(zone_name)
-    lo = max(datetime.combine(start, time.min, tzinfo=UTC) - _MARGIN, EPOCH.replace(year=1))
+    try:
+        lo = datetime.combine(start, time.min, tzinfo=UTC) - _MARGIN
+    except OverflowError:
+        lo = _FIRST
     try:
         hi = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC) + _MARGIN
     except OverflowError:
@@ -123,16 +148,16 @@ def local_periods(start: date, end: date, zone_name: str = "UTC", group_by: str 
     for piece_start, piece_end, offset in _constant_offsets(zone, lo, hi):
         at = piece_start
         while at < piece_end:
-            local = (at + offset).replace(tzinfo=None)
-            # The next boundary a label or the range can change at: the next local hour, or
-            # the next local midnight.
-            if group_by == "hour":
-                step = local.replace(minute=0, second=0, microsecond=0) + _HOUR
+            try:
+                local = (at + offset).replace(tzinfo=None)
+            except OverflowError:  # a local time before year 1 or after 9999: in no range
+                label = None
+                following = (min(_FIRST - offset, piece_end) if offset < timedelta(0)
+                             else piece_end)
             else:
-                step = datetime.combine(local.date() + timedelta(days=1), time.min)
-            following = min(step.replace(tzinfo=UTC) - offset, piece_end)
-            label = (_label(local, offset, group_by, week_start)
-                     if start <= local.date() <= end else None)
+                label = (_label(local, offset, group_by, week_start)
+                         if start <= local.date() <= end else None)
+                following = _next_boundary(local, offset, group_by, piece_end)
             if not run_labels or run_labels[-1] != label:
                 bounds.append(bucket_of(at))
                 run_labels.append(label)

@@ -50,12 +50,19 @@ def _periods(session: Session, query: PeriodQuery) -> Periods | None:
         if first is None:
             return None
         # A local date is within a day of the UTC date of the same instant.
-        start = max(start, bucket_start(first).date() - timedelta(days=1))
-        end = min(end, bucket_start(last).date() + timedelta(days=1))
+        start = max(start, _day_beside(bucket_start(first).date(), -1))
+        end = min(end, _day_beside(bucket_start(last).date(), 1))
         if start > end:
             return None
     periods = local_periods(start, end, query.tz, query.group_by, query.week_start)
     return periods if periods.labels else None
+
+
+def _day_beside(day: date, step: int) -> date:
+    try:
+        return day + timedelta(days=step)
+    except OverflowError:  # the first or last day there is
+        return day
 
 
 _buckets = EventBucket.__table__

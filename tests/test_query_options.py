@@ -150,3 +150,20 @@ def test_event_is_not_a_parameter_of_sessions_and_comes_last(client):
     query = "start_date=2025-01-01&end_date=2025-01-01&event=play"
     assert error(client, query, "/sessions") == "event is not a parameter of /sessions"
     assert error(client, query + "&fill=x", "/sessions") == "fill must be one of: none, zero"
+
+
+def test_events_at_the_first_day_there_is_are_counted(client):
+    track(client, "play", "0001-01-01T00:00:00Z")
+    assert data(client, "start_date=0001-01-01&end_date=0001-01-02") == [
+        {"date": "0001-01-01", "play": 1}]
+
+
+@pytest.mark.parametrize("tz", ["America/Los_Angeles", "Asia/Tokyo"])
+def test_the_ends_of_time_in_any_zone(client, tz):
+    track(client, "play", "0001-01-01T00:00:00Z")
+    track(client, "play", "0001-01-02T12:00:00Z")
+    for group_by in ("hour", "day", "week", "month"):
+        rows = data(client, f"start_date=0001-01-01&end_date=9999-12-31&tz={tz}"
+                            f"&group_by={group_by}")
+        # West of Greenwich the first instant is still the year 0 locally, which has no date.
+        assert sum(row["play"] for row in rows) == (1 if tz == "America/Los_Angeles" else 2)
