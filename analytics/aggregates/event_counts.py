@@ -39,8 +39,7 @@ class EventCounts:
     def _add(conn: Connection, events: Sequence[StoredEvent], sign: int) -> None:
         deltas = Counter((bucket_of_instant(e.occurred_at), e.event) for e in events)
         shard = shard_of_writer(conn)
-        rows = [{"bucket": bucket, "event": event, "shard": shard, "n": sign * n}
-                for (bucket, event), n in sorted(deltas.items())]
+        rows = [(bucket, event, shard, sign * n) for (bucket, event), n in sorted(deltas.items())]
         if rows:
             dialects.of(conn).add_totals(conn, _table, rows, keys=("bucket", "event", "shard"),
                                          totals=("n",))

@@ -93,8 +93,8 @@ class Sessions:
                 deltas[bucket][0] += sign
                 deltas[bucket][1] += sign * duration
         shard = shard_of_writer(conn)
-        rows = [{"bucket": bucket, "shard": shard, "sessions": n, "total_us": total}
-                for bucket, (n, total) in sorted(deltas.items()) if n or total]
+        rows = [(bucket, shard, n, total) for bucket, (n, total) in sorted(deltas.items())
+                if n or total]
         if rows:
             dialect.add_totals(conn, _totals, rows, keys=("bucket", "shard"),
                                totals=("sessions", "total_us"))

@@ -97,10 +97,10 @@ class Dialect(Protocol):
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         """Make other writers wait for these tables until the transaction ends."""
 
-    def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
+    def add_totals(self, conn: Connection, table, rows: list[tuple], keys: tuple[str, ...],
                    totals: tuple[str, ...]) -> None:
-        """Insert ``rows`` into ``table``, or add their ``totals`` to the rows with the same
-        ``keys`` already there."""
+        """Insert ``rows`` (values of ``keys`` then ``totals``, in key order) into ``table``,
+        or add their totals to the rows with the same keys already there."""
 
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         """Make ``period_index`` use ``bounds`` in the next statement on ``conn``: the

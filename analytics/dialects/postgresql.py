@@ -6,7 +6,7 @@ import contextlib
 import json
 import zlib
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, String, bindparam, cast, column, func, select, text
 from sqlalchemy.dialects import postgresql
@@ -110,12 +110,14 @@ class PostgreSQL:
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         conn.exec_driver_sql(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
 
-    def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
+    def add_totals(self, conn: Connection, table, rows: list[tuple], keys: tuple[str, ...],
                    totals: tuple[str, ...]) -> None:
         statement = _TOTALS.get(table.name)
         if statement is None:
             statement = _TOTALS[table.name] = _totals_statement(conn, table, keys, totals)
-        conn.execute(statement, {"rows": json.dumps(rows, default=date.isoformat)})
+        # One array a column: psycopg writes them in C.
+        conn.exec_driver_sql(statement, {f"c{i}": list(column)
+                                         for i, column in enumerate(zip(*rows))})
 
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         return {"bounds": bounds}
@@ -138,18 +140,17 @@ _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
 _TOTALS: dict = {}
 
 
-def _totals_statement(conn: Connection, table, keys, totals):
-    # All rows in one statement from one JSON parameter, in key order, so that concurrent
-    # writers lock rows in the same order and never deadlock.
+def _totals_statement(conn: Connection, table, keys, totals) -> str:
+    # All rows in one statement, in key order, so that concurrent writers lock rows in the
+    # same order and never deadlock.
     names = [*keys, *totals]
-    record = ", ".join(f"{name} {table.c[name].type.compile(conn.dialect)}" for name in names)
+    arrays = ", ".join(f"CAST(%(c{i})s AS {table.c[name].type.compile(conn.dialect)}[])"
+                       for i, name in enumerate(names))
     listed = ", ".join(names)
     added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in totals)
-    return text(
-        f"INSERT INTO {table.name} ({listed}) SELECT {listed} "
-        f"FROM json_to_recordset(CAST(:rows AS json)) AS r({record}) "
-        f"ORDER BY {', '.join(keys)} "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
+    return (f"INSERT INTO {table.name} ({listed}) SELECT * FROM unnest({arrays}) "
+            f"AS r({listed}) ORDER BY {', '.join(keys)} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
 
 
 def _insert_returning(conn: Connection, statement, rows: Sequence[EventRow]

@@ -119,7 +119,7 @@ class SQLite:
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         pass  # the write transaction already excludes every other writer
 
-    def add_totals(self, conn: Connection, table, rows: list[dict], keys: tuple[str, ...],
+    def add_totals(self, conn: Connection, table, rows: list[tuple], keys: tuple[str, ...],
                    totals: tuple[str, ...]) -> None:
         names = (*keys, *totals)
         statement = _TOTALS.get(table.name)
@@ -130,8 +130,7 @@ class SQLite:
                 f"INSERT INTO {table.name} ({', '.join(names)}) "
                 f"VALUES ({', '.join('?' * len(names))}) "
                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
-        # The driver's executemany, stepped in C, with plain tuples.
-        conn.exec_driver_sql(statement, [tuple(row[name] for name in names) for row in rows])
+        conn.exec_driver_sql(statement, rows)  # the driver's executemany, stepped in C
 
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         # Registered on this connection for the statement about to run on it (a connection
