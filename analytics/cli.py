@@ -7,6 +7,7 @@ import os
 import stat
 import sys
 from contextlib import ExitStack
+from datetime import timedelta
 
 import click
 from flask import Flask, current_app
@@ -17,6 +18,7 @@ from analytics import importer, keys, retention, writer
 from analytics.aggregates import REGISTRY
 from analytics.db import get_engine, get_session, ping
 from analytics.models import utcnow
+from analytics.periods import bucket_of
 from config import parse_rate
 
 COMMANDS: list = []
@@ -51,7 +53,8 @@ def purge(days: int | None, dry_run: bool, batch_size: int | None, full_speed: b
 
     Events received strictly before now minus the period (whole seconds, UTC) are deleted, in
     batches of one short transaction each, so the API keeps serving. Safe to repeat or to run
-    beside another purge.
+    beside another purge. Then the aggregates' rows of buckets over an hour old that writers
+    spread over shards are merged.
     """
     if days is None:
         days = current_app.config["RETENTION_DAYS"]
@@ -73,6 +76,9 @@ def purge(days: int | None, dry_run: bool, batch_size: int | None, full_speed: b
                                                  pace=pace, on_batch=bar.update)
         else:
             purged = retention.purge_expired(engine, cutoff, batch_size=batch_size, pace=pace)
+        # Buckets an hour old no longer get live writes: merge what writers spread over
+        # shards, so that reads do not sum it again every time.
+        writer.fold_aggregates(engine, bucket_of(utcnow() - timedelta(hours=1)))
     except SQLAlchemyError as exc:
         raise click.ClickException(_database_failure(exc)) from None
     click.echo(f"Purged {purged} events received before {before}")

@@ -58,11 +58,10 @@ class Periods:
     def end_bucket(self) -> int:
         return self.bounds[-1]
 
-    def label_of_index(self, index: int) -> str | None:
-        """The label of what ``period_index`` (1-based) returned, or None."""
-        if 1 <= index < len(self.bounds):
-            return self.run_labels[index - 1]
-        return None
+    @functools.cached_property
+    def label_of_index(self) -> tuple[str | None, ...]:
+        """The label of each value ``period_index`` can return (None: outside every run)."""
+        return (None, *self.run_labels, None)
 
 
 def _offset_text(offset: timedelta) -> str:

@@ -142,9 +142,10 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
         return []
     statement = _METRICS[(query.user_id is not None, bool(query.events))]
     counts: dict[str, Counter] = defaultdict(Counter)
+    label_of = periods.label_of_index
     for index, event, n in session.execute(
             statement, _parameters(session, query, periods, query.user_id is not None)):
-        label = periods.label_of_index(index)
+        label = label_of[index]
         if label is not None and n:
             counts[label][event] += n
     if not query.fill_zero:
@@ -163,9 +164,10 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
         return []
     statement = _SESSIONS[query.user_id is not None]
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    label_of = periods.label_of_index
     for index, n, total in session.execute(
             statement, _parameters(session, query, periods, query.user_id is not None)):
-        label = periods.label_of_index(index)
+        label = label_of[index]
         if label is not None:
             totals[label][0] += n
             totals[label][1] += total

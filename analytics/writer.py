@@ -6,6 +6,7 @@ One function per direction:
   strategy), let every aggregate of the registry see the stored events, commit; a
   transaction that lost a race is run again;
 - ``delete_events``: delete the events a query selects, let every aggregate see them, commit;
+- ``fold_aggregates``: let every aggregate merge the rows concurrent writers spread out;
 - ``rebuild_aggregates``: recompute every aggregate from the events.
 
 Nothing else writes events or aggregates. See docs/architecture.md.
@@ -109,6 +110,14 @@ def delete_events(engine: Engine, ids: Select) -> int:
                 for aggregate in REGISTRY:
                     aggregate.on_delete(conn, removed)
         return len(removed)
+
+
+def fold_aggregates(engine: Engine, before_bucket: int) -> None:
+    """Let every aggregate merge what concurrent writers spread over several rows, for the
+    buckets before ``before_bucket``, in one short transaction."""
+    with dialects.of(engine).writer_turn(engine), engine.begin() as conn:
+        for aggregate in REGISTRY:
+            aggregate.fold(conn, before_bucket)
 
 
 def rebuild_aggregates(engine: Engine) -> None:

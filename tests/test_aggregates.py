@@ -268,6 +268,7 @@ class RecordingAggregate:
         self.inserted: list[int] = []
         self.deleted: list[int] = []
         self.rebuilds = 0
+        self.folds = 0
 
     def on_insert(self, conn, events):
         self.inserted.extend(e.id for e in events)
@@ -277,6 +278,9 @@ class RecordingAggregate:
 
     def rebuild(self, conn):
         self.rebuilds += 1
+
+    def fold(self, conn, before_bucket):
+        self.folds += 1
 
 
 def stored_ids(engine) -> list[int]:
@@ -310,6 +314,9 @@ def test_a_registered_aggregate_hears_of_every_write_path(app, client, engine, m
     assert writer.delete_events(engine, select(Event.id).where(Event.id.in_(ids[1:4]))) == 2
     assert sorted(recorder.deleted) == sorted({*ids[::3], *ids[1:4]})
 
+    result = app.test_cli_runner().invoke(args=["purge"])
+    assert result.exit_code == 0, result.output
+    assert recorder.folds == 1
     result = app.test_cli_runner().invoke(args=["rebuild-aggregates"])
     assert result.exit_code == 0, result.output
     assert recorder.rebuilds == 1
@@ -343,3 +350,25 @@ def test_counting_nothing_leaves_no_rows(engine):
     with Session(engine) as session:
         assert writer.store_events(session, []) == []
         assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
+
+
+def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(app, client, engine,
+                                                                       backend):
+    # POST /track goes through the committer's thread, a batch through the request's own:
+    # two writer threads, so on PostgreSQL two shards of the same buckets.
+    for name, second in (("play", 0), ("stop", 30)):
+        event = {"event": name, "user_id": "u", "timestamp": at(second)}
+        assert client.post("/track", json=event).status_code == 200
+        assert client.post("/track/batch", json={"events": [
+            {**event, "user_id": "v"}]}).status_code == 200
+    before = aggregates(engine)
+    with Session(engine) as session:
+        shards = set(session.scalars(select(EventBucket.shard)))
+    assert len(shards) == (2 if backend == "postgresql" else 1)
+    writer.fold_aggregates(engine, bucket_of(START) + 1)  # the bucket of the events
+    with Session(engine) as session:
+        assert set(session.scalars(select(EventBucket.shard))) == {0}
+        assert set(session.scalars(select(SessionBucket.shard))) == {0}
+    assert aggregates(engine) == before == rebuilt(engine)
+    writer.fold_aggregates(engine, bucket_of(START) + 1)  # again: nothing left to move
+    assert aggregates(engine) == before

@@ -36,6 +36,10 @@ class Aggregate(Protocol):
     def rebuild(self, conn: Connection) -> None:
         """Recompute everything from the events as they are."""
 
+    def fold(self, conn: Connection, before_bucket: int) -> None:
+        """Merge what concurrent writers spread over several rows, for buckets before
+        ``before_bucket`` (which reads would otherwise sum again every time)."""
+
 
 def shard_of_writer(conn: Connection) -> int:
     """The shard this thread adds to: by its system-wide thread id, so that the writer threads

@@ -15,6 +15,7 @@ from analytics.rows import StoredEvent
 
 _events = Event.__table__
 _table = EventBucket.__table__
+_KEYS = ("bucket", "event", "shard")
 
 
 class EventCounts:
@@ -35,11 +36,13 @@ class EventCounts:
             select(bucket, _events.c.event, literal(0), func.count())
             .group_by(bucket, _events.c.event)))
 
+    def fold(self, conn: Connection, before_bucket: int) -> None:
+        dialects.of(conn).fold_totals(conn, _table, _KEYS, ("n",), before_bucket)
+
     @staticmethod
     def _add(conn: Connection, events: Sequence[StoredEvent], sign: int) -> None:
         deltas = Counter((bucket_of_instant(e.occurred_at), e.event) for e in events)
         shard = shard_of_writer(conn)
         rows = [(bucket, event, shard, sign * n) for (bucket, event), n in sorted(deltas.items())]
         if rows:
-            dialects.of(conn).add_totals(conn, _table, rows, keys=("bucket", "event", "shard"),
-                                         totals=("n",))
+            dialects.of(conn).add_totals(conn, _table, rows, keys=_KEYS, totals=("n",))

@@ -26,6 +26,7 @@ from analytics.rows import StoredEvent
 _events = Event.__table__
 _sessions = PlayStopSession.__table__
 _totals = SessionBucket.__table__
+_TOTALS = ("sessions", "total_us")
 _COLUMNS = ["play_id", "stop_id", "user_id", "play_at", "bucket", "duration_us"]
 
 
@@ -97,7 +98,11 @@ class Sessions:
                 if n or total]
         if rows:
             dialect.add_totals(conn, _totals, rows, keys=("bucket", "shard"),
-                               totals=("sessions", "total_us"))
+                               totals=_TOTALS)
+
+    def fold(self, conn: Connection, before_bucket: int) -> None:
+        dialects.of(conn).fold_totals(conn, _totals, ("bucket", "shard"), _TOTALS,
+                                      before_bucket)
 
 
 class _Statements:

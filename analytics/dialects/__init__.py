@@ -102,6 +102,11 @@ class Dialect(Protocol):
         """Insert ``rows`` (values of ``keys`` then ``totals``, in key order) into ``table``,
         or add their totals to the rows with the same keys already there."""
 
+    def fold_totals(self, conn: Connection, table, keys: tuple[str, ...],
+                    totals: tuple[str, ...], before_bucket: int) -> None:
+        """Add the rows of ``table`` for buckets before ``before_bucket`` into one row per key
+        (shard 0), where writers spread them over shards."""
+
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         """Make ``period_index`` use ``bounds`` in the next statement on ``conn``: the
         parameters to pass it (its ``bounds`` parameter, or nothing)."""

@@ -119,6 +119,20 @@ class PostgreSQL:
         conn.exec_driver_sql(statement, {f"c{i}": list(column)
                                          for i, column in enumerate(zip(*rows))})
 
+    def fold_totals(self, conn: Connection, table, keys: tuple[str, ...],
+                    totals: tuple[str, ...], before_bucket: int) -> None:
+        others = [key for key in keys if key not in ("bucket", "shard")]
+        grouped = ", ".join(["bucket", *others])
+        sums = ", ".join(f"sum({name})" for name in totals)
+        added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in totals)
+        conn.exec_driver_sql(
+            f"WITH moved AS (DELETE FROM {table.name} WHERE shard <> 0 "
+            f"AND bucket < %(before)s RETURNING {grouped}, {', '.join(totals)}) "
+            f"INSERT INTO {table.name} ({grouped}, shard, {', '.join(totals)}) "
+            f"SELECT {grouped}, 0, {sums} FROM moved GROUP BY {grouped} ORDER BY {grouped} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}",
+            {"before": before_bucket})
+
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         return {"bounds": bounds}
 

@@ -132,6 +132,10 @@ class SQLite:
                 f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
         conn.exec_driver_sql(statement, rows)  # the driver's executemany, stepped in C
 
+    def fold_totals(self, conn: Connection, table, keys: tuple[str, ...],
+                    totals: tuple[str, ...], before_bucket: int) -> None:
+        pass  # every writer adds to shard 0
+
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         # Registered on this connection for the statement about to run on it (a connection
         # serves one thread at a time).
