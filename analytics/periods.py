@@ -59,6 +59,13 @@ class Periods:
         return self.bounds[-1]
 
     @functools.cached_property
+    def step(self) -> int | None:
+        """The runs' common length in buckets when every run has it (then a bucket's run is
+        plain arithmetic), else None."""
+        lengths = {b - a for a, b in zip(self.bounds, self.bounds[1:])}
+        return lengths.pop() if len(lengths) == 1 else None
+
+    @functools.cached_property
     def label_of_index(self) -> tuple[str | None, ...]:
         """The label of each value ``period_index`` can return (None: outside every run)."""
         return (None, *self.run_labels, None)

@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import BigInteger, bindparam, cast, func, literal, select
+from sqlalchemy import BigInteger, Integer, bindparam, cast, func, literal, select
 from sqlalchemy.orm import Session
 
 from analytics import dialects
@@ -71,59 +71,73 @@ _sessions = PlayStopSession.__table__
 _events = Event.__table__
 _DATA_SPAN = select(func.min(_buckets.c.bucket), func.max(_buckets.c.bucket))
 _LO, _HI, _BOUNDS = bindparam("lo"), bindparam("hi"), bindparam("bounds")
+_FIRST, _STEP = bindparam("first", type_=Integer), bindparam("step", type_=Integer)
 
 
-def _grouped(rows_with_bucket, *sums):
+def _grouped(rows_with_bucket, keys: tuple[str, ...], sums: tuple[str, ...], regular: bool):
     """``SELECT period, sum(...) ... GROUP BY period`` over a select whose first column is a
-    bucket: the period is its period_index among :bounds."""
+    bucket: the period is the bucket's run (1-based) among :bounds, or, when the runs are
+    ``regular`` (all :step buckets long, from :first), arithmetic that gives the same index."""
     inner = rows_with_bucket.subquery("in_range")
     bucket, *others = inner.c
-    period = period_index(bucket, _BOUNDS).label("period")
+    if regular:
+        period = ((bucket - _FIRST) // _STEP + 1).label("period")
+    else:
+        period = period_index(bucket, _BOUNDS).label("period")
     keyed = select(period, *others).subquery("keyed")
-    keys = [keyed.c.period, *(keyed.c[name] for name in sums[0])]
+    grouped = [keyed.c.period, *(keyed.c[name] for name in keys)]
     # (PostgreSQL sums bigints as numeric, which the driver would make Decimals of.)
-    return select(*keys, *(cast(func.sum(keyed.c[name]), BigInteger) for name in sums[1])
-                  ).group_by(*keys)
+    return select(*grouped, *(cast(func.sum(keyed.c[name]), BigInteger) for name in sums)
+                  ).group_by(*grouped)
 
 
-def _all_users_metrics(with_events: bool):
+def _all_users_metrics(with_events: bool, regular: bool):
     rows = select(_buckets.c.bucket, _buckets.c.event, _buckets.c.n).where(
         _buckets.c.bucket >= _LO, _buckets.c.bucket < _HI)
     if with_events:
         rows = rows.where(_buckets.c.event.in_(bindparam("events", expanding=True)))
-    return _grouped(rows, ("event",), ("n",))
+    return _grouped(rows, ("event",), ("n",), regular)
 
 
-def _user_metrics(with_events: bool):
+def _user_metrics(with_events: bool, regular: bool):
     rows = select(bucket_of(_events.c.occurred_at).label("bucket"), _events.c.event,
                   literal(1).label("n")).where(
         _events.c.user_id == bindparam("user_id"), _events.c.occurred_at >= _LO,
         _events.c.occurred_at < _HI)
     if with_events:
         rows = rows.where(_events.c.event.in_(bindparam("events", expanding=True)))
-    return _grouped(rows, ("event",), ("n",))
+    return _grouped(rows, ("event",), ("n",), regular)
 
 
-_METRICS = {(user, filtered): (_user_metrics if user else _all_users_metrics)(filtered)
-            for user in (False, True) for filtered in (False, True)}
-_SESSIONS = {
-    False: _grouped(select(_session_buckets.c.bucket, _session_buckets.c.sessions,
-                           _session_buckets.c.total_us)
-                    .where(_session_buckets.c.bucket >= _LO, _session_buckets.c.bucket < _HI),
-                    (), ("sessions", "total_us")),
-    True: _grouped(select(_sessions.c.bucket, literal(1).label("sessions"),
-                          _sessions.c.duration_us.label("total_us"))
-                   .where(_sessions.c.user_id == bindparam("user_id"),
-                          _sessions.c.play_at >= _LO, _sessions.c.play_at < _HI),
-                   (), ("sessions", "total_us")),
-}
+def _all_users_sessions(regular: bool):
+    t = _session_buckets
+    rows = (select(t.c.bucket, t.c.sessions, t.c.total_us)
+            .where(t.c.bucket >= _LO, t.c.bucket < _HI))
+    return _grouped(rows, (), ("sessions", "total_us"), regular)
+
+
+def _user_sessions(regular: bool):
+    t = _sessions
+    rows = (select(t.c.bucket, literal(1).label("sessions"), t.c.duration_us.label("total_us"))
+            .where(t.c.user_id == bindparam("user_id"), t.c.play_at >= _LO, t.c.play_at < _HI))
+    return _grouped(rows, (), ("sessions", "total_us"), regular)
+
+
+_METRICS = {(user, filtered, regular): (_user_metrics if user else _all_users_metrics)(
+                filtered, regular)
+            for user in (False, True) for filtered in (False, True) for regular in (False, True)}
+_SESSIONS = {(user, regular): (_user_sessions if user else _all_users_sessions)(regular)
+             for user in (False, True) for regular in (False, True)}
 
 
 def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time: bool) -> dict:
     lo, hi = periods.first_bucket, periods.end_bucket
     conn = session.connection()
-    parameters = {
-        **dialects.of(conn).bind_bounds(conn, list(periods.bounds)),
+    if periods.step:
+        parameters = {"first": lo, "step": periods.step}
+    else:
+        parameters = dialects.of(conn).bind_bounds(conn, list(periods.bounds))
+    parameters |= {
         "lo": bucket_start(lo) if by_time else lo,
         "hi": bucket_start(hi) if by_time else hi,
     }
@@ -140,7 +154,7 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
     periods = _periods(session, query)
     if periods is None:
         return []
-    statement = _METRICS[(query.user_id is not None, bool(query.events))]
+    statement = _METRICS[(query.user_id is not None, bool(query.events), bool(periods.step))]
     counts: dict[str, Counter] = defaultdict(Counter)
     label_of = periods.label_of_index
     for index, event, n in session.execute(
@@ -162,7 +176,7 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
     periods = _periods(session, query)
     if periods is None:
         return []
-    statement = _SESSIONS[query.user_id is not None]
+    statement = _SESSIONS[(query.user_id is not None, bool(periods.step))]
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     label_of = periods.label_of_index
     for index, n, total in session.execute(
