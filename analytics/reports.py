@@ -37,7 +37,7 @@ class PeriodQuery:
     fill_zero: bool = False
 
 
-def _periods(session: Session, query: PeriodQuery) -> Periods | None:
+def query_periods(session: Session, query: PeriodQuery) -> Periods | None:
     """The query's periods; without fill=zero only those around the stored events (None when
     there are none), so that a range of centuries costs no more than the data in it."""
     start, end = query.start, query.end
@@ -148,17 +148,24 @@ def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time:
     return parameters
 
 
+def statement_for(session: Session, query: PeriodQuery, endpoint: str, periods: Periods):
+    """The statement and parameters that answer ``endpoint`` ("/metrics" or "/sessions")."""
+    by_user, regular = query.user_id is not None, bool(periods.step)
+    statement = (_METRICS[(by_user, bool(query.events), regular)] if endpoint == "/metrics"
+                 else _SESSIONS[(by_user, regular)])
+    return statement, _parameters(session, query, periods, by_user)
+
+
 def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, int]]]:
     """(label, {event: count}) per period in order; periods without events left out unless
     fill=zero, which also lists every event name of the answer (or asked for) in each."""
-    periods = _periods(session, query)
+    periods = query_periods(session, query)
     if periods is None:
         return []
-    statement = _METRICS[(query.user_id is not None, bool(query.events), bool(periods.step))]
     counts: dict[str, Counter] = defaultdict(Counter)
     label_of = periods.label_of_index
     for index, event, n in session.execute(
-            statement, _parameters(session, query, periods, query.user_id is not None)):
+            *statement_for(session, query, "/metrics", periods)):
         label = label_of[index]
         if label is not None and n:
             counts[label][event] += n
@@ -173,14 +180,13 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
 def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]:
     """(label, sessions, total microseconds) per period of the plays, in order; periods
     without sessions left out unless fill=zero."""
-    periods = _periods(session, query)
+    periods = query_periods(session, query)
     if periods is None:
         return []
-    statement = _SESSIONS[(query.user_id is not None, bool(periods.step))]
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     label_of = periods.label_of_index
     for index, n, total in session.execute(
-            statement, _parameters(session, query, periods, query.user_id is not None)):
+            *statement_for(session, query, "/sessions", periods)):
         label = label_of[index]
         if label is not None:
             totals[label][0] += n

@@ -78,11 +78,7 @@ def cases(args) -> list[tuple[str, str, dict]]:
 
 def statement_of(session: Session, endpoint: str, query: reports.PeriodQuery):
     """The statement and parameters that reports.metrics / reports.sessions execute."""
-    periods = reports._periods(session, query)
-    by_user = query.user_id is not None
-    statement = (reports._METRICS[(by_user, bool(query.events))] if endpoint == "/metrics"
-                 else reports._SESSIONS[by_user])
-    return statement, reports._parameters(session, query, periods, by_user)
+    return reports.statement_for(session, query, endpoint, reports.query_periods(session, query))
 
 
 def explain(session: Session, statement, parameters) -> str:
