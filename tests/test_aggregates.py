@@ -352,15 +352,21 @@ def test_counting_nothing_leaves_no_rows(engine):
         assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
 
 
-def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(app, client, engine,
-                                                                       backend):
-    # POST /track goes through the committer's thread, a batch through the request's own:
-    # two writer threads, so on PostgreSQL two shards of the same buckets.
-    for name, second in (("play", 0), ("stop", 30)):
-        event = {"event": name, "user_id": "u", "timestamp": at(second)}
-        assert client.post("/track", json=event).status_code == 200
-        assert client.post("/track/batch", json={"events": [
-            {**event, "user_id": "v"}]}).status_code == 200
+def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(engine, backend,
+                                                                       monkeypatch):
+    # Two writer threads (shards 1 and 2) write the same buckets.
+    import threading
+
+    from analytics.rows import EventRow
+
+    writer_thread = {"id": 1}
+    monkeypatch.setattr(threading, "get_native_id", lambda: writer_thread["id"])
+    for thread, user in ((1, "u"), (2, "v")):
+        writer_thread["id"] = thread
+        rows = [EventRow(name, user, START + timedelta(seconds=second), START, "null")
+                for name, second in (("play", 0), ("stop", 30))]
+        with Session(engine) as session:
+            assert writer.store_events(session, rows) == [True, True]
     before = aggregates(engine)
     with Session(engine) as session:
         shards = set(session.scalars(select(EventBucket.shard)))

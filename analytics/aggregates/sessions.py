@@ -13,26 +13,29 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal, or_, select
+from sqlalchemy import Connection, and_, delete, func, insert, literal, select
 
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
 from analytics.dialects import bucket_of, microseconds_between
 from analytics.models import (PLAY_OR_STOP, Event, PlayStopSession, SessionBucket,
-                              is_play_or_stop)
+                              UTCDateTime, is_play_or_stop)
 from analytics.rows import StoredEvent
 
 _events = Event.__table__
 _sessions = PlayStopSession.__table__
 _totals = SessionBucket.__table__
 _TOTALS = ("sessions", "total_us")
+_END_OF_TIME = datetime.max.replace(tzinfo=timezone.utc)
 _COLUMNS = ["play_id", "stop_id", "user_id", "play_at", "bucket", "duration_us"]
 
 
 def pairs(windows=None):
     """The sessions as rows of _COLUMNS: of every user, or (``windows``: a selectable of
-    user_id, lo, hi) only those whose play lies in [lo, hi) of its user's window."""
+    user_id, lo, hi) only those whose play lies in [lo, hi) of its user's window, read from
+    its events in [lo, hi]."""
     e = _events
     in_order = dict(partition_by=e.c.user_id, order_by=(e.c.occurred_at, e.c.id))
     sequence = select(
@@ -45,14 +48,14 @@ def pairs(windows=None):
         # The window's last event is read too: it may be the stop of the last play inside.
         sequence = sequence.add_columns(windows.c.hi).join(windows, and_(
             e.c.user_id == windows.c.user_id, e.c.occurred_at >= windows.c.lo,
-            or_(windows.c.hi.is_(None), e.c.occurred_at <= windows.c.hi)))
+            e.c.occurred_at <= windows.c.hi))
     sequence = sequence.subquery("sequence")
     s = sequence.c
     found = select(s.id, s.next_id, s.user_id, s.occurred_at, bucket_of(s.occurred_at),
                    microseconds_between(s.occurred_at, s.next_at)
                    ).where(s.event == "play", s.next_event == "stop")
     if windows is not None:
-        found = found.where(or_(s.hi.is_(None), s.occurred_at < s.hi))
+        found = found.where(s.occurred_at < s.hi)
     return found
 
 
@@ -125,13 +128,15 @@ class _Statements:
 
         before = neighbour(lambda at: at < spans.c.lo, lambda at: at.desc())
         after = neighbour(lambda at: at > spans.c.hi, lambda at: at.asc())
+        # A window without end ends at the end of time: both bounds are then index bounds.
         windows = select(spans.c.user_id, func.coalesce(before, spans.c.lo).label("lo"),
-                         after.label("hi")).cte("windows").prefix_with("MATERIALIZED")
+                         func.coalesce(after, literal(_END_OF_TIME, UTCDateTime())).label("hi")
+                         ).cte("windows").prefix_with("MATERIALIZED")
         s, doomed = _sessions, _sessions.alias("doomed")
         self.delete = (delete(s).where(s.c.play_id.in_(
             select(doomed.c.play_id).select_from(windows).join(doomed, and_(
                 doomed.c.user_id == windows.c.user_id, doomed.c.play_at >= windows.c.lo,
-                or_(windows.c.hi.is_(None), doomed.c.play_at < windows.c.hi)))))
+                doomed.c.play_at < windows.c.hi))))
             .returning(s.c.bucket, s.c.duration_us))
         self.insert = (insert(s).from_select(_COLUMNS, pairs(windows))
                        .returning(s.c.bucket, s.c.duration_us))
