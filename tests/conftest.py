@@ -69,13 +69,20 @@ def _postgres_unreachable(url: str) -> str | None:
 @pytest.fixture(scope="session")
 def postgres_server_url():
     """The URL of the PostgreSQL server's maintenance database, or a skip."""
-    problem = _postgres_unreachable(PG_URL)
-    if problem:
-        message = f"PostgreSQL not reachable at {make_url(PG_URL).render_as_string()} ({problem})"
-        if PG_REQUIRED:
-            pytest.fail(message + " and ANALYTICS_TEST_POSTGRES=required", pytrace=False)
-        pytest.skip(message)
+    require_service("PostgreSQL", make_url(PG_URL).render_as_string(),
+                    _postgres_unreachable(PG_URL), PG_REQUIRED, "ANALYTICS_TEST_POSTGRES")
     return PG_URL
+
+
+def require_service(name: str, where: str, problem: str | None, required: bool,
+                    variable: str) -> None:
+    """Skip the test, with the reason, when a service the test needs is not reachable; fail
+    instead when ``variable`` says the service is required (CI)."""
+    if problem:
+        message = f"{name} not reachable at {where} ({problem})"
+        if required:
+            pytest.fail(f"{message} and {variable}=required", pytrace=False)
+        pytest.skip(message)
 
 
 def create_postgres_database(server_url: str) -> tuple[str, callable]:
@@ -180,12 +187,8 @@ def _redis_unreachable(url: str) -> str | None:
 @pytest.fixture(scope="session")
 def redis_url():
     """The URL of a Redis server for the shared rate limits, or a skip."""
-    problem = _redis_unreachable(REDIS_URL)
-    if problem:
-        message = f"Redis not reachable at {REDIS_URL} ({problem})"
-        if REDIS_REQUIRED:
-            pytest.fail(message + " and ANALYTICS_TEST_REDIS=required", pytrace=False)
-        pytest.skip(message)
+    require_service("Redis", REDIS_URL, _redis_unreachable(REDIS_URL), REDIS_REQUIRED,
+                    "ANALYTICS_TEST_REDIS")
     return REDIS_URL
 
 
