@@ -47,12 +47,13 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from analytics.api import batch, health, metrics, openapi, sessions, track
+    from analytics.api import active_users, batch, health, metrics, openapi, sessions, track
 
     app.register_blueprint(track.bp)
     app.register_blueprint(batch.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(sessions.bp)
+    app.register_blueprint(active_users.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Index, Integer, MetaData,
+from sqlalchemy import (JSON, BigInteger, DateTime, Index, Integer, LargeBinary, MetaData,
                         SmallInteger, String, Text, UniqueConstraint, literal_column, text)
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import BIT, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -155,6 +155,61 @@ class SessionBucket(Base):
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     sessions: Mapped[int] = mapped_column(BigInteger)
     total_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class Bitmap(TypeDecorator):
+    """A fixed-size set of user ordinals (aggregates/active_users.py), given and read as
+    ``BITMAP_BYTES`` bytes, most significant bit first: bit i is ordinal ``chunk * BITMAP_BITS
+    + i``. PostgreSQL keeps it as ``bit(n)``, whose ``bit_or`` and ``bit_count`` take unions
+    in the database; SQLite as a BLOB, with the same functions registered on each connection.
+    """
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(BIT(BITMAP_BITS))
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value, dialect):
+        if value is None or dialect.name != "postgresql":
+            return value
+        return "x" + value.hex()  # bit's input syntax for hexadecimal
+
+    def process_result_value(self, value, dialect):
+        if value is None or dialect.name != "postgresql":
+            return value
+        return int(value, 2).to_bytes(BITMAP_BYTES, "big")
+
+
+BITMAP_BITS = 8192
+BITMAP_BYTES = BITMAP_BITS // 8
+
+
+class UserOrdinal(Base):
+    """A small number per user, their bit in the active-user bitmaps. Removed, with the user's
+    bits, once the user has no events left (an erasure, or the purge of their last ones)."""
+
+    __tablename__ = "user_ordinals"
+
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class UserBitmap(Base):
+    """The users with at least one event in a span of buckets starting at ``bucket``: a
+    quarter hour (span 1), a UTC hour (4) or a UTC day (96), for ordinals of one chunk
+    (aggregates/active_users.py)."""
+
+    __tablename__ = "user_bitmaps"
+
+    span: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # As in event_buckets: concurrent writers set bits in different rows; reads take the union.
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bits: Mapped[bytes] = mapped_column(Bitmap)
 
 
 class AccessKey(Base):

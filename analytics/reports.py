@@ -6,10 +6,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import BigInteger, Integer, bindparam, cast, func, literal, select
+from sqlalchemy import BigInteger, Integer, bindparam, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from analytics import dialects
+from analytics.aggregates.active_users import pieces as active_user_pieces
 from analytics.dialects import bucket_of, period_index
 from analytics.models import Event, EventBucket, PlayStopSession, SessionBucket
 from analytics.periods import Periods, bucket_start, local_periods
@@ -109,6 +110,20 @@ def _user_metrics(with_events: bool, regular: bool):
     return _grouped(rows, ("event",), ("n",), regular)
 
 
+def _filtered_active_users(regular: bool):
+    """Distinct users per run of buckets, from the events themselves: the bitmaps do not keep
+    event names."""
+    rows = (select(bucket_of(_events.c.occurred_at).label("bucket"), _events.c.user_id)
+            .where(_events.c.occurred_at >= _LO, _events.c.occurred_at < _HI,
+                   _events.c.event.in_(bindparam("events", expanding=True))))
+    inner = rows.subquery("in_range")
+    if regular:
+        period = ((inner.c.bucket - _FIRST) // _STEP + 1).label("period")
+    else:
+        period = period_index(inner.c.bucket, _BOUNDS).label("period")
+    return select(period, func.count(inner.c.user_id.distinct())).group_by(period)
+
+
 def _all_users_sessions(regular: bool):
     t = _session_buckets
     rows = (select(t.c.bucket, t.c.sessions, t.c.total_us)
@@ -128,6 +143,9 @@ _METRICS = {(user, filtered, regular): (_user_metrics if user else _all_users_me
             for user in (False, True) for filtered in (False, True) for regular in (False, True)}
 _SESSIONS = {(user, regular): (_user_sessions if user else _all_users_sessions)(regular)
              for user in (False, True) for regular in (False, True)}
+
+
+_ACTIVE_USERS = {regular: _filtered_active_users(regular) for regular in (False, True)}
 
 
 def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time: bool) -> dict:
@@ -193,3 +211,48 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
             totals[label][1] += total
     return [(label, *totals[label]) for label in periods.labels
             if query.fill_zero or totals[label][0]]
+
+
+def active_users(session: Session, query: PeriodQuery) -> list[tuple[str, int]]:
+    """(label, distinct users) per period in order; periods without users left out unless
+    fill=zero."""
+    periods = query_periods(session, query)
+    if periods is None:
+        return []
+    if query.events:
+        users = _filtered_active_users_per_label(session, query, periods)
+    else:
+        position = {label: i for i, label in enumerate(periods.labels)}
+        tiles = [(span, bucket, position[label])
+                 for label, lo, hi in zip(periods.run_labels, periods.bounds,
+                                          periods.bounds[1:]) if label is not None
+                 for span, bucket in active_user_pieces(lo, hi)]
+        conn = session.connection()
+        counted = dict(dialects.of(conn).count_users(conn, tiles)) if tiles else {}
+        users = {label: counted.get(i, 0) for label, i in position.items()}
+    return [(label, users[label]) for label in periods.labels
+            if query.fill_zero or users[label]]
+
+
+def _filtered_active_users_per_label(session: Session, query: PeriodQuery,
+                                     periods: Periods) -> dict[str, int]:
+    statement = _ACTIVE_USERS[bool(periods.step)]
+    users: dict[str, int] = Counter()
+    label_of = periods.label_of_index
+    for index, n in session.execute(statement, _parameters(session, query, periods, True)):
+        if label_of[index] is not None:
+            users[label_of[index]] = n
+    # A period of several runs (a day whose midnight repeats) was counted run by run: count
+    # it again as a whole, since a user may be in two of its runs.
+    runs: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for label, lo, hi in zip(periods.run_labels, periods.bounds, periods.bounds[1:]):
+        if label is not None:
+            runs[label].append((lo, hi))
+    for label, spans in runs.items():
+        if len(spans) > 1:
+            during = or_(*((_events.c.occurred_at >= bucket_start(lo))
+                           & (_events.c.occurred_at < bucket_start(hi)) for lo, hi in spans))
+            users[label] = session.execute(
+                select(func.count(_events.c.user_id.distinct())).where(
+                    during, _events.c.event.in_(query.events))).scalar()
+    return users

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -14,18 +14,27 @@ from sqlalchemy.orm import Session
 
 from analytics import aggregates as registry_module
 from analytics import dialects, retention, writer
-from analytics.models import (Event, EventBucket, PlayStopSession, SessionBucket,
-                              sqlite_timestamp)
+from analytics.models import (BITMAP_BITS, Event, EventBucket, PlayStopSession, SessionBucket,
+                              UserBitmap, UserOrdinal, sqlite_timestamp)
 from analytics.periods import bucket_of
 
 START = datetime(2025, 3, 1, tzinfo=timezone.utc)
 DAY0 = bucket_of(START) // 96
 
 
-def aggregates(engine) -> tuple[dict, dict, set]:
+def aggregates(engine) -> tuple[dict, dict, set, dict]:
     """Event counts per bucket and name and session totals per bucket, summed over shards,
-    without zero rows, and the session rows (play id, stop id, duration)."""
+    without zero rows, the session rows (play id, stop id, duration), and the users active in
+    each piece of the active-user bitmaps (span, bucket), without empty ones."""
     with Session(engine) as session:
+        users = dict((o, u) for u, o in session.execute(
+            select(UserOrdinal.user_id, UserOrdinal.ordinal)))
+        active: dict = defaultdict(set)
+        for row in session.execute(select(UserBitmap)).scalars():
+            bits = format(int.from_bytes(row.bits, "big"), f"0{BITMAP_BITS}b")
+            for bit in (i for i, b in enumerate(bits) if b == "1"):
+                # A set bit of an ordinal no user holds would be counted: a KeyError.
+                active[(row.span, row.bucket)].add(users[row.chunk * BITMAP_BITS + bit])
         counts: Counter = Counter()
         for row in session.execute(select(EventBucket)).scalars():
             counts[(row.bucket, row.event)] += row.n
@@ -35,16 +44,20 @@ def aggregates(engine) -> tuple[dict, dict, set]:
             totals[row.bucket] = (n + row.sessions, total + row.total_us)
         pairs = {(row.play_id, row.stop_id, row.duration_us)
                  for row in session.execute(select(PlayStopSession)).scalars()}
-    return (+counts, {k: v for k, v in totals.items() if v != (0, 0)}, pairs)
+    return (+counts, {k: v for k, v in totals.items() if v != (0, 0)}, pairs, dict(active))
 
 
-def rebuilt(engine) -> tuple[dict, dict, set]:
+def rebuilt(engine) -> tuple[dict, dict, set, dict]:
     writer.rebuild_aggregates(engine)
     return aggregates(engine)
 
 
 def assert_exact(engine):
     incremental = aggregates(engine)
+    with Session(engine) as session:
+        # Every user with an event has an ordinal, and no one else keeps one.
+        assert set(session.scalars(select(UserOrdinal.user_id))) == set(
+            session.scalars(select(Event.user_id).distinct()))
     assert incremental == rebuilt(engine)
     return incremental
 
@@ -69,7 +82,7 @@ def test_single_events_in_random_order_keep_aggregates_exact(client, engine):
     rng = random.Random(7)
     for event in random_events(rng, 150):
         assert client.post("/track", json=event).status_code == 200
-    counts, sessions, pairs = assert_exact(engine)
+    counts, sessions, pairs, _ = assert_exact(engine)
     assert sum(counts.values()) == 150
     assert sessions and pairs  # the history does contain sessions
 
@@ -109,7 +122,7 @@ def test_batches_and_duplicates_keep_aggregates_exact(client, engine):
         rng.shuffle(batch)
         response = client.post("/track/batch", json={"events": batch})
         assert response.status_code == 200
-    counts, _, _ = assert_exact(engine)
+    counts, _, _, _ = assert_exact(engine)
     assert sum(counts.values()) == 400
 
 
@@ -125,7 +138,7 @@ def test_purge_keeps_aggregates_exact(app, client, engine):
         session.commit()
     result = app.test_cli_runner().invoke(args=["purge", "--batch-size", "17"])
     assert result.exit_code == 0, result.output
-    counts, _, _ = assert_exact(engine)
+    counts, _, _, _ = assert_exact(engine)
     assert sum(counts.values()) == 120
 
 
@@ -148,7 +161,7 @@ def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(send, [events[i::8] for i in range(8)]))
-    counts, _, _ = assert_exact(engine)
+    counts, _, _, _ = assert_exact(engine)
     assert sum(counts.values()) == 600
 
 
@@ -158,10 +171,10 @@ def test_rebuild_from_scratch_matches(client, engine):
         client.post("/track", json=event)
     before = aggregates(engine)
     with Session(engine) as session:
-        for table in (EventBucket, PlayStopSession, SessionBucket):
+        for table in (EventBucket, PlayStopSession, SessionBucket, UserBitmap, UserOrdinal):
             session.execute(delete(table))
         session.commit()
-    assert aggregates(engine) == ({}, {}, set())
+    assert aggregates(engine) == ({}, {}, set(), {})
     assert rebuilt(engine) == before
 
 
@@ -341,7 +354,7 @@ def test_an_event_between_a_play_and_its_stop_by_timestamp_tie(client, engine):
     # comes after the stop and starts nothing; a stop@0 arriving later comes after the play.
     for name, second in (("play", 0), ("stop", 10), ("play", 10), ("stop", 0)):
         client.post("/track", json={"event": name, "user_id": "u", "timestamp": at(second)})
-    _, totals, pairs = assert_exact(engine)
+    _, totals, pairs, _ = assert_exact(engine)
     assert [duration for _, _, duration in pairs] == [0]
     assert sum(n for n, _ in totals.values()) == 1
 

@@ -50,10 +50,12 @@ def shard_of_writer(conn: Connection) -> int:
 
 
 def _registry() -> tuple[Aggregate, ...]:
+    from analytics.aggregates.active_users import ActiveUsers
     from analytics.aggregates.event_counts import EventCounts
     from analytics.aggregates.sessions import Sessions
 
-    return (EventCounts(), Sessions())
+    # In this order on every path, so that the locks they take are always taken in one order.
+    return (EventCounts(), Sessions(), ActiveUsers())
 
 
 REGISTRY: tuple[Aggregate, ...] = _registry()

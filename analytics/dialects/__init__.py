@@ -111,6 +111,25 @@ class Dialect(Protocol):
         """Make ``period_index`` use ``bounds`` in the next statement on ``conn``: the
         parameters to pass it (its ``bounds`` parameter, or nothing)."""
 
+    def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
+        """Take these stripes of users, shared or exclusive, until the transaction ends."""
+
+    def insert_ignoring(self, table):
+        """An INSERT into ``table`` that skips rows whose unique keys are taken."""
+
+    def set_bits(self, conn: Connection, rows: list[tuple]) -> None:
+        """OR each (span, bucket, chunk, shard, bits) into user_bitmaps, in key order."""
+
+    def clear_bits(self, conn: Connection, rows: list[tuple]) -> None:
+        """Clear the bits of each (span, bucket, chunk, bits) in every shard of user_bitmaps."""
+
+    def fold_bits(self, conn: Connection, before_bucket: int) -> None:
+        """OR the shards of user_bitmaps before ``before_bucket`` into shard 0."""
+
+    def count_users(self, conn: Connection, pieces: list[tuple[int, int, int]]
+                    ) -> list[tuple[int, int]]:
+        """(period, bits set in the union of its bitmaps) for (span, bucket, period) pieces."""
+
     def spans_source(self):
         """A selectable of (user_id, lo, hi) rows read from the JSON parameter ``:spans``
         that ``spans_json`` writes."""

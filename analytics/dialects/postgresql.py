@@ -15,7 +15,7 @@ from sqlalchemy.ext.compiler import compiles
 
 from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
                                 register)
-from analytics.models import Event, UTCDateTime
+from analytics.models import BITMAP_BITS, Event, UTCDateTime
 from analytics.rows import EventRow
 
 _events = Event.__table__
@@ -136,6 +136,33 @@ class PostgreSQL:
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         return {"bounds": bounds}
 
+    def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
+        # Held until the transaction ends; in memory only, so sharing one costs no write.
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        conn.exec_driver_sql(
+            f"SELECT {function}({_STRIPE_CLASS}, s) FROM unnest(CAST(%(s)s AS int[])) AS s",
+            {"s": sorted(stripes)})
+
+    def insert_ignoring(self, table):
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def set_bits(self, conn: Connection, rows: list[tuple]) -> None:
+        conn.exec_driver_sql(_SET_BITS, _bitmap_arrays(rows, ("span", "bucket", "chunk",
+                                                              "shard", "bits")))
+
+    def clear_bits(self, conn: Connection, rows: list[tuple]) -> None:
+        conn.exec_driver_sql(_CLEAR_BITS, _bitmap_arrays(rows, ("span", "bucket", "chunk",
+                                                                "bits")))
+
+    def fold_bits(self, conn: Connection, before_bucket: int) -> None:
+        conn.exec_driver_sql(_FOLD_BITS, {"before": before_bucket})
+
+    def count_users(self, conn: Connection, pieces: list[tuple[int, int, int]]
+                    ) -> list[tuple[int, int]]:
+        spans, buckets, periods = (list(column) for column in zip(*pieces))
+        return conn.exec_driver_sql(_COUNT_USERS, {"span": spans, "bucket": buckets,
+                                                   "period": periods}).all()
+
     def spans_source(self):
         return text(
             "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:spans AS json)) "
@@ -213,6 +240,55 @@ def _insert_copy(conn: Connection, rows: Sequence[EventRow]) -> list[int | None]
         return list(ids)
     kept = set(went_in)
     return [id_ if id_ in kept else None for id_ in ids]
+
+
+# Active-user bitmaps (aggregates/active_users.py). Rows are written in key order, like the
+# totals, so that concurrent writers never wait for each other in a cycle; a bit already set
+# rewrites nothing.
+_BITS = f"bit({BITMAP_BITS})"
+_STRIPE_CLASS = 0x41555352  # the advisory-lock class of user stripes, apart from lock_users
+_SET_BITS = f"""
+    INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
+    SELECT r.span, r.bucket, r.chunk, r.shard, CAST(r.bits AS {_BITS})
+    FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
+                CAST(%(chunk)s AS int[]), CAST(%(shard)s AS smallint[]),
+                CAST(%(bits)s AS text[])) AS r(span, bucket, chunk, shard, bits)
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (span, bucket, chunk, shard) DO UPDATE
+    SET bits = user_bitmaps.bits | excluded.bits
+    WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
+"""
+_CLEAR_BITS = f"""
+    UPDATE user_bitmaps AS u SET bits = u.bits & ~CAST(r.bits AS {_BITS})
+    FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
+                CAST(%(chunk)s AS int[]), CAST(%(bits)s AS text[])) AS r(span, bucket, chunk, bits)
+    WHERE u.span = r.span AND u.bucket = r.bucket AND u.chunk = r.chunk
+"""
+_FOLD_BITS = """
+    WITH moved AS (DELETE FROM user_bitmaps WHERE shard <> 0 AND bucket < %(before)s
+                   RETURNING span, bucket, chunk, bits)
+    INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
+    SELECT span, bucket, chunk, 0, bit_or(bits) FROM moved
+    GROUP BY span, bucket, chunk ORDER BY span, bucket, chunk
+    ON CONFLICT (span, bucket, chunk, shard) DO UPDATE
+    SET bits = user_bitmaps.bits | excluded.bits
+"""
+# The union of each period's bitmaps, chunk by chunk, and the bits set in it.
+_COUNT_USERS = """
+    SELECT period, CAST(sum(n) AS bigint) FROM (
+        SELECT p.period, bit_count(bit_or(b.bits)) AS n
+        FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
+                    CAST(%(period)s AS int[])) AS p(span, bucket, period)
+        JOIN user_bitmaps AS b ON b.span = p.span AND b.bucket = p.bucket
+        GROUP BY p.period, b.chunk) AS chunks
+    GROUP BY period
+"""
+
+
+def _bitmap_arrays(rows: list[tuple], names: tuple[str, ...]) -> dict:
+    columns = {name: list(values) for name, values in zip(names, zip(*rows))}
+    columns["bits"] = ["x" + bits.hex() for bits in columns["bits"]]
+    return columns
 
 
 def engine_arguments(connect_timeout: int, statement_timeout_ms: int) -> dict:

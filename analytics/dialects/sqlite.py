@@ -8,17 +8,19 @@ import fcntl
 import functools
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, String, column, create_engine, event, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.compiler import compiles
 
 from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
                                 register)
-from analytics.models import Event, UTCDateTime, sqlite_timestamp
+from analytics.models import BITMAP_BYTES, Event, UTCDateTime, sqlite_timestamp
 from analytics.rows import EventRow
 
 _events = Event.__table__
@@ -144,6 +146,37 @@ class SQLite:
             deterministic=True)
         return {}
 
+    def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
+        pass  # the write transaction already excludes every other writer
+
+    def insert_ignoring(self, table):
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    def set_bits(self, conn: Connection, rows: list[tuple]) -> None:
+        conn.exec_driver_sql(
+            "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (span, bucket, chunk, shard) DO UPDATE "
+            "SET bits = bits_or(user_bitmaps.bits, excluded.bits)", rows)
+
+    def clear_bits(self, conn: Connection, rows: list[tuple]) -> None:
+        conn.exec_driver_sql(
+            "UPDATE user_bitmaps SET bits = bits_and_not(bits, ?) "
+            "WHERE span = ? AND bucket = ? AND chunk = ?",
+            [(bits, span, bucket, chunk) for span, bucket, chunk, bits in rows])
+
+    def fold_bits(self, conn: Connection, before_bucket: int) -> None:
+        pass  # every writer sets bits in shard 0
+
+    def count_users(self, conn: Connection, pieces: list[tuple[int, int, int]]
+                    ) -> list[tuple[int, int]]:
+        return conn.exec_driver_sql(
+            "SELECT period, sum(n) FROM ("
+            "  SELECT json_extract(p.value, '$[2]') AS period, bits_count(bits_union(b.bits)) AS n"
+            "  FROM json_each(?) AS p JOIN user_bitmaps AS b"
+            "    ON b.span = json_extract(p.value, '$[0]')"
+            "   AND b.bucket = json_extract(p.value, '$[1]')"
+            "  GROUP BY 1, b.chunk) GROUP BY period", (json.dumps(pieces),)).all()
+
     def spans_source(self):
         return text(
             "SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS lo, "
@@ -188,6 +221,41 @@ def make_engine(url, busy_timeout_s: int) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+# The bitmap operations PostgreSQL has built in (bit_or, bit_count, |, & ~), for
+# aggregates/active_users.py: a bitmap is BITMAP_BYTES bytes, most significant bit first.
+def _bits(blob: bytes) -> int:
+    return int.from_bytes(blob, "big")
+
+
+def _blob(bits: int) -> bytes:
+    return bits.to_bytes(BITMAP_BYTES, "big")
+
+
+class _BitsUnion:
+    def __init__(self):
+        self.bits = 0
+
+    def step(self, blob: bytes) -> None:
+        self.bits |= _bits(blob)
+
+    def finalize(self) -> bytes:
+        return _blob(self.bits)
+
+
+@event.listens_for(Engine, "connect")
+def _register_bitmap_functions(dbapi_connection, _record) -> None:
+    # On every SQLite connection of every engine (the service's, the migrations', a script's).
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    dbapi_connection.create_function(
+        "bits_or", 2, lambda a, b: _blob(_bits(a) | _bits(b)), deterministic=True)
+    dbapi_connection.create_function(
+        "bits_and_not", 2, lambda a, b: _blob(_bits(a) & ~_bits(b)), deterministic=True)
+    dbapi_connection.create_function(
+        "bits_count", 1, lambda blob: _bits(blob).bit_count(), deterministic=True)
+    dbapi_connection.create_aggregate("bits_union", 1, _BitsUnion)
 
 
 def _take_turn(engine: Engine):

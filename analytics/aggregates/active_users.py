@@ -1,0 +1,179 @@
+"""Who was active when: per span of time, the set of users with at least one event, as
+bitmaps of user ordinals. Answers /active-users (distinct users per local period, exactly)
+by taking the union of the bitmaps that tile each period and counting its bits.
+
+Distinct counts do not add up, so a period cannot be summed from smaller ones; but a union
+can. A local period of any zone is a run of quarter-hour buckets (docs/architecture.md), and a
+run is tiled by few pieces when bitmaps are kept at three spans: quarter hours, UTC hours and
+UTC days. A 30-day month needs about 30 day bitmaps instead of 2,880 quarter-hour ones.
+
+Each user gets a small number, their ordinal, in ``user_ordinals``; ordinals are cut into
+chunks of BITMAP_BITS so that a bitmap row has a fixed size whatever the number of users.
+"""
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import Connection, delete, exists, select
+
+from analytics import dialects
+from analytics.aggregates import shard_of_writer
+from analytics.dialects import bucket_of
+from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UserBitmap, UserOrdinal
+from analytics.periods import bucket_of as bucket_of_instant
+from analytics.periods import bucket_start
+from analytics.rows import StoredEvent
+
+# Quarter hour, UTC hour, UTC day, in buckets. Each divides the next, so a run of buckets is
+# tiled greedily by the largest aligned pieces that fit.
+SPANS = (1, 4, 96)
+# Writers that add users and deleters that may remove them take these stripes of users,
+# shared and exclusive (see on_delete).
+STRIPES = 64
+
+_events = Event.__table__
+_ordinals = UserOrdinal.__table__
+_bitmaps = UserBitmap.__table__
+
+
+def pieces(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The (span, first bucket) pieces that tile the buckets lo..hi-1: the largest aligned
+    spans that fit, smaller ones at the edges."""
+    tiles = []
+    bucket = lo
+    while bucket < hi:
+        for span in reversed(SPANS):
+            if bucket % span == 0 and bucket + span <= hi:
+                break
+        tiles.append((span, bucket))
+        bucket += span
+    return tiles
+
+
+def pieces_of_bucket(bucket: int) -> list[tuple[int, int]]:
+    """The (span, first bucket) of every stored piece that contains ``bucket``."""
+    return [(span, bucket - bucket % span) for span in SPANS]
+
+
+def _mask(ordinal: int) -> tuple[int, int]:
+    """(chunk, the ordinal's bit as an int of BITMAP_BITS bits, most significant first)."""
+    chunk, bit = divmod(ordinal, BITMAP_BITS)
+    return chunk, 1 << (BITMAP_BITS - 1 - bit)
+
+
+def _rows(masks: dict[tuple[int, int, int], int]) -> list[tuple]:
+    return [(span, bucket, chunk, bits.to_bytes(BITMAP_BYTES, "big"))
+            for (span, bucket, chunk), bits in sorted(masks.items())]
+
+
+def _stripes(users: Iterable[str]) -> list[int]:
+    return sorted({zlib.crc32(user_id.encode("utf-8")) % STRIPES for user_id in users})
+
+
+class ActiveUsers:
+    name = "active_users"
+    tables = ("user_ordinals", "user_bitmaps")
+
+    def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        dialect = dialects.of(conn)
+        users = {e.user_id for e in events}
+        dialect.lock_user_stripes(conn, _stripes(users), exclusive=False)
+        ordinals = _ordinals_of(conn, users)
+        missing = users - ordinals.keys()
+        if missing:
+            conn.execute(dialect.insert_ignoring(_ordinals),
+                         [{"user_id": user_id} for user_id in sorted(missing)])
+            ordinals |= _ordinals_of(conn, missing)
+        self._set(conn, _touched(events), ordinals)
+
+    def on_delete(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
+        """Clear the users' bits in every piece that held a deleted event, then set again
+        those of the users who still have an event there; drop the ordinals of users left
+        with no event at all.
+
+        On PostgreSQL a concurrent writer may be adding an event of the same user. Clearing
+        first and checking after is safe against it: the clearing waits for the rows the
+        writer has set, and the check (a later statement) sees the writer's event once it is
+        committed; a writer that comes later sets its bits again itself. The exclusive stripes,
+        taken before anything is read, make writers of these users wait, so that no writer
+        keeps an ordinal that is dropped here.
+        """
+        dialect = dialects.of(conn)
+        users = {e.user_id for e in events}
+        dialect.lock_user_stripes(conn, _stripes(users), exclusive=True)
+        ordinals = _ordinals_of(conn, users)
+        touched = _touched(events)
+        masks: dict[tuple[int, int, int], int] = defaultdict(int)
+        for user_id, (span, bucket) in touched:
+            chunk, bit = _mask(ordinals[user_id])
+            masks[(span, bucket, chunk)] |= bit
+        dialect.clear_bits(conn, _rows(masks))
+        self._set(conn, _still_active(conn, touched), ordinals)
+        conn.execute(delete(_ordinals).where(
+            _ordinals.c.user_id.in_(sorted(users)),
+            ~exists().where(_events.c.user_id == _ordinals.c.user_id)))
+
+    def rebuild(self, conn: Connection) -> None:
+        dialect = dialects.of(conn)
+        conn.execute(delete(_ordinals).where(
+            ~exists().where(_events.c.user_id == _ordinals.c.user_id)))
+        conn.execute(dialect.insert_ignoring(_ordinals).from_select(
+            ["user_id"], select(_events.c.user_id).distinct()
+            .where(~exists().where(_ordinals.c.user_id == _events.c.user_id))
+            .order_by(_events.c.user_id)))
+        conn.execute(delete(_bitmaps))
+        masks: dict[tuple[int, int, int], int] = defaultdict(int)
+        active = (select(_ordinals.c.ordinal, bucket_of(_events.c.occurred_at))
+                  .join_from(_events, _ordinals, _events.c.user_id == _ordinals.c.user_id)
+                  .distinct().execution_options(yield_per=50_000))
+        for ordinal, bucket in conn.execute(active):
+            chunk, bit = _mask(ordinal)
+            for span, first in pieces_of_bucket(bucket):
+                masks[(span, first, chunk)] |= bit
+        if masks:
+            dialect.set_bits(conn, [(span, bucket, chunk, 0, bits)
+                                    for span, bucket, chunk, bits in _rows(masks)])
+
+    def fold(self, conn: Connection, before_bucket: int) -> None:
+        dialects.of(conn).fold_bits(conn, before_bucket)
+
+    @staticmethod
+    def _set(conn: Connection, active: set[tuple[str, tuple[int, int]]],
+             ordinals: dict[str, int]) -> None:
+        masks: dict[tuple[int, int, int], int] = defaultdict(int)
+        for user_id, (span, bucket) in active:
+            chunk, bit = _mask(ordinals[user_id])
+            masks[(span, bucket, chunk)] |= bit
+        if masks:
+            shard = shard_of_writer(conn)
+            dialects.of(conn).set_bits(conn, [(span, bucket, chunk, shard, bits)
+                                              for span, bucket, chunk, bits in _rows(masks)])
+
+
+def _touched(events: Sequence[StoredEvent]) -> set[tuple[str, tuple[int, int]]]:
+    """Each (user, piece) that holds one of ``events``."""
+    return {(e.user_id, piece) for e in events
+            for piece in pieces_of_bucket(bucket_of_instant(e.occurred_at))}
+
+
+def _ordinals_of(conn: Connection, users: set[str]) -> dict[str, int]:
+    return dict(conn.execute(select(_ordinals.c.user_id, _ordinals.c.ordinal)
+                             .where(_ordinals.c.user_id.in_(sorted(users)))).all())
+
+
+def _still_active(conn: Connection, touched: set[tuple[str, tuple[int, int]]]
+                  ) -> set[tuple[str, tuple[int, int]]]:
+    """The (user, piece) pairs of ``touched`` in which the user still has an event."""
+    dialect = dialects.of(conn)
+    spans = dialect.spans_source()
+    bounds: dict[tuple[str, datetime, datetime], tuple[int, int]] = {}
+    for user_id, (span, bucket) in touched:
+        bounds[(user_id, bucket_start(bucket), bucket_start(bucket + span))] = (span, bucket)
+    remaining = select(spans.c.user_id, spans.c.lo, spans.c.hi).where(exists().where(
+        _events.c.user_id == spans.c.user_id, _events.c.occurred_at >= spans.c.lo,
+        _events.c.occurred_at < spans.c.hi))
+    found = conn.execute(remaining, {"spans": dialect.spans_json(list(bounds))}).all()
+    return {(user_id, bounds[(user_id, lo, hi)]) for user_id, lo, hi in found}
