@@ -79,7 +79,8 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
                                   "received_at) VALUES (:e, 'u', :at, :at)"),
                              {"e": name, "at": at + ("" if "." in at else ".000000")})
         command.upgrade(cfg, "head")
-        tables = ("event_buckets", "sessions", "session_buckets")
+        tables = ("event_buckets", "sessions", "session_buckets", "user_ordinals",
+                  "user_bitmaps")
 
         def contents():
             with engine.connect() as conn:
@@ -89,6 +90,9 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
         migrated = contents()
         assert [row[-1] for row in migrated["sessions"]] == [30_250_000, 60_000_000]
         assert sum(row[-1] for row in migrated["event_buckets"]) == 6
+        assert [row[1] for row in migrated["user_ordinals"]] == ["u"]
+        # Three days, each with a day, hour and quarter-hour piece or more.
+        assert len({row[:2] for row in migrated["user_bitmaps"] if row[0] == 96}) == 3
         writer.rebuild_aggregates(engine)
         assert contents() == migrated
         command.downgrade(cfg, "0005")

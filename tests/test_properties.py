@@ -1,5 +1,6 @@
-"""GET /metrics and GET /sessions agree with a small pure-Python model of the contract
-(API.md: "GET /metrics", "GET /sessions" and "Query options"), for generated histories and
+"""GET /metrics, GET /sessions and GET /active-users agree with a small pure-Python model of the
+contract (API.md: "GET /metrics", "GET /sessions", "GET /active-users" and "Query options"),
+for generated histories and
 generated queries, on every backend.
 
 Histories: a few users' play/stop/pause/other events around a daylight-saving change (or a
@@ -13,7 +14,8 @@ some received long ago); between chunks, a purge (``retention.purge_expired``) o
 (``writer.delete_events``) removes events, and the model removes them too.
 
 Queries: every group_by (hour, day, week, month), every week_start in mixed case, fill none or
-zero, repeatable ``event`` filters on /metrics, with and without user_id, in UTC or any of the
+zero, repeatable ``event`` filters on /metrics and /active-users, with and without user_id
+(not on /active-users), in UTC or any of the
 zones, over local date ranges around the history.
 
 The model uses nothing of analytics/: only zoneinfo. Arrival order (which breaks ties between
@@ -174,6 +176,20 @@ def model_metrics(events: list[StoredEvent], query: Query) -> list[dict]:
     names = wanted.union(*counts.values())
     return [{"date": label, **{name: counts[label][name] for name in names}}
             for label in in_order(first, query)]
+
+
+def model_active_users(events: list[StoredEvent], query: Query) -> list[dict]:
+    wanted = set(query.events)
+    users: dict[str, set] = defaultdict(set)
+    first: dict[str, datetime] = {}
+    for e in events:
+        if wanted and e.event not in wanted:
+            continue
+        day, label = local_label(e.occurred_at, query)
+        if query.start <= day <= query.end:
+            users[label].add(e.user_id)
+            first[label] = min(first.get(label, e.occurred_at), e.occurred_at)
+    return [{"date": label, "users": len(users[label])} for label in in_order(first, query)]
 
 
 def model_session_pairs(events: list[StoredEvent]) -> list[tuple[datetime, datetime, str]]:
@@ -502,13 +518,15 @@ def assert_integers(data: list[dict]) -> None:
 
 
 def check_endpoints(client, events: list[StoredEvent], query: Query) -> None:
-    """Both endpoints answer exactly what the model says for ``events`` and ``query``."""
+    """Every endpoint answers exactly what the model says for ``events`` and ``query``."""
     for path, model, with_events in (("/metrics", model_metrics, True),
-                                     ("/sessions", model_sessions, False)):
+                                     ("/sessions", model_sessions, False),
+                                     ("/active-users", model_active_users, True)):
+        query_without = query
         if not with_events and query.events:
-            query_without = Query(**{**query.__dict__, "events": ()})
-        else:
-            query_without = query
+            query_without = Query(**{**query_without.__dict__, "events": ()})
+        if path == "/active-users" and query.user_id is not None:
+            query_without = Query(**{**query_without.__dict__, "user_id": None})
         response = client.get(f"{path}?{query_without.query_string(with_events)}")
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
@@ -523,7 +541,7 @@ def check_endpoints(client, events: list[StoredEvent], query: Query) -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(scenario=scenarios())
-def test_metrics_and_sessions_agree_with_the_model(app, client, scenario):
+def test_every_per_period_endpoint_agrees_with_the_model(app, client, scenario):
     with tempfile.TemporaryDirectory() as tmp:
         harness = Harness(app, client, Path(tmp), scenario.zone)
         for step in scenario.steps:
