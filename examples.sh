@@ -80,6 +80,9 @@ request "Metrics for the last 7 days, by day, for $USER_ID" GET \
 request "Sessions for the last 30 days, by week" GET \
   "/sessions?start_date=$MONTH_START&end_date=$TODAY&group_by=week"
 
+request "Active users for the last 30 days, by week" GET \
+  "/active-users?start_date=$MONTH_START&end_date=$TODAY&group_by=week"
+
 request "Error: an invalid date" GET "/metrics?start_date=2024-13-45&end_date=$TODAY"
 
 request "Error: a missing date" GET "/metrics?end_date=$TODAY"

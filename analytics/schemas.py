@@ -450,3 +450,18 @@ class SessionsRowSchema(Schema):
 class SessionsResponseSchema(StatusSchema):
     data = fields.List(fields.Nested(SessionsRowSchema), required=True, metadata={
         "description": "One object per period with sessions, in ascending date order."})
+
+
+class ActiveUsersRowSchema(Schema):
+    """One period of GET /active-users."""
+
+    date = fields.String(required=True, metadata={
+        "description": "The period's label, as in GET /metrics.", "example": "2025-01-01"})
+    users = fields.Integer(required=True, metadata={
+        "description": "Distinct user_ids with at least one counted event in the period and "
+                       "the range.", "example": 1250})
+
+
+class ActiveUsersResponseSchema(StatusSchema):
+    data = fields.List(fields.Nested(ActiveUsersRowSchema), required=True, metadata={
+        "description": "One object per period with users, in ascending order."})

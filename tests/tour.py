@@ -23,6 +23,7 @@ TITLES = [
     "Track a stop event",
     "Metrics for the last 7 days, by day, for {user}",
     "Sessions for the last 30 days, by week",
+    "Active users for the last 30 days, by week",
     "Error: an invalid date",
     "Error: a missing date",
     "Metadata over the size limit",
@@ -83,7 +84,7 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     assert [step.title for step in steps] == [t.format(user=user_id) for t in TITLES]
     base = base_url.rstrip("/")
     assert all(step.url.startswith(base + "/") for step in steps)
-    play, stop, metrics, sessions, invalid, missing, large = steps[:7]
+    play, stop, metrics, sessions, active, invalid, missing, large = steps[:8]
 
     for step in (play, stop):
         assert (step.method, urlsplit(step.url).path) == ("POST", "/track")
@@ -113,6 +114,13 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     assert date.fromisoformat(week["date"]).isoweekday() == 1  # weeks start on Monday
     assert week == {"date": week["date"], "totalDuration": SESSION_SECONDS, "sessionCount": 1,
                     "averageDuration": SESSION_SECONDS}
+
+    assert active.query == sessions.query
+    assert active.status == 200, active.body
+    assert active.body["status"] == "success"
+    # The tour's user, and whoever else the server has seen in that week.
+    [week] = [row for row in active.body["data"] if row["date"] == week["date"]]
+    assert week["users"] >= 1
 
     assert invalid.query["start_date"] == "2024-13-45"
     assert invalid.status == 400

@@ -77,7 +77,8 @@ def build_spec(max_metadata_bytes: int = 4096) -> APISpec:
 
 
 def _period_paths(spec: APISpec) -> None:
-    """GET /metrics and GET /sessions: the same query string, different rows."""
+    """GET /metrics, GET /sessions and GET /active-users: the same query string, different
+    rows."""
     spec.components.schema("MetricsRow", {"additionalProperties": {
         "type": "integer", "minimum": 1,
         "description": "Count of the events of this name in the period."}},
@@ -85,12 +86,17 @@ def _period_paths(spec: APISpec) -> None:
     spec.components.schema("MetricsResponse", schema=schemas.MetricsResponseSchema)
     spec.components.schema("SessionsRow", schema=schemas.SessionsRowSchema)
     spec.components.schema("SessionsResponse", schema=schemas.SessionsResponseSchema)
+    spec.components.schema("ActiveUsersRow", schema=schemas.ActiveUsersRowSchema)
+    spec.components.schema("ActiveUsersResponse", schema=schemas.ActiveUsersResponseSchema)
     parameters = [{"in": "query", "schema": schemas.PeriodQuerySchema}]
     session_parameters = [{"in": "query", "schema": schemas.PeriodQuerySchema(exclude=("event",))}]
+    active_user_parameters = [{"in": "query",
+                               "schema": schemas.PeriodQuerySchema(exclude=("user_id",))}]
     validation = _error(
         'Invalid query string; exactly one of, in this order of precedence: '
         + ", ".join(f'"{message}"' for message in schemas.PERIOD_QUERY_PRECEDENCE)
-        + ', then "event is not a parameter of /sessions" (on /sessions)')
+        + ', then "event is not a parameter of /sessions" (on /sessions) or "user_id is not '
+        'a parameter of /active-users" (on /active-users)')
     validation["content"][JSON]["example"] = {"status": "error",
                                               "message": schemas.DATES_REQUIRED}
     range_note = (
@@ -135,6 +141,26 @@ def _period_paths(spec: APISpec) -> None:
             "400": validation,
             "500": _error("Failed to fetch session metrics"),
             "503": _error("Failed to fetch session metrics (database unreachable; see "
+                          "Retry-After)"),
+        },
+    }})
+    spec.path(path="/active-users", operations={"get": {
+        "summary": "Distinct active users per period",
+        "description": (
+            "How many distinct user_ids sent at least one event (one of the event parameters, "
+            "when given) in each period: daily, weekly or monthly active users. A user active "
+            "on two days of a week counts once in that week. Exact: no sampling or estimate. "
+            + range_note),
+        "parameters": active_user_parameters,
+        "responses": {
+            "200": {"description": "Users per period, ascending", "content": {JSON: {
+                "schema": "ActiveUsersResponse",
+                "example": {"status": "success", "data": [
+                    {"date": "2025-01-01", "users": 1250},
+                    {"date": "2025-01-02", "users": 1184}]}}}},
+            "400": validation,
+            "500": _error("Failed to fetch active users"),
+            "503": _error("Failed to fetch active users (database unreachable; see "
                           "Retry-After)"),
         },
     }})
