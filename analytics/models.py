@@ -183,7 +183,7 @@ class Bitmap(TypeDecorator):
         return int(value, 2).to_bytes(BITMAP_BYTES, "big")
 
 
-BITMAP_BITS = 8192
+BITMAP_BITS = 2048
 BITMAP_BYTES = BITMAP_BITS // 8
 
 

@@ -58,15 +58,12 @@ def pieces_of_bucket(bucket: int) -> list[tuple[int, int]]:
     return [(span, bucket - bucket % span) for span in SPANS]
 
 
-def _mask(ordinal: int) -> tuple[int, int]:
-    """(chunk, the ordinal's bit as an int of BITMAP_BITS bits, most significant first)."""
-    chunk, bit = divmod(ordinal, BITMAP_BITS)
-    return chunk, 1 << (BITMAP_BITS - 1 - bit)
-
-
-def _rows(masks: dict[tuple[int, int, int], int]) -> list[tuple]:
-    return [(span, bucket, chunk, bits.to_bytes(BITMAP_BYTES, "big"))
-            for (span, bucket, chunk), bits in sorted(masks.items())]
+def _bits(active: Iterable[tuple[str, tuple[int, int]]], ordinals: dict[str, int]
+          ) -> list[tuple[int, int, int, int]]:
+    """(span, bucket, chunk, bit) of each (user, piece), in key order: bit ``bit`` (0 the
+    first, most significant) of chunk ``chunk`` is the user's."""
+    return sorted({(span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
+                   for user_id, (span, bucket) in active})
 
 
 def _stripes(users: Iterable[str]) -> list[int]:
@@ -106,11 +103,7 @@ class ActiveUsers:
         dialect.lock_user_stripes(conn, _stripes(users), exclusive=True)
         ordinals = _ordinals_of(conn, users)
         touched = _touched(events)
-        masks: dict[tuple[int, int, int], int] = defaultdict(int)
-        for user_id, (span, bucket) in touched:
-            chunk, bit = _mask(ordinals[user_id])
-            masks[(span, bucket, chunk)] |= bit
-        dialect.clear_bits(conn, _rows(masks))
+        dialect.clear_bits(conn, _bits(touched, ordinals))
         self._set(conn, _still_active(conn, touched), ordinals)
         conn.execute(delete(_ordinals).where(
             _ordinals.c.user_id.in_(sorted(users)),
@@ -130,12 +123,13 @@ class ActiveUsers:
                   .join_from(_events, _ordinals, _events.c.user_id == _ordinals.c.user_id)
                   .distinct().execution_options(yield_per=50_000))
         for ordinal, bucket in conn.execute(active):
-            chunk, bit = _mask(ordinal)
+            chunk, bit = divmod(ordinal, BITMAP_BITS)
+            mask = 1 << (BITMAP_BITS - 1 - bit)
             for span, first in pieces_of_bucket(bucket):
-                masks[(span, first, chunk)] |= bit
+                masks[(span, first, chunk)] |= mask
         if masks:
-            dialect.set_bits(conn, [(span, bucket, chunk, 0, bits)
-                                    for span, bucket, chunk, bits in _rows(masks)])
+            dialect.put_bitmaps(conn, [(span, bucket, chunk, bits.to_bytes(BITMAP_BYTES, "big"))
+                                       for (span, bucket, chunk), bits in sorted(masks.items())])
 
     def fold(self, conn: Connection, before_bucket: int) -> None:
         dialects.of(conn).fold_bits(conn, before_bucket)
@@ -143,14 +137,8 @@ class ActiveUsers:
     @staticmethod
     def _set(conn: Connection, active: set[tuple[str, tuple[int, int]]],
              ordinals: dict[str, int]) -> None:
-        masks: dict[tuple[int, int, int], int] = defaultdict(int)
-        for user_id, (span, bucket) in active:
-            chunk, bit = _mask(ordinals[user_id])
-            masks[(span, bucket, chunk)] |= bit
-        if masks:
-            shard = shard_of_writer(conn)
-            dialects.of(conn).set_bits(conn, [(span, bucket, chunk, shard, bits)
-                                              for span, bucket, chunk, bits in _rows(masks)])
+        if active:
+            dialects.of(conn).set_bits(conn, shard_of_writer(conn), _bits(active, ordinals))
 
 
 def _touched(events: Sequence[StoredEvent]) -> set[tuple[str, tuple[int, int]]]:

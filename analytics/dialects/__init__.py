@@ -117,11 +117,16 @@ class Dialect(Protocol):
     def insert_ignoring(self, table):
         """An INSERT into ``table`` that skips rows whose unique keys are taken."""
 
-    def set_bits(self, conn: Connection, rows: list[tuple]) -> None:
-        """OR each (span, bucket, chunk, shard, bits) into user_bitmaps, in key order."""
+    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]
+                 ) -> None:
+        """Set each (span, bucket, chunk, bit) of user_bitmaps in ``shard`` (in key order)."""
 
-    def clear_bits(self, conn: Connection, rows: list[tuple]) -> None:
-        """Clear the bits of each (span, bucket, chunk, bits) in every shard of user_bitmaps."""
+    def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
+        """Clear each (span, bucket, chunk, bit) of user_bitmaps in every shard."""
+
+    def put_bitmaps(self, conn: Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
+        """Insert whole (span, bucket, chunk, bits) rows into shard 0 of an empty
+        user_bitmaps."""
 
     def fold_bits(self, conn: Connection, before_bucket: int) -> None:
         """OR the shards of user_bitmaps before ``before_bucket`` into shard 0."""

@@ -146,13 +146,19 @@ class PostgreSQL:
     def insert_ignoring(self, table):
         return postgresql.insert(table).on_conflict_do_nothing()
 
-    def set_bits(self, conn: Connection, rows: list[tuple]) -> None:
-        conn.exec_driver_sql(_SET_BITS, _bitmap_arrays(rows, ("span", "bucket", "chunk",
-                                                              "shard", "bits")))
+    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]
+                 ) -> None:
+        conn.exec_driver_sql(_SET_BITS, {"shard": shard, **_bit_arrays(bits)})
 
-    def clear_bits(self, conn: Connection, rows: list[tuple]) -> None:
-        conn.exec_driver_sql(_CLEAR_BITS, _bitmap_arrays(rows, ("span", "bucket", "chunk",
-                                                                "bits")))
+    def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
+        conn.exec_driver_sql(_CLEAR_BITS, _bit_arrays(bits))
+
+    def put_bitmaps(self, conn: Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
+        for start in range(0, len(rows), 10_000):
+            span, bucket, chunk, bits = zip(*rows[start:start + 10_000])
+            conn.exec_driver_sql(_PUT_BITMAPS, {
+                "span": list(span), "bucket": list(bucket), "chunk": list(chunk),
+                "bits": ["x" + value.hex() for value in bits]})
 
     def fold_bits(self, conn: Connection, before_bucket: int) -> None:
         conn.exec_driver_sql(_FOLD_BITS, {"before": before_bucket})
@@ -247,22 +253,30 @@ def _insert_copy(conn: Connection, rows: Sequence[EventRow]) -> list[int | None]
 # rewrites nothing.
 _BITS = f"bit({BITMAP_BITS})"
 _STRIPE_CLASS = 0x41555352  # the advisory-lock class of user stripes, apart from lock_users
+# The bits travel as positions (a few integers) and become bitmaps in the database.
+_MASKS = f"""
+    SELECT span, bucket, chunk, bit_or(set_bit(CAST(0 AS {_BITS}), bit, 1)) AS bits
+    FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
+                CAST(%(chunk)s AS int[]), CAST(%(bit)s AS int[])) AS r(span, bucket, chunk, bit)
+    GROUP BY span, bucket, chunk
+"""
 _SET_BITS = f"""
     INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
-    SELECT r.span, r.bucket, r.chunk, r.shard, CAST(r.bits AS {_BITS})
-    FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
-                CAST(%(chunk)s AS int[]), CAST(%(shard)s AS smallint[]),
-                CAST(%(bits)s AS text[])) AS r(span, bucket, chunk, shard, bits)
-    ORDER BY 1, 2, 3, 4
+    SELECT span, bucket, chunk, %(shard)s, bits FROM ({_MASKS}) AS m
+    ORDER BY span, bucket, chunk
     ON CONFLICT (span, bucket, chunk, shard) DO UPDATE
     SET bits = user_bitmaps.bits | excluded.bits
     WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
 """
 _CLEAR_BITS = f"""
-    UPDATE user_bitmaps AS u SET bits = u.bits & ~CAST(r.bits AS {_BITS})
+    UPDATE user_bitmaps AS u SET bits = u.bits & ~m.bits FROM ({_MASKS}) AS m
+    WHERE u.span = m.span AND u.bucket = m.bucket AND u.chunk = m.chunk
+"""
+_PUT_BITMAPS = f"""
+    INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
+    SELECT span, bucket, chunk, 0, CAST(bits AS {_BITS})
     FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
                 CAST(%(chunk)s AS int[]), CAST(%(bits)s AS text[])) AS r(span, bucket, chunk, bits)
-    WHERE u.span = r.span AND u.bucket = r.bucket AND u.chunk = r.chunk
 """
 _FOLD_BITS = """
     WITH moved AS (DELETE FROM user_bitmaps WHERE shard <> 0 AND bucket < %(before)s
@@ -285,10 +299,9 @@ _COUNT_USERS = """
 """
 
 
-def _bitmap_arrays(rows: list[tuple], names: tuple[str, ...]) -> dict:
-    columns = {name: list(values) for name, values in zip(names, zip(*rows))}
-    columns["bits"] = ["x" + bits.hex() for bits in columns["bits"]]
-    return columns
+def _bit_arrays(bits: list[tuple[int, int, int, int]]) -> dict:
+    return {name: list(values) for name, values in zip(("span", "bucket", "chunk", "bit"),
+                                                       zip(*bits))}
 
 
 def engine_arguments(connect_timeout: int, statement_timeout_ms: int) -> dict:

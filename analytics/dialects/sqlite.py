@@ -20,7 +20,7 @@ from sqlalchemy.ext.compiler import compiles
 
 from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
                                 register)
-from analytics.models import BITMAP_BYTES, Event, UTCDateTime, sqlite_timestamp
+from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UTCDateTime, sqlite_timestamp
 from analytics.rows import EventRow
 
 _events = Event.__table__
@@ -152,17 +152,23 @@ class SQLite:
     def insert_ignoring(self, table):
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def set_bits(self, conn: Connection, rows: list[tuple]) -> None:
+    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]
+                 ) -> None:
         conn.exec_driver_sql(
             "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (span, bucket, chunk, shard) DO UPDATE "
-            "SET bits = bits_or(user_bitmaps.bits, excluded.bits)", rows)
+            "SET bits = bits_or(user_bitmaps.bits, excluded.bits)",
+            [(span, bucket, chunk, shard, mask) for span, bucket, chunk, mask in _masks(bits)])
 
-    def clear_bits(self, conn: Connection, rows: list[tuple]) -> None:
+    def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(
             "UPDATE user_bitmaps SET bits = bits_and_not(bits, ?) "
             "WHERE span = ? AND bucket = ? AND chunk = ?",
-            [(bits, span, bucket, chunk) for span, bucket, chunk, bits in rows])
+            [(mask, span, bucket, chunk) for span, bucket, chunk, mask in _masks(bits)])
+
+    def put_bitmaps(self, conn: Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
+        conn.exec_driver_sql("INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) "
+                             "VALUES (?, ?, ?, 0, ?)", rows)
 
     def fold_bits(self, conn: Connection, before_bucket: int) -> None:
         pass  # every writer sets bits in shard 0
@@ -242,6 +248,15 @@ class _BitsUnion:
 
     def finalize(self) -> bytes:
         return _blob(self.bits)
+
+
+def _masks(bits: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, bytes]]:
+    """(span, bucket, chunk, bitmap) rows from (span, bucket, chunk, bit) positions."""
+    masks: dict[tuple[int, int, int], int] = {}
+    for span, bucket, chunk, bit in bits:
+        key = (span, bucket, chunk)
+        masks[key] = masks.get(key, 0) | 1 << (BITMAP_BITS - 1 - bit)
+    return [(*key, _blob(mask)) for key, mask in masks.items()]
 
 
 @event.listens_for(Engine, "connect")

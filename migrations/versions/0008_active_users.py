@@ -19,7 +19,7 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-BITS = 8192
+BITS = 2048
 SPANS = (1, 4, 96)
 BUCKET_SQL = {
     "postgresql": "CAST(floor(floor(EXTRACT(EPOCH FROM e.occurred_at)) / 900) AS INTEGER)",

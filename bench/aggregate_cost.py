@@ -1,0 +1,97 @@
+"""What one aggregate costs ingest: POST /track/batch and single-event POST /track with every
+aggregate, beside the same server without that one, in the same run.
+
+    .venv/bin/python bench/aggregate_cost.py [--aggregate active_users] [--events 50000]
+                                             [--batch 1000] [--clients 4] [--duration 8]
+                                             [--connections 16] [--rounds 3] [--no-postgres]
+
+For each backend (SQLite, then PostgreSQL), two gunicorn servers on two fresh databases stay up:
+``wsgi:app`` and bench/app_without.py without ``--aggregate``. Each round sends the same
+batches (bench/ingest.py's events: 1,000 users, five names, 20 days) to each in turn, then
+loads each in turn with wrk's single-event POST /track (bench/track_http.py's script, 5,000
+users), emptying the tables in between; every stored row is counted. Prints events/s and
+requests/s per round and the median over rounds of each round's ratio (with / without): the
+cost of the aggregate is 1 minus that ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ingest import count_rows, empty_table, generate, post_batches  # noqa: E402
+from bench.support import gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
+from bench.track_http import run_wrk  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--aggregate", default="active_users")
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    events = generate(args.events)
+    bodies = [json.dumps({"events": events[i:i + args.batch]}).encode()
+              for i in range(0, len(events), args.batch)]
+    backends = [("SQLite", scratch_sqlite)]
+    if not args.no_postgres:
+        backends.append(("PostgreSQL", scratch_postgres))
+    summary = []
+    for backend, scratch in backends:
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for label, app, env in (
+                    ("with", "wsgi:app", {}),
+                    ("without", "bench.app_without:app", {"BENCH_WITHOUT": args.aggregate})):
+                url = stack.enter_context(scratch())
+                base, _ = stack.enter_context(gunicorn(app, env={"DATABASE_URL": url, **env}))
+                post_batches(base, [json.dumps({"events": events[:1]}).encode()] * 8, 4)
+                run_wrk(base, 2, args.connections)  # warm-up
+                time.sleep(1)  # requests wrk gave up on at its deadline are still answered
+                empty_table(url)
+                servers[label] = (base, url)
+            ratios = {"batch": [], "track": []}
+            for number in range(1, args.rounds + 1):
+                rates = {}
+                for label, (base, url) in servers.items():
+                    seconds = post_batches(base, bodies, args.clients)
+                    stored = count_rows(url)
+                    if stored != len(events):
+                        raise RuntimeError(f"{backend} {label}: {stored} of {len(events)} stored")
+                    empty_table(url)
+                    rates[("batch", label)] = len(events) / seconds
+                for label, (base, url) in servers.items():
+                    result = run_wrk(base, args.duration, args.connections)
+                    if result["errors"]:
+                        raise RuntimeError(f"{backend} {label}: {result['errors']} wrk errors")
+                    time.sleep(1)
+                    empty_table(url)
+                    rates[("track", label)] = result["rps"]
+                for path in ratios:
+                    ratios[path].append(rates[(path, "with")] / rates[(path, "without")])
+                print(f"  {backend} round {number}: " + ", ".join(
+                    f"{path} {label} {rate:,.0f}/s" for (path, label), rate in rates.items()),
+                    flush=True)
+            for path, values in ratios.items():
+                summary.append((backend, path, statistics.median(values), values))
+    print(f"\n| backend | path | with {args.aggregate} / without (median of rounds) | cost |")
+    print("| --- | --- | ---: | ---: |")
+    for backend, path, ratio, values in summary:
+        name = "POST /track/batch" if path == "batch" else "POST /track"
+        print(f"| {backend} | {name} | {ratio:.0%} ({', '.join(f'{v:.0%}' for v in values)}) "
+              f"| {1 - ratio:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
