@@ -165,6 +165,48 @@ def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
     assert sum(counts.values()) == 600
 
 
+def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exact(
+        live_server, engine):
+    """Some of users' events are deleted, and all of others', while the same users send more:
+    no bit of a user without events in its piece stays set, no bit of one with events is
+    lost, no ordinal of a user with events is dropped."""
+    import http.client
+    import threading
+
+    server = live_server(workers=2)
+    rng = random.Random(11)
+    events = [{**e, "timestamp": (START + timedelta(seconds=rng.randrange(0, 86400, 7)))
+               .isoformat()} for e in random_events(rng, 400, users=3)]
+    done = threading.Event()
+
+    def send(chunk):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        for event in chunk:
+            conn.request("POST", "/track", body=json.dumps(event),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+        conn.close()
+
+    def erase():
+        while not done.is_set():
+            # Half of a day of u0's (its day and UTC-day pieces keep other events), all of u1's.
+            writer.delete_events(engine, select(Event.id).where(
+                Event.user_id == "u0", Event.occurred_at < START + timedelta(hours=12)))
+            writer.delete_events(engine, select(Event.id).where(Event.user_id == "u1"))
+
+    eraser = threading.Thread(target=erase)
+    eraser.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(send, [events[i::4] for i in range(4)]))
+    finally:
+        done.set()
+        eraser.join()
+    assert_exact(engine)
+
+
 def test_rebuild_from_scratch_matches(client, engine):
     rng = random.Random(9)
     for event in random_events(rng, 100):
@@ -383,11 +425,13 @@ def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(engine, 
     before = aggregates(engine)
     with Session(engine) as session:
         shards = set(session.scalars(select(EventBucket.shard)))
-    assert len(shards) == (2 if backend == "postgresql" else 1)
+        bitmap_shards = set(session.scalars(select(UserBitmap.shard)))
+    assert len(shards) == len(bitmap_shards) == (2 if backend == "postgresql" else 1)
     writer.fold_aggregates(engine, bucket_of(START) + 1)  # the bucket of the events
     with Session(engine) as session:
         assert set(session.scalars(select(EventBucket.shard))) == {0}
         assert set(session.scalars(select(SessionBucket.shard))) == {0}
+        assert set(session.scalars(select(UserBitmap.shard))) == {0}
     assert aggregates(engine) == before == rebuilt(engine)
     writer.fold_aggregates(engine, bucket_of(START) + 1)  # again: nothing left to move
     assert aggregates(engine) == before
