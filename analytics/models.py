@@ -199,7 +199,8 @@ class UserOrdinal(Base):
 
 class UserBitmap(Base):
     """The users with at least one event in a span of buckets starting at ``bucket``: a
-    quarter hour (span 1), a UTC hour (4) or a UTC day (96), for ordinals of one chunk
+    quarter hour (span 1), a UTC hour (4), six UTC hours (24) or a UTC day (96), for ordinals
+    of one chunk
     (aggregates/active_users.py)."""
 
     __tablename__ = "user_bitmaps"

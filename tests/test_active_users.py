@@ -123,7 +123,7 @@ def test_pieces_tile_a_run_with_the_largest_aligned_spans():
     tiles = pieces(lo, hi)
     assert tiles == ([(1, day - 23), (1, day - 22), (1, day - 21)]
                      + [(4, day - 20 + 4 * i) for i in range(5)]
-                     + [(4, day + 4 * i) for i in range(18)] + [(1, day + 72)])
+                     + [(24, day), (24, day + 24), (24, day + 48), (1, day + 72)])
     covered = [b for span, first in tiles for b in range(first, first + span)]
     assert covered == list(range(lo, hi))
     assert pieces(day, day + 96 * 3) == [(96, day), (96, day + 96), (96, day + 192)]

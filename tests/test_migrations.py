@@ -91,7 +91,7 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
         assert [row[-1] for row in migrated["sessions"]] == [30_250_000, 60_000_000]
         assert sum(row[-1] for row in migrated["event_buckets"]) == 6
         assert [row[1] for row in migrated["user_ordinals"]] == ["u"]
-        # Three days, each with a day, hour and quarter-hour piece or more.
+        # Three days, each with a day, six-hour, hour and quarter-hour piece or more.
         assert len({row[:2] for row in migrated["user_bitmaps"] if row[0] == 96}) == 3
         writer.rebuild_aggregates(engine)
         assert contents() == migrated

@@ -4,8 +4,9 @@ by taking the union of the bitmaps that tile each period and counting its bits.
 
 Distinct counts do not add up, so a period cannot be summed from smaller ones; but a union
 can. A local period of any zone is a run of quarter-hour buckets (docs/architecture.md), and a
-run is tiled by few pieces when bitmaps are kept at three spans: quarter hours, UTC hours and
-UTC days. A 30-day month needs about 30 day bitmaps instead of 2,880 quarter-hour ones.
+run is tiled by few pieces when bitmaps are kept at four spans: quarter hours, UTC hours,
+quarters of a UTC day (six hours) and UTC days. A 30-day month needs about 30 day bitmaps
+instead of 2,880 quarter-hour ones; a day in Kathmandu (+05:45), 12 pieces.
 
 Each user gets a small number, their ordinal, in ``user_ordinals``; ordinals are cut into
 chunks of BITMAP_BITS so that a bitmap row has a fixed size whatever the number of users.
@@ -27,9 +28,9 @@ from analytics.periods import bucket_of as bucket_of_instant
 from analytics.periods import bucket_start
 from analytics.rows import StoredEvent
 
-# Quarter hour, UTC hour, UTC day, in buckets. Each divides the next, so a run of buckets is
-# tiled greedily by the largest aligned pieces that fit.
-SPANS = (1, 4, 96)
+# Quarter hour, UTC hour, six UTC hours, UTC day, in buckets. Each divides the next, so a run
+# of buckets is tiled greedily by the largest aligned pieces that fit.
+SPANS = (1, 4, 24, 96)
 # Writers that add users and deleters that may remove them take these stripes of users,
 # shared and exclusive (see on_delete).
 STRIPES = 64

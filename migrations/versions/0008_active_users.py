@@ -1,5 +1,5 @@
 """Active users: ``user_ordinals`` (a small number per user) and ``user_bitmaps`` (per quarter
-hour, UTC hour and UTC day, the users with an event there), filled from the events.
+hour, UTC hour, six UTC hours and UTC day, the users with an event there), filled from the events.
 
 The tables and the fill are written out here rather than taken from analytics, so that this
 migration keeps doing the same whatever the application becomes later.
@@ -20,7 +20,7 @@ branch_labels = None
 depends_on = None
 
 BITS = 2048
-SPANS = (1, 4, 96)
+SPANS = (1, 4, 24, 96)
 BUCKET_SQL = {
     "postgresql": "CAST(floor(floor(EXTRACT(EPOCH FROM e.occurred_at)) / 900) AS INTEGER)",
     "sqlite": "((CAST(strftime('%s', substr(e.occurred_at, 1, 19)) AS INTEGER) - "
