@@ -142,15 +142,12 @@ def test_purge_keeps_aggregates_exact(app, client, engine):
     assert sum(counts.values()) == 120
 
 
-def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
+def post_in_parallel(port: int, events: list[dict], clients: int) -> None:
+    """POST /track each event once, from ``clients`` connections at a time."""
     import http.client
 
-    server = live_server(workers=4)
-    rng = random.Random(5)
-    events = random_events(rng, 600, users=4)  # few users: many collide on the same sequences
-
     def send(chunk):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for event in chunk:
             conn.request("POST", "/track", body=json.dumps(event),
                          headers={"Content-Type": "application/json"})
@@ -159,8 +156,16 @@ def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
             assert response.status == 200
         conn.close()
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(send, [events[i::8] for i in range(8)]))
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, [events[i::clients] for i in range(clients)]))
+
+
+def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
+    server = live_server(workers=4)
+    rng = random.Random(5)
+    events = random_events(rng, 600, users=4)  # few users: many collide on the same sequences
+
+    post_in_parallel(server.port, events, 8)
     counts, _, _, _ = assert_exact(engine)
     assert sum(counts.values()) == 600
 
@@ -170,7 +175,6 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     """Some of users' events are deleted, and all of others', while the same users send more:
     no bit of a user without events in its piece stays set, no bit of one with events is
     lost, no ordinal of a user with events is dropped."""
-    import http.client
     import threading
 
     server = live_server(workers=2)
@@ -178,16 +182,6 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     events = [{**e, "timestamp": (START + timedelta(seconds=rng.randrange(0, 86400, 7)))
                .isoformat()} for e in random_events(rng, 400, users=3)]
     done = threading.Event()
-
-    def send(chunk):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        for event in chunk:
-            conn.request("POST", "/track", body=json.dumps(event),
-                         headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            assert response.status == 200
-        conn.close()
 
     def erase():
         while not done.is_set():
@@ -199,8 +193,7 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     eraser = threading.Thread(target=erase)
     eraser.start()
     try:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(send, [events[i::4] for i in range(4)]))
+        post_in_parallel(server.port, events, 4)
     finally:
         done.set()
         eraser.join()
