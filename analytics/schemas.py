@@ -450,3 +450,24 @@ class SessionsRowSchema(Schema):
 class SessionsResponseSchema(StatusSchema):
     data = fields.List(fields.Nested(SessionsRowSchema), required=True, metadata={
         "description": "One object per period with sessions, in ascending date order."})
+
+
+# --- GET /events -------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("ndjson", "csv")
+INVALID_FORMAT = "format must be one of: ndjson, csv"
+# The parameters of /metrics that an export has no use for (they are ignored, as any unknown
+# parameter is).
+NOT_EXPORT_PARAMETERS = ("group_by", "week_start", "fill")
+
+
+class EventsQuerySchema(PeriodQuerySchema):
+    """The query string of GET /events: the range, zone and filters of /metrics, and the
+    format. Use it with ``exclude=NOT_EXPORT_PARAMETERS``."""
+
+    format = fields.String(
+        load_default="ndjson",
+        validate=validate.OneOf(EXPORT_FORMATS, error=INVALID_FORMAT),
+        error_messages={"invalid": INVALID_FORMAT, "null": INVALID_FORMAT},
+        metadata={"description": "ndjson (the default): one JSON object a line; csv: RFC 4180 "
+                                 "with a header row.", "example": "csv"})

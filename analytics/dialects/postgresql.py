@@ -13,8 +13,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
-                                register)
+from analytics.dialects import (arguments, bucket_of, compact_json_text, iso_utc_text,
+                                microseconds_between, period_index, register)
 from analytics.models import Event, UTCDateTime
 from analytics.rows import EventRow
 
@@ -34,6 +34,27 @@ def _microseconds_between(element, compiler, **kw):
     start, end = arguments(element, compiler, **kw)
     # The interval of two timestamptz values has no month part, so its epoch is exact.
     return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
+
+
+@compiles(iso_utc_text, "postgresql")
+def _iso_utc_text(element, compiler, **kw):
+    [t] = arguments(element, compiler, **kw)
+    utc = f"(({t}) AT TIME ZONE 'UTC')"
+    below_ms = f"mod(CAST(date_part('microseconds', {utc}) AS INTEGER), 1000)"
+    return (f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || CASE WHEN {below_ms} = 0 "
+            f"THEN '' ELSE to_char({below_ms}, 'FM000') END || 'Z')")
+
+
+# Either a whole JSON string (kept as it is) or a separator with the space jsonb writes after
+# it (the space dropped): jsonb's text has no other space outside its strings.
+_JSON_SPACES = r"""'("(?:[^"\\]|\\.)*")|([,:]) '"""
+
+
+@compiles(compact_json_text, "postgresql")
+def _compact_json_text(element, compiler, **kw):
+    [document] = arguments(element, compiler, **kw)
+    return (f"nullif(regexp_replace(CAST({document} AS TEXT), {_JSON_SPACES}, '\\1\\2', 'g'), "
+            f"'null')")
 
 
 @compiles(period_index, "postgresql")
