@@ -71,15 +71,16 @@ def select_events(chosen: EventFilter) -> Select:
     return statement
 
 
-def fetch_rows(engine: Engine, statement: Select, rows_per_chunk: int = ROWS_PER_CHUNK
-               ) -> Iterator[list[tuple]]:
-    """The statement's rows, ``rows_per_chunk`` at a time, from a server-side cursor. The
+def fetch_rows(engine: Engine, statement: Select) -> Iterator[list[tuple]]:
+    """The statement's rows, ROWS_PER_CHUNK at a time, from a server-side cursor. The
     connection is returned when the iterator is exhausted or closed."""
     with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=rows_per_chunk
+        result = conn.execution_options(stream_results=True, yield_per=ROWS_PER_CHUNK
                                         ).execute(statement)
-        for part in result.partitions():
-            yield part
+        try:
+            yield from result.partitions()
+        finally:
+            result.close()  # the server-side cursor, before its connection goes back
 
 
 _string = json.encoder.encode_basestring  # JSON string literal, non-ASCII kept as is
