@@ -471,3 +471,24 @@ class EventsQuerySchema(PeriodQuerySchema):
         error_messages={"invalid": INVALID_FORMAT, "null": INVALID_FORMAT},
         metadata={"description": "ndjson (the default): one JSON object a line; csv: RFC 4180 "
                                  "with a header row.", "example": "csv"})
+
+
+class ExportedEventSchema(Schema):
+    """One event of an export (documentation only: the database writes the lines)."""
+
+    event = fields.String(required=True, metadata={"example": "play"})
+    user_id = fields.String(required=True, metadata={"example": "user123"})
+    timestamp = fields.String(required=True, metadata={
+        "description": "ISO 8601 in UTC with milliseconds and Z (microseconds where stored).",
+        "example": "2025-01-18T14:30:00.000Z"})
+    metadata = fields.Dict(required=True, allow_none=True, metadata={
+        "description": "As stored; null when absent."})
+    event_id = fields.String(required=True, allow_none=True, metadata={"example": None})
+    received_at = fields.String(required=True, metadata={
+        "description": "When the server received it, as timestamp.",
+        "example": "2025-01-18T14:30:00.120Z"})
+
+
+class ErasureResponseSchema(StatusSchema):
+    deleted = fields.Integer(required=True, metadata={
+        "description": "Events of the user deleted by this request.", "example": 42})

@@ -288,7 +288,8 @@ def request(connection, method: str, path: str, body: bytes | None = None,
 def test_curl_tour_over_https(nginx, database_url):
     require_tool("curl", install="apt-get install curl")
     today = tour.utc_today()
-    secret = create_key(database_url, "tour", "--scope", "ingest", "--scope", "read")
+    secret = create_key(database_url, "tour", "--scope", "ingest", "--scope", "read",
+                        "--scope", "admin")
     done = tour.run(nginx.https_url, user_id="tls-user",
                     env={"CURL_CA_BUNDLE": str(nginx.certificate), "ANALYTICS_KEY": secret})
     assert done.returncode == 0, done.stderr
