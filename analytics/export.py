@@ -1,22 +1,21 @@
 """Reading stored events out, oldest first, as NDJSON lines or CSV records, in flat memory.
 
-The rows come from a server-side cursor (``stream_results``) a few thousand at a time, each
-formatted by the database into the texts of the export (times, compact metadata), so that a
-row costs Python no more than joining strings; CSV records are written by the csv module in C.
-Plain functions of an Engine: no Flask.
+The rows come from a server-side cursor (``stream_results``) a few thousand at a time, as rows
+of text (the database writes times as ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC and metadata
+as compact JSON), and each format is one f-string a row: a row costs Python a few string
+operations. Plain functions of an Engine: no Flask.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from sqlalchemy import Engine, Select, or_, select
 
-from analytics.dialects import compact_json_text, iso_utc_text
+from analytics.dialects import compact_json_text, utc_text
 from analytics.models import Event
 from analytics.periods import EPOCH, bucket_start, local_periods
 
@@ -29,9 +28,9 @@ CSV_HEADER = ("timestamp", "event", "user_id", "event_id", "received_at", "metad
 ROWS_PER_CHUNK = 2000
 
 _events = Event.__table__
-# The columns in CSV_HEADER order, each already the text of the export (None: absent).
-_COLUMNS = (iso_utc_text(_events.c.occurred_at), _events.c.event, _events.c.user_id,
-            _events.c.event_id, iso_utc_text(_events.c.received_at),
+# The columns in CSV_HEADER order, as text (None: absent).
+_COLUMNS = (utc_text(_events.c.occurred_at), _events.c.event, _events.c.user_id,
+            _events.c.event_id, utc_text(_events.c.received_at),
             compact_json_text(_events.c.metadata))
 
 
@@ -83,35 +82,49 @@ def fetch_rows(engine: Engine, statement: Select) -> Iterator[list[tuple]]:
             result.close()  # the server-side cursor, before its connection goes back
 
 
+def iso(text: str) -> str:
+    """``YYYY-MM-DD HH:MM:SS.ffffff`` as the export writes times: ISO 8601 with milliseconds
+    and ``Z``, and the microseconds too where there are any (so that nothing stored is lost and
+    a re-import pairs sessions to the microsecond)."""
+    below = text[23:]
+    return f"{text[:10]}T{text[11:23]}{'' if below == '000' else below}Z"
+
+
 _string = json.encoder.encode_basestring  # JSON string literal, non-ASCII kept as is
 
 
 def ndjson_chunk(rows: list[tuple]) -> bytes:
     """One JSON object a line per row: event, user_id, timestamp, metadata, event_id,
     received_at (absent values as null)."""
-    lines = []
-    for timestamp, event, user_id, event_id, received_at, metadata in rows:
-        lines.append(
-            f'{{"event":{_string(event)},"user_id":{_string(user_id)},'
-            f'"timestamp":"{timestamp}","metadata":{metadata or "null"},'
-            f'"event_id":{"null" if event_id is None else _string(event_id)},'
-            f'"received_at":"{received_at}"}}\n')
-    return "".join(lines).encode()
+    return "".join([
+        f'{{"event":{_string(event)},"user_id":{_string(user_id)},'
+        f'"timestamp":"{iso(occurred_at)}","metadata":{"null" if metadata is None else metadata},'
+        f'"event_id":{"null" if event_id is None else _string(event_id)},'
+        f'"received_at":"{iso(received_at)}"}}\n'
+        for occurred_at, event, user_id, event_id, received_at, metadata in rows]).encode()
+
+
+_NEEDS_QUOTES = re.compile('[",\r\n]').search
+
+
+def _csv_field(text: str | None) -> str:
+    """RFC 4180: quoted (with its quotes doubled) when it holds a quote, comma or line break;
+    an absent value is an empty field."""
+    if text is None:
+        return ""
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if _NEEDS_QUOTES(text) else text
 
 
 def csv_header() -> bytes:
-    return _csv_records([CSV_HEADER])
+    return (",".join(CSV_HEADER) + "\r\n").encode()
 
 
 def csv_chunk(rows: list[tuple]) -> bytes:
-    """RFC 4180 records (CRLF, quoted where needed) in CSV_HEADER order; absent: empty."""
-    return _csv_records(rows)
-
-
-def _csv_records(rows) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
-    return buffer.getvalue().encode()
+    """RFC 4180 records with CRLF line ends, in CSV_HEADER order."""
+    return "".join([
+        f"{iso(occurred_at)},{_csv_field(event)},{_csv_field(user_id)},{_csv_field(event_id)},"
+        f"{iso(received_at)},{_csv_field(metadata)}\r\n"
+        for occurred_at, event, user_id, event_id, received_at, metadata in rows]).encode()
 
 
 def export_chunks(engine: Engine, chosen: EventFilter, fmt: str) -> Iterator[bytes]:

@@ -3,7 +3,7 @@
 Two kinds of things live here:
 
 - SQL constructs (``bucket_of``, ``microseconds_between``, ``period_index``, and the
-  export's ``iso_utc_text`` and ``compact_json_text``) that queries use
+  export's ``utc_text`` and ``compact_json_text``) that queries use
   like functions; each dialect module compiles them with ``@compiles``, and on a database
   without a compilation they fail loudly instead of producing wrong numbers;
 - a ``Dialect`` per database: how events are inserted (duplicates skipped), how writers take
@@ -64,13 +64,13 @@ class period_index(FunctionElement):
         super().__init__(bucket, bounds)
 
 
-class iso_utc_text(FunctionElement):
-    """A stored timestamp as the text of an export: ISO 8601 in UTC with milliseconds and
-    ``Z`` (``2025-01-18T14:30:00.000Z``), with microseconds where it has any below them."""
+class utc_text(FunctionElement):
+    """A stored timestamp as text in UTC, ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six digits):
+    SQLite's stored text itself, so that reading it costs nothing there."""
 
     type = String()
     inherit_cache = True
-    name = "iso_utc_text"
+    name = "utc_text"
 
     def __init__(self, timestamp: ColumnElement):
         super().__init__(timestamp)
@@ -91,7 +91,7 @@ class compact_json_text(FunctionElement):
 @compiles(bucket_of)
 @compiles(microseconds_between)
 @compiles(period_index)
-@compiles(iso_utc_text)
+@compiles(utc_text)
 @compiles(compact_json_text)
 def _unsupported(element, compiler, **kw):
     raise CompileError(f"{type(element).__name__} is not implemented for the "

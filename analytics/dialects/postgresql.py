@@ -13,8 +13,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (arguments, bucket_of, compact_json_text, iso_utc_text,
-                                microseconds_between, period_index, register)
+from analytics.dialects import (arguments, bucket_of, compact_json_text,
+                                microseconds_between, period_index, register,
+                                utc_text)
 from analytics.models import Event, UTCDateTime
 from analytics.rows import EventRow
 
@@ -36,13 +37,10 @@ def _microseconds_between(element, compiler, **kw):
     return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
 
 
-@compiles(iso_utc_text, "postgresql")
-def _iso_utc_text(element, compiler, **kw):
-    [t] = arguments(element, compiler, **kw)
-    utc = f"(({t}) AT TIME ZONE 'UTC')"
-    below_ms = f"mod(CAST(date_part('microseconds', {utc}) AS INTEGER), 1000)"
-    return (f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || CASE WHEN {below_ms} = 0 "
-            f"THEN '' ELSE to_char({below_ms}, 'FM000') END || 'Z')")
+@compiles(utc_text, "postgresql")
+def _utc_text(element, compiler, **kw):
+    [timestamp] = arguments(element, compiler, **kw)
+    return f"to_char(({timestamp}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
 
 
 # Either a whole JSON string (kept as it is) or a separator with the space jsonb writes after

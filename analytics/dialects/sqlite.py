@@ -16,8 +16,9 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, String, column, create_engine, event, text
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (arguments, bucket_of, compact_json_text, iso_utc_text,
-                                microseconds_between, period_index, register)
+from analytics.dialects import (arguments, bucket_of, compact_json_text,
+                                microseconds_between, period_index, register,
+                                utc_text)
 from analytics.models import Event, UTCDateTime, sqlite_timestamp
 from analytics.rows import EventRow
 
@@ -55,12 +56,11 @@ def _period_index(element, compiler, **kw):
     return f"period_index({bucket})"
 
 
-@compiles(iso_utc_text, "sqlite")
-def _iso_utc_text(element, compiler, **kw):
-    # Stored as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC (models.sqlite_timestamp).
-    [t] = arguments(element, compiler, **kw)
-    return (f"(substr({t}, 1, 10) || 'T' || substr({t}, 12, 12) || CASE WHEN substr({t}, 24, 3)"
-            f" = '000' THEN '' ELSE substr({t}, 24, 3) END || 'Z')")
+@compiles(utc_text, "sqlite")
+def _utc_text(element, compiler, **kw):
+    # Stored as this very text (models.sqlite_timestamp).
+    [timestamp] = arguments(element, compiler, **kw)
+    return timestamp
 
 
 @compiles(compact_json_text, "sqlite")
