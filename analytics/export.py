@@ -8,7 +8,9 @@ operations. Plain functions of an Engine: no Flask.
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -127,20 +129,72 @@ def csv_chunk(rows: list[tuple]) -> bytes:
         for occurred_at, event, user_id, event_id, received_at, metadata in rows]).encode()
 
 
+class _ReadAhead:
+    """The batches of ``fetch_rows``, read by a thread of their own one batch ahead, so that
+    the database's work on the next batch (and the driver's, which releases the GIL while it
+    waits) overlaps Python's on this one. At most AHEAD batches wait in memory."""
+
+    AHEAD = 2
+    _END = object()
+
+    def __init__(self, engine: Engine, statement: Select):
+        self._queue: queue.Queue = queue.Queue(maxsize=self.AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(engine, statement),
+                                        name="export-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self, engine: Engine, statement: Select) -> None:
+        try:
+            batches = fetch_rows(engine, statement)
+            try:
+                for rows in batches:
+                    if not self._offer(rows):
+                        return
+            finally:
+                batches.close()
+            self._offer(self._END)
+        except BaseException as exc:  # handed to the reader of the batches
+            self._offer(exc)
+
+    def _offer(self, item) -> bool:
+        """Queue ``item`` once there is room; False when the batches were closed meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[list[tuple]]:
+        while (item := self._queue.get()) is not self._END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading and give the connection back (when the client goes away, too)."""
+        self._stop.set()
+        self._thread.join()
+
+
 def export_chunks(engine: Engine, chosen: EventFilter, fmt: str) -> Iterator[bytes]:
     """The export of the chosen events in ``fmt`` (one of FORMATS), chunk by chunk. The query
     runs and the first rows are read before the first chunk is returned, so a failing
     database is noticed while an error can still be answered."""
-    batches = fetch_rows(engine, select_events(chosen))
+    reader = _ReadAhead(engine, select_events(chosen))
+    batches = iter(reader)
     try:
         first = next(batches, [])
     except BaseException:
-        batches.close()
+        reader.close()
         raise
-    return _chunks(batches, first, fmt)
+    return _chunks(reader, batches, first, fmt)
 
 
-def _chunks(batches: Iterator[list[tuple]], first: list[tuple], fmt: str) -> Iterator[bytes]:
+def _chunks(reader: _ReadAhead, batches: Iterator[list[tuple]], first: list[tuple], fmt: str
+            ) -> Iterator[bytes]:
     format_rows = csv_chunk if fmt == "csv" else ndjson_chunk
     try:
         if fmt == "csv":
@@ -150,4 +204,4 @@ def _chunks(batches: Iterator[list[tuple]], first: list[tuple], fmt: str) -> Ite
         for rows in batches:
             yield format_rows(rows)
     finally:
-        batches.close()
+        reader.close()

@@ -44,7 +44,7 @@ from analytics import writer  # noqa: E402
 from analytics.db import make_engine  # noqa: E402
 from bench.data import generate, load_postgres, load_sqlite  # noqa: E402
 from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
-from bench.track_http import run_wrk  # noqa: E402
+from bench.track_http import run_wrk, run_wrk_during  # noqa: E402
 
 RATIO_MIN, GAP_MAX_S, RSS_GROWTH_MAX_MB = 0.5, 1.0, 50
 ERASED_USER = "erased/user 1"  # a "/" and a space: the path carries it percent-encoded
@@ -170,12 +170,7 @@ def erase_under_ingest(base: str, args) -> dict:
         outcome["status"] = response.status
         outcome["seconds"] = time.perf_counter() - began
 
-    worker = threading.Thread(target=erase)
-    worker.start()
-    runs = []
-    while worker.is_alive():
-        runs.append(run_wrk(base, args.duration, args.connections))
-    worker.join()
+    runs = run_wrk_during(erase, base, args.duration, args.connections)
     if outcome["status"] != 200 or f'"deleted":{args.erase}' not in outcome["body"].replace(
             " ", ""):
         raise RuntimeError(f"the erasure answered {outcome['status']}: {outcome['body']}")

@@ -72,9 +72,6 @@ class utc_text(FunctionElement):
     inherit_cache = True
     name = "utc_text"
 
-    def __init__(self, timestamp: ColumnElement):
-        super().__init__(timestamp)
-
 
 class compact_json_text(FunctionElement):
     """Stored metadata as compact JSON text (no spaces after ``,`` and ``:``, non-ASCII as
@@ -83,9 +80,6 @@ class compact_json_text(FunctionElement):
     type = String()
     inherit_cache = True
     name = "compact_json_text"
-
-    def __init__(self, document: ColumnElement):
-        super().__init__(document)
 
 
 @compiles(bucket_of)
