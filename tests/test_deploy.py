@@ -94,6 +94,14 @@ def test_nginx_body_limit_is_the_apps_limit():
     assert f"(limit {nginx_size(limit)} bytes)" in SITE.read_text()
 
 
+def test_nginx_waits_for_an_erasure_longer_than_for_other_answers():
+    text = SITE.read_text()
+    users = re.search(r"location /users/ \{(.*?)\}", text, re.S).group(1)
+    assert "proxy_pass http://analytics_app;" in users
+    timeouts = [int(value) for value in re.findall(r"proxy_read_timeout (\d+)s;", text)]
+    assert int(re.search(r"proxy_read_timeout (\d+)s;", users).group(1)) == max(timeouts) >= 600
+
+
 def test_units_run_the_documented_commands_with_the_environment_file():
     app_unit = unit("analytics.service")["Service"]
     purge_unit = unit("analytics-purge.service")["Service"]
