@@ -47,15 +47,32 @@ class EventFilter:
     user_id: str | None = None
 
 
-def local_range(start: date, end: date, zone_name: str) -> tuple[datetime, datetime]:
+def local_range(start: date, end: date, zone_name: str) -> tuple[datetime | None, datetime | None]:
     """The UTC instants [lo, hi) of the local dates ``start`` to ``end`` in the zone, as
-    /metrics counts them (lo == hi when no instant has such a local date)."""
+    /metrics counts them (lo == hi when no instant has such a local date; None: unbounded, at
+    the end of the calendar)."""
     # The first and last three days are enough to find the ends: no zone skips three days.
-    first = local_periods(start, min(end, date.fromordinal(start.toordinal() + 2)), zone_name)
-    last = local_periods(max(start, date.fromordinal(end.toordinal() - 2)), end, zone_name)
-    if not first.labels or not last.labels:
+    # The local days of the last days of year 9999 reach past what a datetime can hold.
+    near_end = date.max.toordinal() - 2
+    if start.toordinal() < near_end:
+        first = local_periods(start, _day(min(end.toordinal(), start.toordinal() + 2)),
+                              zone_name)
+        if not first.labels:
+            return EPOCH, EPOCH
+        lo = bucket_start(first.bounds[0])
+    else:  # where the day before ends
+        lo = bucket_start(local_periods(_day(start.toordinal() - 3), _day(start.toordinal() - 1),
+                                        zone_name).bounds[-1])
+    if end.toordinal() >= near_end:
+        return lo, None
+    last = local_periods(_day(max(start.toordinal(), end.toordinal() - 2)), end, zone_name)
+    if not last.labels:
         return EPOCH, EPOCH
-    return bucket_start(first.bounds[0]), bucket_start(last.bounds[-1])
+    return lo, bucket_start(last.bounds[-1])
+
+
+def _day(ordinal: int) -> date:
+    return date.fromordinal(ordinal)
 
 
 def select_events(chosen: EventFilter) -> Select:

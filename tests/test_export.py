@@ -135,6 +135,24 @@ def test_the_range_filters_and_zone(client):
     assert stamps("&group_by=bogus&fill=bogus&week_start=x") == stamps("")
 
 
+def test_ranges_to_the_ends_of_the_calendar(client):
+    track(client, event="play", user_id="u", timestamp="2025-01-02T12:00:00Z")
+    for tz in ("UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        for start, end, expected in [("0001-01-01", "9999-12-31", 1), ("9999-12-31", "9999-12-31", 0),
+                                     ("0001-01-01", "0001-01-01", 0), ("2025-01-01", "9999-12-30", 1),
+                                     ("0001-01-01", "2024-12-31", 0), ("2025-01-04", "9999-12-31", 0)]:
+            response = client.get(f"/events?start_date={start}&end_date={end}&tz={tz}")
+            assert len(ndjson(response)) == expected, (start, end, tz)
+
+
+def test_a_local_day_that_a_zone_skipped_holds_nothing(client):
+    # Samoa went from 29 to 31 December 2011: no instant has the local date 2011-12-30.
+    track(client, event="play", user_id="u", timestamp="2011-12-30T09:59:59Z")  # 29th, 23:59
+    day = "/events?start_date=2011-12-30&end_date=2011-12-30&tz=Pacific/Apia"
+    assert ndjson(client.get(day)) == []
+    assert len(ndjson(client.get(day.replace("start_date=2011-12-30", "start_date=2011-12-29")))) == 1
+
+
 @pytest.mark.parametrize("query, message", [
     ("", "start_date and end_date are required"),
     ("?start_date=2025-01-01", "start_date and end_date are required"),
