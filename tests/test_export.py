@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
@@ -329,3 +330,27 @@ def test_an_export_imported_into_an_empty_database_gives_the_same_answers(
     assert again.get(f"/events?start_date=2000-01-01&end_date=2099-12-31&format={fmt}"
                      ).data == exported.data
     imported.extensions["analytics.db"]["engine"].dispose()
+
+
+def test_import_keeps_received_at_refuses_a_bad_one_and_never_takes_a_later_one(app, engine,
+                                                                                tmp_path):
+    source = tmp_path / "in.ndjson"
+    source.write_text("\n".join(json.dumps(line) for line in [
+        {"event": "play", "user_id": "u", "timestamp": "2025-01-02T00:00:00Z",
+         "received_at": "2025-01-03T00:00:00.250Z"},
+        {"event": "play", "user_id": "u", "received_at": "yesterday"},
+        {"event": "play", "user_id": "u", "received_at": 5},
+        {"event": "stop", "user_id": "u", "timestamp": "2025-01-02T00:00:01Z",
+         "received_at": "2999-01-01T00:00:00Z"},
+    ]) + "\n")
+    result = app.test_cli_runner().invoke(args=["import", str(source)])
+    assert result.exit_code == 3, result.output
+    assert "2 accepted, 0 duplicates, 2 rejected" in result.output
+    for line in (2, 3):
+        assert (f"line {line}: received_at must be an ISO 8601 date and time, "
+                "e.g. 2025-01-18T14:30:00.000Z") in result.output
+    with engine.connect() as conn:
+        play, stop = conn.execute(
+            Event.__table__.select().order_by(Event.__table__.c.occurred_at)).all()
+    assert play.received_at == export_time("2025-01-03T00:00:00.250Z")
+    assert export_time("2025-01-04T00:00:00Z") < stop.received_at <= datetime.now(timezone.utc)
