@@ -1,14 +1,15 @@
 #!/bin/sh
 # A tour of the analytics API with curl: track a play and a stop, read them back as metrics and
-# sessions, see the validation errors and the metadata size limit, retry an event safely with an
-# event_id, and send batches as JSON and as NDJSON. Each response is printed under a "== "
+# sessions, see the validation errors and the metadata size limit, export events and erase a
+# user, retry an event safely with an event_id, and send batches as JSON and as NDJSON. Each response is printed under a "== "
 # heading, followed by its HTTP status.
 #
 #   ./examples.sh                                  # against http://127.0.0.1:8000
 #   BASE_URL=https://analytics.example.com ./examples.sh
 #   USER_ID=user456 ./examples.sh                  # another user (letters, digits, - and _)
 #   ANALYTICS_KEY=ak_... ./examples.sh             # a server that needs keys: a key with the
-#                                                  # ingest and read scopes, sent as a Bearer token
+#                                                  # ingest, read and admin scopes, sent as a
+#                                                  # Bearer token
 #
 # Needs only sh, curl and date (GNU coreutils, BusyBox or BSD/macOS). For a server with a
 # self-signed certificate, point curl at it: CURL_CA_BUNDLE=/path/to/cert.pem ./examples.sh
@@ -94,6 +95,20 @@ request "Metadata over the size limit" POST /track "{
   \"user_id\": \"$USER_ID\",
   \"metadata\": {\"bio\": \"$LARGE\"}
 }"
+
+# Raw events out: a range as CSV (or NDJSON, the default), and one user's events. An id with a
+# "/" or a space goes into a path percent-encoded (%2F, %20); this guest is then erased, which
+# removes its events from the metrics and sessions at once.
+GUEST_ID="$USER_ID/guest $RUN_ID"
+GUEST_PATH=$(printf '%s' "$GUEST_ID" | sed 's|/|%2F|g; s| |%20|g')
+request "Track an event of a user whose id has a slash and a space" POST /track "{
+  \"event\": \"play\",
+  \"user_id\": \"$GUEST_ID\"
+}"
+request "Export the last 7 days of $USER_ID as CSV" GET \
+  "/events?start_date=$WEEK_START&end_date=$TODAY&user_id=$USER_ID&format=csv"
+request "Every event of that user, as NDJSON" GET "/users/$GUEST_PATH/events"
+request "Erase that user" DELETE "/users/$GUEST_PATH"
 
 # An event_id makes a retry safe: the same request sent twice stores the event once, and the
 # second answer says "duplicate": true.

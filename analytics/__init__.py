@@ -44,10 +44,14 @@ def register_extensions(app: Flask) -> None:
 
         n = app.config["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+    from analytics.encoded_paths import EncodedIds
+
+    app.wsgi_app = EncodedIds(app.wsgi_app)  # ids with "/" in /users/<user_id>
 
 
 def register_blueprints(app: Flask) -> None:
-    from analytics.api import active_users, batch, health, metrics, openapi, sessions, track
+    from analytics.api import (active_users, batch, export, health, metrics, openapi, sessions,
+                               track, users)
 
     app.register_blueprint(track.bp)
     app.register_blueprint(batch.bp)
@@ -56,6 +60,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(active_users.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(export.bp)
+    app.register_blueprint(users.bp)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -40,6 +40,8 @@ PATH_SCOPES: dict[str, str | None] = {
     "/sessions": READ,
     "/active-users": READ,
     "/events": READ,
+    "/users/<user_id>": ADMIN,
+    "/users/<user_id>/events": ADMIN,
     "/health": None,
     "/openapi.json": None,
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Flask, request
 
-ALLOW_METHODS = "GET, POST, OPTIONS"
+ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Requested-With"
 MAX_AGE_SECONDS = "86400"
 # Headers a browser script may read from an answer besides the basic ones: the limits and

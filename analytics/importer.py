@@ -5,8 +5,10 @@ transaction (see ``writer``). Events that carry an ``event_id`` are stored once 
 are imported, so an interrupted import is resumed by running it again on the same file.
 
 NDJSON: one event object a line; blank lines are skipped. CSV: a header row naming the columns
-``event``, ``user_id`` (required), ``timestamp``, ``event_id`` and ``metadata`` (a JSON object as
-text), in any order; other columns are ignored; an empty cell means the field is absent.
+``event``, ``user_id`` (required), ``timestamp``, ``event_id``, ``metadata`` (a JSON object as
+text) and ``received_at``, in any order; other columns are ignored; an empty cell means the field
+is absent. A ``received_at`` (as GET /events exports it) is kept, so that an imported export is
+kept as long as the original events would have been.
 No Flask in here: the command passes a Session and the settings.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import BinaryIO
 
@@ -25,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from analytics import validation, writer
 from analytics.errors import APIError, is_unreachable
+from analytics.ingest import parse_timestamp
 from analytics.inputs import loads_strict
 from analytics.models import utcnow
 from analytics.schemas import json_text_is_nul_free
@@ -32,9 +36,11 @@ from analytics.schemas import json_text_is_nul_free
 FORMATS = ("ndjson", "csv")
 EXTENSIONS = {".ndjson": "ndjson", ".jsonl": "ndjson", ".json": "ndjson", ".csv": "csv"}
 CSV_REQUIRED = ("event", "user_id")
-CSV_OPTIONAL = ("timestamp", "event_id", "metadata")
+CSV_OPTIONAL = ("timestamp", "event_id", "metadata", "received_at")
 DEFAULT_CHUNK_SIZE = 1000
 NOT_UTF8 = "Line is not valid UTF-8"
+RECEIVED_AT_INVALID = ("received_at must be an ISO 8601 date and time, "
+                       "e.g. 2025-01-18T14:30:00.000Z")
 
 
 class UnusableInput(Exception):
@@ -197,9 +203,18 @@ class Importer:
         return self.summary
 
     def _check(self, chunk: list[Line]) -> validation.CheckedBatch:
-        return validation.check_events(((line.number, line.item) for line in chunk), now=utcnow(),
-                                 metadata_limit=self.metadata_limit,
-                                 nul_free=all(line.nul_free for line in chunk))
+        now = utcnow()
+        received, unreadable = _received_times(chunk, now)
+        checked = validation.check_events(
+            ((line.number, line.item) for line in chunk if line.number not in unreadable),
+            now=now, metadata_limit=self.metadata_limit,
+            nul_free=all(line.nul_free for line in chunk))
+        for number, event in checked.prepared:
+            if number in received:
+                event.row.received_at = received[number]
+        if unreadable:
+            checked.rejected = sorted([*checked.rejected, *unreadable.items()])
+        return checked
 
     @staticmethod
     def _write(checked: validation.CheckedBatch, sessions: queue.SimpleQueue
@@ -209,6 +224,24 @@ class Importer:
             return _store(session, checked)
         finally:
             sessions.put(session)
+
+
+def _received_times(chunk: list[Line], now: datetime
+                    ) -> tuple[dict[int, datetime], dict[int, str]]:
+    """The ``received_at`` each line gives (an export's, so that retention keeps counting from
+    the first arrival; never later than now), and the lines whose received_at is not a time."""
+    received, unreadable = {}, {}
+    for line in chunk:
+        value = line.item.get("received_at") if isinstance(line.item, dict) else None
+        if value is None:
+            continue
+        try:
+            if not isinstance(value, str):
+                raise ValueError("must be a string")
+            received[line.number] = min(parse_timestamp(value), now)
+        except ValueError:
+            unreadable[line.number] = RECEIVED_AT_INVALID
+    return received, unreadable
 
 
 def _store(session: Session, checked: validation.CheckedBatch

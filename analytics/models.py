@@ -110,6 +110,8 @@ class Event(Base):
         ),
         # Retention purge: the oldest received events first.
         Index("ix_events_received_at", "received_at"),
+        # GET /events: a range of time, oldest first (then by arrival), without a sort.
+        Index("ix_events_occurred_at_id", "occurred_at", "id"),
     )
 
 

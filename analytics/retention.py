@@ -94,11 +94,21 @@ def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = 
         raise ValueError("batch_size must be at least 1")
     if pace < 0:
         raise ValueError("pace must not be negative")
+    return delete_in_batches(engine, lambda: delete_batch(engine, cutoff, batch_size),
+                             pace=pace, on_batch=on_batch)
+
+
+def delete_in_batches(engine: Engine, delete_one_batch: Callable[[], int], *, pace: float,
+                      on_batch: Callable[[int], None] | None = None) -> int:
+    """Run ``delete_one_batch`` (one committed transaction, returning how many events it
+    deleted) until it deletes none; return the total. After each batch rest ``pace`` times as
+    long as it took, and on SQLite at least WRITERS_FIRST_S (see ``purge_expired``); the
+    erasure of a user's events (erasure.py) is paced by the same rule."""
     least_rest = WRITERS_FIRST_S if engine.dialect.name == "sqlite" else 0.0
     total = 0
     while True:
         began = monotonic()
-        deleted = delete_batch(engine, cutoff, batch_size)
+        deleted = delete_one_batch()
         if deleted == 0:
             return total
         total += deleted

@@ -465,3 +465,45 @@ class ActiveUsersRowSchema(Schema):
 class ActiveUsersResponseSchema(StatusSchema):
     data = fields.List(fields.Nested(ActiveUsersRowSchema), required=True, metadata={
         "description": "One object per period with users, in ascending order."})
+
+
+# --- GET /events -------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("ndjson", "csv")
+INVALID_FORMAT = "format must be one of: ndjson, csv"
+# The parameters of /metrics that an export has no use for (they are ignored, as any unknown
+# parameter is).
+NOT_EXPORT_PARAMETERS = ("group_by", "week_start", "fill")
+
+
+class EventsQuerySchema(PeriodQuerySchema):
+    """The query string of GET /events: the range, zone and filters of /metrics, and the
+    format. Use it with ``exclude=NOT_EXPORT_PARAMETERS``."""
+
+    format = fields.String(
+        load_default="ndjson",
+        validate=validate.OneOf(EXPORT_FORMATS, error=INVALID_FORMAT),
+        error_messages={"invalid": INVALID_FORMAT, "null": INVALID_FORMAT},
+        metadata={"description": "ndjson (the default): one JSON object a line; csv: RFC 4180 "
+                                 "with a header row.", "example": "csv"})
+
+
+class ExportedEventSchema(Schema):
+    """One event of an export (documentation only: the database writes the lines)."""
+
+    event = fields.String(required=True, metadata={"example": "play"})
+    user_id = fields.String(required=True, metadata={"example": "user123"})
+    timestamp = fields.String(required=True, metadata={
+        "description": "ISO 8601 in UTC with milliseconds and Z (microseconds where stored).",
+        "example": "2025-01-18T14:30:00.000Z"})
+    metadata = fields.Dict(required=True, allow_none=True, metadata={
+        "description": "As stored; null when absent."})
+    event_id = fields.String(required=True, allow_none=True, metadata={"example": None})
+    received_at = fields.String(required=True, metadata={
+        "description": "When the server received it, as timestamp.",
+        "example": "2025-01-18T14:30:00.120Z"})
+
+
+class ErasureResponseSchema(StatusSchema):
+    deleted = fields.Integer(required=True, metadata={
+        "description": "Events of the user deleted by this request.", "example": 42})

@@ -44,7 +44,6 @@ import shutil
 import sqlite3
 import statistics
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from analytics.db import make_engine  # noqa: E402
 from analytics.models import sqlite_timestamp  # noqa: E402
 from bench.data import FIRST_DAY, generate, load_postgres, load_sqlite  # noqa: E402
 from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
-from bench.track_http import measure as measure_wrk, run_wrk  # noqa: E402
+from bench.track_http import measure as measure_wrk, run_wrk, run_wrk_during  # noqa: E402
 
 MICROSECONDS = 1_000_000
 UTC = timezone.utc
@@ -410,22 +409,16 @@ def measure_purge(base: str, url: str, args) -> dict:
 
     def purge() -> None:
         began = time.perf_counter()
-        try:
-            outcome["rows"] = retention.purge_expired(engine, cutoff,
-                                                      batch_size=args.purge_batch_size)
-        except Exception as exc:  # reported below, after wrk stops
-            outcome["error"] = exc
+        outcome["rows"] = retention.purge_expired(engine, cutoff,
+                                                  batch_size=args.purge_batch_size)
         outcome["seconds"] = time.perf_counter() - began
 
-    worker = threading.Thread(target=purge)
-    worker.start()
-    runs = []
-    while worker.is_alive():
-        runs.append(run_wrk(base, args.duration, args.connections))
-    worker.join()
-    engine.dispose()
-    if "error" in outcome:
-        raise RuntimeError(f"the purge failed: {outcome['error']!r}")
+    try:
+        runs = run_wrk_during(purge, base, args.duration, args.connections)
+    except Exception as exc:
+        raise RuntimeError(f"the purge failed: {exc!r}") from exc
+    finally:
+        engine.dispose()
     if outcome["rows"] != expected:
         raise RuntimeError(f"the purge removed {outcome['rows']} events, {expected} expected")
     figures = {

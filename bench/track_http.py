@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,6 +56,28 @@ def run_wrk(url: str, duration: int, connections: int) -> dict:
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {"rps": rate, "requests": int(requests), "errors": int(errors),
             "p50_ms": float(p50), "p99_ms": float(p99)}
+
+
+def run_wrk_during(task, url: str, duration: int, connections: int) -> list[dict]:
+    """Run ``task`` in a thread and wrk, run after run, until it ends; the runs' results. An
+    exception of ``task`` is raised once wrk has stopped."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            task()
+        except BaseException as exc:  # raised below, after wrk stops
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    runs = []
+    while worker.is_alive():
+        runs.append(run_wrk(url, duration, connections))
+    worker.join()
+    if failure:
+        raise failure[0]
+    return runs
 
 
 def measure(name: str, app: str, env: dict, args) -> dict:

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select
@@ -91,6 +92,14 @@ def test_nginx_body_limit_is_the_apps_limit():
     assert nginx_size(limit) == load_config(env_example()).MAX_CONTENT_LENGTH
     assert nginx_size(limit) == load_config({}).MAX_CONTENT_LENGTH  # the app's default
     assert f"(limit {nginx_size(limit)} bytes)" in SITE.read_text()
+
+
+def test_nginx_waits_for_an_erasure_longer_than_for_other_answers():
+    text = SITE.read_text()
+    users = re.search(r"location /users/ \{(.*?)\}", text, re.S).group(1)
+    assert "proxy_pass http://analytics_app;" in users
+    timeouts = [int(value) for value in re.findall(r"proxy_read_timeout (\d+)s;", text)]
+    assert int(re.search(r"proxy_read_timeout (\d+)s;", users).group(1)) == max(timeouts) >= 600
 
 
 def test_units_run_the_documented_commands_with_the_environment_file():
@@ -288,7 +297,8 @@ def request(connection, method: str, path: str, body: bytes | None = None,
 def test_curl_tour_over_https(nginx, database_url):
     require_tool("curl", install="apt-get install curl")
     today = tour.utc_today()
-    secret = create_key(database_url, "tour", "--scope", "ingest", "--scope", "read")
+    secret = create_key(database_url, "tour", "--scope", "ingest", "--scope", "read",
+                        "--scope", "admin")
     done = tour.run(nginx.https_url, user_id="tls-user",
                     env={"CURL_CA_BUNDLE": str(nginx.certificate), "ANALYTICS_KEY": secret})
     assert done.returncode == 0, done.stderr
@@ -375,6 +385,35 @@ def test_keyed_read_through_nginx(nginx, database_url):
                              headers={"Authorization": f"Bearer {secret}"})
     assert response.status == 200, body
     assert json.loads(body) == {"status": "success", "data": []}
+
+
+# Ids with every character a path treats specially: nginx passes the request target on as the
+# client sent it (proxy_pass without a URI), and the app routes /users/ paths on it undecoded.
+ODD_USER_IDS = ['a/b c?d#e%f "é" 漢', "/leading", "a//b", "..", "trailing/", "+&=;"]
+
+
+@e2e
+@pytest.mark.live
+def test_percent_encoded_user_ids_through_nginx(nginx, database_url):
+    secret = create_key(database_url, "dpo", "--scope", "admin")
+    admin = {"Authorization": f"Bearer {secret}"}
+    for user_id in [*ODD_USER_IDS, "a", "a/b"]:
+        response, body = request(nginx.https(), "POST", "/track", json.dumps(
+            {"event": "play", "user_id": user_id}).encode(), {"Content-Type": "application/json"})
+        assert response.status == 200, body
+
+    for user_id in ODD_USER_IDS:
+        path = "/users/" + quote(user_id, safe="")
+        response, body = request(nginx.https(), "GET", path + "/events", headers=admin)
+        assert response.status == 200, (user_id, body)
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        assert [json.loads(line)["user_id"] for line in body.decode().splitlines()] == [user_id]
+        response, body = request(nginx.https(), "DELETE", path, headers=admin)
+        assert response.status == 200, (user_id, body)
+        assert json.loads(body) == {"status": "success", "deleted": 1}
+    # Only those: the users whose ids the others would be if a %2F were decoded early remain.
+    response, body = request(nginx.https(), "GET", "/users/a%2Fb/events", headers=admin)
+    assert [json.loads(line)["user_id"] for line in body.decode().splitlines()] == ["a/b"]
 
 
 @e2e

@@ -80,7 +80,7 @@ def test_every_answer_of_the_tour(live_server, engine):
 def test_the_tour_with_a_key_on_a_server_that_needs_one(live_server, database_url):
     server = live_server(workers=1, AUTH_MODE="all")
     created = run_flask(database_url, "keys", "create", "tour", "--scope", "ingest",
-                        "--scope", "read")
+                        "--scope", "read", "--scope", "admin")
     assert created.returncode == 0, created.stderr
     today = tour.utc_today()
 

@@ -1,6 +1,8 @@
 """GET /openapi.json: a valid OpenAPI 3 document that matches what the endpoints accept."""
 from __future__ import annotations
 
+import re
+
 from openapi_spec_validator import validate
 
 
@@ -26,7 +28,9 @@ def test_track_request_schema_comes_from_the_validating_schema(client):
 
 def test_every_route_is_documented(app, client):
     document = client.get("/openapi.json").get_json()
-    routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    # Flask writes a path parameter <name>, OpenAPI {name}.
+    routes = {re.sub(r"<(\w+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()
+              if rule.endpoint != "static"}
     assert routes <= set(document["paths"])
 
 
@@ -56,3 +60,17 @@ def test_in_all_mode_every_keyed_operation_requires_a_key(make_app):
     document = make_app(AUTH_MODE="all").test_client().get("/openapi.json").get_json()
     assert document["paths"]["/track"]["post"]["security"] == [{"bearerKey": []},
                                                                {"queryKey": []}]
+
+
+def test_the_export_and_the_users_paths_are_admin_or_read(make_app):
+    document = make_app(AUTH_MODE="reads").test_client().get("/openapi.json").get_json()
+    validate(document)
+    events = document["paths"]["/events"]["get"]
+    assert {parameter["name"] for parameter in events["parameters"]} == {
+        "start_date", "end_date", "tz", "event", "user_id", "format"}
+    assert set(events["responses"]["200"]["content"]) == {"application/x-ndjson", "text/csv"}
+    assert events["responses"]["403"]["description"].startswith('"This API key does not allow read')
+    erase = document["paths"]["/users/{user_id}"]["delete"]
+    assert erase["responses"]["403"]["description"].startswith('"This API key does not allow admin')
+    assert erase["security"] == [{"bearerKey": []}]
+    assert document["paths"]["/users/{user_id}/events"]["get"]["parameters"][0]["in"] == "path"

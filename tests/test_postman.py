@@ -45,9 +45,11 @@ def test_collection_is_postman_v21_with_a_checked_request_per_case():
     items = requests(collection["item"])
     assert {(item["request"]["method"], "/".join(item["request"]["url"]["path"]))
             for item in items} == {
-        ("POST", "track"), ("POST", "track/batch"), ("GET", "metrics"), ("GET", "sessions"), ("GET", "active-users")}
+        ("POST", "track"), ("POST", "track/batch"), ("GET", "metrics"), ("GET", "sessions"),
+        ("GET", "active-users"),
+        ("GET", "events"), ("GET", "users/{{guestPath}}/events"), ("DELETE", "users/{{guestPath}}")}
     names = [item["name"] for item in items]
-    assert len(names) == len(set(names)) == 14
+    assert len(names) == len(set(names)) == 18
     # event_id and batches: the retry comes right after the request it repeats.
     first = names.index("Track with event_id")
     assert names[first + 1] == "Track same event_id again (duplicate)"
@@ -90,7 +92,7 @@ def test_newman_runs_the_collection_green(live_server, tmp_path):
 def test_newman_runs_the_collection_green_with_a_key(live_server, database_url, tmp_path):
     server = live_server(workers=1, AUTH_MODE="all")
     created = run_flask(database_url, "keys", "create", "postman", "--scope", "ingest",
-                        "--scope", "read")
+                        "--scope", "read", "--scope", "admin")
     assert created.returncode == 0, created.stderr
     secret = created.stdout.splitlines()[-1]
 
@@ -99,7 +101,7 @@ def test_newman_runs_the_collection_green_with_a_key(live_server, database_url, 
     done = run_newman(server.url, refused)
     assert done.returncode != 0
     executions = json.loads(refused.read_text())["run"]["executions"]
-    assert len(executions) == 14
+    assert len(executions) == 18
     assert {execution["response"]["code"] for execution in executions} == {401}
     # ...and with it every one is answered as on an open server.
     report = tmp_path / "newman.json"

@@ -27,6 +27,10 @@ TITLES = [
     "Error: an invalid date",
     "Error: a missing date",
     "Metadata over the size limit",
+    "Track an event of a user whose id has a slash and a space",
+    "Export the last 7 days of {user} as CSV",
+    "Every event of that user, as NDJSON",
+    "Erase that user",
     "Track with an event_id",
     "Track the same event_id again (a duplicate)",
     "Batch: one good, one invalid, one repeated event_id",
@@ -38,13 +42,15 @@ SESSION_SECONDS = 120
 
 @dataclass
 class Step:
-    """One request of the tour as printed: heading, request line, response body and status."""
+    """One request of the tour as printed: heading, request line, response body (parsed when
+    it is one JSON document; ``text`` as printed) and status."""
 
     title: str
     method: str
     url: str
     status: int
-    body: dict
+    body: dict | None
+    text: str = ""
 
     @property
     def query(self) -> dict[str, str]:
@@ -69,8 +75,12 @@ def parse(output: str) -> list[Step]:
         title, request, status = lines[0], lines[1], lines[-1]
         method, url = request.split(" ", 1)
         assert re.fullmatch(r"HTTP \d{3}", status), block
-        body = json.loads("\n".join(lines[2:-1]))
-        steps.append(Step(title, method, url, int(status.split()[1]), body))
+        text = "\n".join(lines[2:-1])
+        try:
+            body = json.loads(text)
+        except ValueError:  # an export: NDJSON or CSV
+            body = None
+        steps.append(Step(title, method, url, int(status.split()[1]), body, text))
     return steps
 
 
@@ -136,8 +146,37 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     assert large.status == 200
     assert large.body == {**SUCCESS, "warnings": [TRUNCATED_WARNING]}
 
+    check_user_data(steps[7:11], user_id)
     check_event_ids_and_batches(steps)
     return steps
+
+
+def check_user_data(steps: list[Step], user_id: str) -> None:
+    """Assert the answers of the export and erasure steps."""
+    guest, exported, events, erased = steps
+    assert (guest.status, guest.body) == (200, SUCCESS)
+
+    assert exported.query["format"] == "csv" and exported.query["user_id"] == user_id
+    assert exported.status == 200, exported.text
+    header, *rows = [line.rstrip("\r") for line in exported.text.splitlines() if line]
+    assert header == "timestamp,event,user_id,event_id,received_at,metadata"
+    names = [row.split(",")[1] for row in rows]
+    assert {"play", "stop", "profile_update"} <= set(names)
+    assert all(row.split(",")[2] == user_id for row in rows)
+    stamps = [row.split(",")[0] for row in rows]
+    assert stamps == sorted(stamps)
+
+    guest_id = f"{user_id}/guest "
+    path = urlsplit(events.url).path
+    assert path.startswith(f"/users/{user_id}%2Fguest%20") and path.endswith("/events")
+    assert events.status == 200, events.text
+    [line] = [json.loads(line) for line in events.text.splitlines() if line]
+    assert list(line) == ["event", "user_id", "timestamp", "metadata", "event_id",
+                          "received_at"]
+    assert line["event"] == "play" and line["user_id"].startswith(guest_id)
+
+    assert (erased.method, urlsplit(erased.url).path) == ("DELETE", path[:-len("/events")])
+    assert (erased.status, erased.body) == (200, {"status": "success", "deleted": 1})
 
 
 def check_event_ids_and_batches(steps: list[Step]) -> None:

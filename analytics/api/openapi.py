@@ -61,6 +61,7 @@ def build_spec(max_metadata_bytes: int = 4096) -> APISpec:
     }})
     _batch_path(spec)
     _period_paths(spec)
+    _export_paths(spec)
     spec.path(path="/health", operations={"get": {
         "summary": "Whether the database answers",
         "responses": {
@@ -162,6 +163,75 @@ def _period_paths(spec: APISpec) -> None:
             "500": _error("Failed to fetch active users"),
             "503": _error("Failed to fetch active users (database unreachable; see "
                           "Retry-After)"),
+        },
+    }})
+
+
+def _export_paths(spec: APISpec) -> None:
+    """GET /events, GET /users/{user_id}/events and DELETE /users/{user_id}."""
+    spec.components.schema("ExportedEvent", schema=schemas.ExportedEventSchema)
+    spec.components.schema("ErasureResponse", schema=schemas.ErasureResponseSchema)
+    ndjson = {"application/x-ndjson": {
+        "schema": {"type": "string", "description": "One ExportedEvent object a line "
+                                                    "(components/schemas/ExportedEvent)."},
+        "example": '{"event":"play","user_id":"user123","timestamp":"2025-01-18T14:30:00.000Z",'
+                   '"metadata":{"song_id":"song456"},"event_id":null,'
+                   '"received_at":"2025-01-18T14:30:00.120Z"}\n'}}
+    csv_body = {"text/csv": {
+        "schema": {"type": "string", "description": "RFC 4180, CRLF line ends, a header row."},
+        "example": "timestamp,event,user_id,event_id,received_at,metadata\r\n"
+                   '2025-01-18T14:30:00.000Z,play,user123,,2025-01-18T14:30:00.120Z,'
+                   '"{""song_id"":""song456""}"\r\n'}}
+    stream_note = (
+        "Oldest first (by timestamp, then arrival), streamed as it is read: memory stays flat "
+        "at any size. Times are ISO 8601 in UTC with milliseconds and Z (microseconds too "
+        "where the stored time has them); absent values are null. A failure after the first "
+        "bytes cuts the stream short (no terminating chunk).")
+    user_id = {"name": "user_id", "in": "path", "required": True,
+               "description": "The user's id, percent-encoded (/ as %2F, a space as %20).",
+               "schema": {"type": "string"}, "example": "user%2F123"}
+    spec.path(path="/events", operations={"get": {
+        "summary": "The stored events of a range, as NDJSON or CSV",
+        "description": stream_note + " CSV: header timestamp,event,user_id,event_id,"
+                       "received_at,metadata; metadata as compact JSON text; an absent value "
+                       "is an empty field. flask --app wsgi import reads either back.",
+        "parameters": [{"in": "query", "schema": schemas.EventsQuerySchema(
+            exclude=schemas.NOT_EXPORT_PARAMETERS)}],
+        "responses": {
+            "200": {"description": "The events, oldest first", "content": {**ndjson,
+                                                                           **csv_body}},
+            "400": _error("Invalid query string: the messages of /metrics for start_date, "
+                          "end_date, tz and event, in the same order, then "
+                          f'"{schemas.INVALID_FORMAT}"'),
+            "500": _error("Failed to export events"),
+            "503": _error("Failed to export events (database unreachable; see Retry-After)"),
+        },
+    }})
+    spec.path(path="/users/{user_id}/events", operations={"get": {
+        "summary": "Every stored event of one user, as NDJSON",
+        "description": stream_note + " An unknown user: 200 with an empty body.",
+        "parameters": [user_id],
+        "responses": {
+            "200": {"description": "The user's events, oldest first", "content": ndjson},
+            "400": _error("The id is not percent-encoded UTF-8, or holds U+0000"),
+            "500": _error("Failed to export the user's events"),
+            "503": _error("Failed to export the user's events (database unreachable)"),
+        },
+    }})
+    spec.path(path="/users/{user_id}", operations={"delete": {
+        "summary": "Erase every stored event of one user",
+        "description": "The events leave /metrics, /sessions and /active-users in the same "
+                       "transactions; they are deleted in short batches, so ingest goes on "
+                       "meanwhile. The user's event_ids may be used again afterwards. Each "
+                       "erasure is logged with its time, the key's name and the count.",
+        "parameters": [user_id],
+        "responses": {
+            "200": {"description": "Erased (0 when there was nothing)", "content": {JSON: {
+                "schema": "ErasureResponse",
+                "example": {"status": "success", "deleted": 42}}}},
+            "400": _error("The id is not percent-encoded UTF-8, or holds U+0000"),
+            "500": _error("Failed to delete the user's events"),
+            "503": _error("Failed to delete the user's events (database unreachable)"),
         },
     }})
 

@@ -2,7 +2,8 @@
 
 Two kinds of things live here:
 
-- SQL constructs (``bucket_of``, ``microseconds_between``, ``period_index``) that queries use
+- SQL constructs (``bucket_of``, ``microseconds_between``, ``period_index``, and the
+  export's ``utc_text`` and ``compact_json_text``) that queries use
   like functions; each dialect module compiles them with ``@compiles``, and on a database
   without a compilation they fail loudly instead of producing wrong numbers;
 - a ``Dialect`` per database: how events are inserted (duplicates skipped), how writers take
@@ -18,7 +19,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import BigInteger, Connection, Engine, Integer
+from sqlalchemy import BigInteger, Connection, Engine, Integer, String
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
@@ -63,9 +64,29 @@ class period_index(FunctionElement):
         super().__init__(bucket, bounds)
 
 
+class utc_text(FunctionElement):
+    """A stored timestamp as text in UTC, ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six digits):
+    SQLite's stored text itself, so that reading it costs nothing there."""
+
+    type = String()
+    inherit_cache = True
+    name = "utc_text"
+
+
+class compact_json_text(FunctionElement):
+    """Stored metadata as compact JSON text (no spaces after ``,`` and ``:``, non-ASCII as
+    is); NULL where it is absent."""
+
+    type = String()
+    inherit_cache = True
+    name = "compact_json_text"
+
+
 @compiles(bucket_of)
 @compiles(microseconds_between)
 @compiles(period_index)
+@compiles(utc_text)
+@compiles(compact_json_text)
 def _unsupported(element, compiler, **kw):
     raise CompileError(f"{type(element).__name__} is not implemented for the "
                        f"{compiler.dialect.name} dialect (see analytics/dialects/)")

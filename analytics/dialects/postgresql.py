@@ -13,8 +13,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
-                                register)
+from analytics.dialects import (arguments, bucket_of, compact_json_text,
+                                microseconds_between, period_index, register,
+                                utc_text)
 from analytics.models import BITMAP_BITS, Event, UTCDateTime
 from analytics.rows import EventRow
 
@@ -34,6 +35,24 @@ def _microseconds_between(element, compiler, **kw):
     start, end = arguments(element, compiler, **kw)
     # The interval of two timestamptz values has no month part, so its epoch is exact.
     return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
+
+
+@compiles(utc_text, "postgresql")
+def _utc_text(element, compiler, **kw):
+    [timestamp] = arguments(element, compiler, **kw)
+    return f"to_char(({timestamp}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+
+
+# Either a whole JSON string (kept as it is) or a separator with the space jsonb writes after
+# it (the space dropped): jsonb's text has no other space outside its strings.
+_JSON_SPACES = r"""'("(?:[^"\\]|\\.)*")|([,:]) '"""
+
+
+@compiles(compact_json_text, "postgresql")
+def _compact_json_text(element, compiler, **kw):
+    [document] = arguments(element, compiler, **kw)
+    return (f"nullif(regexp_replace(CAST({document} AS TEXT), {_JSON_SPACES}, '\\1\\2', 'g'), "
+            f"'null')")
 
 
 @compiles(period_index, "postgresql")

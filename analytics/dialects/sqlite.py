@@ -18,8 +18,9 @@ from sqlalchemy import Connection, Engine, String, column, create_engine, event,
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (arguments, bucket_of, microseconds_between, period_index,
-                                register)
+from analytics.dialects import (arguments, bucket_of, compact_json_text,
+                                microseconds_between, period_index, register,
+                                utc_text)
 from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UTCDateTime, sqlite_timestamp
 from analytics.rows import EventRow
 
@@ -55,6 +56,20 @@ def _period_index(element, compiler, **kw):
     # parameter would be copied into Python again for every row).
     bucket = compiler.process(element.clauses.clauses[0], **kw)
     return f"period_index({bucket})"
+
+
+@compiles(utc_text, "sqlite")
+def _utc_text(element, compiler, **kw):
+    # Stored as this very text (models.sqlite_timestamp).
+    [timestamp] = arguments(element, compiler, **kw)
+    return timestamp
+
+
+@compiles(compact_json_text, "sqlite")
+def _compact_json_text(element, compiler, **kw):
+    # json() writes the stored text minified; a JSON null is absent metadata.
+    [document] = arguments(element, compiler, **kw)
+    return f"nullif(json({document}), 'null')"
 
 
 class SQLite:
