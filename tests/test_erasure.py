@@ -1,4 +1,5 @@
-"""DELETE /users/<user_id>: every event of the user goes, from /metrics and /sessions too, in
+"""DELETE /users/<user_id>: every event of the user goes, from /metrics, /sessions and
+/active-users too, in
 paced batches; the answer counts them; the erasure is logged without the user's data."""
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from test_aggregates import assert_exact
 ODD_USER = 'a/b c?d#e%f "é" 漢'
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 SESSIONS = "/sessions?start_date=2025-01-01&end_date=2025-01-31"
+ACTIVE_USERS = "/active-users?start_date=2025-01-01&end_date=2025-01-31"
 
 
 def track(client, **event) -> dict:
@@ -45,6 +47,8 @@ def test_every_event_of_the_user_goes_and_the_answers_follow(client, engine):
     play_and_stop(client, "keep", 3)
     play_and_stop(client, "a", 2)  # a prefix of the erased id, and ...
     play_and_stop(client, "a/b", 2)  # ... what the id would be if %2F were decoded early
+    assert client.get(ACTIVE_USERS).get_json()["data"] == [
+        {"date": "2025-01-02", "users": 3}, {"date": "2025-01-03", "users": 2}]
 
     response = client.delete(f"/users/{quote(ODD_USER, safe='')}")
 
@@ -57,7 +61,9 @@ def test_every_event_of_the_user_goes_and_the_answers_follow(client, engine):
     assert client.get(SESSIONS).get_json()["data"] == [
         {"date": "2025-01-02", "totalDuration": 120, "sessionCount": 2, "averageDuration": 60},
         {"date": "2025-01-03", "totalDuration": 60, "sessionCount": 1, "averageDuration": 60}]
-    assert_exact(engine)
+    assert client.get(ACTIVE_USERS).get_json()["data"] == [
+        {"date": "2025-01-02", "users": 2}, {"date": "2025-01-03", "users": 1}]
+    assert_exact(engine)  # the erased user's ordinal is gone too
 
 
 def test_an_unknown_user_is_zero(client):
