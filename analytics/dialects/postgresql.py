@@ -185,6 +185,8 @@ class PostgreSQL:
     def count_users(self, conn: Connection, pieces: list[tuple[int, int, int]]
                     ) -> list[tuple[int, int]]:
         spans, buckets, periods = (list(column) for column in zip(*pieces))
+        # The union sorts a bitmap row per piece and chunk: in memory, not spilled to disk.
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
         return conn.exec_driver_sql(_COUNT_USERS, {"span": spans, "bucket": buckets,
                                                    "period": periods}).all()
 
