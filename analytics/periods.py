@@ -91,7 +91,8 @@ def _constant_offsets(zone: ZoneInfo, start: datetime, end: datetime
     at, offset = start, _offset_at(zone, start)
     probe = start
     while probe < end:
-        following = min(probe + _PROBE, end)
+        # (Compared before adding: near the end of time the sum would not exist.)
+        following = end if end - probe <= _PROBE else probe + _PROBE
         changed = _offset_at(zone, following) if following < end else offset
         if changed != offset:
             # Find the bucket where it changes (offset changes fall on quarter hours).

@@ -167,3 +167,11 @@ def test_the_ends_of_time_in_any_zone(client, tz):
                             f"&group_by={group_by}")
         # West of Greenwich the first instant is still the year 0 locally, which has no date.
         assert sum(row["play"] for row in rows) == (1 if tz == "America/Los_Angeles" else 2)
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/sessions", "/active-users"])
+def test_the_last_day_there_is_in_a_zone_behind_utc(client, path):
+    track(client, "play", "9999-12-31T23:00:00Z")  # a future timestamp: stored as now
+    query = "start_date=9999-12-31&end_date=9999-12-31&tz=America/Los_Angeles&fill=zero"
+    [period] = data(client, query, path)
+    assert period["date"] == "9999-12-31"
