@@ -35,10 +35,30 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class RepeatedKeys(dict):
+    """A JSON object in which some names were given more than once (``repeated``, in order of
+    appearance); as a dict it holds each name's last value."""
+
+    __slots__ = ("repeated",)
+
+
+def _json_object(pairs: list) -> dict:
+    # The names are counted here because the dict built from them no longer shows a repeat.
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    seen: set = set()
+    repeated = RepeatedKeys(document)
+    repeated.repeated = list(dict.fromkeys(name for name, _ in pairs
+                                           if name in seen or seen.add(name)))
+    return repeated
+
+
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-# What json.loads(text, parse_constant=..., parse_float=...) builds on every call, built once:
-# bulk ingest decodes one document per line.
-_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+# What json.loads(text, parse_constant=..., ...) builds on every call, built once: bulk ingest
+# decodes one document per line.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float,
+                                   object_pairs_hook=_json_object)
 
 
 def loads_strict(data: bytes | str):

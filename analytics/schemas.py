@@ -10,20 +10,30 @@ from marshmallow import (EXCLUDE, Schema, ValidationError, fields, post_load, pr
                          validate, validates, validates_schema)
 
 from analytics.ingest import parse_timestamp
+from analytics.inputs import RepeatedKeys
 from analytics.periods import GROUP_BYS, WEEKDAYS
 
 NAME_MAX_CHARS = 255
 EVENT_ID_MAX_CHARS = 128
+METADATA_MAX_LEVELS = 64
+METADATA_TOO_DEEP = f"metadata is nested too deeply (at most {METADATA_MAX_LEVELS} levels)"
 
 
 def has_nul(value) -> bool:
     """Whether any string (key or value) in a parsed JSON document contains U+0000."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in key or has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(has_nul(item) for item in value)
+    # Iterative: a document may be nested deeper than Python's recursion allows.
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return True
+        elif isinstance(node, dict):
+            if any("\x00" in key for key in node):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return False
 
 
@@ -37,24 +47,48 @@ def json_text_is_nul_free(text: bytes) -> bool:
 
 def find_nul(value, path: str = "") -> str | None:
     """The path of the first string (key or value) that contains U+0000, or None."""
-    if not path and not has_nul(value):
+    if not has_nul(value):
         return None  # the common case, without building a path for every value
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            child = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return path or str(key)
-            found = find_nul(item, child)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = find_nul(item, f"{path}[{index}]")
-            if found:
-                return found
+    # Entries: (node, its path, the path of the object holding it, its key there). Children
+    # are pushed in reverse so that they are looked at in document order.
+    stack: list[tuple] = [(value, path, "", None)]
+    while stack:
+        node, where, parent, key = stack.pop()
+        if key is not None and "\x00" in key:
+            return parent or key
+        if isinstance(node, str):
+            if "\x00" in node:
+                return where
+        elif isinstance(node, dict):
+            stack.extend(reversed([(item, f"{where}.{name}" if where else str(name), where, name)
+                                   for name, item in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(item, f"{where}[{index}]", where, None)
+                                   for index, item in enumerate(node)]))
     return None
+
+
+def nested_deeper_than(value, levels: int) -> bool:
+    """Whether a JSON object or array holds containers more than ``levels`` deep (the value
+    itself is level 1, each object or array inside adds one)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > levels:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _not_too_deep(metadata: dict) -> None:
+    if nested_deeper_than(metadata, METADATA_MAX_LEVELS):
+        raise ValidationError(METADATA_TOO_DEEP)
+
+
+def repeated_field(name: str) -> str:
+    return f"{name} must be given only once"
 
 
 def _not_blank(name: str):
@@ -111,9 +145,10 @@ class TrackEventSchema(Schema):
                                  "replaced with server time and a warning."},
     )
     metadata = fields.Dict(
-        load_default=None, allow_none=True,
+        load_default=None, allow_none=True, validate=_not_too_deep,
         error_messages={"invalid": "metadata must be a JSON object"},
-        metadata={"description": "Any JSON object. Over 4096 bytes (compact UTF-8 JSON) it is "
+        metadata={"description": "Any JSON object, nested at most 64 levels deep (the object "
+                                 "is level 1). Over 4096 bytes (compact UTF-8 JSON) it is "
                                  "replaced by a truncation notice.",
                   "example": {"song_id": "song456", "device": "mobile"}},
     )
@@ -129,6 +164,12 @@ class TrackEventSchema(Schema):
                                  "again. Absent or null: never deduplicated.",
                   "example": "3f2b8c1e-6d0a-4f5e-9b7a-2c4d6e8f0a1b"},
     )
+
+    @pre_load
+    def refuse_repeated_fields(self, data, **kwargs):
+        if isinstance(data, RepeatedKeys):
+            raise ValidationError({name: [repeated_field(name)] for name in data.repeated})
+        return data
 
     @pre_load
     def refuse_nul(self, data, **kwargs):
@@ -168,7 +209,8 @@ def quick_load_event(item, nul_free: bool = False) -> dict | None:
             or not event.strip() or not user_id.strip()):
         return None
     timestamp, metadata, event_id = item.get("timestamp"), item.get("metadata"), item.get("event_id")
-    if metadata is not None and type(metadata) is not dict:
+    if metadata is not None and (type(metadata) is not dict
+                                 or nested_deeper_than(metadata, METADATA_MAX_LEVELS)):
         return None
     if event_id is not None and (type(event_id) is not str
                                  or not 0 < len(event_id) <= EVENT_ID_MAX_CHARS):

@@ -10,9 +10,9 @@ from flask import Blueprint, current_app, jsonify, request
 from analytics import validation, writer
 from analytics.db import get_session
 from analytics.errors import APIError, failure_message
-from analytics.inputs import is_json_mimetype, loads_strict, read_body
+from analytics.inputs import RepeatedKeys, is_json_mimetype, loads_strict, read_body
 from analytics.models import utcnow
-from analytics.schemas import find_nul, json_text_is_nul_free
+from analytics.schemas import find_nul, json_text_is_nul_free, repeated_field
 
 bp = Blueprint("batch", __name__)
 
@@ -38,6 +38,9 @@ def _json_items(body: bytes) -> list:
     document = loads_strict(body)
     if not isinstance(document, dict):
         raise APIError(400, NOT_A_BATCH)
+    if isinstance(document, RepeatedKeys):
+        name = document.repeated[0]
+        raise APIError(400, repeated_field(name), errors={name: [repeated_field(name)]})
     events = document.get("events")
     if not isinstance(events, list):
         raise APIError(400, NOT_A_BATCH,
