@@ -146,6 +146,9 @@ class Config:
         self.DB_STATEMENT_TIMEOUT_MS = _int(environ, "DB_STATEMENT_TIMEOUT_MS", 30000)
         # The longest a POST /track waits for its event's commit before answering 503.
         self.TRACK_WAIT_SECONDS = _int(environ, "TRACK_WAIT_SECONDS", 10, minimum=1)
+        # The longest a write waits for a lock (SQLite's writer turn, PostgreSQL's row and
+        # advisory locks) before its request answers 503.
+        self.LOCK_WAIT_MS = _int(environ, "LOCK_WAIT_MS", 3000, minimum=1)
         mode = environ.get("AUTH_MODE", "").strip().lower() or self.DEFAULT_AUTH_MODE
         if mode not in AUTH_MODES:
             raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")

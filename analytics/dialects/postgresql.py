@@ -97,6 +97,9 @@ class PostgreSQL:
     def writer_turn(self, engine: Engine):
         return contextlib.nullcontext()  # row locks and the unique constraint suffice
 
+    def is_lock_timeout(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) in _GAVE_UP_WAITING
+
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         if len(rows) < _FEW_ROWS:
             return _insert_returning(conn, self._few, rows)
@@ -149,6 +152,9 @@ class PostgreSQL:
                            for user_id, lo, hi in spans])
 
 
+# lock_not_available (lock_timeout) and query_canceled (statement_timeout): the statement gave
+# up waiting; the server is there and busy.
+_GAVE_UP_WAITING = frozenset({"55P03", "57014"})
 _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
     func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k"))
 _TOTALS: dict = {}
@@ -215,12 +221,15 @@ def _insert_copy(conn: Connection, rows: Sequence[EventRow]) -> list[int | None]
     return [id_ if id_ in kept else None for id_ in ids]
 
 
-def engine_arguments(connect_timeout: int, statement_timeout_ms: int) -> dict:
+def engine_arguments(connect_timeout: int, statement_timeout_ms: int,
+                     lock_wait_ms: int | None = None) -> dict:
     """create_engine's connect_args for this service."""
     # JIT compilation of short aggregate queries costs more than it saves.
     options = ["-c jit=off"]
     if statement_timeout_ms:
         options.append(f"-c statement_timeout={statement_timeout_ms}")
+    if lock_wait_ms:
+        options.append(f"-c lock_timeout={lock_wait_ms}")
     return {"connect_timeout": connect_timeout, "options": " ".join(options)}
 
 
