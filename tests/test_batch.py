@@ -721,3 +721,16 @@ def test_a_json_batch_with_events_given_twice_is_refused(client, engine):
     body = '{"events": [%s], "events": [%s]}' % (json.dumps(ev(0)), json.dumps(ev(1)))
     assert_error(batch(client, body=body), 400, field="events")
     assert stored(engine) == []
+
+
+def test_ndjson_past_the_cap_is_413_before_its_lines_are_parsed(client, engine, monkeypatch):
+    import analytics.api.batch as batch_module
+
+    parsed = []
+    real = batch_module.loads_strict
+    monkeypatch.setattr(batch_module, "loads_strict", lambda line: parsed.append(1) or real(line))
+    body = b"{}\n" * (1024 * 1024 // 3 - 10)  # a 1 MiB body of empty objects
+    response = batch(client, body=body, content_type=NDJSON)
+    assert_error(response, 413)
+    assert parsed == []
+    assert stored(engine) == []
