@@ -138,6 +138,9 @@ class Config:
         self.LOG_LEVEL = _choice(
             environ, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
         )
+        self.LOG_FORMAT = _choice(environ, "LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower()
+        # The base URL /openapi.json names as its server; unset, the server is relative.
+        self.PUBLIC_URL = environ.get("PUBLIC_URL", "").strip().rstrip("/")
         # Number of proxies in front of the app whose X-Forwarded-* headers are trusted.
         self.TRUSTED_PROXIES = _int(environ, "TRUSTED_PROXIES", 0)
         self.DB_POOL_SIZE = _int(environ, "DB_POOL_SIZE", 5, minimum=1)

@@ -30,6 +30,8 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: int = 10,
         # A connection killed by a database restart is replaced instead of failing a request.
         pool_pre_ping=True,
         connect_args=connect_args,
+        # A failed statement's error must not carry the events it held into the logs.
+        hide_parameters=True,
     )
 
 

@@ -119,14 +119,18 @@ def test_units_run_the_documented_commands_with_the_environment_file():
     assert ".venv/bin/flask --app wsgi purge" in fields[6]
 
 
-@pytest.mark.parametrize("trusted, expected", [(0, "http://localhost"),
-                                                (1, "https://analytics.example.com")])
+@pytest.mark.parametrize("trusted, expected", [(0, ["http://localhost/", "127.0.0.1"]),
+                                                (1, ["https://analytics.example.com/",
+                                                     "203.0.113.9"])])
 def test_app_trusts_forwarded_headers_only_when_told(trusted, expected):
+    from flask import request as seen
+
     app = create_app({"TESTING": True, "DATABASE_URL": "sqlite://", "TRUSTED_PROXIES": trusted})
-    response = app.test_client().get("/openapi.json", headers={
+    app.add_url_rule("/seen", view_func=lambda: [seen.url_root, seen.remote_addr])
+    response = app.test_client().get("/seen", headers={
         "X-Forwarded-Proto": "https", "X-Forwarded-Host": "analytics.example.com",
         "X-Forwarded-Port": "443", "X-Forwarded-For": "203.0.113.9"})
-    assert response.get_json()["servers"] == [{"url": expected}]
+    assert response.get_json() == expected
 
 
 # --- nginx in front of gunicorn --------------------------------------------------------------
@@ -249,8 +253,8 @@ def gunicorn(live_server):
     deploy/analytics.env.example. Its rate-limit counts stay in memory: in the machine's Redis
     they would be shared with every other test run."""
     example = env_example()
-    return live_server(**{name: example[name] for name in (
-        "TRUSTED_PROXIES", "AUTH_MODE", "RATE_LIMIT_ANONYMOUS")})
+    return live_server(LOG_FORMAT="json", LOG_LEVEL="info", **{
+        name: example[name] for name in ("TRUSTED_PROXIES", "AUTH_MODE", "RATE_LIMIT_ANONYMOUS")})
 
 
 def create_key(database_url: str, name: str, *options: str) -> str:
@@ -315,19 +319,33 @@ def test_plain_http_is_redirected_to_https(nginx, engine):
 
 @e2e
 @pytest.mark.live
+def seen_by_the_app(gunicorn, request_id: str) -> dict:
+    """The JSON access line of a request: the scheme and host the app saw."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in gunicorn.output().splitlines():
+            if line.startswith("{") and json.loads(line).get("request_id") == request_id:
+                return json.loads(line)
+        time.sleep(0.1)
+    raise AssertionError(f"no access line for {request_id}:\n{gunicorn.output()}")
+
+
 def test_app_sees_the_clients_scheme_and_host(nginx, gunicorn):
     # A client's own X-Forwarded-* headers are replaced by nginx's, not believed.
     response, body = request(nginx.https(), "GET", "/openapi.json", headers={
         "X-Forwarded-Proto": "http", "X-Forwarded-Host": "spoofed.example",
-        "X-Forwarded-Port": "1"})
+        "X-Forwarded-Port": "1", "X-Request-Id": "through-nginx"})
     assert response.status == 200
-    assert json.loads(body)["servers"] == [{"url": nginx.https_url}]
+    seen = seen_by_the_app(gunicorn, response.headers["X-Request-Id"])
+    assert f"{seen['scheme']}://{seen['host']}" == nginx.https_url
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
 
     # Straight to gunicorn, without nginx's headers, the app sees plain HTTP.
     direct = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=30)
-    response, body = request(direct, "GET", "/openapi.json")
-    assert json.loads(body)["servers"] == [{"url": gunicorn.url}]
+    response, body = request(direct, "GET", "/openapi.json",
+                             headers={"X-Request-Id": "straight-to-gunicorn"})
+    seen = seen_by_the_app(gunicorn, "straight-to-gunicorn")
+    assert f"{seen['scheme']}://{seen['host']}" == gunicorn.url
 
 
 @e2e

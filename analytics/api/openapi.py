@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from analytics import auth, ratelimits, schemas
 
@@ -145,9 +145,9 @@ def openapi_document():
     if "openapi" not in current_app.extensions:
         current_app.extensions["openapi"] = add_security(build_spec().to_dict(),
                                                          current_app.config["AUTH_MODE"])
-    # The base URL the client used: behind nginx (TRUSTED_PROXIES) the public https:// one, so
-    # that tools reading this document send their requests where this one came from.
-    server = {"url": request.url_root.rstrip("/")}
+    # The configured public URL, else a relative one: never the request's Host header, which
+    # any client can set to send the tools that read this document elsewhere.
+    server = {"url": current_app.config["PUBLIC_URL"] or "/"}
     return jsonify({**current_app.extensions["openapi"], "servers": [server]})
 
 

@@ -179,7 +179,7 @@ def make_engine(url, busy_timeout_s: int, lock_wait_ms: int = DEFAULT_LOCK_WAIT_
         except OSError:
             pass  # reported as an unreachable database on first use
     timeout = max(busy_timeout_s, 30)
-    engine = create_engine(url, connect_args={"timeout": timeout},
+    engine = create_engine(url, connect_args={"timeout": timeout}, hide_parameters=True,
                            execution_options={"lock_wait_ms": lock_wait_ms})
 
     @event.listens_for(engine, "connect")
