@@ -98,8 +98,15 @@ def _not_blank(name: str):
     return check
 
 
+# For the OpenAPI document: no U+0000 anywhere (refused in every string of a request), and in
+# names at least one character that is not whitespace.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+NAME_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+
+
 def name_field(name: str, **kwargs) -> fields.String:
     """A required, non-blank string of at most 255 characters (event names, user ids)."""
+    kwargs["metadata"] = {"minLength": 1, "pattern": NAME_PATTERN, **kwargs.get("metadata", {})}
     return fields.String(
         required=True,
         validate=[
@@ -136,7 +143,8 @@ class TrackEventSchema(Schema):
         unknown = EXCLUDE
 
     event = name_field("event", metadata={
-        "description": 'Event name, e.g. "play". "date" is reserved.', "example": "play"})
+        "description": 'Event name, e.g. "play". "date" is reserved.', "example": "play",
+        "not": {"enum": ["date"]}})
     user_id = name_field("user_id", metadata={"example": "user123"})
     timestamp = Timestamp(
         load_default=None, allow_none=True,
@@ -159,7 +167,8 @@ class TrackEventSchema(Schema):
             min=1, max=EVENT_ID_MAX_CHARS,
             error=f"event_id must be 1 to {EVENT_ID_MAX_CHARS} characters"),
         error_messages={"invalid": "event_id must be a string"},
-        metadata={"description": "Chosen by the client (a UUID is recommended): an event whose "
+        metadata={"pattern": NO_NUL_PATTERN,
+                  "description": "Chosen by the client (a UUID is recommended): an event whose "
                                  "user_id and event_id match a stored event is not stored "
                                  "again. Absent or null: never deduplicated.",
                   "example": "3f2b8c1e-6d0a-4f5e-9b7a-2c4d6e8f0a1b"},
@@ -249,9 +258,15 @@ class TrackBatchSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    events = fields.List(fields.Nested(TrackEventSchema), required=True, metadata={
-        "description": "At most BATCH_MAX_EVENTS (1000 by default) events, each following the "
-                       "POST /track rules."})
+    # Items are declared as any value: each is checked alone, and an invalid one is reported
+    # in the 200 answer's "rejected" rather than refusing the request.
+    events = fields.List(fields.Raw(metadata={
+        "description": "An event following the POST /track rules (see TrackEvent); one that "
+                       "does not is rejected by its index, the others are stored."}),
+        required=True, metadata={
+            "minItems": 1, "maxItems": 1000,
+            "description": "1 to BATCH_MAX_EVENTS (1000 by default) events. A batch in which "
+                           "every event is rejected is a 400 and stores nothing."})
 
 
 class BatchRejectedSchema(Schema):
@@ -383,10 +398,10 @@ class PeriodQuerySchema(Schema):
 
     start_date = QueryDate(required=True, metadata={
         "description": "First day of the range, inclusive (a local date in tz).",
-        "example": "2025-01-01"})
+        "example": "2025-01-01", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
     end_date = QueryDate(required=True, metadata={
         "description": "Last day of the range, inclusive (a local date in tz).",
-        "example": "2025-01-31"})
+        "example": "2025-01-31", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
     group_by = fields.String(
         load_default="day",
         validate=validate.OneOf(GROUP_BYS, error=INVALID_GROUP_BY),
@@ -397,22 +412,26 @@ class PeriodQuerySchema(Schema):
     )
     user_id = fields.String(metadata={
         "description": "Only this user's events (exact match). Empty means all users.",
-        "example": "user123"})
+        "example": "user123", "pattern": NO_NUL_PATTERN})
     tz = fields.String(
         load_default="UTC",
         validate=_time_zone,
         error_messages={"invalid": INVALID_TZ, "null": INVALID_TZ, "validator_failed": INVALID_TZ},
         metadata={"description": "IANA time zone of the dates, days and hours "
-                                 "(spelt as in the tz database).", "example": "Europe/Berlin"})
+                                 "(spelt as in the tz database).", "example": "Europe/Berlin",
+                  "enum": sorted(time_zone_names())})
     week_start = fields.String(
         load_default="monday",
         validate=_weekday,
         error_messages={"invalid": INVALID_WEEK_START, "null": INVALID_WEEK_START,
                         "validator_failed": INVALID_WEEK_START},
-        metadata={"description": "The day weeks start on, any case.", "example": "sunday"})
+        metadata={"description": "The day weeks start on, any case.", "example": "sunday",
+                  "pattern": "^(" + "|".join("".join(f"[{c.upper()}{c}]" for c in day)
+                                             for day in WEEKDAYS) + ")$"})
     event = fields.List(
         fields.String(validate=validate.Length(min=1, error=EMPTY_EVENT),
-                      error_messages={"invalid": EMPTY_EVENT}),
+                      error_messages={"invalid": EMPTY_EVENT},
+                      metadata={"pattern": NO_NUL_PATTERN}),
         validate=validate.Length(max=MAX_EVENT_FILTERS, error=TOO_MANY_EVENTS),
         metadata={"description": "Only these events count (repeat the parameter for several)."})
     fill = fields.String(

@@ -79,8 +79,9 @@ def build_spec(max_metadata_bytes: int = 4096) -> APISpec:
 def _period_paths(spec: APISpec) -> None:
     """GET /metrics and GET /sessions: the same query string, different rows."""
     spec.components.schema("MetricsRow", {"additionalProperties": {
-        "type": "integer", "minimum": 1,
-        "description": "Count of the events of this name in the period."}},
+        "type": "integer", "minimum": 0,
+        "description": "Count of the events of this name in the period (0 only with "
+                       "fill=zero)."}},
         schema=schemas.MetricsRowSchema)
     spec.components.schema("MetricsResponse", schema=schemas.MetricsResponseSchema)
     spec.components.schema("SessionsRow", schema=schemas.SessionsRowSchema)
@@ -100,7 +101,8 @@ def _period_paths(spec: APISpec) -> None:
         "clocks go back appears twice and the skipped one not at all), days (YYYY-MM-DD), "
         "weeks starting on week_start (labelled with that day, which may precede start_date) "
         "or months (YYYY-MM-01), ordered by their first instant. Periods without data are "
-        "left out unless fill=zero. Exact in every zone: no sampling.")
+        "left out unless fill=zero. Exact in every zone: no sampling. start_date must not be "
+        "after end_date (400 \"start_date must not be after end_date\").")
     spec.path(path="/metrics", operations={"get": {
         "summary": "Event counts per event name per period",
         "description": range_note,
@@ -160,11 +162,10 @@ def _batch_path(spec: APISpec) -> None:
         "description": "Each event follows the POST /track rules; invalid events are reported "
                        "by index and skipped, the valid ones stored and committed before the "
                        "answer. Events whose user_id and event_id are already stored (or "
-                       "repeat within the batch) count as duplicates. The size limit applies "
-                       "to the decompressed body.",
-        "parameters": [{"name": "Content-Encoding", "in": "header", "required": False,
-                        "description": "gzip to send a compressed body",
-                        "schema": {"type": "string", "enum": ["gzip", "identity"]}}],
+                       "repeat within the batch) count as duplicates. Either body may be "
+                       "sent compressed, with the HTTP header Content-Encoding: gzip (any "
+                       "other coding is a 415); the size limit applies to the decompressed "
+                       "body.",
         "requestBody": {"required": True, "content": {
             JSON: {"schema": "TrackBatch", "example": {"events": [
                 {"event": "play", "user_id": "user123", "timestamp": "2025-01-18T14:30:00Z",
