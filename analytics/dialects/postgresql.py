@@ -64,12 +64,15 @@ _COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, me
          "event_id) FROM STDIN (FORMAT BINARY)")
 _COPY_TYPES = ("int8", "varchar", "varchar", "timestamptz", "timestamptz", "text", "varchar")
 # Rows staged earlier in the same transaction have smaller ids: "id >= first" leaves them out.
-# The ids that went in come back only when some did not.
+# The ids that went in come back only when some did not. Rows go in ordered by their dedupe
+# key (their ids are already given), so two batches holding the same events in different
+# orders wait for each other's keys in one order and never deadlock.
 _MOVE = """
     WITH inserted AS (
         INSERT INTO events (id, event, user_id, occurred_at, received_at, metadata, event_id)
         SELECT id, event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
         FROM incoming_events WHERE id >= %(first)s
+        ORDER BY user_id, event_id
         ON CONFLICT (user_id, event_id) DO NOTHING
         RETURNING id
     )
