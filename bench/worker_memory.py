@@ -35,19 +35,6 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def workers_of(master: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                found.append(int(entry.name))
-    return found
-
-
 def body(client: int, round_no: int, ndjson: bool) -> tuple[bytes, str]:
     events = [{"event": "play", "user_id": f"u{client}-{n % 50}",
                "event_id": f"{round_no}-{client}-{n}", "timestamp": "2025-01-18T14:30:00Z",
@@ -89,7 +76,7 @@ def main() -> None:
             small = json.dumps({"events": [{"event": "warm", "user_id": "w"}]}).encode()
             for _ in range(20):  # warm: every worker has served and imported everything
                 post(server.port, small, "application/json")
-            workers = workers_of(server.process.pid)
+            workers = server.workers()
             warm = max(rss_mb(pid) for pid in workers)
             print(f"workers {len(workers)}, warm RSS (largest) {warm:.1f} MB")
             print("round  body     largest RSS MB  x warm")
@@ -99,7 +86,7 @@ def main() -> None:
                 with ThreadPoolExecutor(CLIENTS) as pool:
                     statuses = list(pool.map(lambda b: post(server.port, *b), bodies))
                 assert set(statuses) == {200}, statuses
-                largest = max(rss_mb(pid) for pid in workers_of(server.process.pid))
+                largest = max(rss_mb(pid) for pid in server.workers())
                 print(f"{round_no + 1:5d}  {'ndjson' if ndjson else 'json  '}  "
                       f"{largest:14.1f}  {largest / warm:6.2f}")
         finally:

@@ -16,13 +16,11 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -95,20 +93,6 @@ def assert_stored_exactly_once(database_url: str, events: list[dict]) -> None:
     assert len(rows) == len(events)
 
 
-def workers_of(master_pid: int) -> list[int]:
-    """The worker processes of a gunicorn master that this test started."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master_pid:
-                children.append(int(entry.name))
-    return children
-
-
 def run_clients(port_of, per_client: int, during) -> list[dict]:
     """CLIENTS clients each send ``per_client`` events while ``during()`` injects a fault."""
     clients = [Client(port_of) for _ in range(CLIENTS)]
@@ -128,7 +112,7 @@ def test_workers_killed_with_sigkill_lose_and_double_nothing(live_server, databa
     def kill_workers():
         for _ in range(3):
             time.sleep(1.0)
-            workers = workers_of(server.process.pid)
+            workers = server.workers()
             if workers:
                 os.kill(random.choice(workers), signal.SIGKILL)
 
