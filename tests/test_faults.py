@@ -266,3 +266,41 @@ def test_the_same_events_from_four_clients_in_different_orders_under_cpu_starvat
                                  {"p": f"round{round_no}-%"}).scalar()
         stored.dispose()
         assert count == SHARED_EVENTS
+
+
+def test_batches_of_the_same_events_in_different_orders_never_deadlock(database_url, backend,
+                                                                       monkeypatch):
+    """The cause of the scenario above: batches inserting the same keys in different orders
+    waited for each other in a cycle, and each deadlock cost a second and a retry, until the
+    retries ran out under load."""
+    if backend != "postgresql":
+        pytest.skip("SQLite serialises writers")
+    from datetime import datetime, timezone
+
+    from sqlalchemy.orm import Session
+
+    from analytics import writer
+    from analytics.db import make_engine
+    from analytics.rows import EventRow
+
+    retried = []
+    monkeypatch.setattr(writer, "is_retryable", lambda exc: retried.append(exc) or True)
+    engine = make_engine(database_url, lock_wait_ms=30000)
+    now = datetime(2025, 1, 18, tzinfo=timezone.utc)
+    try:
+        for round_no in range(6):
+            rows = [EventRow(event="play", user_id=f"u{n % 20}", occurred_at=now,
+                             received_at=now, metadata_json=None,
+                             event_id=f"{round_no}-{n}") for n in range(SHARED_EVENTS)]
+
+            def client(seed, rows=rows):
+                order = random.Random(seed).sample(rows, len(rows))
+                for start in range(0, len(order), 25):
+                    with Session(engine) as session:
+                        writer.store_events(session, order[start:start + 25])
+
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                list(pool.map(client, range(CLIENTS)))
+    finally:
+        engine.dispose()
+    assert retried == []
