@@ -59,7 +59,9 @@ class Client:
                     return answer
                 assert status >= 500, (status, answer)  # a 4xx would be a bug of the test
             except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
-                self.answers.append((path, 0, {"error": repr(exc)}))
+                # The answer is lost: whether the events went in is unknown to the client.
+                self.answers.append((path, 0, {"error": repr(exc),
+                                               "events": len(body.get("events", [body]))}))
             assert time.monotonic() < deadline, (
                 f"no 200 for {path} in {GIVE_UP_SECONDS} s; last answers: {self.answers[-3:]}")
             time.sleep(random.uniform(0.05, 0.2))
@@ -251,15 +253,21 @@ def test_the_same_events_from_four_clients_in_different_orders_under_cpu_starvat
                 burner.join()
         answers = [answer for client in clients for answer in client.answers]
         # A request may wait for a lock no longer than LOCK_WAIT_MS: under this load some
-        # get the contract's 503 (nothing of theirs stored) and are sent again. Nothing else.
-        refusals = [(status, body) for _, status, body in answers if status != 200]
+        # get the contract's 503 (nothing of theirs stored) and are sent again. A client may
+        # also give up waiting for an answer (its timeout): then the events may be stored
+        # while the client never learns it, and its retry counts them as duplicates.
+        lost = sum(body["events"] for _, status, body in answers if status == 0)
+        refusals = [(status, body) for _, status, body in answers if status not in (0, 200)]
         assert all(refusal == (503, {"status": "error", "message": "Failed to log events"})
                    for refusal in refusals), (refusals[:3], server.output()[-3000:])
         assert "Deadlock" not in server.output()
         answers = [(path, status, body) for path, status, body in answers if status == 200]
         accepted = sum(body["accepted"] for _, _, body in answers)
         duplicates = sum(body["duplicates"] for _, _, body in answers)
-        assert (accepted, duplicates) == (SHARED_EVENTS, (CLIENTS - 1) * SHARED_EVENTS)
+        assert accepted + duplicates == CLIENTS * SHARED_EVENTS
+        # Exactly once as the clients can tell: every event accepted once, except those of
+        # answers lost on the way, which the server stored (the count below) all the same.
+        assert SHARED_EVENTS - lost <= accepted <= SHARED_EVENTS, (accepted, lost)
         stored = create_engine(database_url)
         with stored.connect() as conn:
             count = conn.execute(text("SELECT count(*) FROM events WHERE event_id LIKE :p"),
