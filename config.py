@@ -138,6 +138,9 @@ class Config:
         self.LOG_LEVEL = _choice(
             environ, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
         )
+        self.LOG_FORMAT = _choice(environ, "LOG_FORMAT", "TEXT", ("TEXT", "JSON")).lower()
+        # The base URL /openapi.json names as its server; unset, the server is relative.
+        self.PUBLIC_URL = environ.get("PUBLIC_URL", "").strip().rstrip("/")
         # Number of proxies in front of the app whose X-Forwarded-* headers are trusted.
         self.TRUSTED_PROXIES = _int(environ, "TRUSTED_PROXIES", 0)
         self.DB_POOL_SIZE = _int(environ, "DB_POOL_SIZE", 5, minimum=1)
@@ -146,6 +149,9 @@ class Config:
         self.DB_STATEMENT_TIMEOUT_MS = _int(environ, "DB_STATEMENT_TIMEOUT_MS", 30000)
         # The longest a POST /track waits for its event's commit before answering 503.
         self.TRACK_WAIT_SECONDS = _int(environ, "TRACK_WAIT_SECONDS", 10, minimum=1)
+        # The longest a write waits for a lock (SQLite's writer turn, PostgreSQL's row and
+        # advisory locks) before its request answers 503.
+        self.LOCK_WAIT_MS = _int(environ, "LOCK_WAIT_MS", 3000, minimum=1)
         mode = environ.get("AUTH_MODE", "").strip().lower() or self.DEFAULT_AUTH_MODE
         if mode not in AUTH_MODES:
             raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")

@@ -5,7 +5,8 @@
     GUNICORN_THREADS   threads per worker (8)
     GUNICORN_TIMEOUT   seconds before a silent worker is restarted (30)
     LOG_LEVEL          gunicorn's error-log level (info)
-    GUNICORN_ACCESS_LOG  access log file, "-" for stdout (the default), "off" for none
+    GUNICORN_ACCESS_LOG  access log file, "-" for stdout (the default), "off" for none;
+                       with LOG_FORMAT=json the app writes the access log and this is off
     FORWARDED_ALLOW_IPS  proxies whose X-Forwarded-* headers gunicorn trusts (127.0.0.1)
 """
 import multiprocessing
@@ -22,8 +23,13 @@ keepalive = 5
 # Recycle workers now and then so that slow leaks cannot grow without bound.
 max_requests = 20000
 max_requests_jitter = 2000
-accesslog = None if os.environ.get("GUNICORN_ACCESS_LOG", "-") in ("", "off") else os.environ.get(
-    "GUNICORN_ACCESS_LOG", "-")
+_json_logs = os.environ.get("LOG_FORMAT", "").strip().lower() == "json"
+accesslog = None if os.environ.get("GUNICORN_ACCESS_LOG", "-") in ("", "off") or _json_logs \
+    else os.environ.get("GUNICORN_ACCESS_LOG", "-")
+# The path without its query string, and no referer: a query string may hold a user id or an
+# ingest key, which have no place in a log.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
+
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -1,8 +1,6 @@
 """The analytics API: an application factory that reads as a table of contents."""
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
 from config import load_config
@@ -25,15 +23,15 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 def configure_logging(app: Flask) -> None:
-    level = getattr(logging, app.config["LOG_LEVEL"])
-    app.logger.setLevel(level)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from analytics import logs
+
+    logs.configure(app)
 
 
 def register_extensions(app: Flask) -> None:
-    from analytics import auth, committer, cors, db, inputs
+    from analytics import auth, committer, cors, db, inputs, logs
 
+    logs.init_app(app)  # first, so that every request has its id, refused ones too
     db.init_app(app)
     committer.init_app(app)
     cors.init_app(app)

@@ -10,8 +10,9 @@ requests. A lone request is written at once (nothing waits for company).
 
 It fails closed: a request whose event has no result (the writer stopped, or the wait passed
 its bound) gets an error, never a success. If the shared transaction fails for a reason other
-than the database being unreachable, each event of the group is tried again alone, so one
-event the database refuses cannot fail the others' requests.
+than the database being unreachable or held whole by another writer, each event of the group
+is tried again alone, so one event the database refuses, or one user's lock held elsewhere,
+cannot fail the others' requests.
 """
 from __future__ import annotations
 
@@ -107,7 +108,9 @@ class GroupCommitter:
                 self._commit(group)
                 return
             except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
-                if len(group) == 1 or is_unreachable(exc):
+                # Alone, each event would meet the same wall: every one fails with it.
+                if len(group) == 1 or is_unreachable(exc) or getattr(exc, "whole_database",
+                                                                      False):
                     for pending in group:
                         pending.error = exc
                     return

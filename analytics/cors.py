@@ -1,4 +1,5 @@
-"""CORS for every origin on every response, errors included, and answers to preflights.
+"""CORS for every origin on every response, errors included, and answers to preflights; the
+ingest endpoints echo the request's Origin, with credentials allowed.
 
 The rules are the contract's, unconditional and small, so they are written here rather than
 configured in an extension that echoes only the headers a preflight happens to ask for.
@@ -10,6 +11,8 @@ from flask import Flask, request
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Requested-With"
 MAX_AGE_SECONDS = "86400"
+# Ingest answers, preflights included, name the request's Origin instead of "*".
+ECHO_ORIGIN_PATHS = ("/track", "/track/batch")
 # Headers a browser script may read from an answer besides the basic ones: the limits and
 # the reason for a refusal.
 EXPOSE_HEADERS = ("RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, "
@@ -31,6 +34,14 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _allow_origin(response):
-        response.headers["Access-Control-Allow-Origin"] = "*"
+        origin = request.headers.get("Origin")
+        if origin and request.path in ECHO_ORIGIN_PATHS:
+            # A beacon of a JSON Blob, or a fetch with credentials, is refused by browsers
+            # under "*"; the service sets no cookies, so crediting the origin exposes nothing.
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.vary.add("Origin")
+        else:
+            response.headers["Access-Control-Allow-Origin"] = "*"
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response

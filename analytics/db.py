@@ -10,16 +10,18 @@ EXTENSION_KEY = "analytics.db"
 
 
 def make_engine(url: str, *, pool_size: int = 5, pool_timeout: int = 10,
-                connect_timeout: int = 5, statement_timeout_ms: int = 30000) -> Engine:
+                connect_timeout: int = 5, statement_timeout_ms: int = 30000,
+                lock_wait_ms: int = 3000) -> Engine:
     """An engine tuned for this service on SQLite or PostgreSQL."""
     from analytics.dialects import postgresql, sqlite
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return sqlite.make_engine(parsed, connect_timeout)
+        return sqlite.make_engine(parsed, connect_timeout, lock_wait_ms)
     connect_args = {}
     if parsed.get_backend_name() == "postgresql":
-        connect_args = postgresql.engine_arguments(connect_timeout, statement_timeout_ms)
+        connect_args = postgresql.engine_arguments(connect_timeout, statement_timeout_ms,
+                                                   lock_wait_ms)
     return create_engine(
         parsed,
         pool_size=pool_size,
@@ -28,6 +30,8 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: int = 10,
         # A connection killed by a database restart is replaced instead of failing a request.
         pool_pre_ping=True,
         connect_args=connect_args,
+        # A failed statement's error must not carry the events it held into the logs.
+        hide_parameters=True,
     )
 
 
@@ -45,6 +49,7 @@ def init_app(app: Flask) -> None:
         pool_timeout=cfg["DB_POOL_TIMEOUT"],
         connect_timeout=cfg["DB_CONNECT_TIMEOUT"],
         statement_timeout_ms=cfg["DB_STATEMENT_TIMEOUT_MS"],
+        lock_wait_ms=cfg["LOCK_WAIT_MS"],
     )
     app.extensions[EXTENSION_KEY] = {
         "engine": engine,

@@ -64,7 +64,12 @@ def _rollback() -> None:
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """Whether a database error means the database cannot be reached (as opposed to a bug)."""
+    """Whether a database error means the database cannot be reached (as opposed to a bug, or
+    to a statement that gave up waiting for a lock: the database is there, and busy)."""
+    from analytics.dialects import is_lock_timeout
+
+    if is_lock_timeout(exc):
+        return False
     if isinstance(exc, (DisconnectionError, PoolTimeoutError)):
         return True
     if isinstance(exc, DBAPIError):
@@ -91,8 +96,15 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(SQLAlchemyError)
     def _database_error(exc: SQLAlchemyError):
+        from analytics.dialects import is_lock_timeout
+
         _rollback()
         message = _view_failure_message("Database error")
+        if is_lock_timeout(exc):
+            current_app.logger.warning("a write gave up waiting for a lock: %s",
+                                       exc.__class__.__name__)
+            return error_response(503, message,
+                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if is_unreachable(exc):
             current_app.logger.warning("database unavailable: %s", exc.__class__.__name__,
                                        exc_info=exc)

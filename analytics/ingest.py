@@ -11,6 +11,7 @@ from analytics.rows import EventRow
 
 FUTURE_TIMESTAMP_WARNING = "Future timestamp replaced with server time"
 METADATA_TRUNCATED_WARNING = "Metadata truncated due to size limit"
+END_OF_TIME = datetime.max.replace(tzinfo=timezone.utc)
 
 _ISO_DATETIME = re.compile(
     r"""
@@ -70,8 +71,15 @@ def parse_general_timestamp(value: str) -> datetime:
             int(parts["hour"]), int(parts["minute"]), int(parts["second"] or 0),
             int(fraction), tzinfo=timezone(offset),
         )
-        return local.astimezone(timezone.utc)
     except (ValueError, OverflowError):
+        raise ValueError("is not a valid date and time") from None
+    try:
+        return local.astimezone(timezone.utc)
+    except OverflowError:
+        if local.year == datetime.max.year:
+            # Past the last instant a datetime holds (9999-12-31T23:59:59-01:00): a future
+            # timestamp like any other, which the storage rule replaces with server time.
+            return END_OF_TIME
         raise ValueError("is not a valid date and time") from None
 
 

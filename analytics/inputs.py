@@ -1,6 +1,6 @@
-"""Reading request input: which content types are JSON, strict JSON decoding, gzip-encoded bodies
-decoded within the size limit, and the NUL guard on query strings (bodies are checked by their
-schemas)."""
+"""Reading request input: the body read whole by its framing, which content types are JSON,
+strict JSON decoding, gzip-encoded bodies decoded within the size limit, and the NUL guard on
+query strings (bodies are checked by their schemas)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from analytics.errors import APIError
 
 MALFORMED_JSON = "Malformed JSON in request body"
+MALFORMED_BODY = "Malformed request body"
+_READ_SIZE = 64 * 1024
 
 
 def is_json_mimetype(mimetype: str) -> bool:
@@ -33,10 +35,30 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class RepeatedKeys(dict):
+    """A JSON object in which some names were given more than once (``repeated``, in order of
+    appearance); as a dict it holds each name's last value."""
+
+    __slots__ = ("repeated",)
+
+
+def _json_object(pairs: list) -> dict:
+    # The names are counted here because the dict built from them no longer shows a repeat.
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    seen: set = set()
+    repeated = RepeatedKeys(document)
+    repeated.repeated = list(dict.fromkeys(name for name, _ in pairs
+                                           if name in seen or seen.add(name)))
+    return repeated
+
+
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-# What json.loads(text, parse_constant=..., parse_float=...) builds on every call, built once:
-# bulk ingest decodes one document per line.
-_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+# What json.loads(text, parse_constant=..., ...) builds on every call, built once: bulk ingest
+# decodes one document per line.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float,
+                                   object_pairs_hook=_json_object)
 
 
 def loads_strict(data: bytes | str):
@@ -58,6 +80,37 @@ def loads_strict(data: bytes | str):
         raise APIError(400, MALFORMED_JSON) from None
 
 
+def read_raw_body(request: Request, limit: int) -> bytes:
+    """The body exactly as sent, or an error: 413 past ``limit`` whether its length was declared
+    or it came chunked, 400 when it is shorter than its Content-Length or badly chunked.
+
+    Werkzeug's own reading stops quietly at the limit of a chunked body and at the end of a
+    short one, so a part of the body would pass for the whole of it.
+    """
+    environ = request.environ
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise RequestEntityTooLarge()
+    if declared is None and not environ.get("wsgi.input_terminated"):
+        return b""  # neither a length nor a server that ends the stream: no body
+    wanted = limit + 1 if declared is None else declared
+    stream = environ["wsgi.input"]
+    data = bytearray()
+    try:
+        while len(data) < wanted:
+            chunk = stream.read(min(_READ_SIZE, wanted - len(data)))
+            if not chunk:
+                break
+            data += chunk
+    except Exception:  # noqa: BLE001 - the server's own errors for bad chunked framing
+        raise APIError(400, MALFORMED_BODY) from None
+    if declared is None and len(data) > limit:
+        raise RequestEntityTooLarge()
+    if declared is not None and len(data) < declared:
+        raise APIError(400, MALFORMED_BODY)
+    return bytes(data)
+
+
 def read_body(request: Request, limit: int) -> bytes:
     """The request body, gunzipped when ``Content-Encoding: gzip`` says it is compressed.
 
@@ -66,11 +119,11 @@ def read_body(request: Request, limit: int) -> bytes:
     Any other content coding is a 415; a body that is not gzip after all, a 400.
     """
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    data = request.get_data(cache=False)
+    if encoding not in ("", "identity", "gzip", "x-gzip"):
+        raise APIError(415, "Content-Encoding must be gzip or identity")
+    data = read_raw_body(request, limit)
     if encoding in ("", "identity"):
         return data
-    if encoding not in ("gzip", "x-gzip"):
-        raise APIError(415, "Content-Encoding must be gzip or identity")
     return _gunzip(data, limit)
 
 
@@ -96,15 +149,15 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         raise APIError(400, "Request body is not valid gzip data") from None
 
 
-def read_json_body(request: Request):
-    """The request body as parsed JSON, or an APIError (415 wrong type, 400 malformed)."""
+def read_json_body(request: Request, limit: int):
+    """The request body as parsed JSON, or an APIError (415 wrong type, 400 malformed, 413)."""
     if not is_json_mimetype(request.mimetype):
         raise APIError(415, "Content-Type must be application/json")
-    return loads_strict(request.get_data(cache=False))
+    return loads_strict(read_raw_body(request, limit))
 
 
-def read_json_object(request: Request) -> dict:
-    body = read_json_body(request)
+def read_json_object(request: Request, limit: int) -> dict:
+    body = read_json_body(request, limit)
     if not isinstance(body, dict):
         raise APIError(400, "Request body must be a JSON object")
     return body

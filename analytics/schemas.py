@@ -10,20 +10,30 @@ from marshmallow import (EXCLUDE, Schema, ValidationError, fields, post_load, pr
                          validate, validates, validates_schema)
 
 from analytics.ingest import parse_timestamp
+from analytics.inputs import RepeatedKeys
 from analytics.periods import GROUP_BYS, WEEKDAYS
 
 NAME_MAX_CHARS = 255
 EVENT_ID_MAX_CHARS = 128
+METADATA_MAX_LEVELS = 64
+METADATA_TOO_DEEP = f"metadata is nested too deeply (at most {METADATA_MAX_LEVELS} levels)"
 
 
 def has_nul(value) -> bool:
     """Whether any string (key or value) in a parsed JSON document contains U+0000."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any("\x00" in key or has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(has_nul(item) for item in value)
+    # Iterative: a document may be nested deeper than Python's recursion allows.
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return True
+        elif isinstance(node, dict):
+            if any("\x00" in key for key in node):
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return False
 
 
@@ -37,24 +47,48 @@ def json_text_is_nul_free(text: bytes) -> bool:
 
 def find_nul(value, path: str = "") -> str | None:
     """The path of the first string (key or value) that contains U+0000, or None."""
-    if not path and not has_nul(value):
+    if not has_nul(value):
         return None  # the common case, without building a path for every value
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            child = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return path or str(key)
-            found = find_nul(item, child)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = find_nul(item, f"{path}[{index}]")
-            if found:
-                return found
+    # Entries: (node, its path, the path of the object holding it, its key there). Children
+    # are pushed in reverse so that they are looked at in document order.
+    stack: list[tuple] = [(value, path, "", None)]
+    while stack:
+        node, where, parent, key = stack.pop()
+        if key is not None and "\x00" in key:
+            return parent or key
+        if isinstance(node, str):
+            if "\x00" in node:
+                return where
+        elif isinstance(node, dict):
+            stack.extend(reversed([(item, f"{where}.{name}" if where else str(name), where, name)
+                                   for name, item in node.items()]))
+        elif isinstance(node, list):
+            stack.extend(reversed([(item, f"{where}[{index}]", where, None)
+                                   for index, item in enumerate(node)]))
     return None
+
+
+def nested_deeper_than(value, levels: int) -> bool:
+    """Whether a JSON object or array holds containers more than ``levels`` deep (the value
+    itself is level 1, each object or array inside adds one)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > levels:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _not_too_deep(metadata: dict) -> None:
+    if nested_deeper_than(metadata, METADATA_MAX_LEVELS):
+        raise ValidationError(METADATA_TOO_DEEP)
+
+
+def repeated_field(name: str) -> str:
+    return f"{name} must be given only once"
 
 
 def _not_blank(name: str):
@@ -64,8 +98,15 @@ def _not_blank(name: str):
     return check
 
 
+# For the OpenAPI document: no U+0000 anywhere (refused in every string of a request), and in
+# names at least one character that is not whitespace.
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+NAME_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+
+
 def name_field(name: str, **kwargs) -> fields.String:
     """A required, non-blank string of at most 255 characters (event names, user ids)."""
+    kwargs["metadata"] = {"minLength": 1, "pattern": NAME_PATTERN, **kwargs.get("metadata", {})}
     return fields.String(
         required=True,
         validate=[
@@ -102,7 +143,8 @@ class TrackEventSchema(Schema):
         unknown = EXCLUDE
 
     event = name_field("event", metadata={
-        "description": 'Event name, e.g. "play". "date" is reserved.', "example": "play"})
+        "description": 'Event name, e.g. "play". "date" is reserved.', "example": "play",
+        "not": {"enum": ["date"]}})
     user_id = name_field("user_id", metadata={"example": "user123"})
     timestamp = Timestamp(
         load_default=None, allow_none=True,
@@ -111,9 +153,10 @@ class TrackEventSchema(Schema):
                                  "replaced with server time and a warning."},
     )
     metadata = fields.Dict(
-        load_default=None, allow_none=True,
+        load_default=None, allow_none=True, validate=_not_too_deep,
         error_messages={"invalid": "metadata must be a JSON object"},
-        metadata={"description": "Any JSON object. Over 4096 bytes (compact UTF-8 JSON) it is "
+        metadata={"description": "Any JSON object, nested at most 64 levels deep (the object "
+                                 "is level 1). Over 4096 bytes (compact UTF-8 JSON) it is "
                                  "replaced by a truncation notice.",
                   "example": {"song_id": "song456", "device": "mobile"}},
     )
@@ -124,11 +167,18 @@ class TrackEventSchema(Schema):
             min=1, max=EVENT_ID_MAX_CHARS,
             error=f"event_id must be 1 to {EVENT_ID_MAX_CHARS} characters"),
         error_messages={"invalid": "event_id must be a string"},
-        metadata={"description": "Chosen by the client (a UUID is recommended): an event whose "
+        metadata={"pattern": NO_NUL_PATTERN,
+                  "description": "Chosen by the client (a UUID is recommended): an event whose "
                                  "user_id and event_id match a stored event is not stored "
                                  "again. Absent or null: never deduplicated.",
                   "example": "3f2b8c1e-6d0a-4f5e-9b7a-2c4d6e8f0a1b"},
     )
+
+    @pre_load
+    def refuse_repeated_fields(self, data, **kwargs):
+        if isinstance(data, RepeatedKeys):
+            raise ValidationError({name: [repeated_field(name)] for name in data.repeated})
+        return data
 
     @pre_load
     def refuse_nul(self, data, **kwargs):
@@ -168,7 +218,8 @@ def quick_load_event(item, nul_free: bool = False) -> dict | None:
             or not event.strip() or not user_id.strip()):
         return None
     timestamp, metadata, event_id = item.get("timestamp"), item.get("metadata"), item.get("event_id")
-    if metadata is not None and type(metadata) is not dict:
+    if metadata is not None and (type(metadata) is not dict
+                                 or nested_deeper_than(metadata, METADATA_MAX_LEVELS)):
         return None
     if event_id is not None and (type(event_id) is not str
                                  or not 0 < len(event_id) <= EVENT_ID_MAX_CHARS):
@@ -207,9 +258,15 @@ class TrackBatchSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    events = fields.List(fields.Nested(TrackEventSchema), required=True, metadata={
-        "description": "At most BATCH_MAX_EVENTS (1000 by default) events, each following the "
-                       "POST /track rules."})
+    # Items are declared as any value: each is checked alone, and an invalid one is reported
+    # in the 200 answer's "rejected" rather than refusing the request.
+    events = fields.List(fields.Raw(metadata={
+        "description": "An event following the POST /track rules (see TrackEvent); one that "
+                       "does not is rejected by its index, the others are stored."}),
+        required=True, metadata={
+            "minItems": 1, "maxItems": 1000,
+            "description": "1 to BATCH_MAX_EVENTS (1000 by default) events. A batch in which "
+                           "every event is rejected is a 400 and stores nothing."})
 
 
 class BatchRejectedSchema(Schema):
@@ -341,10 +398,10 @@ class PeriodQuerySchema(Schema):
 
     start_date = QueryDate(required=True, metadata={
         "description": "First day of the range, inclusive (a local date in tz).",
-        "example": "2025-01-01"})
+        "example": "2025-01-01", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
     end_date = QueryDate(required=True, metadata={
         "description": "Last day of the range, inclusive (a local date in tz).",
-        "example": "2025-01-31"})
+        "example": "2025-01-31", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
     group_by = fields.String(
         load_default="day",
         validate=validate.OneOf(GROUP_BYS, error=INVALID_GROUP_BY),
@@ -355,22 +412,26 @@ class PeriodQuerySchema(Schema):
     )
     user_id = fields.String(metadata={
         "description": "Only this user's events (exact match). Empty means all users.",
-        "example": "user123"})
+        "example": "user123", "pattern": NO_NUL_PATTERN})
     tz = fields.String(
         load_default="UTC",
         validate=_time_zone,
         error_messages={"invalid": INVALID_TZ, "null": INVALID_TZ, "validator_failed": INVALID_TZ},
         metadata={"description": "IANA time zone of the dates, days and hours "
-                                 "(spelt as in the tz database).", "example": "Europe/Berlin"})
+                                 "(spelt as in the tz database).", "example": "Europe/Berlin",
+                  "enum": sorted(time_zone_names())})
     week_start = fields.String(
         load_default="monday",
         validate=_weekday,
         error_messages={"invalid": INVALID_WEEK_START, "null": INVALID_WEEK_START,
                         "validator_failed": INVALID_WEEK_START},
-        metadata={"description": "The day weeks start on, any case.", "example": "sunday"})
+        metadata={"description": "The day weeks start on, any case.", "example": "sunday",
+                  "pattern": "^(" + "|".join("".join(f"[{c.upper()}{c}]" for c in day)
+                                             for day in WEEKDAYS) + ")$"})
     event = fields.List(
         fields.String(validate=validate.Length(min=1, error=EMPTY_EVENT),
-                      error_messages={"invalid": EMPTY_EVENT}),
+                      error_messages={"invalid": EMPTY_EVENT},
+                      metadata={"pattern": NO_NUL_PATTERN}),
         validate=validate.Length(max=MAX_EVENT_FILTERS, error=TOO_MANY_EVENTS),
         metadata={"description": "Only these events count (repeat the parameter for several)."})
     fill = fields.String(

@@ -243,6 +243,19 @@ class LiveServer:
         stop_process(self.process)
         self.log.close()
 
+    def workers(self) -> list[int]:
+        """The process ids of this server's workers (the master's children)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # a process that ended meanwhile
+                if int(fields[1]) == self.process.pid:
+                    found.append(int(entry.name))
+        return found
+
     def output(self) -> str:
         """What gunicorn has written so far (error log; the access log is off)."""
         self.log.seek(0)

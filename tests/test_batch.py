@@ -694,3 +694,43 @@ def test_the_readme_example_answers_as_documented(client, engine):
                          if line.startswith("# ") or line.startswith("#  "))
     response = batch(client, body=sent)
     assert response.get_json() == json.loads(documented)
+
+
+# --- edges: nesting depth and fields given twice, item by item ----------------------------------
+
+def test_deep_and_repeated_items_are_rejected_and_the_others_stored(client, engine):
+    from test_track import TOO_DEEP, nested
+
+    lines = [json.dumps(ev(0)),
+             json.dumps(ev(1, metadata=nested(600))),
+             json.dumps(ev(2, metadata={"k": "\u0000"})),
+             '{"event": "play", "user_id": "u", "user_id": ""}',
+             json.dumps(ev(4, metadata=nested(64)))]
+    response = batch(client, body="\n".join(lines), content_type=NDJSON)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["accepted"] == 2
+    messages = {item["index"]: item["message"] for item in body["rejected"]}
+    assert set(messages) == {1, 2, 3}
+    assert messages[1] == TOO_DEEP
+    assert "user_id" in messages[3]
+    assert len(stored(engine)) == 2
+
+
+def test_a_json_batch_with_events_given_twice_is_refused(client, engine):
+    body = '{"events": [%s], "events": [%s]}' % (json.dumps(ev(0)), json.dumps(ev(1)))
+    assert_error(batch(client, body=body), 400, field="events")
+    assert stored(engine) == []
+
+
+def test_ndjson_past_the_cap_is_413_before_its_lines_are_parsed(client, engine, monkeypatch):
+    import analytics.api.batch as batch_module
+
+    parsed = []
+    real = batch_module.loads_strict
+    monkeypatch.setattr(batch_module, "loads_strict", lambda line: parsed.append(1) or real(line))
+    body = b"{}\n" * (1024 * 1024 // 3 - 10)  # a 1 MiB body of empty objects
+    response = batch(client, body=body, content_type=NDJSON)
+    assert_error(response, 413)
+    assert parsed == []
+    assert stored(engine) == []

@@ -35,7 +35,12 @@ def test_preflight_is_answered_on_every_endpoint(client, path):
         "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type"})
     assert response.status_code in (200, 204)
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    if path == "/track":  # ingest echoes the origin, so that credentialed requests pass
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert response.headers["Access-Control-Allow-Credentials"] == "true"
+        assert "Origin" in response.headers["Vary"]
+    else:
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
     methods = {m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")}
     assert {"GET", "POST", "OPTIONS"} <= methods
     headers = {h.strip().lower()
@@ -110,3 +115,25 @@ def test_health_is_ok_when_database_answers(client):
     response = client.get("/health")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/track", "/track/batch"])
+def test_ingest_echoes_the_origin_on_answers_and_errors(client, path):
+    origin = {"Origin": "https://app.example.com"}
+    body = {"event": "e", "user_id": "u"} if path == "/track" else {"events": [
+        {"event": "e", "user_id": "u"}]}
+    for response in (client.post(path, json=body, headers=origin),
+                     client.post(path, json={}, headers=origin)):
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert response.headers["Access-Control-Allow-Credentials"] == "true"
+        assert "Origin" in response.headers["Vary"]
+    without = client.post(path, json=body)
+    assert without.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in without.headers
+
+
+def test_reads_keep_the_wildcard_origin(client):
+    response = client.get("/metrics?start_date=2025-01-01&end_date=2025-01-02",
+                          headers={"Origin": "https://app.example.com"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in response.headers

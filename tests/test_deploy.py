@@ -128,14 +128,18 @@ def test_units_run_the_documented_commands_with_the_environment_file():
     assert ".venv/bin/flask --app wsgi purge" in fields[6]
 
 
-@pytest.mark.parametrize("trusted, expected", [(0, "http://localhost"),
-                                                (1, "https://analytics.example.com")])
+@pytest.mark.parametrize("trusted, expected", [(0, ["http://localhost/", "127.0.0.1"]),
+                                                (1, ["https://analytics.example.com/",
+                                                     "203.0.113.9"])])
 def test_app_trusts_forwarded_headers_only_when_told(trusted, expected):
+    from flask import request as seen
+
     app = create_app({"TESTING": True, "DATABASE_URL": "sqlite://", "TRUSTED_PROXIES": trusted})
-    response = app.test_client().get("/openapi.json", headers={
+    app.add_url_rule("/seen", view_func=lambda: [seen.url_root, seen.remote_addr])
+    response = app.test_client().get("/seen", headers={
         "X-Forwarded-Proto": "https", "X-Forwarded-Host": "analytics.example.com",
         "X-Forwarded-Port": "443", "X-Forwarded-For": "203.0.113.9"})
-    assert response.get_json()["servers"] == [{"url": expected}]
+    assert response.get_json() == expected
 
 
 # --- nginx in front of gunicorn --------------------------------------------------------------
@@ -144,7 +148,7 @@ class Nginx:
     """nginx in the foreground, serving deploy/nginx/analytics.conf on loopback ports."""
 
     def __init__(self, directory: Path, upstream_port: int, certificate: Path, key: Path,
-                 binary: str):
+                 binary: str, read_timeout: str | None = None):
         self.directory = directory
         self.binary = binary
         self.http_port, self.https_port = free_port(), free_port()
@@ -153,6 +157,9 @@ class Nginx:
         site = render_site(SITE.read_text(), http_port=self.http_port,
                            https_port=self.https_port, upstream_port=upstream_port,
                            certificate=certificate, key=key)
+        if read_timeout is not None:  # an upstream that never answers, tested in less time
+            site = replace_once(site, "proxy_read_timeout 35s;",
+                                f"proxy_read_timeout {read_timeout};")
         (directory / "analytics.conf").write_text(site)
         self.config = directory / "nginx.conf"
         self.config.write_text(main_config(directory))
@@ -258,8 +265,8 @@ def gunicorn(live_server):
     deploy/analytics.env.example. Its rate-limit counts stay in memory: in the machine's Redis
     they would be shared with every other test run."""
     example = env_example()
-    return live_server(**{name: example[name] for name in (
-        "TRUSTED_PROXIES", "AUTH_MODE", "RATE_LIMIT_ANONYMOUS")})
+    return live_server(LOG_FORMAT="json", LOG_LEVEL="info", **{
+        name: example[name] for name in ("TRUSTED_PROXIES", "AUTH_MODE", "RATE_LIMIT_ANONYMOUS")})
 
 
 def create_key(database_url: str, name: str, *options: str) -> str:
@@ -325,19 +332,33 @@ def test_plain_http_is_redirected_to_https(nginx, engine):
 
 @e2e
 @pytest.mark.live
+def seen_by_the_app(gunicorn, request_id: str) -> dict:
+    """The JSON access line of a request: the scheme and host the app saw."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in gunicorn.output().splitlines():
+            if line.startswith("{") and json.loads(line).get("request_id") == request_id:
+                return json.loads(line)
+        time.sleep(0.1)
+    raise AssertionError(f"no access line for {request_id}:\n{gunicorn.output()}")
+
+
 def test_app_sees_the_clients_scheme_and_host(nginx, gunicorn):
     # A client's own X-Forwarded-* headers are replaced by nginx's, not believed.
     response, body = request(nginx.https(), "GET", "/openapi.json", headers={
         "X-Forwarded-Proto": "http", "X-Forwarded-Host": "spoofed.example",
-        "X-Forwarded-Port": "1"})
+        "X-Forwarded-Port": "1", "X-Request-Id": "through-nginx"})
     assert response.status == 200
-    assert json.loads(body)["servers"] == [{"url": nginx.https_url}]
+    seen = seen_by_the_app(gunicorn, response.headers["X-Request-Id"])
+    assert f"{seen['scheme']}://{seen['host']}" == nginx.https_url
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
 
     # Straight to gunicorn, without nginx's headers, the app sees plain HTTP.
     direct = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=30)
-    response, body = request(direct, "GET", "/openapi.json")
-    assert json.loads(body)["servers"] == [{"url": gunicorn.url}]
+    response, body = request(direct, "GET", "/openapi.json",
+                             headers={"X-Request-Id": "straight-to-gunicorn"})
+    seen = seen_by_the_app(gunicorn, "straight-to-gunicorn")
+    assert f"{seen['scheme']}://{seen['host']}" == gunicorn.url
 
 
 @e2e
@@ -478,3 +499,121 @@ def test_nginx_refuses_a_flood_with_the_apis_429(nginx):
     assert json.loads(body) == {"status": "error", "message": "Rate limit exceeded"}
     assert response.headers["Retry-After"] == "1"
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# --- errors nginx produces, and slow clients ---------------------------------------------------
+
+def assert_nginx_json_error(status: int, headers, body: bytes, expected: int) -> None:
+    assert status == expected, body[:300]
+    assert headers["Content-Type"].startswith("application/json"), body[:300]
+    answer = json.loads(body)
+    assert answer["status"] == "error" and answer["message"]
+    assert headers["Access-Control-Allow-Origin"] == "*"
+
+
+def raw_exchange(nginx, data: bytes) -> tuple[int, dict, bytes]:
+    """Raw bytes over TLS to nginx; the status, headers and body of the answer."""
+    context = ssl.create_default_context(cafile=str(nginx.certificate))
+    with socket.create_connection(("127.0.0.1", nginx.https_port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            if length and len(rest) >= int(length.group(1)):
+                break
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+@e2e
+@pytest.mark.live
+def test_errors_nginx_produces_are_json(nginx, tmp_path):
+    # 400: a request nginx cannot read (HTTP/1.1 without Host).
+    status, headers, body = raw_exchange(nginx, b"GET /health HTTP/1.1\r\n\r\n")
+    assert_nginx_json_error(status, headers, body, 400)
+    # 414: a request line longer than nginx's header buffers.
+    response, body = request(nginx.https(), "GET", "/metrics?x=" + "a" * 20000)
+    assert_nginx_json_error(response.status, response.headers, body, 414)
+    # 431: a header larger than nginx's header buffers.
+    response, body = request(nginx.https(), "GET", "/health", headers={"X-Big": "b" * 20000})
+    assert_nginx_json_error(response.status, response.headers, body, 431)
+
+    # 502: nothing listens upstream. 504: the upstream accepts and never answers.
+    binary = require_tool("nginx", install="apt-get install nginx")
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        for expected, upstream in ((502, free_port()), (504, silent.getsockname()[1])):
+            directory = tmp_path / f"upstream-{expected}"
+            directory.mkdir()
+            broken = Nginx(directory, upstream, nginx.certificate,
+                           nginx.certificate.with_name("key.pem"), binary, read_timeout="1s")
+            broken.start()
+            try:
+                response, body = request(broken.https(), "GET", "/health")
+                assert_nginx_json_error(response.status, response.headers, body, expected)
+                assert int(response.headers["Retry-After"]) > 0
+            finally:
+                broken.stop()
+    finally:
+        silent.close()
+
+
+class SlowClient:
+    """A client that sends a POST's headers and one byte of its body, then holds the
+    connection, as a client on a bad network (or an attacker) would."""
+
+    def __init__(self, nginx):
+        context = ssl.create_default_context(cafile=str(nginx.certificate))
+        raw = socket.create_connection(("127.0.0.1", nginx.https_port), timeout=30)
+        self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        self.sock.sendall(b"POST /track HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+@e2e
+@pytest.mark.live
+def test_a_hundred_slow_clients_do_not_stop_a_normal_one(nginx, engine):
+    slow = [SlowClient(nginx) for _ in range(100)]
+    try:
+        time.sleep(0.5)  # nginx has read what each of them sent
+        # The normal client comes from another address of the loopback network.
+        context = ssl.create_default_context(cafile=str(nginx.certificate))
+        for n in range(20):
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", nginx.https_port, context=context, timeout=10,
+                source_address=("127.0.0.2", 0))
+            path, body = (("/health", None) if n % 2 else
+                          ("/track", json.dumps({"event": "play", "user_id": f"normal{n}"})
+                           .encode()))
+            response, answer = request(connection, "GET" if body is None else "POST", path,
+                                       body, {"Content-Type": "application/json"})
+            assert response.status == 200, answer
+        # The slow clients' address holds at most limit_conn connections: the rest were
+        # refused at once, with the API's JSON 503.
+        refused = 0
+        for client in slow:
+            client.sock.settimeout(0.2)
+            try:
+                answer = client.sock.recv(65536)
+            except (TimeoutError, ssl.SSLError, OSError):
+                continue
+            if answer.startswith(b"HTTP/1.1 503"):
+                assert b'"status":"error"' in answer and b"application/json" in answer
+                refused += 1
+        assert refused >= 50
+    finally:
+        for client in slow:
+            client.close()
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 10

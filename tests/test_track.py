@@ -297,3 +297,72 @@ def test_several_field_errors_are_reported_together(client):
     body = assert_error(post(client, {"event": "", "user_id": 3, "timestamp": "soon"}), 400)
     assert set(body["errors"]) == {"event", "user_id", "timestamp"}
     assert body["message"].index("event") < body["message"].index("user_id")
+
+
+# --- edges: nesting depth, fields given twice, the end of time ----------------------------------
+
+TOO_DEEP = "metadata is nested too deeply (at most 64 levels)"
+
+
+def nested(levels: int) -> dict:
+    """Metadata ``levels`` deep: the object itself is level 1, each object or array inside adds
+    one (alternating, so both kinds count)."""
+    value: object = "leaf"
+    for level in range(levels - 1, 0, -1):
+        value = {"k": value} if level % 2 else [value]
+    return {"k": value}
+
+
+def test_metadata_nested_64_levels_is_stored(client, engine):
+    response = post(client, {"event": "play", "user_id": "u", "metadata": nested(64)})
+    assert response.get_json() == SUCCESS
+    [row] = stored(engine)
+    assert row.meta == nested(64)
+
+
+@pytest.mark.parametrize("levels", [65, 400, 900])
+def test_metadata_nested_deeper_than_64_levels_is_refused(client, engine, levels):
+    body = json.dumps({"event": "play", "user_id": "u", "metadata": nested(levels)})
+    assert_error(post(client, body), 400, message=TOO_DEEP, field="metadata")
+    assert stored(engine) == []
+
+
+def test_deep_nesting_beside_a_nul_is_refused_not_a_crash(client, engine):
+    body = json.dumps({"event": "play", "user_id": "u", "other": nested(900),
+                       "x": "\u0000"})
+    assert_error(post(client, body), 400, field="x")
+    assert stored(engine) == []
+
+
+@pytest.mark.parametrize("field, first, second", [
+    ("user_id", "valid", ""),
+    ("user_id", "", "valid"),
+    ("event", "play", "stop"),
+    ("event_id", "a", "b"),
+    ("unknown", 1, 2),
+])
+def test_a_field_given_twice_is_refused(client, engine, field, first, second):
+    others = {"event": "play", "user_id": "u"}
+    others.pop(field, None)
+    body = "{" + ", ".join([f'"{name}": {json.dumps(value)}' for name, value in others.items()]
+                           + [f'"{field}": {json.dumps(first)}',
+                              f'"{field}": {json.dumps(second)}']) + "}"
+    assert_error(post(client, body), 400, field=field)
+    assert stored(engine) == []
+
+
+def test_a_metadata_key_given_twice_keeps_its_last_value(client, engine):
+    body = '{"event": "play", "user_id": "u", "metadata": {"k": 1, "j": {"a": 1, "a": 2}, "k": 3}}'
+    assert post(client, body).get_json() == SUCCESS
+    [row] = stored(engine)
+    assert row.meta == {"k": 3, "j": {"a": 2}}
+
+
+def test_a_timestamp_past_the_end_of_time_is_a_future_timestamp(client, engine):
+    sent = "9999-12-31T23:59:59-01:00"
+    before = datetime.now(timezone.utc)
+    response = post(client, {"event": "play", "user_id": "u", "timestamp": sent})
+    assert response.get_json() == {**SUCCESS, "warnings": [FUTURE_WARNING]}
+    [row] = stored(engine)
+    assert before <= row.occurred_at <= datetime.now(timezone.utc)
+    assert row.meta == {"timestamp_warning": FUTURE_WARNING, "original_timestamp": sent}

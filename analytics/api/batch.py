@@ -10,9 +10,9 @@ from flask import Blueprint, current_app, jsonify, request
 from analytics import validation, writer
 from analytics.db import get_session
 from analytics.errors import APIError, failure_message
-from analytics.inputs import is_json_mimetype, loads_strict, read_body
+from analytics.inputs import RepeatedKeys, is_json_mimetype, loads_strict, read_body
 from analytics.models import utcnow
-from analytics.schemas import find_nul, json_text_is_nul_free
+from analytics.schemas import find_nul, json_text_is_nul_free, repeated_field
 
 bp = Blueprint("batch", __name__)
 
@@ -20,13 +20,30 @@ NDJSON_MIMETYPES = ("application/x-ndjson", "application/ndjson")
 NOT_A_BATCH = 'Request body must be a JSON object with an "events" list'
 
 
-def _ndjson_items(body: bytes) -> list:
-    """The non-blank lines, each parsed as JSON or marked unreadable (its index still counts)."""
+def _nonblank_lines(body: bytes):
+    """The non-blank lines, one at a time, so that a reader can stop early."""
+    start, size = 0, len(body)
+    while start < size:
+        end = body.find(b"\n", start)
+        if end < 0:
+            end = size
+        line = body[start:end].strip()  # also drops the \r of CRLF line ends
+        start = end + 1
+        if line:
+            yield line
+
+
+def _ndjson_items(body: bytes, limit: int) -> list:
+    """The non-blank lines, each parsed as JSON or marked unreadable (its index still counts).
+    Lines are counted before any is parsed, and counting stops past ``limit`` (413): a body of
+    many tiny lines costs no parsing."""
+    lines = []
+    for line in _nonblank_lines(body):
+        if len(lines) == limit:
+            raise too_many_events(limit)
+        lines.append(line)
     items: list = []
-    for line in body.split(b"\n"):
-        line = line.strip()  # also drops the \r of CRLF line ends
-        if not line:
-            continue
+    for line in lines:
         try:
             items.append(loads_strict(line))
         except APIError:
@@ -34,10 +51,17 @@ def _ndjson_items(body: bytes) -> list:
     return items
 
 
+def too_many_events(limit: int) -> APIError:
+    return APIError(413, f"Too many events in one batch (limit {limit})")
+
+
 def _json_items(body: bytes) -> list:
     document = loads_strict(body)
     if not isinstance(document, dict):
         raise APIError(400, NOT_A_BATCH)
+    if isinstance(document, RepeatedKeys):
+        name = document.repeated[0]
+        raise APIError(400, repeated_field(name), errors={name: [repeated_field(name)]})
     events = document.get("events")
     if not isinstance(events, list):
         raise APIError(400, NOT_A_BATCH,
@@ -57,10 +81,10 @@ def read_batch() -> tuple[list, bool]:
     if mimetype not in NDJSON_MIMETYPES and not is_json_mimetype(mimetype):
         raise APIError(415, "Content-Type must be application/json or application/x-ndjson")
     body = read_body(request, current_app.config["MAX_CONTENT_LENGTH"])
-    items = _ndjson_items(body) if mimetype in NDJSON_MIMETYPES else _json_items(body)
     limit = current_app.config["BATCH_MAX_EVENTS"]
+    items = _ndjson_items(body, limit) if mimetype in NDJSON_MIMETYPES else _json_items(body)
     if len(items) > limit:
-        raise APIError(413, f"Too many events in one batch: {len(items)} (limit {limit})")
+        raise too_many_events(limit)
     if not items:
         raise APIError(400, "The batch has no events")
     return items, json_text_is_nul_free(body)

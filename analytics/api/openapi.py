@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from analytics import auth, ratelimits, schemas
 
@@ -81,8 +81,9 @@ def _period_paths(spec: APISpec) -> None:
     """GET /metrics, GET /sessions and GET /active-users: the same query string, different
     rows."""
     spec.components.schema("MetricsRow", {"additionalProperties": {
-        "type": "integer", "minimum": 1,
-        "description": "Count of the events of this name in the period."}},
+        "type": "integer", "minimum": 0,
+        "description": "Count of the events of this name in the period (0 only with "
+                       "fill=zero)."}},
         schema=schemas.MetricsRowSchema)
     spec.components.schema("MetricsResponse", schema=schemas.MetricsResponseSchema)
     spec.components.schema("SessionsRow", schema=schemas.SessionsRowSchema)
@@ -107,7 +108,8 @@ def _period_paths(spec: APISpec) -> None:
         "clocks go back appears twice and the skipped one not at all), days (YYYY-MM-DD), "
         "weeks starting on week_start (labelled with that day, which may precede start_date) "
         "or months (YYYY-MM-01), ordered by their first instant. Periods without data are "
-        "left out unless fill=zero. Exact in every zone: no sampling.")
+        "left out unless fill=zero. Exact in every zone: no sampling. start_date must not be "
+        "after end_date (400 \"start_date must not be after end_date\").")
     spec.path(path="/metrics", operations={"get": {
         "summary": "Event counts per event name per period",
         "description": range_note,
@@ -241,9 +243,9 @@ def openapi_document():
     if "openapi" not in current_app.extensions:
         current_app.extensions["openapi"] = add_security(build_spec().to_dict(),
                                                          current_app.config["AUTH_MODE"])
-    # The base URL the client used: behind nginx (TRUSTED_PROXIES) the public https:// one, so
-    # that tools reading this document send their requests where this one came from.
-    server = {"url": request.url_root.rstrip("/")}
+    # The configured public URL, else a relative one: never the request's Host header, which
+    # any client can set to send the tools that read this document elsewhere.
+    server = {"url": current_app.config["PUBLIC_URL"] or "/"}
     return jsonify({**current_app.extensions["openapi"], "servers": [server]})
 
 
@@ -256,11 +258,10 @@ def _batch_path(spec: APISpec) -> None:
         "description": "Each event follows the POST /track rules; invalid events are reported "
                        "by index and skipped, the valid ones stored and committed before the "
                        "answer. Events whose user_id and event_id are already stored (or "
-                       "repeat within the batch) count as duplicates. The size limit applies "
-                       "to the decompressed body.",
-        "parameters": [{"name": "Content-Encoding", "in": "header", "required": False,
-                        "description": "gzip to send a compressed body",
-                        "schema": {"type": "string", "enum": ["gzip", "identity"]}}],
+                       "repeat within the batch) count as duplicates. Either body may be "
+                       "sent compressed, with the HTTP header Content-Encoding: gzip (any "
+                       "other coding is a 415); the size limit applies to the decompressed "
+                       "body.",
         "requestBody": {"required": True, "content": {
             JSON: {"schema": "TrackBatch", "example": {"events": [
                 {"event": "play", "user_id": "user123", "timestamp": "2025-01-18T14:30:00Z",

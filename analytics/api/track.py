@@ -24,7 +24,7 @@ def load_event(body: dict) -> dict:
 @bp.post("/track")
 @failure_message("Failed to log event")
 def track():
-    data = load_event(read_json_object(request))
+    data = load_event(read_json_object(request, current_app.config["MAX_CONTENT_LENGTH"]))
     prepared = prepare_event(data, now=utcnow(),
                              metadata_limit=current_app.config["METADATA_MAX_BYTES"])
     try:

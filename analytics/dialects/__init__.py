@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import BigInteger, Connection, Engine, Integer, String
-from sqlalchemy.exc import CompileError
+from sqlalchemy.exc import CompileError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FunctionElement
@@ -97,6 +97,34 @@ def arguments(element, compiler, **kw) -> list[str]:
     return [compiler.process(argument, **kw) for argument in element.clauses]
 
 
+# For engines made without a bound of their own (tools, tests): the configuration's default.
+DEFAULT_LOCK_WAIT_MS = 3000
+
+
+class LockTimeout(SQLAlchemyError):
+    """A write gave up waiting for a lock after the configured bound: the database is busy,
+    not unreachable, and a retry later may succeed. ``whole_database``: the lock was the one
+    every write takes (SQLite's writer turn), so every other write waits for it too."""
+
+    def __init__(self, message: str, whole_database: bool = False):
+        super().__init__(message)
+        self.whole_database = whole_database
+
+
+def lock_wait_seconds(engine: Engine) -> float:
+    """How long a write on this engine waits for a lock (its ``lock_wait_ms`` option)."""
+    return engine.get_execution_options().get("lock_wait_ms", DEFAULT_LOCK_WAIT_MS) / 1000
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether a database error means a statement gave up waiting for a lock (or for its
+    statement time), which a database that cannot be reached never reports."""
+    if isinstance(exc, LockTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and any(
+        dialect.is_lock_timeout(exc) for dialect in _DIALECTS.values())
+
+
 class Dialect(Protocol):
     """What the write path and the aggregates need from a database."""
 
@@ -106,7 +134,11 @@ class Dialect(Protocol):
 
     def writer_turn(self, engine: Engine) -> AbstractContextManager[None]:
         """Held around a whole write transaction: waits for the other writers where the
-        database lets only one write at a time."""
+        database lets only one write at a time, at most ``lock_wait_seconds(engine)``, then
+        raises LockTimeout."""
+
+    def is_lock_timeout(self, exc: DBAPIError) -> bool:
+        """Whether this database's error says a statement gave up waiting for a lock."""
 
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         """Insert rows (no two with the same dedupe key), skipping those already stored; for

@@ -83,12 +83,15 @@ _COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, me
          "event_id) FROM STDIN (FORMAT BINARY)")
 _COPY_TYPES = ("int8", "varchar", "varchar", "timestamptz", "timestamptz", "text", "varchar")
 # Rows staged earlier in the same transaction have smaller ids: "id >= first" leaves them out.
-# The ids that went in come back only when some did not.
+# The ids that went in come back only when some did not. Rows go in ordered by their dedupe
+# key (their ids are already given), so two batches holding the same events in different
+# orders wait for each other's keys in one order and never deadlock.
 _MOVE = """
     WITH inserted AS (
         INSERT INTO events (id, event, user_id, occurred_at, received_at, metadata, event_id)
         SELECT id, event, user_id, occurred_at, received_at, CAST(metadata AS jsonb), event_id
         FROM incoming_events WHERE id >= %(first)s
+        ORDER BY user_id, event_id
         ON CONFLICT (user_id, event_id) DO NOTHING
         RETURNING id
     )
@@ -115,6 +118,9 @@ class PostgreSQL:
 
     def writer_turn(self, engine: Engine):
         return contextlib.nullcontext()  # row locks and the unique constraint suffice
+
+    def is_lock_timeout(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "sqlstate", None) in _GAVE_UP_WAITING
 
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         if len(rows) < _FEW_ROWS:
@@ -203,6 +209,9 @@ class PostgreSQL:
                            for user_id, lo, hi in spans])
 
 
+# lock_not_available (lock_timeout) and query_canceled (statement_timeout): the statement gave
+# up waiting; the server is there and busy.
+_GAVE_UP_WAITING = frozenset({"55P03", "57014"})
 _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
     func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k"))
 _TOTALS: dict = {}
@@ -325,12 +334,15 @@ def _bit_arrays(bits: list[tuple[int, int, int, int]]) -> dict:
                                                        zip(*bits))}
 
 
-def engine_arguments(connect_timeout: int, statement_timeout_ms: int) -> dict:
+def engine_arguments(connect_timeout: int, statement_timeout_ms: int,
+                     lock_wait_ms: int | None = None) -> dict:
     """create_engine's connect_args for this service."""
     # JIT compilation of short aggregate queries costs more than it saves.
     options = ["-c jit=off"]
     if statement_timeout_ms:
         options.append(f"-c statement_timeout={statement_timeout_ms}")
+    if lock_wait_ms:
+        options.append(f"-c lock_timeout={lock_wait_ms}")
     return {"connect_timeout": connect_timeout, "options": " ".join(options)}
 
 

@@ -10,21 +10,25 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, String, column, create_engine, event, text
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (arguments, bucket_of, compact_json_text,
-                                microseconds_between, period_index, register,
-                                utc_text)
+from analytics.dialects import (DEFAULT_LOCK_WAIT_MS, LockTimeout, arguments, bucket_of,
+                                compact_json_text, lock_wait_seconds, microseconds_between,
+                                period_index, register, utc_text)
 from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UTCDateTime, sqlite_timestamp
 from analytics.rows import EventRow
 
 _events = Event.__table__
+# Result codes of a statement that found the database locked and gave up waiting.
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 def _epoch_seconds(timestamp: str) -> str:
@@ -81,18 +85,23 @@ class SQLite:
 
     @contextlib.contextmanager
     def writer_turn(self, engine: Engine) -> Iterator[None]:
-        """Wait in line for the database's write lock on a lock file beside it.
+        """Wait in line for the database's write lock on a lock file beside it, at most
+        ``lock_wait_seconds(engine)``.
 
         SQLite does not queue writers: one that finds the lock taken polls with growing
         sleeps, so under steady writes some wait far longer than the writes before them took.
         An exclusive lock on a file, on which the operating system wakes a waiter as soon as
         it is released, makes them take turns.
         """
-        turn = _take_turn(engine)
+        turn = _take_turn(engine, lock_wait_seconds(engine))
         try:
             yield
         finally:
             _give_turn(turn)
+
+    def is_lock_timeout(self, exc: DBAPIError) -> bool:
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         stamps: dict[datetime, str] = {}  # received_at is most often one value for a batch
@@ -213,8 +222,9 @@ class SQLite:
 _TOTALS: dict = {}
 
 
-def make_engine(url, busy_timeout_s: int) -> Engine:
-    """An engine for a SQLite file: WAL, a busy timeout, and the period_index function."""
+def make_engine(url, busy_timeout_s: int, lock_wait_ms: int = DEFAULT_LOCK_WAIT_MS) -> Engine:
+    """An engine for a SQLite file: WAL, a busy timeout, the bound on the writer turn, and the
+    period_index function."""
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         try:
@@ -222,7 +232,8 @@ def make_engine(url, busy_timeout_s: int) -> Engine:
         except OSError:
             pass  # reported as an unreachable database on first use
     timeout = max(busy_timeout_s, 30)
-    engine = create_engine(url, connect_args={"timeout": timeout})
+    engine = create_engine(url, connect_args={"timeout": timeout}, hide_parameters=True,
+                           execution_options={"lock_wait_ms": lock_wait_ms})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -288,7 +299,7 @@ def _register_bitmap_functions(dbapi_connection, _record) -> None:
     dbapi_connection.create_aggregate("bits_union", 1, _BitsUnion)
 
 
-def _take_turn(engine: Engine):
+def _take_turn(engine: Engine, seconds: float):
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
@@ -296,13 +307,67 @@ def _take_turn(engine: Engine):
     if turn is None:  # no such folder, not writable: the database itself will say so
         return None
     in_process, descriptor = turn
-    in_process.acquire()  # the other threads of this process
+    deadline = time.monotonic() + seconds
+    if not in_process.acquire(timeout=seconds):  # the other threads of this process
+        raise _turn_timeout(seconds)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)  # the other processes
+        _lock_file(descriptor, in_process, deadline)  # the other processes
+    except _GaveUp:
+        raise _turn_timeout(seconds) from None  # this process's lock is released for us
     except BaseException:
         in_process.release()
         raise
     return turn
+
+
+def _turn_timeout(seconds: float) -> LockTimeout:
+    return LockTimeout(f"another writer held the database for over {seconds:g} s",
+                       whole_database=True)
+
+
+class _GaveUp(Exception):
+    """The file lock was not had in time; its waiter passes the turn on when it gets it."""
+
+
+def _lock_file(descriptor: int, in_process: threading.Lock, deadline: float) -> None:
+    """The exclusive lock on the file, waited for until ``deadline``.
+
+    flock has no timeout, and polling would lose the kernel's hand-over to the next waiter, so
+    a thread waits in flock; if the caller gives up first, that thread releases the file lock
+    and this process's lock (which the caller keeps meanwhile) as soon as it gets them.
+    """
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    guard = threading.Lock()
+    state = {"had": False, "abandoned": False, "error": None}
+    done = threading.Event()
+
+    def wait_in_flock():
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            state["error"] = exc
+        with guard:
+            if not state["abandoned"]:
+                state["had"] = state["error"] is None
+                done.set()
+                return
+        if state["error"] is None:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        in_process.release()
+
+    threading.Thread(target=wait_in_flock, name="sqlite-writer-turn", daemon=True).start()
+    done.wait(max(0.0, deadline - time.monotonic()))
+    with guard:
+        if state["had"]:
+            return
+        if state["error"] is not None:
+            raise state["error"]
+        state["abandoned"] = True
+    raise _GaveUp()
 
 
 def _give_turn(turn) -> None:
