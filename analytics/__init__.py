@@ -47,7 +47,7 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from analytics.api import batch, health, metrics, openapi, sessions, track
+    from analytics.api import batch, health, metrics, openapi, pages, sessions, track
 
     app.register_blueprint(track.bp)
     app.register_blueprint(batch.bp)
@@ -55,6 +55,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(sessions.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(pages.bp)
 
 
 def register_error_handlers(app: Flask) -> None:

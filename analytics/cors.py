@@ -1,4 +1,5 @@
-"""CORS for every origin on every response, errors included, and answers to preflights.
+"""CORS for every origin on every response, errors included, and answers to preflights; on
+the ingest endpoints a request's Origin is echoed, with credentials allowed.
 
 The rules are the contract's, unconditional and small, so they are written here rather than
 configured in an extension that echoes only the headers a preflight happens to ask for.
@@ -6,6 +7,8 @@ configured in an extension that echoes only the headers a preflight happens to a
 from __future__ import annotations
 
 from flask import Flask, request
+
+from analytics import auth
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Requested-With"
@@ -31,6 +34,18 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _allow_origin(response):
-        response.headers["Access-Control-Allow-Origin"] = "*"
+        origin = request.headers.get("Origin")
+        if origin and _is_ingest():
+            # A beacon is sent with credentials, and a browser refuses "*" for those.
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.vary.add("Origin")
+        else:
+            response.headers["Access-Control-Allow-Origin"] = "*"
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response
+
+
+def _is_ingest() -> bool:
+    """Whether the request is to POST /track or /track/batch (or their preflights)."""
+    return request.url_rule is not None and auth.scope_for(request.url_rule.rule) == auth.INGEST
