@@ -1,6 +1,6 @@
 // Builds the browser assets the Python package serves, from node_modules (npm ci):
 // copies the vendored libraries with their licences into analytics/static/vendor/, and
-// minifies the tracker into analytics/static/build/. Run `npm run assets` after changing
+// minifies the tracker into analytics/static/tracker/analytics.min.js. Run `npm run assets` after changing
 // package.json or the tracker, and commit the result: installing the package needs no npm.
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -47,6 +47,5 @@ const tracker = readFileSync(join(statics, "tracker", "analytics.js"), "utf8");
 const minified = await minify(tracker, {
   compress: { passes: 2 }, mangle: { toplevel: true }, format: { comments: false },
 });
-mkdirSync(join(statics, "build"), { recursive: true });
-writeFileSync(join(statics, "build", "analytics.min.js"), minified.code + "\n");
-console.log(`build/analytics.min.js: ${minified.code.length} bytes`);
+writeFileSync(join(statics, "tracker", "analytics.min.js"), minified.code + "\n");
+console.log(`tracker/analytics.min.js: ${minified.code.length} bytes`);

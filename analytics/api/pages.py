@@ -37,7 +37,7 @@ def docs():
 @bp.get("/analytics.js")
 def tracker():
     # Cached for an hour: pages load it on every visit, and a new version may wait that long.
-    response = send_from_directory(current_app.static_folder, "build/analytics.min.js",
+    response = send_from_directory(current_app.static_folder, "tracker/analytics.min.js",
                                    mimetype="text/javascript", max_age=3600)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
