@@ -141,6 +141,8 @@
     },
   };
 
+  // A closing tab may run beforeunload and never get to pagehide: both send what is left.
+  window.addEventListener("beforeunload", beacon);
   window.addEventListener("pagehide", beacon);
   document.addEventListener("visibilitychange", function () {
     if (document.visibilityState === "hidden") beacon();
