@@ -16,6 +16,11 @@
   var shown = null; // the rows of the table, for the CSV download
   var generation = 0; // answers of an older load are dropped
 
+  // The script runs before Chart.js (so that the reads start sooner); drawing waits for it.
+  var chartLoaded = new Promise(function (resolve) {
+    if (window.Chart) resolve();
+    else document.addEventListener("DOMContentLoaded", resolve);
+  });
   var browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
   var numbers = new Intl.NumberFormat("en-US");
 
@@ -154,6 +159,7 @@
       read("metrics", params(state, common)),
       read("sessions", params(state, common)),
       state.user_id ? Promise.resolve(null) : read("active-users", params(state, userQuery)),
+      chartLoaded,
     ]).then(function (answers) {
       if (mine !== generation) return;
       var refused = refusal(answers);
@@ -257,8 +263,9 @@
     });
     $("total-events").textContent = numbers.format(totalEvents);
     $("total-sessions").textContent = numbers.format(totalSessions);
-    $("average-session").textContent = totalSessions ?
-      numbers.format(Math.round(totalDuration / totalSessions)) + " s" : "–";
+    var average = totalSessions ? Math.round(totalDuration / totalSessions) : null;
+    $("average-session").textContent = average === null ? "–" : numbers.format(average) + " s";
+    $("average-session-readable").textContent = average === null ? "" : readable(average);
     $("peak-users").textContent = peak === null ? "–" : numbers.format(peak);
 
     drawTable(shown);
@@ -295,6 +302,18 @@
       options: { scales: { count: { position: "left", beginAtZero: true },
                            seconds: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } } } },
     });
+  }
+
+  // 500817 -> "5 d 19 h 6 min": the largest three units.
+  function readable(seconds) {
+    var units = [["d", 86400], ["h", 3600], ["min", 60], ["s", 1]];
+    var parts = [];
+    units.forEach(function (unit) {
+      var n = Math.floor(seconds / unit[1]);
+      if ((n || parts.length) && parts.length < 3) parts.push(n + " " + unit[0]);
+      seconds -= n * unit[1];
+    });
+    return parts.length ? parts.join(" ") : "0 s";
   }
 
   function drawChart(name, config) {
