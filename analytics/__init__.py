@@ -48,8 +48,8 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from analytics.api import (active_users, batch, export, health, metrics, openapi, sessions,
-                               track, users)
+    from analytics.api import (active_users, batch, export, health, metrics, openapi, pages,
+                               sessions, track, users)
 
     app.register_blueprint(track.bp)
     app.register_blueprint(batch.bp)
@@ -60,6 +60,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(export.bp)
     app.register_blueprint(users.bp)
+    app.register_blueprint(pages.bp)
 
 
 def register_error_handlers(app: Flask) -> None:

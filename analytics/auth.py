@@ -44,6 +44,11 @@ PATH_SCOPES: dict[str, str | None] = {
     "/users/<user_id>/events": ADMIN,
     "/health": None,
     "/openapi.json": None,
+    # The browser's pages and their files (api/pages.py): public, like the document they show.
+    "/dashboard": None,
+    "/docs": None,
+    "/analytics.js": None,
+    "/static/<path:filename>": None,
 }
 # The scopes for which each AUTH_MODE requires a key.
 REQUIRED_IN_MODE = {"open": frozenset(), "reads": frozenset({READ, ADMIN}),

@@ -74,7 +74,25 @@ def build_spec(max_metadata_bytes: int = 4096) -> APISpec:
         "responses": {"200": {"description": "The OpenAPI 3 document",
                               "content": {JSON: {"schema": {"type": "object"}}}}},
     }})
+    _page_paths(spec)
     return spec
+
+
+def _page_paths(spec: APISpec) -> None:
+    """The browser's pages: HTML and JavaScript, the exception to JSON responses."""
+    pages = {
+        "/dashboard": ("The dashboard: charts and a table of /metrics, /sessions and "
+                       "/active-users", "text/html"),
+        "/docs": ("This reference, rendered from /openapi.json", "text/html"),
+        "/analytics.js": ("The browser tracker: analytics.init({endpoint, key}), "
+                          "track(event, metadata), identify(userId)", "text/javascript"),
+    }
+    for path, (summary, media_type) in pages.items():
+        spec.path(path=path, operations={"get": {
+            "summary": summary,
+            "responses": {"200": {"description": summary.split(":")[0],
+                                  "content": {media_type: {"schema": {"type": "string"}}}}},
+        }})
 
 
 def _period_paths(spec: APISpec) -> None:
