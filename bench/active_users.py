@@ -3,6 +3,7 @@
     .venv/bin/python bench/active_users.py [--events 10000000] [--small 1000000]
                                            [--users 100000] [--days 30] [--runs 5]
                                            [--no-sqlite] [--no-postgres]
+                                           [--database-url URL]
 
 For each data set (PostgreSQL at ``--small`` and ``--events`` events, SQLite at ``--small``),
 loaded as bench/scale.py loads it (the same generated events, aggregates rebuilt), and served by
@@ -12,11 +13,14 @@ requests after a warm-up, beside the plain statement: ``COUNT(DISTINCT user_id)`
 the local period on PostgreSQL (``occurred_at AT TIME ZONE tz``), and on SQLite, which has no
 time zones, the range's raw rows grouped into sets by Python with zoneinfo. The plain answer is
 compared with the API's (OK or MISMATCH). Prints the table, the growth from the small to the
-large PostgreSQL set, and whether the targets are met. Findings: docs/benchmarks.md.
+large PostgreSQL set, and whether the targets are met. ``--database-url``: measure only that
+PostgreSQL database, as it is (loaded before, e.g. by bench/dashboard.py, with ``--small``
+events). Findings: docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sqlite3
 import statistics
 import sys
@@ -113,11 +117,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--database-url")
     args = parser.parse_args()
     plan = []
-    if not args.no_sqlite:
+    if args.database_url:
+        plan.append(("PostgreSQL", lambda: contextlib.nullcontext(args.database_url),
+                     args.small))
+    elif not args.no_sqlite:
         plan.append(("SQLite", scratch_sqlite, args.small))
-    if not args.no_postgres:
+    if not args.no_postgres and not args.database_url:
         plan += [("PostgreSQL", scratch_postgres, args.small),
                  ("PostgreSQL", scratch_postgres, args.events)]
     print(f"{args.users:,} users, {args.days} days from {FIRST_DAY}; SQLite "
@@ -126,7 +134,8 @@ def main() -> None:
     for backend, scratch, n_events in plan:
         result = Result(backend, n_events)
         with scratch() as url:
-            load(backend, url, args, n_events, result)
+            if not args.database_url:
+                load(backend, url, args, n_events, result)
             measure(backend, url, args, result)
         results.append(result)
 
