@@ -32,7 +32,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(_url())
+    # No statement or lock timeout: a migration that fills a table from tens of millions of
+    # events, or builds an index beside live writers, takes as long as it takes.
+    engine = make_engine(_url(), statement_timeout_ms=0, lock_wait_ms=0)
     try:
         with engine.connect() as connection:
             _run(connection)

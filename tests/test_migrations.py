@@ -102,3 +102,21 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
     finally:
         engine.dispose()
         drop()
+
+
+def test_migrations_run_without_the_services_timeouts(tmp_path, monkeypatch):
+    """A migration on a large database (0008 fills a table from every event) must not be cut
+    by the statement timeout that bounds the service's requests."""
+    from analytics import db
+
+    made = []
+    real = db.make_engine
+
+    def recording(url, **options):
+        made.append(options)
+        return real(url, **options)
+
+    monkeypatch.setattr(db, "make_engine", recording)
+    command.upgrade(alembic_config(f"sqlite:///{tmp_path / 'm.db'}"), "head")
+    assert made and all(options.get("statement_timeout_ms") == 0
+                        and options.get("lock_wait_ms") == 0 for options in made)
