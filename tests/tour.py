@@ -146,7 +146,7 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     assert large.status == 200
     assert large.body == {**SUCCESS, "warnings": [TRUNCATED_WARNING]}
 
-    check_user_data(steps[7:11], user_id)
+    check_user_data(steps[8:12], user_id)
     check_event_ids_and_batches(steps)
     return steps
 
