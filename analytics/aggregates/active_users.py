@@ -103,9 +103,13 @@ class ActiveUsers:
         users = {e.user_id for e in events}
         dialect.lock_user_stripes(conn, _stripes(users), exclusive=True)
         ordinals = _ordinals_of(conn, users)
-        touched = _touched(events)
-        dialect.clear_bits(conn, _bits(touched, ordinals))
-        self._set(conn, _still_active(conn, touched), ordinals)
+        # Events written behind the write path (a restore, before rebuild-aggregates) have no
+        # ordinal, so no bits to clear.
+        touched = {(user_id, piece) for user_id, piece in _touched(events)
+                   if user_id in ordinals}
+        if touched:
+            dialect.clear_bits(conn, _bits(touched, ordinals))
+            self._set(conn, _still_active(conn, touched), ordinals)
         conn.execute(delete(_ordinals).where(
             _ordinals.c.user_id.in_(sorted(users)),
             ~exists().where(_events.c.user_id == _ordinals.c.user_id)))
