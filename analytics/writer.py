@@ -6,6 +6,7 @@ One function per direction:
   strategy), let every aggregate of the registry see the stored events, commit; a
   transaction that lost a race is run again;
 - ``delete_events``: delete the events a query selects, let every aggregate see them, commit;
+  a transaction that lost a race is run again;
 - ``fold_aggregates``: let every aggregate merge the rows concurrent writers spread out;
 - ``rebuild_aggregates``: recompute every aggregate from the events.
 
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timezone
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, Select, delete
 from sqlalchemy.exc import DBAPIError
@@ -33,6 +35,7 @@ RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 ATTEMPTS = 4
 
 _events = Event.__table__
+T = TypeVar("T")
 
 
 def is_retryable(exc: DBAPIError) -> bool:
@@ -62,21 +65,18 @@ def store_events(session: Session, rows: Sequence[EventRow]) -> list[bool]:
     todo = [rows[position] for position in positions]
     engine = session.get_bind()
     dialect = dialects.of(engine)
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            with dialect.writer_turn(engine):
-                try:
-                    ids = _insert(session.connection(), dialect, todo)
-                    session.commit()
-                except BaseException:
-                    session.rollback()  # before the turn passes on: SQLite's lock is held
-                    raise
-            break
-        except DBAPIError as exc:
-            if attempt == ATTEMPTS or not is_retryable(exc):
+
+    def transaction() -> list[int | None]:
+        with dialect.writer_turn(engine):
+            try:
+                ids = _insert(session.connection(), dialect, todo)
+                session.commit()
+            except BaseException:
+                session.rollback()  # before the turn passes on: SQLite's lock is held
                 raise
-            # Jitter, so that the two transactions that collided do not collide again.
-            time.sleep(random.uniform(0.005, 0.05) * attempt)
+        return ids
+
+    ids = _run_again_if_it_lost_a_race(transaction)
     for position, id_ in zip(positions, ids):
         stored[position] = id_ is not None
     return stored
@@ -97,19 +97,37 @@ def delete_events(engine: Engine, ids: Select) -> int:
     statement = (delete(_events).where(_events.c.id.in_(ids.scalar_subquery()))
                  .returning(_events.c.occurred_at, _events.c.id, _events.c.event,
                             _events.c.user_id))
-    with dialects.of(engine).writer_turn(engine), engine.connect() as conn:
-        # On SQLite the write lock is taken at BEGIN, so the read inside the DELETE cannot be
-        # outdated by another writer (which SQLite would report as busy without waiting).
-        conn = conn.execution_options(immediate=True)
-        with conn.begin():
-            # RETURNING names exactly the rows this transaction deleted (a concurrent delete
-            # may have taken others), so the aggregates lose exactly those.
-            removed = [StoredEvent(at.astimezone(timezone.utc), id_, event, user_id)
-                       for at, id_, event, user_id in conn.execute(statement)]
-            if removed:
-                for aggregate in REGISTRY:
-                    aggregate.on_delete(conn, removed)
-        return len(removed)
+
+    def transaction() -> int:
+        with dialects.of(engine).writer_turn(engine), engine.connect() as conn:
+            # On SQLite the write lock is taken at BEGIN, so the read inside the DELETE cannot
+            # be outdated by another writer (which SQLite would report as busy without waiting).
+            conn = conn.execution_options(immediate=True)
+            with conn.begin():
+                # RETURNING names exactly the rows this transaction deleted (a concurrent
+                # delete may have taken others), so the aggregates lose exactly those.
+                removed = [StoredEvent(at.astimezone(timezone.utc), id_, event, user_id)
+                           for at, id_, event, user_id in conn.execute(statement)]
+                if removed:
+                    for aggregate in REGISTRY:
+                        aggregate.on_delete(conn, removed)
+            return len(removed)
+
+    return _run_again_if_it_lost_a_race(transaction)
+
+
+def _run_again_if_it_lost_a_race(transaction: Callable[[], T]) -> T:
+    """Run ``transaction``, and again (up to ATTEMPTS times in all) while the database aborts
+    it only because it lost a race; it must roll back everything it did when it raises."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return transaction()
+        except DBAPIError as exc:
+            if attempt == ATTEMPTS or not is_retryable(exc):
+                raise
+            # Jitter, so that the two transactions that collided do not collide again.
+            time.sleep(random.uniform(0.005, 0.05) * attempt)
+    raise AssertionError("unreachable")
 
 
 def fold_aggregates(engine: Engine, before_bucket: int) -> None:

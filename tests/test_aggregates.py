@@ -200,6 +200,53 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     assert_exact(engine)
 
 
+def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(backend, database_url,
+                                                                    monkeypatch):
+    """Deleters and writers of different users share the active-user bitmap rows of the same
+    pieces: each takes them in key order, so none waits for another in a cycle (which the
+    database would break by aborting one, a retry counted here)."""
+    if backend != "postgresql":
+        pytest.skip("SQLite serialises writers")
+    from analytics.db import make_engine
+    from analytics.rows import EventRow
+
+    retried = []
+    monkeypatch.setattr(writer, "is_retryable", lambda exc: retried.append(exc) or True)
+    engine = make_engine(database_url, lock_wait_ms=30000)
+
+    def rows(user_id: str, seed: int) -> list[EventRow]:
+        # Events spread over the quarter-hours of one day: many bitmap rows per batch.
+        rng = random.Random(seed)
+        return [EventRow(event="play", user_id=user_id, event_id=f"{seed}-{n}",
+                         occurred_at=START + timedelta(minutes=15 * rng.randrange(96)),
+                         received_at=START, metadata_json=None) for n in range(40)]
+
+    def write(client: int) -> None:
+        for round_no in range(12):
+            with Session(engine) as session:
+                writer.store_events(session, rows(f"w{client}-{round_no % 3}",
+                                                  client * 100 + round_no))
+
+    def write_then_delete(client: int) -> None:
+        for round_no in range(12):
+            user_id = f"d{client}"
+            with Session(engine) as session:
+                writer.store_events(session, rows(user_id, 10_000 + client * 100 + round_no))
+            assert writer.delete_events(engine, select(Event.id).where(
+                Event.user_id == user_id)) > 0
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = ([pool.submit(write, n) for n in range(3)]
+                       + [pool.submit(write_then_delete, n) for n in range(3)])
+            for future in futures:
+                future.result()
+        assert retried == []
+        assert_exact(engine)
+    finally:
+        engine.dispose()
+
+
 def test_rebuild_from_scratch_matches(client, engine):
     rng = random.Random(9)
     for event in random_events(rng, 100):
@@ -428,3 +475,29 @@ def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(engine, 
     assert aggregates(engine) == before == rebuilt(engine)
     writer.fold_aggregates(engine, bucket_of(START) + 1)  # again: nothing left to move
     assert aggregates(engine) == before
+
+
+def test_a_delete_that_lost_a_race_is_run_again_whole(client, engine, monkeypatch):
+    """The database aborts a delete that waited in a cycle: it is run again from the start,
+    and the aggregates lose the events once."""
+    from sqlalchemy.exc import DBAPIError
+
+    class LostARace(Exception):
+        sqlstate = "40P01"
+
+    class LosesTheFirstRace(RecordingAggregate):
+        def on_delete(self, conn, events):
+            super().on_delete(conn, events)
+            if len(self.deleted) == len(events):
+                raise DBAPIError("DELETE", {}, LostARace())
+
+    recorder = LosesTheFirstRace()
+    monkeypatch.setattr(writer, "REGISTRY", (*registry_module.REGISTRY, recorder))
+    for n in range(3):
+        client.post("/track", json={"event": "play", "user_id": "u", "event_id": str(n),
+                                    "timestamp": "2025-03-01T10:00:00Z"})
+    assert writer.delete_events(engine, select(Event.id).where(Event.event_id != "0")) == 2
+    assert len(recorder.deleted) == 4  # heard twice: the aborted attempt and the one that held
+    with Session(engine) as session:
+        assert session.scalars(select(Event.event_id)).all() == ["0"]
+    assert_exact(engine)

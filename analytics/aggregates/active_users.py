@@ -88,16 +88,14 @@ class ActiveUsers:
         self._set(conn, _touched(events), ordinals)
 
     def on_delete(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
-        """Clear the users' bits in every piece that held a deleted event, then set again
-        those of the users who still have an event there; drop the ordinals of users left
-        with no event at all.
+        """Clear the users' bits in every piece that held a deleted event and holds none of
+        theirs now; drop the ordinals of users left with no event at all.
 
-        On PostgreSQL a concurrent writer may be adding an event of the same user. Clearing
-        first and checking after is safe against it: the clearing waits for the rows the
-        writer has set, and the check (a later statement) sees the writer's event once it is
-        committed; a writer that comes later sets its bits again itself. The exclusive stripes,
-        taken before anything is read, make writers of these users wait, so that no writer
-        keeps an ordinal that is dropped here.
+        The exclusive stripes, taken before anything is read, make writers of these users
+        wait until this transaction ends, so what is read of their events stays true until
+        the bits are cleared, and no writer keeps an ordinal that is dropped here. Clearing
+        only what must go, in one pass in key order, keeps the row locks in the order
+        writers take them.
         """
         dialect = dialects.of(conn)
         users = {e.user_id for e in events}
@@ -107,9 +105,9 @@ class ActiveUsers:
         # ordinal, so no bits to clear.
         touched = {(user_id, piece) for user_id, piece in _touched(events)
                    if user_id in ordinals}
-        if touched:
-            dialect.clear_bits(conn, _bits(touched, ordinals))
-            self._set(conn, _still_active(conn, touched), ordinals)
+        gone = touched - _still_active(conn, touched) if touched else set()
+        if gone:
+            dialect.clear_bits(conn, _bits(gone, ordinals))
         conn.execute(delete(_ordinals).where(
             _ordinals.c.user_id.in_(sorted(users)),
             ~exists().where(_events.c.user_id == _ordinals.c.user_id)))

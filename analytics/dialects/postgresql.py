@@ -298,9 +298,17 @@ _SET_BITS = f"""
     SET bits = user_bitmaps.bits | excluded.bits
     WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
 """
+# An UPDATE joined to the masks would lock rows in the join's order, which a concurrent
+# writer's key order can cross; the locking SELECT takes them in key order first.
 _CLEAR_BITS = f"""
-    UPDATE user_bitmaps AS u SET bits = u.bits & ~m.bits FROM ({_MASKS}) AS m
-    WHERE u.span = m.span AND u.bucket = m.bucket AND u.chunk = m.chunk
+    WITH locked AS MATERIALIZED (
+        SELECT u.span, u.bucket, u.chunk, u.shard, m.bits
+        FROM user_bitmaps AS u JOIN ({_MASKS}) AS m
+          ON u.span = m.span AND u.bucket = m.bucket AND u.chunk = m.chunk
+        ORDER BY u.span, u.bucket, u.chunk, u.shard
+        FOR UPDATE OF u)
+    UPDATE user_bitmaps AS u SET bits = u.bits & ~l.bits FROM locked AS l
+    WHERE u.span = l.span AND u.bucket = l.bucket AND u.chunk = l.chunk AND u.shard = l.shard
 """
 _PUT_BITMAPS = f"""
     INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
