@@ -4,6 +4,7 @@ Every setting has a default suited to a single box running on SQLite, except whe
 production configuration requires an explicit value. A malformed value stops the process at
 start-up with a message naming the variable, so a typo never turns into a silent default.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,8 +105,10 @@ def _storage_url(environ, name: str) -> str:
         return "memory://"
     scheme = raw.partition("://")[0].lower() if "://" in raw else ""
     if scheme not in RATE_LIMIT_STORAGE_SCHEMES:
-        raise ConfigError(f"{name} must be a redis:// URL (e.g. redis://127.0.0.1:6379/0) or "
-                          f"memory://, got {raw!r}")
+        raise ConfigError(
+            f"{name} must be a redis:// URL (e.g. redis://127.0.0.1:6379/0) or "
+            f"memory://, got {raw!r}"
+        )
     return raw
 
 
@@ -156,8 +159,9 @@ class Config:
         if mode not in AUTH_MODES:
             raise ConfigError(f"AUTH_MODE must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
         self.AUTH_MODE = mode
-        self.RATE_LIMIT_ANONYMOUS = _rate(environ, "RATE_LIMIT_ANONYMOUS",
-                                          self.DEFAULT_RATE_LIMIT_ANONYMOUS)
+        self.RATE_LIMIT_ANONYMOUS = _rate(
+            environ, "RATE_LIMIT_ANONYMOUS", self.DEFAULT_RATE_LIMIT_ANONYMOUS
+        )
         self.RATE_LIMIT_STORAGE_URL = _storage_url(environ, "RATE_LIMIT_STORAGE_URL")
 
     def as_dict(self) -> dict:

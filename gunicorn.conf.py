@@ -1,14 +1,15 @@
 """gunicorn settings for the analytics API; each can be overridden from the environment.
 
-    GUNICORN_BIND      address to listen on (127.0.0.1:8000)
-    WEB_CONCURRENCY    worker processes (one per CPU)
-    GUNICORN_THREADS   threads per worker (8)
-    GUNICORN_TIMEOUT   seconds before a silent worker is restarted (30)
-    LOG_LEVEL          gunicorn's error-log level (info)
-    GUNICORN_ACCESS_LOG  access log file, "-" for stdout (the default), "off" for none;
-                       with LOG_FORMAT=json the app writes the access log and this is off
-    FORWARDED_ALLOW_IPS  proxies whose X-Forwarded-* headers gunicorn trusts (127.0.0.1)
+GUNICORN_BIND      address to listen on (127.0.0.1:8000)
+WEB_CONCURRENCY    worker processes (one per CPU)
+GUNICORN_THREADS   threads per worker (8)
+GUNICORN_TIMEOUT   seconds before a silent worker is restarted (30)
+LOG_LEVEL          gunicorn's error-log level (info)
+GUNICORN_ACCESS_LOG  access log file, "-" for stdout (the default), "off" for none;
+                   with LOG_FORMAT=json the app writes the access log and this is off
+FORWARDED_ALLOW_IPS  proxies whose X-Forwarded-* headers gunicorn trusts (127.0.0.1)
 """
+
 import multiprocessing
 import os
 
@@ -24,8 +25,11 @@ keepalive = 5
 max_requests = 20000
 max_requests_jitter = 2000
 _json_logs = os.environ.get("LOG_FORMAT", "").strip().lower() == "json"
-accesslog = None if os.environ.get("GUNICORN_ACCESS_LOG", "-") in ("", "off") or _json_logs \
+accesslog = (
+    None
+    if os.environ.get("GUNICORN_ACCESS_LOG", "-") in ("", "off") or _json_logs
     else os.environ.get("GUNICORN_ACCESS_LOG", "-")
+)
 # The path without its query string, and no referer: a query string may hold a user id or an
 # ingest key, which have no place in a log.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'

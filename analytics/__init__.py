@@ -1,4 +1,5 @@
 """The analytics API: an application factory that reads as a table of contents."""
+
 from __future__ import annotations
 
 from flask import Flask
@@ -48,8 +49,18 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from analytics.api import (active_users, batch, export, health, metrics, openapi, pages,
-                               sessions, track, users)
+    from analytics.api import (
+        active_users,
+        batch,
+        export,
+        health,
+        metrics,
+        openapi,
+        pages,
+        sessions,
+        track,
+        users,
+    )
 
     app.register_blueprint(track.bp)
     app.register_blueprint(batch.bp)

@@ -10,6 +10,7 @@ A request is handled in three steps, registered in this order by ``init_app``:
 The key ring caches each key for a moment, so that a request costs no query once its key has
 been seen, and a revoked key is still refused by every process within seconds.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,7 @@ from flask import Flask, current_app, g, request
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from analytics import db
-from analytics import dialects
+from analytics import db, dialects
 from analytics.errors import APIError
 from analytics.keys import KeyRecord, find_key, hash_secret, record_use
 from analytics.models import utcnow
@@ -51,8 +51,11 @@ PATH_SCOPES: dict[str, str | None] = {
     "/static/<path:filename>": None,
 }
 # The scopes for which each AUTH_MODE requires a key.
-REQUIRED_IN_MODE = {"open": frozenset(), "reads": frozenset({READ, ADMIN}),
-                    "all": frozenset({INGEST, READ, ADMIN})}
+REQUIRED_IN_MODE = {
+    "open": frozenset(),
+    "reads": frozenset({READ, ADMIN}),
+    "all": frozenset({INGEST, READ, ADMIN}),
+}
 
 KEY_REQUIRED = "API key required"
 INVALID_KEY = "Invalid API key"
@@ -130,8 +133,9 @@ class KeyRing:
                 record_use(conn, key.id, utcnow(), LAST_USE_INTERVAL)
         except SQLAlchemyError as exc:
             # Bookkeeping only: the request itself does not depend on it.
-            log.warning("could not record the last use of key %s: %s", key.name,
-                        exc.__class__.__name__)
+            log.warning(
+                "could not record the last use of key %s: %s", key.name, exc.__class__.__name__
+            )
 
 
 def keyring(app: Flask | None = None) -> KeyRing:

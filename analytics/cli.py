@@ -1,4 +1,5 @@
 """``flask --app wsgi <command>``: operator commands, registered on the app in init_app."""
+
 from __future__ import annotations
 
 import gzip
@@ -37,18 +38,29 @@ def init_app(app: Flask) -> None:
 
 @command
 @click.command("purge")
-@click.option("--days", type=click.IntRange(min=1), default=None,
-              help="Keep events this many days instead of RETENTION_DAYS.")
-@click.option("--dry-run", is_flag=True,
-              help="Report how many events would be purged; delete nothing.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Events deleted per transaction (default: 1000; 200 on SQLite).")
-@click.option("--full-speed", is_flag=True,
-              help="Do not rest between batches (by default the purge rests as long as each "
-                   "batch took, leaving the API most of the machine).")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep events this many days instead of RETENTION_DAYS.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Report how many events would be purged; delete nothing."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Events deleted per transaction (default: 1000; 200 on SQLite).",
+)
+@click.option(
+    "--full-speed",
+    is_flag=True,
+    help="Do not rest between batches (by default the purge rests as long as each "
+    "batch took, leaving the API most of the machine).",
+)
 @with_appcontext
-def purge(days: int | None, dry_run: bool, batch_size: int | None, full_speed: bool
-          ) -> None:
+def purge(days: int | None, dry_run: bool, batch_size: int | None, full_speed: bool) -> None:
     """Delete events received more than RETENTION_DAYS (or --days) days ago.
 
     Events received strictly before now minus the period (whole seconds, UTC) are deleted, in
@@ -70,10 +82,12 @@ def purge(days: int | None, dry_run: bool, batch_size: int | None, full_speed: b
         # The count only sizes the progress bar: a purge run from cron or a timer skips it.
         expected = retention.count_expired(engine, cutoff) if sys.stdout.isatty() else 0
         if expected:
-            with click.progressbar(length=expected,
-                                   label=f"Purging events received before {before}") as bar:
-                purged = retention.purge_expired(engine, cutoff, batch_size=batch_size,
-                                                 pace=pace, on_batch=bar.update)
+            with click.progressbar(
+                length=expected, label=f"Purging events received before {before}"
+            ) as bar:
+                purged = retention.purge_expired(
+                    engine, cutoff, batch_size=batch_size, pace=pace, on_batch=bar.update
+                )
         else:
             purged = retention.purge_expired(engine, cutoff, batch_size=batch_size, pace=pace)
         # Buckets an hour old no longer get live writes: merge what writers spread over
@@ -101,13 +115,27 @@ def _failure_text(kind: str, reason: str) -> str:
 @command
 @click.command("import")
 @click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--format", "fmt", type=click.Choice(importer.FORMATS), default=None,
-              help="ndjson or csv. Default: from the extension (.ndjson, .jsonl, .json, .csv, "
-                   "each maybe .gz); required for standard input.")
-@click.option("--chunk-size", type=click.IntRange(1, 10000), default=importer.DEFAULT_CHUNK_SIZE,
-              show_default=True, help="Events stored per transaction.")
-@click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write every rejected line (number and reason) and the summary to this file.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(importer.FORMATS),
+    default=None,
+    help="ndjson or csv. Default: from the extension (.ndjson, .jsonl, .json, .csv, "
+    "each maybe .gz); required for standard input.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 10000),
+    default=importer.DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Events stored per transaction.",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write every rejected line (number and reason) and the summary to this file.",
+)
 @with_appcontext
 def import_command(source: str, fmt: str | None, chunk_size: int, report: str | None) -> None:
     """Import events from an NDJSON or CSV file, or standard input (-).
@@ -122,8 +150,9 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
     """
     fmt = fmt or importer.guess_format(source if source != "-" else "")
     if fmt is None:
-        raise click.UsageError(f"cannot tell the format of {source!r}: "
-                               f"use --format ndjson or --format csv")
+        raise click.UsageError(
+            f"cannot tell the format of {source!r}: use --format ndjson or --format csv"
+        )
     session = get_session()
     try:
         ping(session)
@@ -134,8 +163,9 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
     with ExitStack() as stack:
         raw, stream = _open_source(source, stack)
         try:
-            report_file = (stack.enter_context(open(report, "w", encoding="utf-8"))
-                           if report else None)
+            report_file = (
+                stack.enter_context(open(report, "w", encoding="utf-8")) if report else None
+            )
         except OSError as exc:
             raise click.ClickException(f"cannot write {report}: {exc.strerror or exc}") from None
         shown: list[str] = []
@@ -157,9 +187,14 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
                 bar.update(raw.tell() - bar.pos)
 
         cfg = current_app.config
-        job = importer.Importer(session, cfg["METADATA_MAX_BYTES"], chunk_size=chunk_size,
-                                writers=importer.writers_for(session.get_bind()),
-                                on_rejected=on_rejected, on_chunk=on_chunk)
+        job = importer.Importer(
+            session,
+            cfg["METADATA_MAX_BYTES"],
+            chunk_size=chunk_size,
+            writers=importer.writers_for(session.get_bind()),
+            on_rejected=on_rejected,
+            on_chunk=on_chunk,
+        )
         failure = None
         try:
             job.run(importer.open_lines(stream, fmt))
@@ -174,11 +209,15 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
         if bar is not None:
             bar.render_finish()
         summary = job.summary
-        text = (f"{source}: {summary.accepted} accepted, {summary.duplicates} duplicates, "
-                f"{summary.rejected} rejected")
+        text = (
+            f"{source}: {summary.accepted} accepted, {summary.duplicates} duplicates, "
+            f"{summary.rejected} rejected"
+        )
         if failure and summary.last_line:
-            text += (f"; stopped after line {summary.last_line} (committed up to there; "
-                     f"run the same import again to resume)")
+            text += (
+                f"; stopped after line {summary.last_line} (committed up to there; "
+                f"run the same import again to resume)"
+            )
         elif failure:
             text += "; stopped before anything was committed"
         if report_file:
@@ -188,8 +227,10 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
         click.echo(f"  {line}")
     if summary.rejected > len(shown):
         more = summary.rejected - len(shown)
-        click.echo(f"  ... and {more} more" + (f" (all in {report})" if report else
-                                               " (use --report FILE to list them all)"))
+        click.echo(
+            f"  ... and {more} more"
+            + (f" (all in {report})" if report else " (use --report FILE to list them all)")
+        )
     if failure:
         raise click.ClickException(failure)
     if summary.rejected:
@@ -251,6 +292,7 @@ def _check_option(check):
             return None if values is None else check(values)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
+
     return callback
 
 
@@ -264,17 +306,30 @@ def _keys_failure(exc: SQLAlchemyError) -> str:
 
 @keys_group.command("create")
 @click.argument("name", callback=_check_option(keys.check_name))
-@click.option("--scope", "scopes", multiple=True, required=True,
-              type=click.Choice(keys.SCOPES),
-              help="What the key allows: ingest, read or admin (everything). Repeatable.")
-@click.option("--origin", "origins", multiple=True, callback=_check_option(keys.check_origin),
-              help="A browser origin the key may be used from, e.g. https://example.com. "
-                   "Repeatable; without it, any origin.")
-@click.option("--rate", default=None, callback=_check_option(parse_rate),
-              help="The key's own rate limit, e.g. 100/second or 5000/hour; without it, none.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(keys.SCOPES),
+    help="What the key allows: ingest, read or admin (everything). Repeatable.",
+)
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    callback=_check_option(keys.check_origin),
+    help="A browser origin the key may be used from, e.g. https://example.com. "
+    "Repeatable; without it, any origin.",
+)
+@click.option(
+    "--rate",
+    default=None,
+    callback=_check_option(parse_rate),
+    help="The key's own rate limit, e.g. 100/second or 5000/hour; without it, none.",
+)
 @with_appcontext
-def keys_create(name: str, scopes: tuple[str, ...], origins: list[str], rate: str | None
-                ) -> None:
+def keys_create(name: str, scopes: tuple[str, ...], origins: list[str], rate: str | None) -> None:
     """Create a key and print its secret, once, alone on the last line."""
     session = get_session()
     try:
@@ -284,9 +339,11 @@ def keys_create(name: str, scopes: tuple[str, ...], origins: list[str], rate: st
         raise click.ClickException(str(exc)) from None
     except SQLAlchemyError as exc:
         raise click.ClickException(_keys_failure(exc)) from None
-    details = [f"scopes {' '.join(s for s in keys.SCOPES if s in scopes)}",
-               f"origins {' '.join(origins)}" if origins else "any origin",
-               f"rate {rate}" if rate else "no rate limit of its own"]
+    details = [
+        f"scopes {' '.join(s for s in keys.SCOPES if s in scopes)}",
+        f"origins {' '.join(origins)}" if origins else "any origin",
+        f"rate {rate}" if rate else "no rate limit of its own",
+    ]
     click.echo(f"Created key {name!r}: {'; '.join(details)}.")
     click.echo("Its secret follows; it is shown only this once and cannot be recovered:")
     click.echo(secret)
@@ -309,10 +366,17 @@ def keys_list() -> None:
         return
     table = [("NAME", "SCOPES", "ORIGINS", "RATE", "CREATED", "LAST USED", "STATUS")]
     for key in rows:
-        table.append((key.name, key.scopes.replace(" ", ","),
-                      (key.origins or "*").replace(" ", ","), key.rate or "-",
-                      _when(key.created_at), _when(key.last_used_at),
-                      f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"))
+        table.append(
+            (
+                key.name,
+                key.scopes.replace(" ", ","),
+                (key.origins or "*").replace(" ", ","),
+                key.rate or "-",
+                _when(key.created_at),
+                _when(key.last_used_at),
+                f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active",
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -14,6 +14,7 @@ than the database being unreachable or held whole by another writer, each event 
 is tried again alone, so one event the database refuses, or one user's lock held elsewhere,
 cannot fail the others' requests.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,7 @@ class GroupCommitter:
             if self._pid != os.getpid() or not self._thread.is_alive():
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()
-                self._thread = threading.Thread(target=self._run, name="track-writer",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name="track-writer", daemon=True)
                 self._thread.start()
                 self._pid = os.getpid()
 
@@ -109,8 +109,7 @@ class GroupCommitter:
                 return
             except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
                 # Alone, each event would meet the same wall: every one fails with it.
-                if len(group) == 1 or is_unreachable(exc) or getattr(exc, "whole_database",
-                                                                      False):
+                if len(group) == 1 or is_unreachable(exc) or getattr(exc, "whole_database", False):
                     for pending in group:
                         pending.error = exc
                     return

@@ -4,6 +4,7 @@ ingest endpoints echo the request's Origin, with credentials allowed.
 The rules are the contract's, unconditional and small, so they are written here rather than
 configured in an extension that echoes only the headers a preflight happens to ask for.
 """
+
 from __future__ import annotations
 
 from flask import Flask, request
@@ -15,8 +16,9 @@ MAX_AGE_SECONDS = "86400"
 ECHO_ORIGIN_PATHS = ("/track", "/track/batch")
 # Headers a browser script may read from an answer besides the basic ones: the limits and
 # the reason for a refusal.
-EXPOSE_HEADERS = ("RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, "
-                  "WWW-Authenticate")
+EXPOSE_HEADERS = (
+    "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, WWW-Authenticate"
+)
 
 
 def init_app(app: Flask) -> None:

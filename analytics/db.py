@@ -1,4 +1,5 @@
 """Database access: one engine per application, one Session per application context."""
+
 from __future__ import annotations
 
 from flask import Flask, current_app, g
@@ -9,9 +10,15 @@ from sqlalchemy.orm import Session, sessionmaker
 EXTENSION_KEY = "analytics.db"
 
 
-def make_engine(url: str, *, pool_size: int = 5, pool_timeout: int = 10,
-                connect_timeout: int = 5, statement_timeout_ms: int = 30000,
-                lock_wait_ms: int = 3000) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    pool_timeout: int = 10,
+    connect_timeout: int = 5,
+    statement_timeout_ms: int = 30000,
+    lock_wait_ms: int = 3000,
+) -> Engine:
     """An engine tuned for this service on SQLite or PostgreSQL."""
     from analytics.dialects import postgresql, sqlite
 
@@ -20,8 +27,9 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: int = 10,
         return sqlite.make_engine(parsed, connect_timeout, lock_wait_ms)
     connect_args = {}
     if parsed.get_backend_name() == "postgresql":
-        connect_args = postgresql.engine_arguments(connect_timeout, statement_timeout_ms,
-                                                   lock_wait_ms)
+        connect_args = postgresql.engine_arguments(
+            connect_timeout, statement_timeout_ms, lock_wait_ms
+        )
     return create_engine(
         parsed,
         pool_size=pool_size,

@@ -6,6 +6,7 @@ between segments. The raw request target is still there (``RAW_URI`` from gunico
 werkzeug, ``REQUEST_URI`` from others): for paths under PREFIXES this middleware routes on it,
 and the view decodes the id itself (``decode_segment``).
 """
+
 from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
@@ -30,7 +31,7 @@ class EncodedIds:
                 raw_path = urlsplit(raw_path).path
             script = environ.get("SCRIPT_NAME", "")
             if raw_path.startswith(script):
-                raw_path = raw_path[len(script):]
+                raw_path = raw_path[len(script) :]
             if raw_path.startswith(PREFIXES):
                 environ["PATH_INFO"] = raw_path
         return self.app(environ, start_response)

@@ -1,4 +1,6 @@
-"""The JSON error envelope, ``{"status": "error", "message": ...}``, for every error the app makes."""
+"""The JSON error envelope, ``{"status": "error", "message": ...}``, for every error the app
+makes."""
+
 from __future__ import annotations
 
 from flask import Flask, current_app, jsonify, request
@@ -21,8 +23,9 @@ HTTP_MESSAGES = {
 class APIError(Exception):
     """An error to answer with the envelope: raise it from anywhere inside a request."""
 
-    def __init__(self, status: int, message: str, errors: dict | None = None,
-                 headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, errors: dict | None = None, headers: dict | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -30,8 +33,9 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, message: str, errors: dict | None = None,
-                   headers: dict | None = None):
+def error_response(
+    status: int, message: str, errors: dict | None = None, headers: dict | None = None
+):
     body = {"status": "error", "message": message}
     if errors:
         body["errors"] = errors
@@ -90,7 +94,9 @@ def init_app(app: Flask) -> None:
         status = exc.code or 500
         message = HTTP_MESSAGES.get(status, exc.name)
         if status == 413:
-            message = f"Request body too large (limit {current_app.config['MAX_CONTENT_LENGTH']} bytes)"
+            message = (
+                f"Request body too large (limit {current_app.config['MAX_CONTENT_LENGTH']} bytes)"
+            )
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
         return error_response(status, message, headers=headers)
 
@@ -101,15 +107,15 @@ def init_app(app: Flask) -> None:
         _rollback()
         message = _view_failure_message("Database error")
         if is_lock_timeout(exc):
-            current_app.logger.warning("a write gave up waiting for a lock: %s",
-                                       exc.__class__.__name__)
-            return error_response(503, message,
-                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            current_app.logger.warning(
+                "a write gave up waiting for a lock: %s", exc.__class__.__name__
+            )
+            return error_response(503, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if is_unreachable(exc):
-            current_app.logger.warning("database unavailable: %s", exc.__class__.__name__,
-                                       exc_info=exc)
-            return error_response(503, message,
-                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            current_app.logger.warning(
+                "database unavailable: %s", exc.__class__.__name__, exc_info=exc
+            )
+            return error_response(503, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         current_app.logger.error("database error", exc_info=exc)
         return error_response(500, message)
 

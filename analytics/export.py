@@ -5,6 +5,7 @@ of text (the database writes times as ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC and 
 as compact JSON), and each format is one f-string a row: a row costs Python a few string
 operations. Plain functions of an Engine: no Flask.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,14 @@ ROWS_PER_CHUNK = 2000
 
 _events = Event.__table__
 # The columns in CSV_HEADER order, as text (None: absent).
-_COLUMNS = (utc_text(_events.c.occurred_at), _events.c.event, _events.c.user_id,
-            _events.c.event_id, utc_text(_events.c.received_at),
-            compact_json_text(_events.c.metadata))
+_COLUMNS = (
+    utc_text(_events.c.occurred_at),
+    _events.c.event,
+    _events.c.user_id,
+    _events.c.event_id,
+    utc_text(_events.c.received_at),
+    compact_json_text(_events.c.metadata),
+)
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,16 @@ def local_range(start: date, end: date, zone_name: str) -> tuple[datetime | None
     # The local days of the last days of year 9999 reach past what a datetime can hold.
     near_end = date.max.toordinal() - 2
     if start.toordinal() < near_end:
-        first = local_periods(start, _day(min(end.toordinal(), start.toordinal() + 2)),
-                              zone_name)
+        first = local_periods(start, _day(min(end.toordinal(), start.toordinal() + 2)), zone_name)
         if not first.labels:
             return EPOCH, EPOCH
         lo = bucket_start(first.bounds[0])
     else:  # where the day before ends
-        lo = bucket_start(local_periods(_day(start.toordinal() - 3), _day(start.toordinal() - 1),
-                                        zone_name).bounds[-1])
+        lo = bucket_start(
+            local_periods(
+                _day(start.toordinal() - 3), _day(start.toordinal() - 1), zone_name
+            ).bounds[-1]
+        )
     if end.toordinal() >= near_end:
         return lo, None
     last = local_periods(_day(max(start.toordinal(), end.toordinal() - 2)), end, zone_name)
@@ -93,8 +101,9 @@ def fetch_rows(engine: Engine, statement: Select) -> Iterator[list[tuple]]:
     """The statement's rows, ROWS_PER_CHUNK at a time, from a server-side cursor. The
     connection is returned when the iterator is exhausted or closed."""
     with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=ROWS_PER_CHUNK
-                                        ).execute(statement)
+        result = conn.execution_options(stream_results=True, yield_per=ROWS_PER_CHUNK).execute(
+            statement
+        )
         try:
             yield from result.partitions()
         finally:
@@ -115,12 +124,16 @@ _string = json.encoder.encode_basestring  # JSON string literal, non-ASCII kept 
 def ndjson_chunk(rows: list[tuple]) -> bytes:
     """One JSON object a line per row: event, user_id, timestamp, metadata, event_id,
     received_at (absent values as null)."""
-    return "".join([
-        f'{{"event":{_string(event)},"user_id":{_string(user_id)},'
-        f'"timestamp":"{iso(occurred_at)}","metadata":{"null" if metadata is None else metadata},'
-        f'"event_id":{"null" if event_id is None else _string(event_id)},'
-        f'"received_at":"{iso(received_at)}"}}\n'
-        for occurred_at, event, user_id, event_id, received_at, metadata in rows]).encode()
+    return "".join(
+        [
+            f'{{"event":{_string(event)},"user_id":{_string(user_id)},'
+            f'"timestamp":"{iso(occurred_at)}",'
+            f'"metadata":{"null" if metadata is None else metadata},'
+            f'"event_id":{"null" if event_id is None else _string(event_id)},'
+            f'"received_at":"{iso(received_at)}"}}\n'
+            for occurred_at, event, user_id, event_id, received_at, metadata in rows
+        ]
+    ).encode()
 
 
 _NEEDS_QUOTES = re.compile('[",\r\n]').search
@@ -140,10 +153,13 @@ def csv_header() -> bytes:
 
 def csv_chunk(rows: list[tuple]) -> bytes:
     """RFC 4180 records with CRLF line ends, in CSV_HEADER order."""
-    return "".join([
-        f"{iso(occurred_at)},{_csv_field(event)},{_csv_field(user_id)},{_csv_field(event_id)},"
-        f"{iso(received_at)},{_csv_field(metadata)}\r\n"
-        for occurred_at, event, user_id, event_id, received_at, metadata in rows]).encode()
+    return "".join(
+        [
+            f"{iso(occurred_at)},{_csv_field(event)},{_csv_field(user_id)},{_csv_field(event_id)},"
+            f"{iso(received_at)},{_csv_field(metadata)}\r\n"
+            for occurred_at, event, user_id, event_id, received_at, metadata in rows
+        ]
+    ).encode()
 
 
 class _ReadAhead:
@@ -157,8 +173,9 @@ class _ReadAhead:
     def __init__(self, engine: Engine, statement: Select):
         self._queue: queue.Queue = queue.Queue(maxsize=self.AHEAD)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, args=(engine, statement),
-                                        name="export-reader", daemon=True)
+        self._thread = threading.Thread(
+            target=self._read, args=(engine, statement), name="export-reader", daemon=True
+        )
         self._thread.start()
 
     def _read(self, engine: Engine, statement: Select) -> None:
@@ -210,8 +227,9 @@ def export_chunks(engine: Engine, chosen: EventFilter, fmt: str) -> Iterator[byt
     return _chunks(reader, batches, first, fmt)
 
 
-def _chunks(reader: _ReadAhead, batches: Iterator[list[tuple]], first: list[tuple], fmt: str
-            ) -> Iterator[bytes]:
+def _chunks(
+    reader: _ReadAhead, batches: Iterator[list[tuple]], first: list[tuple], fmt: str
+) -> Iterator[bytes]:
     format_rows = csv_chunk if fmt == "csv" else ndjson_chunk
     try:
         if fmt == "csv":

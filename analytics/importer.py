@@ -11,6 +11,7 @@ is absent. A ``received_at`` (as GET /events exports it) is kept, so that an imp
 kept as long as the original events would have been.
 No Flask in here: the command passes a Session and the settings.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,7 @@ CSV_REQUIRED = ("event", "user_id")
 CSV_OPTIONAL = ("timestamp", "event_id", "metadata", "received_at")
 DEFAULT_CHUNK_SIZE = 1000
 NOT_UTF8 = "Line is not valid UTF-8"
-RECEIVED_AT_INVALID = ("received_at must be an ISO 8601 date and time, "
-                       "e.g. 2025-01-18T14:30:00.000Z")
+RECEIVED_AT_INVALID = "received_at must be an ISO 8601 date and time, e.g. 2025-01-18T14:30:00.000Z"
 
 
 class UnusableInput(Exception):
@@ -78,7 +78,9 @@ def read_ndjson(stream: BinaryIO) -> Iterator[Line]:
         try:
             item = loads_strict(raw)
         except APIError:
-            item = validation.Unreadable(NOT_UTF8 if not _is_utf8(raw) else validation.MALFORMED_JSON)
+            item = validation.Unreadable(
+                NOT_UTF8 if not _is_utf8(raw) else validation.MALFORMED_JSON
+            )
         yield Line(number, item, json_text_is_nul_free(raw))
 
 
@@ -115,7 +117,8 @@ def _has_surrogates(values: Iterable[str]) -> bool:
 
 
 def read_csv(stream: BinaryIO) -> Iterator[Line]:
-    """Each data record as an event dict (or ``validation.Unreadable``), numbered by its first line."""
+    """Each data record as an event dict (or ``validation.Unreadable``), numbered by its first
+    line."""
     lines = _CountingLines(stream)
     reader = csv.reader(lines)
     try:
@@ -125,10 +128,15 @@ def read_csv(stream: BinaryIO) -> Iterator[Line]:
     columns = [name.strip().lower() for name in header]
     missing = [name for name in CSV_REQUIRED if name not in columns]
     if missing:
-        raise UnusableInput(f"the CSV header (line 1) must name the columns "
-                           f"{', '.join(CSV_REQUIRED)}; missing: {', '.join(missing)}")
-    wanted = [(position, name) for position, name in enumerate(columns)
-              if name in CSV_REQUIRED + CSV_OPTIONAL]
+        raise UnusableInput(
+            f"the CSV header (line 1) must name the columns "
+            f"{', '.join(CSV_REQUIRED)}; missing: {', '.join(missing)}"
+        )
+    wanted = [
+        (position, name)
+        for position, name in enumerate(columns)
+        if name in CSV_REQUIRED + CSV_OPTIONAL
+    ]
     end_of_previous = lines.count
     for values in reader:
         number, end_of_previous = end_of_previous + 1, lines.count
@@ -186,16 +194,23 @@ class Importer:
         # Each session is only ever used by one writer thread at a time while run() lasts.
         sessions: queue.SimpleQueue = queue.SimpleQueue()
         sessions.put(self.session)
-        extra = [Session(self.session.get_bind(), expire_on_commit=False)
-                 for _ in range(self.writers - 1)]
+        extra = [
+            Session(self.session.get_bind(), expire_on_commit=False)
+            for _ in range(self.writers - 1)
+        ]
         for session in extra:
             sessions.put(session)
         try:
             with ThreadPoolExecutor(self.writers, thread_name_prefix="import-writer") as pool:
                 # Each chunk is checked here (while the writers write the ones before it) and
                 # handed to a writer once one is free.
-                work = ((partial(pool.submit, self._write, self._check(chunk), sessions),
-                         chunk[-1].number) for chunk in _chunks(lines, self.chunk_size))
+                work = (
+                    (
+                        partial(pool.submit, self._write, self._check(chunk), sessions),
+                        chunk[-1].number,
+                    )
+                    for chunk in _chunks(lines, self.chunk_size)
+                )
                 _InOrder(self.summary, self.on_rejected, self.on_chunk).drive(work, self.writers)
         finally:
             for session in extra:
@@ -207,8 +222,10 @@ class Importer:
         received, unreadable = _received_times(chunk, now)
         checked = validation.check_events(
             ((line.number, line.item) for line in chunk if line.number not in unreadable),
-            now=now, metadata_limit=self.metadata_limit,
-            nul_free=all(line.nul_free for line in chunk))
+            now=now,
+            metadata_limit=self.metadata_limit,
+            nul_free=all(line.nul_free for line in chunk),
+        )
         for number, event in checked.prepared:
             if number in received:
                 event.row.received_at = received[number]
@@ -217,8 +234,9 @@ class Importer:
         return checked
 
     @staticmethod
-    def _write(checked: validation.CheckedBatch, sessions: queue.SimpleQueue
-               ) -> tuple[int, int, list[tuple[int, str]]]:
+    def _write(
+        checked: validation.CheckedBatch, sessions: queue.SimpleQueue
+    ) -> tuple[int, int, list[tuple[int, str]]]:
         session = sessions.get()
         try:
             return _store(session, checked)
@@ -226,8 +244,7 @@ class Importer:
             sessions.put(session)
 
 
-def _received_times(chunk: list[Line], now: datetime
-                    ) -> tuple[dict[int, datetime], dict[int, str]]:
+def _received_times(chunk: list[Line], now: datetime) -> tuple[dict[int, datetime], dict[int, str]]:
     """The ``received_at`` each line gives (an export's, so that retention keeps counting from
     the first arrival; never later than now), and the lines whose received_at is not a time."""
     received, unreadable = {}, {}
@@ -244,8 +261,9 @@ def _received_times(chunk: list[Line], now: datetime
     return received, unreadable
 
 
-def _store(session: Session, checked: validation.CheckedBatch
-           ) -> tuple[int, int, list[tuple[int, str]]]:
+def _store(
+    session: Session, checked: validation.CheckedBatch
+) -> tuple[int, int, list[tuple[int, str]]]:
     """Commit a checked chunk's events: (accepted, duplicates, rejected)."""
     stored: list[bool] = []
     if checked.prepared:
@@ -315,8 +333,10 @@ def describe_error(exc: SQLAlchemyError) -> tuple[str, str]:
     """(kind, reason) of a database error: kind is "missing-table", "unreachable" or
     "failed"; reason the driver's own first line."""
     original = getattr(exc, "orig", None) or exc
-    reason = next((line.strip() for line in str(original).splitlines() if line.strip()),
-                  type(original).__name__)
+    reason = next(
+        (line.strip() for line in str(original).splitlines() if line.strip()),
+        type(original).__name__,
+    )
     if getattr(original, "sqlstate", None) == "42P01" or "no such table" in reason:
         return "missing-table", reason
     if is_unreachable(exc):
@@ -340,4 +360,3 @@ def open_lines(stream: BinaryIO, fmt: str) -> Iterator[Line]:
     if fmt == "csv":
         return read_csv(stream)
     return read_ndjson(stream)
-

@@ -1,17 +1,18 @@
 """Pure rules for one incoming event: timestamp parsing, the future-timestamp and
 metadata-size rules, and the warnings they produce. No Flask, no database."""
+
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from analytics.rows import EventRow
 
 FUTURE_TIMESTAMP_WARNING = "Future timestamp replaced with server time"
 METADATA_TRUNCATED_WARNING = "Metadata truncated due to size limit"
-END_OF_TIME = datetime.max.replace(tzinfo=timezone.utc)
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 _ISO_DATETIME = re.compile(
     r"""
@@ -29,7 +30,8 @@ _ISO_DATETIME = re.compile(
 # (in C) reads it exactly as the general rule below does, at a twentieth of the cost.
 _COMMON_DATETIME = re.compile(
     r"\d{4}-\d{2}-\d{2}T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
-    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?")
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?"
+)
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -41,8 +43,8 @@ def parse_timestamp(value: str) -> datetime:
         try:
             parsed = datetime.fromisoformat(value)
             if parsed.tzinfo is None:
-                return parsed.replace(tzinfo=timezone.utc)
-            return parsed.astimezone(timezone.utc)
+                return parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
         except (ValueError, OverflowError):
             pass  # e.g. 30 February: the general rule words the error
     return parse_general_timestamp(value)
@@ -67,14 +69,19 @@ def parse_general_timestamp(value: str) -> datetime:
             offset = -offset
     try:
         local = datetime(
-            int(parts["year"]), int(parts["month"]), int(parts["day"]),
-            int(parts["hour"]), int(parts["minute"]), int(parts["second"] or 0),
-            int(fraction), tzinfo=timezone(offset),
+            int(parts["year"]),
+            int(parts["month"]),
+            int(parts["day"]),
+            int(parts["hour"]),
+            int(parts["minute"]),
+            int(parts["second"] or 0),
+            int(fraction),
+            tzinfo=timezone(offset),
         )
     except (ValueError, OverflowError):
         raise ValueError("is not a valid date and time") from None
     try:
-        return local.astimezone(timezone.utc)
+        return local.astimezone(UTC)
     except OverflowError:
         if local.year == datetime.max.year:
             # Past the last instant a datetime holds (9999-12-31T23:59:59-01:00): a future

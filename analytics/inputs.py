@@ -1,6 +1,7 @@
 """Reading request input: the body read whole by its framing, which content types are JSON,
 strict JSON decoding, gzip-encoded bodies decoded within the size limit, and the NUL guard on
 query strings (bodies are checked by their schemas)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ _READ_SIZE = 64 * 1024
 
 def is_json_mimetype(mimetype: str) -> bool:
     """application/json, any +json type, text/plain (sendBeacon) or none at all."""
-    return (mimetype in ("", "application/json", "text/plain")
-            or (mimetype.startswith("application/") and mimetype.endswith("+json")))
+    return mimetype in ("", "application/json", "text/plain") or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
 
 
 def _refuse_constant(name: str):
@@ -49,16 +51,18 @@ def _json_object(pairs: list) -> dict:
         return document
     seen: set = set()
     repeated = RepeatedKeys(document)
-    repeated.repeated = list(dict.fromkeys(name for name, _ in pairs
-                                           if name in seen or seen.add(name)))
+    repeated.repeated = list(
+        dict.fromkeys(name for name, _ in pairs if name in seen or seen.add(name))
+    )
     return repeated
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # What json.loads(text, parse_constant=..., ...) builds on every call, built once: bulk ingest
 # decodes one document per line.
-_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float,
-                                   object_pairs_hook=_json_object)
+_STRICT_DECODER = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_float=_finite_float, object_pairs_hook=_json_object
+)
 
 
 def loads_strict(data: bytes | str):

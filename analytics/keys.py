@@ -4,6 +4,7 @@ revoking keys. No Flask here; the transaction belongs to the caller.
 A secret is ``ak_`` followed by 40 hexadecimal digits from ``secrets`` (160 random bits). The
 table keeps its SHA-256 digest and nothing from which the secret could be read back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # scheme://host[:port], as a browser writes an Origin header: no path, no trailing slash.
 ORIGIN_PATTERN = re.compile(
     r"(https?)://([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
-    r"|\[[0-9a-f:.]+\])(?::(\d{1,5}))?", re.IGNORECASE)
+    r"|\[[0-9a-f:.]+\])(?::(\d{1,5}))?",
+    re.IGNORECASE,
+)
 
 
 class KeyProblem(Exception):
@@ -65,8 +68,10 @@ def hash_secret(secret: str) -> str:
 
 def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
-        raise ValueError("a key name is 1 to 64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
+        raise ValueError(
+            "a key name is 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -74,21 +79,33 @@ def check_origin(origin: str) -> str:
     """An origin as browsers send it, lower-cased; ValueError for anything else."""
     match = ORIGIN_PATTERN.fullmatch(origin.strip())
     if not match or (match.group(3) and not 0 < int(match.group(3)) < 65536):
-        raise ValueError(f"not an origin such as https://example.com or "
-                         f"http://localhost:3000: {origin!r}")
+        raise ValueError(
+            f"not an origin such as https://example.com or http://localhost:3000: {origin!r}"
+        )
     return origin.strip().lower()
 
 
 def _record(row) -> KeyRecord:
     return KeyRecord(
-        id=row.id, name=row.name, secret_hash=row.secret_hash,
+        id=row.id,
+        name=row.name,
+        secret_hash=row.secret_hash,
         scopes=frozenset(row.scopes.split()),
         origins=frozenset(row.origins.split()) if row.origins else None,
-        rate=row.rate, revoked=row.revoked_at is not None)
+        rate=row.rate,
+        revoked=row.revoked_at is not None,
+    )
 
 
-_LOOKUP = select(AccessKey.id, AccessKey.name, AccessKey.secret_hash, AccessKey.scopes,
-                 AccessKey.origins, AccessKey.rate, AccessKey.revoked_at)
+_LOOKUP = select(
+    AccessKey.id,
+    AccessKey.name,
+    AccessKey.secret_hash,
+    AccessKey.scopes,
+    AccessKey.origins,
+    AccessKey.rate,
+    AccessKey.revoked_at,
+)
 
 
 def find_key(conn: Connection, digest: str) -> KeyRecord | None:
@@ -101,15 +118,27 @@ def find_key(conn: Connection, digest: str) -> KeyRecord | None:
     return _record(row)
 
 
-def create_key(session: Session, name: str, scopes: list[str], origins: list[str],
-               rate: str | None, now: datetime) -> str:
+def create_key(
+    session: Session,
+    name: str,
+    scopes: list[str],
+    origins: list[str],
+    rate: str | None,
+    now: datetime,
+) -> str:
     """Store a new key and return its secret (which is not stored); KeyProblem when the name is
     taken."""
     secret = new_secret()
-    session.add(AccessKey(
-        name=name, secret_hash=hash_secret(secret),
-        scopes=" ".join(scope for scope in SCOPES if scope in scopes),
-        origins=" ".join(dict.fromkeys(origins)) or None, rate=rate, created_at=now))
+    session.add(
+        AccessKey(
+            name=name,
+            secret_hash=hash_secret(secret),
+            scopes=" ".join(scope for scope in SCOPES if scope in scopes),
+            origins=" ".join(dict.fromkeys(origins)) or None,
+            rate=rate,
+            created_at=now,
+        )
+    )
     try:
         session.flush()
     except IntegrityError:
@@ -139,7 +168,10 @@ def record_use(conn: Connection, key_id: int, now: datetime, interval: timedelta
     table = AccessKey.__table__
     result = conn.execute(
         update(table)
-        .where(table.c.id == key_id,
-               or_(table.c.last_used_at.is_(None), table.c.last_used_at <= now - interval))
-        .values(last_used_at=now))
+        .where(
+            table.c.id == key_id,
+            or_(table.c.last_used_at.is_(None), table.c.last_used_at <= now - interval),
+        )
+        .values(last_used_at=now)
+    )
     return result.rowcount > 0

@@ -5,6 +5,7 @@ line per request naming the access key used (never its secret).
 What a client sent (events, user ids, query strings) is never logged: the access line has the
 path without its query string, and database errors are logged without their parameters.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask, g, has_request_context, request
 from flask.logging import default_handler
@@ -30,10 +31,14 @@ class JsonFormatter(logging.Formatter):
     given as ``extra={"fields": {...}}``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"time": datetime.fromtimestamp(record.created, timezone.utc)
-                .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "level": record.levelname, "logger": record.name,
-                "message": record.getMessage()}
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         request_id = getattr(record, "request_id", None)
         if request_id is None and has_request_context():
             request_id = g.get("request_id")
@@ -56,8 +61,9 @@ def configure(app: Flask) -> None:
     # Flask's own handler on the app's logger would write every record a second time, as the
     # record also reaches the root logger's handler.
     app.logger.removeHandler(default_handler)
-    formatter = (JsonFormatter() if app.config["LOG_FORMAT"] == "json"
-                 else logging.Formatter(TEXT_FORMAT))
+    formatter = (
+        JsonFormatter() if app.config["LOG_FORMAT"] == "json" else logging.Formatter(TEXT_FORMAT)
+    )
     root = logging.getLogger()
     ours = [handler for handler in root.handlers if isinstance(handler, _OurHandler)]
     if ours:
@@ -91,14 +97,23 @@ def init_app(app: Flask) -> None:
             from analytics.auth import current_access
 
             key = current_access().key
-            access.info("%s %s %s", request.method, request.path, response.status_code,
-                        extra={"fields": {
-                            "method": request.method, "scheme": request.scheme,
-                            "host": request.host, "path": request.path,
-                            "status": response.status_code,
-                            "duration_ms": round((time.monotonic() - g.request_started)
-                                                 * 1000, 1),
-                            "bytes": response.calculate_content_length(),
-                            "remote_addr": request.remote_addr,
-                            "key": key.name if key is not None else None}})
+            access.info(
+                "%s %s %s",
+                request.method,
+                request.path,
+                response.status_code,
+                extra={
+                    "fields": {
+                        "method": request.method,
+                        "scheme": request.scheme,
+                        "host": request.host,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "duration_ms": round((time.monotonic() - g.request_started) * 1000, 1),
+                        "bytes": response.calculate_content_length(),
+                        "remote_addr": request.remote_addr,
+                        "key": key.name if key is not None else None,
+                    }
+                },
+            )
         return response

@@ -1,11 +1,25 @@
 """The schema: the ``events`` table, the aggregates derived from it, the access keys, and the
 types that keep time in UTC."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Index, Integer, LargeBinary, MetaData,
-                        SmallInteger, String, Text, UniqueConstraint, literal_column, text)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    literal_column,
+    text,
+)
 from sqlalchemy.dialects.postgresql import BIT, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -45,28 +59,28 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: pass an aware datetime")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def sqlite_timestamp(at: datetime) -> str:
     """The text UTCDateTime stores on SQLite for an aware datetime, as SQLAlchemy's DateTime
     writes it (``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC, the year on four digits): for statements
     that pass timestamps to SQLite without the column type."""
-    if at.tzinfo is not timezone.utc:
-        at = at.astimezone(timezone.utc)
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
     return at.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # 64-bit ids on PostgreSQL; on SQLite an INTEGER PRIMARY KEY is the rowid.
@@ -104,7 +118,10 @@ class Event(Base):
         # window's PARTITION BY / ORDER BY, answered from the index alone.
         Index(
             "ix_events_play_stop",
-            "user_id", "occurred_at", "id", "event",
+            "user_id",
+            "occurred_at",
+            "id",
+            "event",
             postgresql_where=text(PLAY_OR_STOP_SQL),
             sqlite_where=text(PLAY_OR_STOP_SQL),
         ),

@@ -7,14 +7,15 @@ zone is a union of whole buckets, and summing buckets answers any of them exactl
 ``local_periods`` works out which buckets make up which period for a query; the database then
 sums per period with ``dialects.period_index``. No SQL in here. See docs/architecture.md.
 """
+
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-UTC = timezone.utc
+UTC = UTC
 BUCKET = timedelta(minutes=15)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 GROUP_BYS = ("hour", "day", "week", "month")
@@ -84,8 +85,9 @@ def _offset_at(zone: ZoneInfo, at: datetime) -> timedelta:
         return zone.utcoffset(at.replace(tzinfo=None))
 
 
-def _constant_offsets(zone: ZoneInfo, start: datetime, end: datetime
-                      ) -> list[tuple[datetime, datetime, timedelta]]:
+def _constant_offsets(
+    zone: ZoneInfo, start: datetime, end: datetime
+) -> list[tuple[datetime, datetime, timedelta]]:
     """[start, end) cut where the zone's offset changes: (from, to, offset) pieces."""
     pieces = []
     at, offset = start, _offset_at(zone, start)
@@ -117,8 +119,7 @@ def _label(local: datetime, offset: timedelta, group_by: str, week_start: int) -
     return day.isoformat()
 
 
-def _next_boundary(local: datetime, offset: timedelta, group_by: str, end: datetime
-                   ) -> datetime:
+def _next_boundary(local: datetime, offset: timedelta, group_by: str, end: datetime) -> datetime:
     """The next instant a label or the range can change at: the next local hour or the next
     local midnight (at most ``end``)."""
     try:
@@ -132,8 +133,9 @@ def _next_boundary(local: datetime, offset: timedelta, group_by: str, end: datet
 
 
 @functools.lru_cache(maxsize=256)
-def local_periods(start: date, end: date, zone_name: str = "UTC", group_by: str = "day",
-                  week_start: int = 0) -> Periods:
+def local_periods(
+    start: date, end: date, zone_name: str = "UTC", group_by: str = "day", week_start: int = 0
+) -> Periods:
     """The periods of the local dates ``start`` to ``end`` (inclusive) in zone ``zone_name``,
     grouped by ``group_by`` (hour, day, week, month); weeks start on ``week_start``
     (0 = Monday). Labels as API.md ("Query options") defines them."""
@@ -159,11 +161,13 @@ def local_periods(start: date, end: date, zone_name: str = "UTC", group_by: str 
                 local = (at + offset).replace(tzinfo=None)
             except OverflowError:  # a local time before year 1 or after 9999: in no range
                 label = None
-                following = (min(_FIRST - offset, piece_end) if offset < timedelta(0)
-                             else piece_end)
+                following = min(_FIRST - offset, piece_end) if offset < timedelta(0) else piece_end
             else:
-                label = (_label(local, offset, group_by, week_start)
-                         if start <= local.date() <= end else None)
+                label = (
+                    _label(local, offset, group_by, week_start)
+                    if start <= local.date() <= end
+                    else None
+                )
                 following = _next_boundary(local, offset, group_by, piece_end)
             if not run_labels or run_labels[-1] != label:
                 bounds.append(bucket_of(at))

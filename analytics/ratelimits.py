@@ -14,6 +14,7 @@ request (the count, then the count and expiry again for the headers), which took
 Redis-backed requests to under half the throughput of unlimited ones; here one script call
 both counts and says when the window ends (docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,11 @@ class Counter:
         self._lock = threading.Lock()
         self._script = None
         if not storage_url.startswith("memory"):
-            client = redis.Redis.from_url(storage_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                          socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+            client = redis.Redis.from_url(
+                storage_url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
             self._script = client.register_script(COUNT_SCRIPT)
 
     def hit(self, rate: str, bucket: str) -> Count:
@@ -92,8 +96,12 @@ class Counter:
         key = item.key_for(self.prefix, bucket)
         window = item.get_expiry()
         count, seconds = self._count(key, window)
-        return Count(limit=item.amount, remaining=max(0, item.amount - count),
-                     reset_seconds=max(0, math.ceil(seconds)), exceeded=count > item.amount)
+        return Count(
+            limit=item.amount,
+            remaining=max(0, item.amount - count),
+            reset_seconds=max(0, math.ceil(seconds)),
+            exceeded=count > item.amount,
+        )
 
     def _count(self, key: str, window: int) -> tuple[int, float]:
         if self._script is not None and time.monotonic() >= self._redis_down_until:
@@ -103,8 +111,10 @@ class Counter:
             except redis.RedisError as exc:
                 with self._lock:
                     self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
-                log.warning("rate limit storage unavailable (%s): counting in this process "
-                            "for now", exc.__class__.__name__)
+                log.warning(
+                    "rate limit storage unavailable (%s): counting in this process for now",
+                    exc.__class__.__name__,
+                )
         count = self.memory.incr(key, window)
         return count, self.memory.get_expiry(key) - time.time()
 
@@ -140,7 +150,8 @@ def _add_headers(response):
 
 
 def init_app(app: Flask) -> None:
-    app.extensions[EXTENSION_KEY] = Counter(app.config["RATE_LIMIT_STORAGE_URL"],
-                                            app.config.get("RATE_LIMIT_KEY_PREFIX", "analytics"))
+    app.extensions[EXTENSION_KEY] = Counter(
+        app.config["RATE_LIMIT_STORAGE_URL"], app.config.get("RATE_LIMIT_KEY_PREFIX", "analytics")
+    )
     app.before_request(_check)
     app.after_request(_add_headers)

@@ -1,5 +1,6 @@
 """Reading the answers of /metrics and /sessions: the aggregates summed per local period for
 all users, or one user's own rows. Plain functions of a Session: no Flask, no commit."""
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -88,23 +89,28 @@ def _grouped(rows_with_bucket, keys: tuple[str, ...], sums: tuple[str, ...], reg
     keyed = select(period, *others).subquery("keyed")
     grouped = [keyed.c.period, *(keyed.c[name] for name in keys)]
     # (PostgreSQL sums bigints as numeric, which the driver would make Decimals of.)
-    return select(*grouped, *(cast(func.sum(keyed.c[name]), BigInteger) for name in sums)
-                  ).group_by(*grouped)
+    return select(*grouped, *(cast(func.sum(keyed.c[name]), BigInteger) for name in sums)).group_by(
+        *grouped
+    )
 
 
 def _all_users_metrics(with_events: bool, regular: bool):
     rows = select(_buckets.c.bucket, _buckets.c.event, _buckets.c.n).where(
-        _buckets.c.bucket >= _LO, _buckets.c.bucket < _HI)
+        _buckets.c.bucket >= _LO, _buckets.c.bucket < _HI
+    )
     if with_events:
         rows = rows.where(_buckets.c.event.in_(bindparam("events", expanding=True)))
     return _grouped(rows, ("event",), ("n",), regular)
 
 
 def _user_metrics(with_events: bool, regular: bool):
-    rows = select(bucket_of(_events.c.occurred_at).label("bucket"), _events.c.event,
-                  literal(1).label("n")).where(
-        _events.c.user_id == bindparam("user_id"), _events.c.occurred_at >= _LO,
-        _events.c.occurred_at < _HI)
+    rows = select(
+        bucket_of(_events.c.occurred_at).label("bucket"), _events.c.event, literal(1).label("n")
+    ).where(
+        _events.c.user_id == bindparam("user_id"),
+        _events.c.occurred_at >= _LO,
+        _events.c.occurred_at < _HI,
+    )
     if with_events:
         rows = rows.where(_events.c.event.in_(bindparam("events", expanding=True)))
     return _grouped(rows, ("event",), ("n",), regular)
@@ -113,9 +119,11 @@ def _user_metrics(with_events: bool, regular: bool):
 def _filtered_active_users(regular: bool):
     """Distinct users per run of buckets, from the events themselves: the bitmaps do not keep
     event names."""
-    rows = (select(bucket_of(_events.c.occurred_at).label("bucket"), _events.c.user_id)
-            .where(_events.c.occurred_at >= _LO, _events.c.occurred_at < _HI,
-                   _events.c.event.in_(bindparam("events", expanding=True))))
+    rows = select(bucket_of(_events.c.occurred_at).label("bucket"), _events.c.user_id).where(
+        _events.c.occurred_at >= _LO,
+        _events.c.occurred_at < _HI,
+        _events.c.event.in_(bindparam("events", expanding=True)),
+    )
     inner = rows.subquery("in_range")
     if regular:
         period = ((inner.c.bucket - _FIRST) // _STEP + 1).label("period")
@@ -126,23 +134,29 @@ def _filtered_active_users(regular: bool):
 
 def _all_users_sessions(regular: bool):
     t = _session_buckets
-    rows = (select(t.c.bucket, t.c.sessions, t.c.total_us)
-            .where(t.c.bucket >= _LO, t.c.bucket < _HI))
+    rows = select(t.c.bucket, t.c.sessions, t.c.total_us).where(t.c.bucket >= _LO, t.c.bucket < _HI)
     return _grouped(rows, (), ("sessions", "total_us"), regular)
 
 
 def _user_sessions(regular: bool):
     t = _sessions
-    rows = (select(t.c.bucket, literal(1).label("sessions"), t.c.duration_us.label("total_us"))
-            .where(t.c.user_id == bindparam("user_id"), t.c.play_at >= _LO, t.c.play_at < _HI))
+    rows = select(
+        t.c.bucket, literal(1).label("sessions"), t.c.duration_us.label("total_us")
+    ).where(t.c.user_id == bindparam("user_id"), t.c.play_at >= _LO, t.c.play_at < _HI)
     return _grouped(rows, (), ("sessions", "total_us"), regular)
 
 
-_METRICS = {(user, filtered, regular): (_user_metrics if user else _all_users_metrics)(
-                filtered, regular)
-            for user in (False, True) for filtered in (False, True) for regular in (False, True)}
-_SESSIONS = {(user, regular): (_user_sessions if user else _all_users_sessions)(regular)
-             for user in (False, True) for regular in (False, True)}
+_METRICS = {
+    (user, filtered, regular): (_user_metrics if user else _all_users_metrics)(filtered, regular)
+    for user in (False, True)
+    for filtered in (False, True)
+    for regular in (False, True)
+}
+_SESSIONS = {
+    (user, regular): (_user_sessions if user else _all_users_sessions)(regular)
+    for user in (False, True)
+    for regular in (False, True)
+}
 
 
 _ACTIVE_USERS = {regular: _filtered_active_users(regular) for regular in (False, True)}
@@ -169,8 +183,11 @@ def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time:
 def statement_for(session: Session, query: PeriodQuery, endpoint: str, periods: Periods):
     """The statement and parameters that answer ``endpoint`` ("/metrics" or "/sessions")."""
     by_user, regular = query.user_id is not None, bool(periods.step)
-    statement = (_METRICS[(by_user, bool(query.events), regular)] if endpoint == "/metrics"
-                 else _SESSIONS[(by_user, regular)])
+    statement = (
+        _METRICS[(by_user, bool(query.events), regular)]
+        if endpoint == "/metrics"
+        else _SESSIONS[(by_user, regular)]
+    )
     return statement, _parameters(session, query, periods, by_user)
 
 
@@ -182,17 +199,14 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
         return []
     counts: dict[str, Counter] = defaultdict(Counter)
     label_of = periods.label_of_index
-    for index, event, n in session.execute(
-            *statement_for(session, query, "/metrics", periods)):
+    for index, event, n in session.execute(*statement_for(session, query, "/metrics", periods)):
         label = label_of[index]
         if label is not None and n:
             counts[label][event] += n
     if not query.fill_zero:
-        return [(label, dict(counts[label])) for label in periods.labels
-                if +counts[label]]
+        return [(label, dict(counts[label])) for label in periods.labels if +counts[label]]
     names = set(query.events).union(*counts.values())
-    return [(label, {name: counts[label][name] for name in names})
-            for label in periods.labels]
+    return [(label, {name: counts[label][name] for name in names}) for label in periods.labels]
 
 
 def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]:
@@ -203,14 +217,14 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
         return []
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     label_of = periods.label_of_index
-    for index, n, total in session.execute(
-            *statement_for(session, query, "/sessions", periods)):
+    for index, n, total in session.execute(*statement_for(session, query, "/sessions", periods)):
         label = label_of[index]
         if label is not None:
             totals[label][0] += n
             totals[label][1] += total
-    return [(label, *totals[label]) for label in periods.labels
-            if query.fill_zero or totals[label][0]]
+    return [
+        (label, *totals[label]) for label in periods.labels if query.fill_zero or totals[label][0]
+    ]
 
 
 def active_users(session: Session, query: PeriodQuery) -> list[tuple[str, int]]:
@@ -223,19 +237,21 @@ def active_users(session: Session, query: PeriodQuery) -> list[tuple[str, int]]:
         users = _filtered_active_users_per_label(session, query, periods)
     else:
         position = {label: i for i, label in enumerate(periods.labels)}
-        tiles = [(span, bucket, position[label])
-                 for label, lo, hi in zip(periods.run_labels, periods.bounds,
-                                          periods.bounds[1:]) if label is not None
-                 for span, bucket in active_user_pieces(lo, hi)]
+        tiles = [
+            (span, bucket, position[label])
+            for label, lo, hi in zip(periods.run_labels, periods.bounds, periods.bounds[1:])
+            if label is not None
+            for span, bucket in active_user_pieces(lo, hi)
+        ]
         conn = session.connection()
         counted = dict(dialects.of(conn).count_users(conn, tiles)) if tiles else {}
         users = {label: counted.get(i, 0) for label, i in position.items()}
-    return [(label, users[label]) for label in periods.labels
-            if query.fill_zero or users[label]]
+    return [(label, users[label]) for label in periods.labels if query.fill_zero or users[label]]
 
 
-def _filtered_active_users_per_label(session: Session, query: PeriodQuery,
-                                     periods: Periods) -> dict[str, int]:
+def _filtered_active_users_per_label(
+    session: Session, query: PeriodQuery, periods: Periods
+) -> dict[str, int]:
     statement = _ACTIVE_USERS[bool(periods.step)]
     users: dict[str, int] = Counter()
     label_of = periods.label_of_index
@@ -250,9 +266,16 @@ def _filtered_active_users_per_label(session: Session, query: PeriodQuery,
             runs[label].append((lo, hi))
     for label, spans in runs.items():
         if len(spans) > 1:
-            during = or_(*((_events.c.occurred_at >= bucket_start(lo))
-                           & (_events.c.occurred_at < bucket_start(hi)) for lo, hi in spans))
+            during = or_(
+                *(
+                    (_events.c.occurred_at >= bucket_start(lo))
+                    & (_events.c.occurred_at < bucket_start(hi))
+                    for lo, hi in spans
+                )
+            )
             users[label] = session.execute(
                 select(func.count(_events.c.user_id.distinct())).where(
-                    during, _events.c.event.in_(query.events))).scalar()
+                    during, _events.c.event.in_(query.events)
+                )
+            ).scalar()
     return users

@@ -8,10 +8,11 @@ The boundary: an event is purged when its ``received_at`` is strictly earlier th
 The cutoff is "now minus the retention period", rounded down to the whole second, so an event
 is always kept for at least the retention period (at most a second longer, until the next run).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from time import monotonic, sleep
 
 from sqlalchemy import Engine, func, select
@@ -38,20 +39,21 @@ def retention_cutoff(days: int, now: datetime) -> datetime:
     """The instant before which received events are expired: ``now - days``, whole seconds."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
-    cutoff = now.astimezone(timezone.utc) - timedelta(days=days)
+    cutoff = now.astimezone(UTC) - timedelta(days=days)
     return cutoff.replace(microsecond=0)
 
 
 def format_cutoff(cutoff: datetime) -> str:
     """The cutoff as operators read it in logs: ISO 8601 in UTC with a ``Z``."""
-    return cutoff.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return cutoff.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def count_expired(engine: Engine, cutoff: datetime) -> int:
     """How many stored events were received strictly before ``cutoff``."""
     with engine.connect() as conn:
         return conn.scalar(
-            select(func.count()).select_from(Event).where(Event.received_at < cutoff))
+            select(func.count()).select_from(Event).where(Event.received_at < cutoff)
+        )
 
 
 def _expired_ids(cutoff: datetime, batch_size: int):
@@ -72,9 +74,14 @@ def delete_batch(engine: Engine, cutoff: datetime, batch_size: int) -> int:
     return writer.delete_events(engine, _expired_ids(cutoff, batch_size))
 
 
-def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = None,
-                  pace: float = DEFAULT_PACE,
-                  on_batch: Callable[[int], None] | None = None) -> int:
+def purge_expired(
+    engine: Engine,
+    cutoff: datetime,
+    *,
+    batch_size: int | None = None,
+    pace: float = DEFAULT_PACE,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
     """Delete every event received strictly before ``cutoff``; return how many this call deleted.
 
     Runs batch after batch until one finds nothing left. Safe beside other purges: together
@@ -84,9 +91,9 @@ def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = 
 
     After each batch the purge rests ``pace`` times as long as the batch took (0: not at all),
     so that it takes at most about 1 / (1 + pace) of a CPU from the API. On SQLite it always
-    rests a little, so that the writers queued for the database (the dialect's ``writer_turn``) go first:
-    otherwise it would take the lock again at once, before they wake, and keep the API's writes
-    out until it ended.
+    rests a little, so that the writers queued for the database (the dialect's ``writer_turn``)
+    go first: otherwise it would take the lock again at once, before they wake, and keep the
+    API's writes out until it ended.
     """
     if batch_size is None:
         batch_size = default_batch_size(engine)
@@ -94,12 +101,18 @@ def purge_expired(engine: Engine, cutoff: datetime, *, batch_size: int | None = 
         raise ValueError("batch_size must be at least 1")
     if pace < 0:
         raise ValueError("pace must not be negative")
-    return delete_in_batches(engine, lambda: delete_batch(engine, cutoff, batch_size),
-                             pace=pace, on_batch=on_batch)
+    return delete_in_batches(
+        engine, lambda: delete_batch(engine, cutoff, batch_size), pace=pace, on_batch=on_batch
+    )
 
 
-def delete_in_batches(engine: Engine, delete_one_batch: Callable[[], int], *, pace: float,
-                      on_batch: Callable[[int], None] | None = None) -> int:
+def delete_in_batches(
+    engine: Engine,
+    delete_one_batch: Callable[[], int],
+    *,
+    pace: float,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
     """Run ``delete_one_batch`` (one committed transaction, returning how many events it
     deleted) until it deletes none; return the total. After each batch rest ``pace`` times as
     long as it took, and on SQLite at least WRITERS_FIRST_S (see ``purge_expired``); the

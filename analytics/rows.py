@@ -1,5 +1,6 @@
 """The typed rows of the write path: an event ready to store, and a stored event as the
 aggregates see it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

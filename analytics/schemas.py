@@ -1,4 +1,5 @@
 """Marshmallow schemas: what comes in and what goes out. The OpenAPI document is built from them."""
+
 from __future__ import annotations
 
 import functools
@@ -6,8 +7,17 @@ import re
 import zoneinfo
 from datetime import date
 
-from marshmallow import (EXCLUDE, Schema, ValidationError, fields, post_load, pre_load,
-                         validate, validates, validates_schema)
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from analytics.ingest import parse_timestamp
 from analytics.inputs import RepeatedKeys
@@ -60,11 +70,20 @@ def find_nul(value, path: str = "") -> str | None:
             if "\x00" in node:
                 return where
         elif isinstance(node, dict):
-            stack.extend(reversed([(item, f"{where}.{name}" if where else str(name), where, name)
-                                   for name, item in node.items()]))
+            stack.extend(
+                reversed(
+                    [
+                        (item, f"{where}.{name}" if where else str(name), where, name)
+                        for name, item in node.items()
+                    ]
+                )
+            )
         elif isinstance(node, list):
-            stack.extend(reversed([(item, f"{where}[{index}]", where, None)
-                                   for index, item in enumerate(node)]))
+            stack.extend(
+                reversed(
+                    [(item, f"{where}[{index}]", where, None) for index, item in enumerate(node)]
+                )
+            )
     return None
 
 
@@ -95,6 +114,7 @@ def _not_blank(name: str):
     def check(value: str) -> None:
         if not value.strip():
             raise ValidationError(f"{name} must contain at least one non-whitespace character")
+
     return check
 
 
@@ -111,8 +131,9 @@ def name_field(name: str, **kwargs) -> fields.String:
         required=True,
         validate=[
             _not_blank(name),
-            validate.Length(max=NAME_MAX_CHARS,
-                            error=f"{name} must be at most {NAME_MAX_CHARS} characters"),
+            validate.Length(
+                max=NAME_MAX_CHARS, error=f"{name} must be at most {NAME_MAX_CHARS} characters"
+            ),
         ],
         error_messages={
             "required": f"{name} is required",
@@ -128,8 +149,9 @@ class Timestamp(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str):
-            raise ValidationError("timestamp must be a string in ISO 8601 format, "
-                                  "e.g. 2025-01-18T14:30:00Z")
+            raise ValidationError(
+                "timestamp must be a string in ISO 8601 format, e.g. 2025-01-18T14:30:00Z"
+            )
         try:
             return parse_timestamp(value)
         except ValueError as exc:
@@ -142,36 +164,55 @@ class TrackEventSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    event = name_field("event", metadata={
-        "description": 'Event name, e.g. "play". "date" is reserved.', "example": "play",
-        "not": {"enum": ["date"]}})
+    event = name_field(
+        "event",
+        metadata={
+            "description": 'Event name, e.g. "play". "date" is reserved.',
+            "example": "play",
+            "not": {"enum": ["date"]},
+        },
+    )
     user_id = name_field("user_id", metadata={"example": "user123"})
     timestamp = Timestamp(
-        load_default=None, allow_none=True,
-        metadata={"type": "string", "format": "date-time", "example": "2025-01-18T14:30:00Z",
-                  "description": "When it happened; server time when absent. A future time is "
-                                 "replaced with server time and a warning."},
+        load_default=None,
+        allow_none=True,
+        metadata={
+            "type": "string",
+            "format": "date-time",
+            "example": "2025-01-18T14:30:00Z",
+            "description": "When it happened; server time when absent. A future time is "
+            "replaced with server time and a warning.",
+        },
     )
     metadata = fields.Dict(
-        load_default=None, allow_none=True, validate=_not_too_deep,
+        load_default=None,
+        allow_none=True,
+        validate=_not_too_deep,
         error_messages={"invalid": "metadata must be a JSON object"},
-        metadata={"description": "Any JSON object, nested at most 64 levels deep (the object "
-                                 "is level 1). Over 4096 bytes (compact UTF-8 JSON) it is "
-                                 "replaced by a truncation notice.",
-                  "example": {"song_id": "song456", "device": "mobile"}},
+        metadata={
+            "description": "Any JSON object, nested at most 64 levels deep (the object "
+            "is level 1). Over 4096 bytes (compact UTF-8 JSON) it is "
+            "replaced by a truncation notice.",
+            "example": {"song_id": "song456", "device": "mobile"},
+        },
     )
 
     event_id = fields.String(
-        load_default=None, allow_none=True,
+        load_default=None,
+        allow_none=True,
         validate=validate.Length(
-            min=1, max=EVENT_ID_MAX_CHARS,
-            error=f"event_id must be 1 to {EVENT_ID_MAX_CHARS} characters"),
+            min=1,
+            max=EVENT_ID_MAX_CHARS,
+            error=f"event_id must be 1 to {EVENT_ID_MAX_CHARS} characters",
+        ),
         error_messages={"invalid": "event_id must be a string"},
-        metadata={"pattern": NO_NUL_PATTERN,
-                  "description": "Chosen by the client (a UUID is recommended): an event whose "
-                                 "user_id and event_id match a stored event is not stored "
-                                 "again. Absent or null: never deduplicated.",
-                  "example": "3f2b8c1e-6d0a-4f5e-9b7a-2c4d6e8f0a1b"},
+        metadata={
+            "pattern": NO_NUL_PATTERN,
+            "description": "Chosen by the client (a UUID is recommended): an event whose "
+            "user_id and event_id match a stored event is not stored "
+            "again. Absent or null: never deduplicated.",
+            "example": "3f2b8c1e-6d0a-4f5e-9b7a-2c4d6e8f0a1b",
+        },
     )
 
     @pre_load
@@ -213,16 +254,28 @@ def quick_load_event(item, nul_free: bool = False) -> dict | None:
     if type(item) is not dict:
         return None
     event, user_id = item.get("event"), item.get("user_id")
-    if (type(event) is not str or type(user_id) is not str or event == "date"
-            or not 0 < len(event) <= NAME_MAX_CHARS or not 0 < len(user_id) <= NAME_MAX_CHARS
-            or not event.strip() or not user_id.strip()):
+    if (
+        type(event) is not str
+        or type(user_id) is not str
+        or event == "date"
+        or not 0 < len(event) <= NAME_MAX_CHARS
+        or not 0 < len(user_id) <= NAME_MAX_CHARS
+        or not event.strip()
+        or not user_id.strip()
+    ):
         return None
-    timestamp, metadata, event_id = item.get("timestamp"), item.get("metadata"), item.get("event_id")
-    if metadata is not None and (type(metadata) is not dict
-                                 or nested_deeper_than(metadata, METADATA_MAX_LEVELS)):
+    timestamp, metadata, event_id = (
+        item.get("timestamp"),
+        item.get("metadata"),
+        item.get("event_id"),
+    )
+    if metadata is not None and (
+        type(metadata) is not dict or nested_deeper_than(metadata, METADATA_MAX_LEVELS)
+    ):
         return None
-    if event_id is not None and (type(event_id) is not str
-                                 or not 0 < len(event_id) <= EVENT_ID_MAX_CHARS):
+    if event_id is not None and (
+        type(event_id) is not str or not 0 < len(event_id) <= EVENT_ID_MAX_CHARS
+    ):
         return None
     if timestamp is None:
         when = None
@@ -235,8 +288,14 @@ def quick_load_event(item, nul_free: bool = False) -> dict | None:
         return None
     if not nul_free and has_nul(item):
         return None
-    return {"event": event, "user_id": user_id, "timestamp": when, "metadata": metadata,
-            "event_id": event_id, "raw_timestamp": timestamp}
+    return {
+        "event": event,
+        "user_id": user_id,
+        "timestamp": when,
+        "metadata": metadata,
+        "event_id": event_id,
+        "raw_timestamp": timestamp,
+    }
 
 
 class StatusSchema(Schema):
@@ -245,11 +304,15 @@ class StatusSchema(Schema):
 
 class TrackResponseSchema(StatusSchema):
     message = fields.String(required=True, metadata={"example": "Event logged."})
-    warnings = fields.List(fields.String(), metadata={
-        "description": "Present when a rule changed what was stored."})
-    duplicate = fields.Boolean(metadata={
-        "description": "Present (true) when an event with this user_id and event_id was "
-                       "already stored: nothing was stored again, and no warnings are given."})
+    warnings = fields.List(
+        fields.String(), metadata={"description": "Present when a rule changed what was stored."}
+    )
+    duplicate = fields.Boolean(
+        metadata={
+            "description": "Present (true) when an event with this user_id and event_id was "
+            "already stored: nothing was stored again, and no warnings are given."
+        }
+    )
 
 
 class TrackBatchSchema(Schema):
@@ -260,36 +323,59 @@ class TrackBatchSchema(Schema):
 
     # Items are declared as any value: each is checked alone, and an invalid one is reported
     # in the 200 answer's "rejected" rather than refusing the request.
-    events = fields.List(fields.Raw(metadata={
-        "description": "An event following the POST /track rules (see TrackEvent); one that "
-                       "does not is rejected by its index, the others are stored."}),
-        required=True, metadata={
-            "minItems": 1, "maxItems": 1000,
+    events = fields.List(
+        fields.Raw(
+            metadata={
+                "description": "An event following the POST /track rules (see TrackEvent); one "
+                "that does not is rejected by its index, the others are stored."
+            }
+        ),
+        required=True,
+        metadata={
+            "minItems": 1,
+            "maxItems": 1000,
             "description": "1 to BATCH_MAX_EVENTS (1000 by default) events. A batch in which "
-                           "every event is rejected is a 400 and stores nothing."})
+            "every event is rejected is a 400 and stores nothing.",
+        },
+    )
 
 
 class BatchRejectedSchema(Schema):
-    index = fields.Integer(required=True, metadata={
-        "description": "0-based position in events (NDJSON: among the non-blank lines)."})
+    index = fields.Integer(
+        required=True,
+        metadata={"description": "0-based position in events (NDJSON: among the non-blank lines)."},
+    )
     message = fields.String(required=True, metadata={"example": "user_id is required"})
 
 
 class BatchWarningsSchema(Schema):
     index = fields.Integer(required=True)
-    warnings = fields.List(fields.String(), required=True, metadata={
-        "example": ["Future timestamp replaced with server time"]})
+    warnings = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"example": ["Future timestamp replaced with server time"]},
+    )
 
 
 class TrackBatchResponseSchema(StatusSchema):
     accepted = fields.Integer(required=True, metadata={"description": "Events stored."})
-    duplicates = fields.Integer(required=True, metadata={
-        "description": "Events not stored because their user_id and event_id were already "
-                       "stored, or came earlier in the same batch."})
-    rejected = fields.List(fields.Nested(BatchRejectedSchema), required=True, metadata={
-        "description": "Invalid events, skipped."})
-    warnings = fields.List(fields.Nested(BatchWarningsSchema), required=True, metadata={
-        "description": "Stored events that a rule changed, as in POST /track."})
+    duplicates = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Events not stored because their user_id and event_id were already "
+            "stored, or came earlier in the same batch."
+        },
+    )
+    rejected = fields.List(
+        fields.Nested(BatchRejectedSchema),
+        required=True,
+        metadata={"description": "Invalid events, skipped."},
+    )
+    warnings = fields.List(
+        fields.Nested(BatchWarningsSchema),
+        required=True,
+        metadata={"description": "Stored events that a rule changed, as in POST /track."},
+    )
 
 
 class HealthSchema(Schema):
@@ -299,15 +385,21 @@ class HealthSchema(Schema):
 class ErrorSchema(Schema):
     status = fields.String(required=True, metadata={"example": "error"})
     message = fields.String(required=True, metadata={"example": "user_id is required"})
-    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()),
-                         metadata={"description": "Messages per offending field."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Messages per offending field."},
+    )
 
 
 def ordered_errors(schema: Schema, messages: dict) -> dict:
     """Field errors in the order the schema declares its fields (unknown names last)."""
     order = list(schema.fields)
-    return dict(sorted(messages.items(),
-                       key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    return dict(
+        sorted(
+            messages.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)
+        )
+    )
 
 
 def validation_message(messages: dict) -> str:
@@ -349,9 +441,17 @@ def not_a_parameter(name: str, endpoint: str) -> str:
 
 # When several parameters are wrong, the answer is the first of these that applies; the
 # "is not a parameter" messages come last.
-PERIOD_QUERY_PRECEDENCE = (DATES_REQUIRED, INVALID_DATE, DATES_OUT_OF_ORDER, INVALID_GROUP_BY,
-                           INVALID_TZ, INVALID_WEEK_START, EMPTY_EVENT, TOO_MANY_EVENTS,
-                           INVALID_FILL)
+PERIOD_QUERY_PRECEDENCE = (
+    DATES_REQUIRED,
+    INVALID_DATE,
+    DATES_OUT_OF_ORDER,
+    INVALID_GROUP_BY,
+    INVALID_TZ,
+    INVALID_WEEK_START,
+    EMPTY_EVENT,
+    TOO_MANY_EVENTS,
+    INVALID_FILL,
+)
 
 
 @functools.cache
@@ -369,6 +469,7 @@ def _weekday(value: str) -> None:
     if value.lower() not in WEEKDAYS:
         raise ValidationError(INVALID_WEEK_START)
 
+
 # ASCII digits only: \d would also accept other scripts' digits, which date.fromisoformat reads.
 _DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
@@ -376,8 +477,11 @@ _DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 class QueryDate(fields.Date):
     """A calendar date written exactly ``YYYY-MM-DD``; empty counts as missing."""
 
-    default_error_messages = {"required": DATES_REQUIRED, "null": DATES_REQUIRED,
-                              "invalid": INVALID_DATE}
+    default_error_messages = {
+        "required": DATES_REQUIRED,
+        "null": DATES_REQUIRED,
+        "invalid": INVALID_DATE,
+    }
 
     def _deserialize(self, value, attr, data, **kwargs):
         if value == "":
@@ -396,50 +500,84 @@ class PeriodQuerySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    start_date = QueryDate(required=True, metadata={
-        "description": "First day of the range, inclusive (a local date in tz).",
-        "example": "2025-01-01", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
-    end_date = QueryDate(required=True, metadata={
-        "description": "Last day of the range, inclusive (a local date in tz).",
-        "example": "2025-01-31", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"})
+    start_date = QueryDate(
+        required=True,
+        metadata={
+            "description": "First day of the range, inclusive (a local date in tz).",
+            "example": "2025-01-01",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        },
+    )
+    end_date = QueryDate(
+        required=True,
+        metadata={
+            "description": "Last day of the range, inclusive (a local date in tz).",
+            "example": "2025-01-31",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+        },
+    )
     group_by = fields.String(
         load_default="day",
         validate=validate.OneOf(GROUP_BYS, error=INVALID_GROUP_BY),
         error_messages={"invalid": INVALID_GROUP_BY, "null": INVALID_GROUP_BY},
-        metadata={"description": "Period of each row: local hour, day, week (labelled with "
-                                 "its first day) or month (labelled YYYY-MM-01).",
-                  "example": "day"},
+        metadata={
+            "description": "Period of each row: local hour, day, week (labelled with "
+            "its first day) or month (labelled YYYY-MM-01).",
+            "example": "day",
+        },
     )
-    user_id = fields.String(metadata={
-        "description": "Only this user's events (exact match). Empty means all users.",
-        "example": "user123", "pattern": NO_NUL_PATTERN})
+    user_id = fields.String(
+        metadata={
+            "description": "Only this user's events (exact match). Empty means all users.",
+            "example": "user123",
+            "pattern": NO_NUL_PATTERN,
+        }
+    )
     tz = fields.String(
         load_default="UTC",
         validate=_time_zone,
         error_messages={"invalid": INVALID_TZ, "null": INVALID_TZ, "validator_failed": INVALID_TZ},
-        metadata={"description": "IANA time zone of the dates, days and hours "
-                                 "(spelt as in the tz database).", "example": "Europe/Berlin",
-                  "enum": sorted(time_zone_names())})
+        metadata={
+            "description": "IANA time zone of the dates, days and hours "
+            "(spelt as in the tz database).",
+            "example": "Europe/Berlin",
+            "enum": sorted(time_zone_names()),
+        },
+    )
     week_start = fields.String(
         load_default="monday",
         validate=_weekday,
-        error_messages={"invalid": INVALID_WEEK_START, "null": INVALID_WEEK_START,
-                        "validator_failed": INVALID_WEEK_START},
-        metadata={"description": "The day weeks start on, any case.", "example": "sunday",
-                  "pattern": "^(" + "|".join("".join(f"[{c.upper()}{c}]" for c in day)
-                                             for day in WEEKDAYS) + ")$"})
+        error_messages={
+            "invalid": INVALID_WEEK_START,
+            "null": INVALID_WEEK_START,
+            "validator_failed": INVALID_WEEK_START,
+        },
+        metadata={
+            "description": "The day weeks start on, any case.",
+            "example": "sunday",
+            "pattern": "^("
+            + "|".join("".join(f"[{c.upper()}{c}]" for c in day) for day in WEEKDAYS)
+            + ")$",
+        },
+    )
     event = fields.List(
-        fields.String(validate=validate.Length(min=1, error=EMPTY_EVENT),
-                      error_messages={"invalid": EMPTY_EVENT},
-                      metadata={"pattern": NO_NUL_PATTERN}),
+        fields.String(
+            validate=validate.Length(min=1, error=EMPTY_EVENT),
+            error_messages={"invalid": EMPTY_EVENT},
+            metadata={"pattern": NO_NUL_PATTERN},
+        ),
         validate=validate.Length(max=MAX_EVENT_FILTERS, error=TOO_MANY_EVENTS),
-        metadata={"description": "Only these events count (repeat the parameter for several)."})
+        metadata={"description": "Only these events count (repeat the parameter for several)."},
+    )
     fill = fields.String(
         load_default="none",
         validate=validate.OneOf(FILLS, error=INVALID_FILL),
         error_messages={"invalid": INVALID_FILL, "null": INVALID_FILL},
-        metadata={"description": "zero: list every period of the range, empty ones with 0.",
-                  "example": "zero"})
+        metadata={
+            "description": "zero: list every period of the range, empty ones with 0.",
+            "example": "zero",
+        },
+    )
 
     @pre_load
     def empty_user_id_means_all(self, data, **kwargs):
@@ -459,8 +597,7 @@ def period_query_error(messages: dict) -> tuple[str, dict[str, list[str]]]:
     by PERIOD_QUERY_PRECEDENCE."""
     found_messages = {name: _flat(found) for name, found in messages.items()}
     for message in PERIOD_QUERY_PRECEDENCE:
-        concerned = {name: [message] for name, found in found_messages.items()
-                     if message in found}
+        concerned = {name: [message] for name, found in found_messages.items() if message in found}
         if concerned:
             return message, concerned
     return validation_message(messages), messages
@@ -479,53 +616,94 @@ class MetricsRowSchema(Schema):
     """One period of GET /metrics: its label, then one count per event name seen in it."""
 
     class Meta:
-        description = ("The period's label, and for each event name that occurred in the "
-                       "period, its count (names with no event are left out).")
+        description = (
+            "The period's label, and for each event name that occurred in the "
+            "period, its count (names with no event are left out)."
+        )
 
-    date = fields.String(required=True, metadata={
-        "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01.",
-        "example": "2025-01-01"})
+    date = fields.String(
+        required=True,
+        metadata={
+            "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01.",
+            "example": "2025-01-01",
+        },
+    )
 
 
 class MetricsResponseSchema(StatusSchema):
-    data = fields.List(fields.Nested(MetricsRowSchema), required=True, metadata={
-        "description": "One object per period with events, in ascending date order."})
+    data = fields.List(
+        fields.Nested(MetricsRowSchema),
+        required=True,
+        metadata={"description": "One object per period with events, in ascending date order."},
+    )
 
 
 class SessionsRowSchema(Schema):
     """One period of GET /sessions."""
 
-    date = fields.String(required=True, metadata={
-        "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01 of the "
-                       "sessions' plays.", "example": "2025-01-01"})
-    totalDuration = fields.Integer(required=True, metadata={
-        "description": "Sum of the sessions' durations, in seconds, rounded half up.",
-        "example": 7200})
-    sessionCount = fields.Integer(required=True, metadata={
-        "description": "Number of sessions whose play is in the period.", "example": 15})
-    averageDuration = fields.Integer(required=True, metadata={
-        "description": "Sum of the durations divided by their count, in seconds, rounded "
-                       "half up.", "example": 480})
+    date = fields.String(
+        required=True,
+        metadata={
+            "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01 of the "
+            "sessions' plays.",
+            "example": "2025-01-01",
+        },
+    )
+    totalDuration = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Sum of the sessions' durations, in seconds, rounded half up.",
+            "example": 7200,
+        },
+    )
+    sessionCount = fields.Integer(
+        required=True,
+        metadata={"description": "Number of sessions whose play is in the period.", "example": 15},
+    )
+    averageDuration = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Sum of the durations divided by their count, in seconds, rounded "
+            "half up.",
+            "example": 480,
+        },
+    )
 
 
 class SessionsResponseSchema(StatusSchema):
-    data = fields.List(fields.Nested(SessionsRowSchema), required=True, metadata={
-        "description": "One object per period with sessions, in ascending date order."})
+    data = fields.List(
+        fields.Nested(SessionsRowSchema),
+        required=True,
+        metadata={"description": "One object per period with sessions, in ascending date order."},
+    )
 
 
 class ActiveUsersRowSchema(Schema):
     """One period of GET /active-users."""
 
-    date = fields.String(required=True, metadata={
-        "description": "The period's label, as in GET /metrics.", "example": "2025-01-01"})
-    users = fields.Integer(required=True, metadata={
-        "description": "Distinct user_ids with at least one counted event in the period and "
-                       "the range.", "example": 1250})
+    date = fields.String(
+        required=True,
+        metadata={
+            "description": "The period's label, as in GET /metrics.",
+            "example": "2025-01-01",
+        },
+    )
+    users = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Distinct user_ids with at least one counted event in the period and "
+            "the range.",
+            "example": 1250,
+        },
+    )
 
 
 class ActiveUsersResponseSchema(StatusSchema):
-    data = fields.List(fields.Nested(ActiveUsersRowSchema), required=True, metadata={
-        "description": "One object per period with users, in ascending order."})
+    data = fields.List(
+        fields.Nested(ActiveUsersRowSchema),
+        required=True,
+        metadata={"description": "One object per period with users, in ascending order."},
+    )
 
 
 # --- GET /events -------------------------------------------------------------------------------
@@ -545,8 +723,12 @@ class EventsQuerySchema(PeriodQuerySchema):
         load_default="ndjson",
         validate=validate.OneOf(EXPORT_FORMATS, error=INVALID_FORMAT),
         error_messages={"invalid": INVALID_FORMAT, "null": INVALID_FORMAT},
-        metadata={"description": "ndjson (the default): one JSON object a line; csv: RFC 4180 "
-                                 "with a header row.", "example": "csv"})
+        metadata={
+            "description": "ndjson (the default): one JSON object a line; csv: RFC 4180 "
+            "with a header row.",
+            "example": "csv",
+        },
+    )
 
 
 class ExportedEventSchema(Schema):
@@ -554,17 +736,28 @@ class ExportedEventSchema(Schema):
 
     event = fields.String(required=True, metadata={"example": "play"})
     user_id = fields.String(required=True, metadata={"example": "user123"})
-    timestamp = fields.String(required=True, metadata={
-        "description": "ISO 8601 in UTC with milliseconds and Z (microseconds where stored).",
-        "example": "2025-01-18T14:30:00.000Z"})
-    metadata = fields.Dict(required=True, allow_none=True, metadata={
-        "description": "As stored; null when absent."})
+    timestamp = fields.String(
+        required=True,
+        metadata={
+            "description": "ISO 8601 in UTC with milliseconds and Z (microseconds where stored).",
+            "example": "2025-01-18T14:30:00.000Z",
+        },
+    )
+    metadata = fields.Dict(
+        required=True, allow_none=True, metadata={"description": "As stored; null when absent."}
+    )
     event_id = fields.String(required=True, allow_none=True, metadata={"example": None})
-    received_at = fields.String(required=True, metadata={
-        "description": "When the server received it, as timestamp.",
-        "example": "2025-01-18T14:30:00.120Z"})
+    received_at = fields.String(
+        required=True,
+        metadata={
+            "description": "When the server received it, as timestamp.",
+            "example": "2025-01-18T14:30:00.120Z",
+        },
+    )
 
 
 class ErasureResponseSchema(StatusSchema):
-    deleted = fields.Integer(required=True, metadata={
-        "description": "Events of the user deleted by this request.", "example": 42})
+    deleted = fields.Integer(
+        required=True,
+        metadata={"description": "Events of the user deleted by this request.", "example": 42},
+    )

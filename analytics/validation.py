@@ -5,6 +5,7 @@ Each item is validated (``TrackEventSchema``, or its quick path for plainly vali
 shaped into an ``EventRow`` by ``ingest.prepare_event``; an invalid item is reported with its
 position and skipped. Storing is analytics/writer.py's job.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -14,8 +15,7 @@ from datetime import datetime
 from marshmallow import ValidationError
 
 from analytics.ingest import PreparedEvent, prepare_event
-from analytics.schemas import (TrackEventSchema, ordered_errors, quick_load_event,
-                               validation_message)
+from analytics.schemas import TrackEventSchema, ordered_errors, quick_load_event, validation_message
 
 NOT_AN_OBJECT = "Event must be a JSON object"
 MALFORMED_JSON = "Malformed JSON"
@@ -69,8 +69,13 @@ class CheckedBatch:
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
-def check_events(items: Iterable[tuple[int, object]], *, now: datetime,
-                 metadata_limit: int, nul_free: bool = False) -> CheckedBatch:
+def check_events(
+    items: Iterable[tuple[int, object]],
+    *,
+    now: datetime,
+    metadata_limit: int,
+    nul_free: bool = False,
+) -> CheckedBatch:
     """Validate and prepare each (position, item); one bad item never affects the others.
     ``nul_free``: no string in any item contains U+0000 (see ``schemas.json_text_is_nul_free``).
     """
@@ -82,5 +87,6 @@ def check_events(items: Iterable[tuple[int, object]], *, now: datetime,
             checked.rejected.append((position, exc.message))
             continue
         checked.prepared.append(
-            (position, prepare_event(data, now=now, metadata_limit=metadata_limit)))
+            (position, prepare_event(data, now=now, metadata_limit=metadata_limit))
+        )
     return checked

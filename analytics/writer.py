@@ -12,12 +12,13 @@ One function per direction:
 
 Nothing else writes events or aggregates. See docs/architecture.md.
 """
+
 from __future__ import annotations
 
 import random
 import time
 from collections.abc import Callable, Sequence
-from datetime import timezone
+from datetime import UTC
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, Select, delete
@@ -84,8 +85,11 @@ def store_events(session: Session, rows: Sequence[EventRow]) -> list[bool]:
 
 def _insert(conn: Connection, dialect, rows: list[EventRow]) -> list[int | None]:
     ids = dialect.insert_events(conn, rows)
-    added = [StoredEvent(row.occurred_at, id_, row.event, row.user_id)
-             for row, id_ in zip(rows, ids) if id_ is not None]
+    added = [
+        StoredEvent(row.occurred_at, id_, row.event, row.user_id)
+        for row, id_ in zip(rows, ids)
+        if id_ is not None
+    ]
     if added:
         for aggregate in REGISTRY:
             aggregate.on_insert(conn, added)
@@ -94,9 +98,11 @@ def _insert(conn: Connection, dialect, rows: list[EventRow]) -> list[int | None]
 
 def delete_events(engine: Engine, ids: Select) -> int:
     """Delete the events whose ids ``ids`` selects, in one transaction; how many it deleted."""
-    statement = (delete(_events).where(_events.c.id.in_(ids.scalar_subquery()))
-                 .returning(_events.c.occurred_at, _events.c.id, _events.c.event,
-                            _events.c.user_id))
+    statement = (
+        delete(_events)
+        .where(_events.c.id.in_(ids.scalar_subquery()))
+        .returning(_events.c.occurred_at, _events.c.id, _events.c.event, _events.c.user_id)
+    )
 
     def transaction() -> int:
         with dialects.of(engine).writer_turn(engine), engine.connect() as conn:
@@ -106,8 +112,10 @@ def delete_events(engine: Engine, ids: Select) -> int:
             with conn.begin():
                 # RETURNING names exactly the rows this transaction deleted (a concurrent
                 # delete may have taken others), so the aggregates lose exactly those.
-                removed = [StoredEvent(at.astimezone(timezone.utc), id_, event, user_id)
-                           for at, id_, event, user_id in conn.execute(statement)]
+                removed = [
+                    StoredEvent(at.astimezone(UTC), id_, event, user_id)
+                    for at, id_, event, user_id in conn.execute(statement)
+                ]
                 if removed:
                     for aggregate in REGISTRY:
                         aggregate.on_delete(conn, removed)

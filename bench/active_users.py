@@ -17,6 +17,7 @@ large PostgreSQL set, and whether the targets are met. ``--database-url``: measu
 PostgreSQL database, as it is (loaded before, e.g. by bench/dashboard.py, with ``--small``
 events). Findings: docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analytics.db import make_engine  # noqa: E402
 from analytics.models import sqlite_timestamp  # noqa: E402
 from bench.data import FIRST_DAY  # noqa: E402
-from bench.scale import (PG_LABEL, Result, http_get, load, local_labeller, span,  # noqa: E402
-                         utc_range)
+from bench.scale import (
+    PG_LABEL,
+    Result,
+    http_get,
+    load,
+    local_labeller,
+    span,  # noqa: E402
+    utc_range,
+)
 from bench.support import gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
 
 TARGET_MS = 100
@@ -53,30 +61,38 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.group_by} {self.tz}" + (f" event={'+'.join(self.events)}"
-                                                if self.events else "")
+        return f"{self.group_by} {self.tz}" + (
+            f" event={'+'.join(self.events)}" if self.events else ""
+        )
 
 
-CASES = [Case(tz, group_by) for tz in ("UTC", "Asia/Kathmandu")
-         for group_by in ("day", "week", "month")] + [Case("UTC", "day", ("play",))]
+CASES = [
+    Case(tz, group_by) for tz in ("UTC", "Asia/Kathmandu") for group_by in ("day", "week", "month")
+] + [Case("UTC", "day", ("play",))]
 
 
 def plain_answer(conn, backend: str, case: Case, args) -> list[dict]:
     lo, hi = utc_range(args, case.tz)
     where = " AND event IN ('play')" if case.events else ""
     if backend == "PostgreSQL":
-        rows = conn.execute(text(
-            f"SELECT {PG_LABEL[case.group_by]}, count(DISTINCT user_id) FROM ("
-            f"  SELECT occurred_at AT TIME ZONE :tz AS local_at, user_id FROM events"
-            f"  WHERE occurred_at >= :lo AND occurred_at < :hi{where}) AS e GROUP BY 1"),
-            {"tz": case.tz, "lo": lo, "hi": hi, "week_start": 0}).all()
+        rows = conn.execute(
+            text(
+                f"SELECT {PG_LABEL[case.group_by]}, count(DISTINCT user_id) FROM ("
+                f"  SELECT occurred_at AT TIME ZONE :tz AS local_at, user_id FROM events"
+                f"  WHERE occurred_at >= :lo AND occurred_at < :hi{where}) AS e GROUP BY 1"
+            ),
+            {"tz": case.tz, "lo": lo, "hi": hi, "week_start": 0},
+        ).all()
         return [{"date": label, "users": n} for label, n in sorted(rows)]
     label = local_labeller(case)
     users: dict[str, set] = defaultdict(set)
-    for stamp, user_id in conn.execute(text(
+    for stamp, user_id in conn.execute(
+        text(
             f"SELECT occurred_at, user_id FROM events "
-            f"WHERE occurred_at >= :lo AND occurred_at < :hi{where}"),
-            {"lo": sqlite_timestamp(lo), "hi": sqlite_timestamp(hi)}):
+            f"WHERE occurred_at >= :lo AND occurred_at < :hi{where}"
+        ),
+        {"lo": sqlite_timestamp(lo), "hi": sqlite_timestamp(hi)},
+    ):
         users[label(stamp)[0]].add(user_id)
     return [{"date": key, "users": len(found)} for key, found in sorted(users.items())]
 
@@ -84,11 +100,17 @@ def plain_answer(conn, backend: str, case: Case, args) -> list[dict]:
 def measure(backend: str, url: str, args, result: Result) -> None:
     start, end = span(args)
     engine = make_engine(url, statement_timeout_ms=0)
-    with gunicorn("wsgi:app", env={"DATABASE_URL": url}) as (base, _master), \
-            engine.connect() as conn:
+    with (
+        gunicorn("wsgi:app", env={"DATABASE_URL": url}) as (base, _master),
+        engine.connect() as conn,
+    ):
         for case in CASES:
-            params = [("start_date", start.isoformat()), ("end_date", end.isoformat()),
-                      ("group_by", case.group_by), ("tz", case.tz)]
+            params = [
+                ("start_date", start.isoformat()),
+                ("end_date", end.isoformat()),
+                ("group_by", case.group_by),
+                ("tz", case.tz),
+            ]
             params += [("event", name) for name in case.events]
             http_get(base, "/active-users", params)  # warm-up
             timings, answer = [], None
@@ -100,11 +122,14 @@ def measure(backend: str, url: str, args, result: Result) -> None:
             expected = plain_answer(conn, backend, case, args)
             result.sql_ms[case.name] = (time.perf_counter() - began) * 1000
             result.api_ms[case.name] = statistics.median(timings) * 1000
-            result.answer[case.name] = "OK" if answer == expected else (
-                f"MISMATCH api={answer[:3]} plain={expected[:3]}")
-            print(f"  {result.label:16} {case.name:32} API {result.api_ms[case.name]:8.1f} ms"
-                  f"  plain {result.sql_ms[case.name]:9.1f} ms  {result.answer[case.name]}",
-                  flush=True)
+            result.answer[case.name] = (
+                "OK" if answer == expected else (f"MISMATCH api={answer[:3]} plain={expected[:3]}")
+            )
+            print(
+                f"  {result.label:16} {case.name:32} API {result.api_ms[case.name]:8.1f} ms"
+                f"  plain {result.sql_ms[case.name]:9.1f} ms  {result.answer[case.name]}",
+                flush=True,
+            )
     engine.dispose()
 
 
@@ -121,15 +146,19 @@ def main() -> None:
     args = parser.parse_args()
     plan = []
     if args.database_url:
-        plan.append(("PostgreSQL", lambda: contextlib.nullcontext(args.database_url),
-                     args.small))
+        plan.append(("PostgreSQL", lambda: contextlib.nullcontext(args.database_url), args.small))
     elif not args.no_sqlite:
         plan.append(("SQLite", scratch_sqlite, args.small))
     if not args.no_postgres and not args.database_url:
-        plan += [("PostgreSQL", scratch_postgres, args.small),
-                 ("PostgreSQL", scratch_postgres, args.events)]
-    print(f"{args.users:,} users, {args.days} days from {FIRST_DAY}; SQLite "
-          f"{sqlite3.sqlite_version}; {args.runs} HTTP runs (median) per query", flush=True)
+        plan += [
+            ("PostgreSQL", scratch_postgres, args.small),
+            ("PostgreSQL", scratch_postgres, args.events),
+        ]
+    print(
+        f"{args.users:,} users, {args.days} days from {FIRST_DAY}; SQLite "
+        f"{sqlite3.sqlite_version}; {args.runs} HTTP runs (median) per query",
+        flush=True,
+    )
     results = []
     for backend, scratch, n_events in plan:
         result = Result(backend, n_events)
@@ -139,17 +168,27 @@ def main() -> None:
             measure(backend, url, args, result)
         results.append(result)
 
-    print(f"\n| data set | query | API ms | COUNT(DISTINCT) ms | plain / API | answer |")
+    print("\n| data set | query | API ms | COUNT(DISTINCT) ms | plain / API | answer |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
     for r in results:
         for case in CASES:
             api, sql = r.api_ms[case.name], r.sql_ms[case.name]
-            print(f"| {r.label} | {case.name} | {api:.1f} | {sql:.0f} | {sql / api:.0f}x | "
-                  f"{r.answer[case.name]} |")
-    failed = [f"{r.label} {name}: {r.answer[name]}" for r in results for name in r.answer
-              if r.answer[name] != "OK"]
-    slow = [f"{r.label} {case.name}: {r.api_ms[case.name]:.1f} ms" for r in results
-            for case in CASES if not case.events and r.api_ms[case.name] > TARGET_MS]
+            print(
+                f"| {r.label} | {case.name} | {api:.1f} | {sql:.0f} | {sql / api:.0f}x | "
+                f"{r.answer[case.name]} |"
+            )
+    failed = [
+        f"{r.label} {name}: {r.answer[name]}"
+        for r in results
+        for name in r.answer
+        if r.answer[name] != "OK"
+    ]
+    slow = [
+        f"{r.label} {case.name}: {r.api_ms[case.name]:.1f} ms"
+        for r in results
+        for case in CASES
+        if not case.events and r.api_ms[case.name] > TARGET_MS
+    ]
     postgres = [r for r in results if r.backend == "PostgreSQL"]
     if len(postgres) == 2 and postgres[0].events != postgres[1].events:
         small, big = postgres
@@ -160,8 +199,10 @@ def main() -> None:
             if not case.events and growth > TARGET_GROWTH:
                 slow.append(f"growth {case.name}: {growth:.2f}x")
     print("\nanswers:", "all equal to the plain SQL's" if not failed else failed)
-    print(f"targets (≤ {TARGET_MS} ms median without event, growth ≤ {TARGET_GROWTH}x):",
-          "met" if not slow else f"missed: {slow}")
+    print(
+        f"targets (≤ {TARGET_MS} ms median without event, growth ≤ {TARGET_GROWTH}x):",
+        "met" if not slow else f"missed: {slow}",
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ users), emptying the tables in between; every stored row is counted. Prints even
 requests/s per round and the median over rounds of each round's ratio (with / without): the
 cost of the aggregate is 1 minus that ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
     events = generate(args.events)
-    bodies = [json.dumps({"events": events[i:i + args.batch]}).encode()
-              for i in range(0, len(events), args.batch)]
+    bodies = [
+        json.dumps({"events": events[i : i + args.batch]}).encode()
+        for i in range(0, len(events), args.batch)
+    ]
     backends = [("SQLite", scratch_sqlite)]
     if not args.no_postgres:
         backends.append(("PostgreSQL", scratch_postgres))
@@ -52,8 +55,9 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             servers = {}
             for label, app, env in (
-                    ("with", "wsgi:app", {}),
-                    ("without", "bench.app_without:app", {"BENCH_WITHOUT": args.aggregate})):
+                ("with", "wsgi:app", {}),
+                ("without", "bench.app_without:app", {"BENCH_WITHOUT": args.aggregate}),
+            ):
                 url = stack.enter_context(scratch())
                 base, _ = stack.enter_context(gunicorn(app, env={"DATABASE_URL": url, **env}))
                 post_batches(base, [json.dumps({"events": events[:1]}).encode()] * 8, 4)
@@ -80,17 +84,23 @@ def main() -> None:
                     rates[("track", label)] = result["rps"]
                 for path in ratios:
                     ratios[path].append(rates[(path, "with")] / rates[(path, "without")])
-                print(f"  {backend} round {number}: " + ", ".join(
-                    f"{path} {label} {rate:,.0f}/s" for (path, label), rate in rates.items()),
-                    flush=True)
+                print(
+                    f"  {backend} round {number}: "
+                    + ", ".join(
+                        f"{path} {label} {rate:,.0f}/s" for (path, label), rate in rates.items()
+                    ),
+                    flush=True,
+                )
             for path, values in ratios.items():
                 summary.append((backend, path, statistics.median(values), values))
     print(f"\n| backend | path | with {args.aggregate} / without (median of rounds) | cost |")
     print("| --- | --- | ---: | ---: |")
     for backend, path, ratio, values in summary:
         name = "POST /track/batch" if path == "batch" else "POST /track"
-        print(f"| {backend} | {name} | {ratio:.0%} ({', '.join(f'{v:.0%}' for v in values)}) "
-              f"| {1 - ratio:.0%} |")
+        print(
+            f"| {backend} | {name} | {ratio:.0%} ({', '.join(f'{v:.0%}' for v in values)}) "
+            f"| {1 - ratio:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Each round loads every server in turn with the same wrk run, per endpoint (the o
 servers turning from round to round); the figures are medians over the rounds, and each ratio
 the median of the ratios to keys off within the same round.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -67,10 +68,26 @@ UNREACHED_RATE = "100000000/hour"
 
 
 def create_key(database_url: str, name: str, *options: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "keys", "create",
-                           name, "--scope", "admin", *options], cwd=ROOT, check=True,
-                          capture_output=True, text=True,
-                          env={**os.environ, "DATABASE_URL": database_url})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "wsgi",
+            "keys",
+            "create",
+            name,
+            "--scope",
+            "admin",
+            *options,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DATABASE_URL": database_url},
+    )
     return done.stdout.splitlines()[-1]
 
 
@@ -78,8 +95,12 @@ def run_wrk(url: str, script: str, duration: int, connections: int) -> float:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as file:
         file.write(script + DONE)
         file.flush()
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s",
-                              file.name, url], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", file.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     requests, errors = map(int, re.search(r"RESULT (\d+) (\d+)", out).groups())
     if errors:
         # A refused or failed request would measure something else than the path under test.
@@ -92,10 +113,15 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)")
-    parser.add_argument("--postgres", action="store_true",
-                        help="PostgreSQL at BENCH_POSTGRES_URL instead of SQLite")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)",
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="PostgreSQL at BENCH_POSTGRES_URL instead of SQLite"
+    )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -112,14 +138,17 @@ def main() -> None:
             ("limit, memory", {"AUTH_MODE": "all"}, rated),
             ("limit, Redis", {"AUTH_MODE": "all", "RATE_LIMIT_STORAGE_URL": args.redis}, rated),
         ]
-        day = datetime.now(timezone.utc).date().isoformat()
+        day = datetime.now(UTC).date().isoformat()
         servers = []
         for name, env, secret in configurations:
             base, _master = stack.enter_context(
-                gunicorn("wsgi:app", env={**common, **env}, workers=args.workers))
+                gunicorn("wsgi:app", env={**common, **env}, workers=args.workers)
+            )
             auth = f'wrk.headers["Authorization"] = "Bearer {secret}"' if secret else ""
-            scripts = {"POST /track": TRACK_SCRIPT.format(auth=auth),
-                       "GET /metrics": METRICS_SCRIPT.format(auth=auth, day=day)}
+            scripts = {
+                "POST /track": TRACK_SCRIPT.format(auth=auth),
+                "GET /metrics": METRICS_SCRIPT.format(auth=auth, day=day),
+            }
             for script in scripts.values():
                 run_wrk(base, script, 1, args.connections)  # warm-up
             servers.append((name, base, scripts))
@@ -127,19 +156,27 @@ def main() -> None:
         endpoints = ("POST /track", "GET /metrics")
         rates = {(name, endpoint): [] for name, *_ in servers for endpoint in endpoints}
         for round_number in range(args.rounds):
-            order = servers[round_number % len(servers):] + servers[:round_number % len(servers)]
+            order = servers[round_number % len(servers) :] + servers[: round_number % len(servers)]
             for endpoint in endpoints:
                 for name, base, scripts in order:
                     rates[name, endpoint].append(
-                        run_wrk(base, scripts[endpoint], args.duration, args.connections))
-            print(f"round {round_number + 1}: " + "; ".join(
-                f"{endpoint} " + ", ".join(f"{name} {rates[name, endpoint][-1]:.0f}"
-                                           for name, *_ in servers)
-                for endpoint in endpoints), flush=True)
+                        run_wrk(base, scripts[endpoint], args.duration, args.connections)
+                    )
+            print(
+                f"round {round_number + 1}: "
+                + "; ".join(
+                    f"{endpoint} "
+                    + ", ".join(f"{name} {rates[name, endpoint][-1]:.0f}" for name, *_ in servers)
+                    for endpoint in endpoints
+                ),
+                flush=True,
+            )
 
     backend = "PostgreSQL" if args.postgres else "SQLite"
-    print(f"\n{backend}, {args.connections} connections, medians of {args.rounds} rounds of "
-          f"{args.duration} s")
+    print(
+        f"\n{backend}, {args.connections} connections, medians of {args.rounds} rounds of "
+        f"{args.duration} s"
+    )
     print(f"{'':<16}" + "".join(f"{endpoint:>24}" for endpoint in endpoints))
     print(f"{'':<16}" + f"{'req/s':>12}{'vs keys off':>12}" * len(endpoints))
     for name, *_ in servers:

@@ -19,6 +19,7 @@ gzipped.
 ``--screenshots DIR``: also saves the day view at desktop and phone width.
 Findings: docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,22 +34,31 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.data import FIRST_DAY  # noqa: E402
-from bench.scale import Result, load  # noqa: E402
-from bench.support import PG_SERVER_URL, gunicorn, migrate, scratch_postgres  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+from bench.data import FIRST_DAY  # noqa: E402
+from bench.scale import Result, load  # noqa: E402
+from bench.support import PG_SERVER_URL, gunicorn, migrate, scratch_postgres  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 STATIC = Path(__file__).resolve().parent.parent / "analytics" / "static"
 # What each page loads, as the browser asks for it.
 FILES = {
-    "/dashboard": ["dashboard/index.html", "dashboard/dashboard.css", "dashboard/dashboard.js",
-                   "vendor/chart.js/chart.umd.min.js"],
+    "/dashboard": [
+        "dashboard/index.html",
+        "dashboard/dashboard.css",
+        "dashboard/dashboard.js",
+        "vendor/chart.js/chart.umd.min.js",
+    ],
     "/analytics.js": ["tracker/analytics.min.js"],
-    "/docs": ["docs/index.html", "docs/docs.js", "vendor/swagger-ui/swagger-ui-bundle.js",
-              "vendor/swagger-ui/swagger-ui.css"],
+    "/docs": [
+        "docs/index.html",
+        "docs/docs.js",
+        "vendor/swagger-ui/swagger-ui-bundle.js",
+        "vendor/swagger-ui/swagger-ui.css",
+    ],
 }
 DESKTOP = {"width": 1280, "height": 1400}
 PHONE = {"width": 390, "height": 1700}
@@ -70,9 +80,15 @@ def print_sizes() -> None:
 
 def dashboard_url(base: str, args, group_by: str) -> str:
     end = FIRST_DAY + timedelta(days=args.days - 1)
-    return f"{base}/dashboard?" + urlencode({
-        "range": "custom", "start": FIRST_DAY.isoformat(), "end": end.isoformat(),
-        "group_by": group_by, "tz": "UTC"})
+    return f"{base}/dashboard?" + urlencode(
+        {
+            "range": "custom",
+            "start": FIRST_DAY.isoformat(),
+            "end": end.isoformat(),
+            "group_by": group_by,
+            "tz": "UTC",
+        }
+    )
 
 
 @dataclass
@@ -108,8 +124,7 @@ def visit(browser, url: str, viewport: dict) -> Visit:
 
 def screenshots(browser, base: str, args, folder: Path) -> None:
     for name, viewport in (("dashboard-desktop.png", DESKTOP), ("dashboard-phone.png", PHONE)):
-        context = browser.new_context(viewport=viewport, locale="en-US",
-                                      device_scale_factor=1)
+        context = browser.new_context(viewport=viewport, locale="en-US", device_scale_factor=1)
         page = context.new_page()
         page.goto(dashboard_url(base, args, "day"))
         page.wait_for_selector("body[data-state=ready]", timeout=60_000)
@@ -158,35 +173,48 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--database-url", help="keep the events in this PostgreSQL database "
-                        "(loaded when it does not hold --events events) for later runs")
+    parser.add_argument(
+        "--database-url",
+        help="keep the events in this PostgreSQL database "
+        "(loaded when it does not hold --events events) for later runs",
+    )
     parser.add_argument("--screenshots", type=Path, help="save screenshots in this folder")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
 
-    with loaded_database(args) as url, gunicorn("wsgi:app", {"DATABASE_URL": url}) as (base, _), \
-            sync_playwright() as playwright:
+    with (
+        loaded_database(args) as url,
+        gunicorn("wsgi:app", {"DATABASE_URL": url}) as (base, _),
+        sync_playwright() as playwright,
+    ):
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        print(f"\ndashboard over {args.days} days, {args.events:,} events on PostgreSQL, "
-              f"{args.runs} cold visits each (new browser context), viewport "
-              f"{DESKTOP['width']}x{DESKTOP['height']}")
+        print(
+            f"\ndashboard over {args.days} days, {args.events:,} events on PostgreSQL, "
+            f"{args.runs} cold visits each (new browser context), viewport "
+            f"{DESKTOP['width']}x{DESKTOP['height']}"
+        )
         print("medians of the runs, ms since navigation started; the worst of 'drawn' last")
-        print(f"{'group_by':<9} {'rows':>5} {'files in':>9} {'reads in':>9} "
-              f"{'slowest read':>13} {'drawn':>7} {'drawn worst':>12}")
+        print(
+            f"{'group_by':<9} {'rows':>5} {'files in':>9} {'reads in':>9} "
+            f"{'slowest read':>13} {'drawn':>7} {'drawn worst':>12}"
+        )
         for group_by in ("day", "hour"):
             url = dashboard_url(base, args, group_by)
             visit(browser, url, DESKTOP)  # warms the server and the database's cache up
             runs = [visit(browser, url, DESKTOP) for _ in range(args.runs)]
 
-            def median(name: str) -> float:
+            def median(name: str, runs: list = runs) -> float:
                 return statistics.median(getattr(run, name) for run in runs)
 
             worst = max(run.drawn for run in runs)
-            print(f"{group_by:<9} {runs[0].rows:>5} {median('files_done'):>9.0f} "
-                  f"{median('reads_done'):>9.0f} {median('slowest_read'):>13.0f} "
-                  f"{median('drawn'):>7.0f} {worst:>12.0f}  target drawn <= {TARGET_MS} ms: "
-                  f"{'met' if worst <= TARGET_MS else 'missed'}", flush=True)
+            print(
+                f"{group_by:<9} {runs[0].rows:>5} {median('files_done'):>9.0f} "
+                f"{median('reads_done'):>9.0f} {median('slowest_read'):>13.0f} "
+                f"{median('drawn'):>7.0f} {worst:>12.0f}  target drawn <= {TARGET_MS} ms: "
+                f"{'met' if worst <= TARGET_MS else 'missed'}",
+                flush=True,
+            )
         if args.screenshots:
             screenshots(browser, base, args, args.screenshots)
         browser.close()

@@ -1,5 +1,6 @@
 """The events of the query benchmarks (bench/scale.py, bench/query_plans.py): generated the same
 for the same arguments, and loaded into a migrated database faster than the API would."""
+
 from __future__ import annotations
 
 import io
@@ -10,9 +11,26 @@ from datetime import date, timedelta
 from sqlalchemy.engine import make_url
 
 FIRST_DAY = date(2025, 1, 1)
-OTHER_EVENTS = ("pause", "skip", "seek", "like", "share", "search", "view", "click", "scroll",
-                "login", "logout", "purchase", "add_to_cart", "checkout", "signup", "error",
-                "complete", "volume")
+OTHER_EVENTS = (
+    "pause",
+    "skip",
+    "seek",
+    "like",
+    "share",
+    "search",
+    "view",
+    "click",
+    "scroll",
+    "login",
+    "logout",
+    "purchase",
+    "add_to_cart",
+    "checkout",
+    "signup",
+    "error",
+    "complete",
+    "volume",
+)
 SEED = 20250101
 
 
@@ -51,13 +69,16 @@ def load_postgres(url: str, rows) -> None:
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events' "
-                           "AND indexname NOT IN (SELECT conname FROM pg_constraint)")
+            cursor.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events' "
+                "AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+            )
             indexes = cursor.fetchall()
             for name, _definition in indexes:
                 cursor.execute(f'DROP INDEX "{name}"')
-            with cursor.copy("COPY events (id, event, user_id, occurred_at, received_at) "
-                             "FROM STDIN") as copy:
+            with cursor.copy(
+                "COPY events (id, event, user_id, occurred_at, received_at) FROM STDIN"
+            ) as copy:
                 buffer = io.StringIO()
                 for count, (event_id, event, user_id, occurred_at) in enumerate(rows, 1):
                     stamp = occurred_at + "+00"
@@ -68,8 +89,10 @@ def load_postgres(url: str, rows) -> None:
                 copy.write(buffer.getvalue())
             for _name, definition in indexes:
                 cursor.execute(definition)
-            cursor.execute("SELECT setval(pg_get_serial_sequence('events', 'id'), "
-                           "(SELECT max(id) FROM events))")
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence('events', 'id'), "
+                "(SELECT max(id) FROM events))"
+            )
             cursor.execute("VACUUM ANALYZE events")
 
 
@@ -79,12 +102,15 @@ def load_sqlite(url: str, rows, batch: int = 200_000) -> None:
     path = make_url(url).database
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
-    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
-                           "AND tbl_name = 'events' AND sql IS NOT NULL").fetchall()
+    indexes = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+        "AND tbl_name = 'events' AND sql IS NOT NULL"
+    ).fetchall()
     for name, _sql in indexes:
         conn.execute(f'DROP INDEX "{name}"')
-    insert = ("INSERT INTO events (id, event, user_id, occurred_at, received_at) "
-              "VALUES (?, ?, ?, ?, ?)")
+    insert = (
+        "INSERT INTO events (id, event, user_id, occurred_at, received_at) VALUES (?, ?, ?, ?, ?)"
+    )
     pending = []
     for event_id, event, user_id, occurred_at in rows:
         pending.append((event_id, event, user_id, occurred_at, occurred_at))

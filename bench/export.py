@@ -25,6 +25,7 @@ gunicorn.conf.py, two workers):
 Needs wrk (``apt-get install wrk``), the sqlite3 shell and a PostgreSQL server at
 BENCH_POSTGRES_URL. Findings: docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,10 @@ def events_with_erased_user(args, n_events: int):
     for n in range(args.erase):
         seconds = int(n * step)
         day, rest = divmod(seconds, 86_400)
-        stamp = (f"2025-01-{day + 1:02d} {rest // 3600:02d}:{rest % 3600 // 60:02d}:"
-                 f"{rest % 60:02d}.{n % 1_000_000:06d}")
+        stamp = (
+            f"2025-01-{day + 1:02d} {rest // 3600:02d}:{rest % 3600 // 60:02d}:"
+            f"{rest % 60:02d}.{n % 1_000_000:06d}"
+        )
         yield last + n + 1, ("play", "stop", "pause")[n % 3], ERASED_USER, stamp
 
 
@@ -76,8 +79,11 @@ def load(backend: str, url: str, args, n_events: int) -> None:
     engine = make_engine(url, statement_timeout_ms=0)
     writer.rebuild_aggregates(engine)
     engine.dispose()
-    print(f"  loaded {n_events + args.erase:,} events and rebuilt the aggregates in "
-          f"{time.perf_counter() - began:.0f} s", flush=True)
+    print(
+        f"  loaded {n_events + args.erase:,} events and rebuilt the aggregates in "
+        f"{time.perf_counter() - began:.0f} s",
+        flush=True,
+    )
 
 
 def raw_dump(backend: str, url: str) -> tuple[int, float]:
@@ -86,16 +92,16 @@ def raw_dump(backend: str, url: str) -> tuple[int, float]:
     if backend == "postgresql":
         import psycopg
 
-        conninfo = make_url(url).set(drivername="postgresql").render_as_string(
-            hide_password=False)
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         newlines = 0
         with psycopg.connect(conninfo) as conn, conn.cursor() as cursor:
             with cursor.copy(f"COPY ({RAW_SELECT}) TO STDOUT (FORMAT csv)") as copy:
                 for block in copy:
                     newlines += bytes(block).count(b"\n")
         return newlines, time.perf_counter() - began
-    done = subprocess.run(["sqlite3", "-csv", make_url(url).database, RAW_SELECT],
-                          stdout=subprocess.PIPE, check=True)
+    done = subprocess.run(
+        ["sqlite3", "-csv", make_url(url).database, RAW_SELECT], stdout=subprocess.PIPE, check=True
+    )
     return done.stdout.count(b"\n"), time.perf_counter() - began
 
 
@@ -140,8 +146,14 @@ def http_export(base: str, fmt: str, master) -> dict:
     watch.done.set()
     watch.join()
     rows = newlines - (1 if fmt == "csv" else 0)
-    return {"rows": rows, "seconds": seconds, "first_byte_s": first, "gap_s": gap,
-            "rss_before": before, "rss_during": watch.peak}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "first_byte_s": first,
+        "gap_s": gap,
+        "rss_before": before,
+        "rss_during": watch.peak,
+    }
 
 
 def warm_up(base: str) -> None:
@@ -150,8 +162,9 @@ def warm_up(base: str) -> None:
     parts = urlsplit(base)
     for fmt in ("ndjson", "csv") * 4:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        connection.request("GET", f"/events?start_date=2025-01-01&end_date=2025-01-01"
-                                  f"&format={fmt}&user_id=nobody")
+        connection.request(
+            "GET", f"/events?start_date=2025-01-01&end_date=2025-01-01&format={fmt}&user_id=nobody"
+        )
         connection.getresponse().read()
         connection.close()
 
@@ -173,11 +186,16 @@ def erase_under_ingest(base: str, args) -> dict:
 
     runs = run_wrk_during(erase, base, args.duration, args.connections)
     if outcome["status"] != 200 or f'"deleted":{args.erase}' not in outcome["body"].replace(
-            " ", ""):
+        " ", ""
+    ):
         raise RuntimeError(f"the erasure answered {outcome['status']}: {outcome['body']}")
-    return {"seconds": outcome["seconds"], "p99_alone_ms": alone["p99_ms"],
-            "p99_during_ms": max(run["p99_ms"] for run in runs), "wrk_runs": len(runs),
-            "errors": sum(run["errors"] for run in runs)}
+    return {
+        "seconds": outcome["seconds"],
+        "p99_alone_ms": alone["p99_ms"],
+        "p99_during_ms": max(run["p99_ms"] for run in runs),
+        "wrk_runs": len(runs),
+        "errors": sum(run["errors"] for run in runs),
+    }
 
 
 def measure(backend: str, url: str, args, n_events: int) -> dict:
@@ -201,20 +219,28 @@ def measure(backend: str, url: str, args, n_events: int) -> dict:
             exported["gap_s"] = max(run["gap_s"] for run in exports)
             figures[f"raw_{fmt}"] = {"rows": rows, "seconds": seconds}
             if exported["rows"] != figures["events"] or rows != figures["events"]:
-                raise RuntimeError(f"{fmt}: {exported['rows']} rows exported, {rows} dumped, "
-                                   f"{figures['events']} stored")
+                raise RuntimeError(
+                    f"{fmt}: {exported['rows']} rows exported, {rows} dumped, "
+                    f"{figures['events']} stored"
+                )
             ratio = (exported["rows"] / exported["seconds"]) / (rows / seconds)
             exported["ratio"] = ratio
-            print(f"  raw dump {rows / seconds:>10,.0f} rows/s | GET /events {fmt:<6} "
-                  f"{exported['rows'] / exported['seconds']:>10,.0f} rows/s, ratio {ratio:.2f} | "
-                  f"first byte {exported['first_byte_s'] * 1000:.0f} ms, longest gap "
-                  f"{exported['gap_s'] * 1000:.0f} ms | worker RSS {exported['rss_before']:.0f}"
-                  f" MB before, {exported['rss_during']:.0f} MB at most during", flush=True)
+            print(
+                f"  raw dump {rows / seconds:>10,.0f} rows/s | GET /events {fmt:<6} "
+                f"{exported['rows'] / exported['seconds']:>10,.0f} rows/s, ratio {ratio:.2f} | "
+                f"first byte {exported['first_byte_s'] * 1000:.0f} ms, longest gap "
+                f"{exported['gap_s'] * 1000:.0f} ms | worker RSS {exported['rss_before']:.0f}"
+                f" MB before, {exported['rss_during']:.0f} MB at most during",
+                flush=True,
+            )
         erased = figures["erase"] = erase_under_ingest(base, args)
-        print(f"  DELETE /users/<{args.erase:,} events> in {erased['seconds']:.1f} s; POST "
-              f"/track p99 {erased['p99_alone_ms']:.1f} ms alone, {erased['p99_during_ms']:.1f}"
-              f" ms at worst during it ({erased['wrk_runs']} wrk run(s), "
-              f"{erased['errors']} errors)", flush=True)
+        print(
+            f"  DELETE /users/<{args.erase:,} events> in {erased['seconds']:.1f} s; POST "
+            f"/track p99 {erased['p99_alone_ms']:.1f} ms alone, {erased['p99_during_ms']:.1f}"
+            f" ms at worst during it ({erased['wrk_runs']} wrk run(s), "
+            f"{erased['errors']} errors)",
+            flush=True,
+        )
     return figures
 
 
@@ -224,12 +250,14 @@ def verdict(figures: list[dict]) -> None:
         for fmt in ("ndjson", "csv"):
             e = f[fmt]
             growth = e["rss_during"] - e["rss_before"]
-            print(f"  {f['backend']:<10} {fmt:<6} ratio {e['ratio']:.2f} "
-                  f"({'met' if e['ratio'] >= RATIO_MIN else 'MISSED'}, >= {RATIO_MIN}); "
-                  f"longest gap {e['gap_s']:.2f} s "
-                  f"({'met' if e['gap_s'] < GAP_MAX_S else 'MISSED'}, < {GAP_MAX_S}); "
-                  f"RSS growth {growth:+.0f} MB "
-                  f"({'met' if growth < RSS_GROWTH_MAX_MB else 'MISSED'}, < {RSS_GROWTH_MAX_MB})")
+            print(
+                f"  {f['backend']:<10} {fmt:<6} ratio {e['ratio']:.2f} "
+                f"({'met' if e['ratio'] >= RATIO_MIN else 'MISSED'}, >= {RATIO_MIN}); "
+                f"longest gap {e['gap_s']:.2f} s "
+                f"({'met' if e['gap_s'] < GAP_MAX_S else 'MISSED'}, < {GAP_MAX_S}); "
+                f"RSS growth {growth:+.0f} MB "
+                f"({'met' if growth < RSS_GROWTH_MAX_MB else 'MISSED'}, < {RSS_GROWTH_MAX_MB})"
+            )
 
 
 def main() -> None:
@@ -239,8 +267,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--erase", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="dumps and exports of each format, alternated; the best is kept")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="dumps and exports of each format, alternated; the best is kept",
+    )
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--no-postgres", action="store_true")

@@ -23,6 +23,7 @@ Prints each round, then the median events/s of each path and the median over rou
 ratio to raw in the same round. Every stored row is counted after each run; a run that stores
 fewer rows than it was given fails the benchmark.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,23 +61,35 @@ NAMES = ("play", "stop", "pause", "skip", "purchase")
 def generate(count: int, seed: int = 7) -> list[dict]:
     """Events as clients send them: 1000 users, five names, the last 20 days."""
     rng = random.Random(seed)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    return [{
-        "event": rng.choice(NAMES),
-        "user_id": f"user{rng.randrange(1000)}",
-        "timestamp": (now - timedelta(seconds=rng.randrange(20 * 86400)))
-        .isoformat().replace("+00:00", "Z"),
-        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "metadata": {"song_id": f"song{rng.randrange(5000)}", "device": "mobile"},
-    } for _ in range(count)]
+    now = datetime.now(UTC).replace(microsecond=0)
+    return [
+        {
+            "event": rng.choice(NAMES),
+            "user_id": f"user{rng.randrange(1000)}",
+            "timestamp": (now - timedelta(seconds=rng.randrange(20 * 86400)))
+            .isoformat()
+            .replace("+00:00", "Z"),
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "metadata": {"song_id": f"song{rng.randrange(5000)}", "device": "mobile"},
+        }
+        for _ in range(count)
+    ]
 
 
 def driver_rows(events: list[dict]) -> list[tuple]:
     """The events as the raw runs insert them: already in the driver's types."""
-    received = datetime.now(timezone.utc)
-    return [(e["event"], e["user_id"],
-             datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")),
-             received, json.dumps(e["metadata"]), e["event_id"]) for e in events]
+    received = datetime.now(UTC)
+    return [
+        (
+            e["event"],
+            e["user_id"],
+            datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")),
+            received,
+            json.dumps(e["metadata"]),
+            e["event_id"],
+        )
+        for e in events
+    ]
 
 
 def count_rows(url: str) -> int:
@@ -105,6 +118,7 @@ def empty_table(url: str) -> None:
 
 # --- raw ----------------------------------------------------------------------------------------
 
+
 def raw_postgres(url: str, rows: list[tuple], batch: int) -> float:
     import psycopg
 
@@ -116,7 +130,7 @@ def raw_postgres(url: str, rows: list[tuple], batch: int) -> float:
         for first in range(0, len(rows), batch):
             with conn.cursor() as cursor, cursor.copy(statement) as copy:
                 copy.set_types(COPY_TYPES)
-                for row in rows[first:first + batch]:
+                for row in rows[first : first + batch]:
                     copy.write_row(row)
             conn.commit()
         return time.perf_counter() - start
@@ -124,19 +138,21 @@ def raw_postgres(url: str, rows: list[tuple], batch: int) -> float:
 
 def raw_sqlite(url: str, rows: list[tuple], batch: int) -> float:
     # The app's storage format for UTCDateTime on SQLite.
-    converted = [(e, u, sqlite_timestamp(o), sqlite_timestamp(r), m, i)
-                 for e, u, o, r, m, i in rows]
+    converted = [
+        (e, u, sqlite_timestamp(o), sqlite_timestamp(r), m, i) for e, u, o, r, m, i in rows
+    ]
     conn = sqlite3.connect(make_url(url).database, isolation_level=None)
     # The same settings as the app's connections (analytics/db.py).
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    statement = (f"INSERT INTO events ({', '.join(COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(COLUMNS))})")
+    statement = (
+        f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    )
     try:
         start = time.perf_counter()
         for first in range(0, len(converted), batch):
             conn.execute("BEGIN")
-            conn.executemany(statement, converted[first:first + batch])
+            conn.executemany(statement, converted[first : first + batch])
             conn.execute("COMMIT")
         return time.perf_counter() - start
     finally:
@@ -150,6 +166,7 @@ def raw(url: str, rows: list[tuple], batch: int) -> float:
 
 
 # --- through the API ------------------------------------------------------------------------------
+
 
 def post_batches(base_url: str, bodies: list[bytes], clients: int) -> float:
     """Send every body once, ``clients`` at a time; seconds from first request to last answer."""
@@ -165,8 +182,9 @@ def post_batches(base_url: str, bodies: list[bytes], clients: int) -> float:
                 if not queue:
                     break
                 body = queue.pop()
-            connection.request("POST", "/track/batch", body=body,
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                "POST", "/track/batch", body=body, headers={"Content-Type": "application/json"}
+            )
             response = connection.getresponse()
             payload = response.read()
             if response.status != 200:
@@ -188,9 +206,22 @@ def post_batches(base_url: str, bodies: list[bytes], clients: int) -> float:
 def run_import(url: str, path: Path, batch: int) -> float:
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "import", str(path),
-         "--chunk-size", str(batch)],
-        cwd=ROOT, env={**os.environ, "DATABASE_URL": url}, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "wsgi",
+            "import",
+            str(path),
+            "--chunk-size",
+            str(batch),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"import failed ({done.returncode}): {done.stdout}{done.stderr}")
@@ -201,8 +232,9 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
     """events/s of each path, per round."""
     n = len(events)
     rows = driver_rows(events)
-    bodies = [json.dumps({"events": events[i:i + args.batch]}).encode()
-              for i in range(0, n, args.batch)]
+    bodies = [
+        json.dumps({"events": events[i : i + args.batch]}).encode() for i in range(0, n, args.batch)
+    ]
 
     def check(label: str) -> None:
         stored = count_rows(url)
@@ -211,14 +243,17 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
         empty_table(url)
 
     rounds = []
-    with tempfile.TemporaryDirectory() as folder, \
-            gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, _):
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, _),
+    ):
         path = Path(folder) / "events.ndjson"
         path.write_text("".join(json.dumps(e) + "\n" for e in events))
         # Warm-up: every worker imported, connected and through its first request before the
         # clock starts (the warm-up events are removed again).
-        post_batches(base, [json.dumps({"events": events[:1]}).encode()] * 4 * args.clients,
-                     args.clients)
+        post_batches(
+            base, [json.dumps({"events": events[:1]}).encode()] * 4 * args.clients, args.clients
+        )
         empty_table(url)
         for number in range(1, args.rounds + 1):
             seconds = {}
@@ -232,8 +267,11 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             check("raw, one transaction")
             rates = {label: n / value for label, value in seconds.items()}
             rounds.append(rates)
-            print(f"  {name} round {number}: " + ", ".join(
-                f"{label} {rate:,.0f}/s" for label, rate in rates.items()), flush=True)
+            print(
+                f"  {name} round {number}: "
+                + ", ".join(f"{label} {rate:,.0f}/s" for label, rate in rates.items()),
+                flush=True,
+            )
     return rounds
 
 
@@ -251,8 +289,10 @@ def main() -> None:
     backends = [("SQLite", scratch_sqlite)]
     if not args.no_postgres:
         backends.append(("PostgreSQL", scratch_postgres))
-    print(f"{args.events} events, {args.batch} a transaction/request, {args.clients} HTTP "
-          f"clients, {args.rounds} rounds, {os.cpu_count()} CPUs")
+    print(
+        f"{args.events} events, {args.batch} a transaction/request, {args.clients} HTTP "
+        f"clients, {args.rounds} rounds, {os.cpu_count()} CPUs"
+    )
     table = []
     for name, scratch in backends:
         with scratch() as url:

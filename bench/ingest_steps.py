@@ -17,6 +17,7 @@ median over rounds of microseconds per event of each step, and of this process's
 (Python and driver) beside the wall time: the rest is the database server's work (and, on
 SQLite, nothing: it runs in this process).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,14 @@ from analytics.models import utcnow  # noqa: E402
 from bench.ingest import count_rows, driver_rows, empty_table, generate, raw  # noqa: E402
 from bench.support import scratch_postgres, scratch_sqlite  # noqa: E402
 
-STEPS = ("read", "check", "write: insert", *(f"write: {a.name}" for a in REGISTRY),
-         "write: commit", "write, total")
+STEPS = (
+    "read",
+    "check",
+    "write: insert",
+    *(f"write: {a.name}" for a in REGISTRY),
+    "write: commit",
+    "write, total",
+)
 
 
 class Clock:
@@ -56,6 +63,7 @@ class Clock:
                 return function(*args, **kwargs)
             finally:
                 self.wall[name] += time.perf_counter() - start
+
         return run
 
 
@@ -75,12 +83,16 @@ def one_round(url: str, lines: bytes, events: list[dict], chunk: int) -> dict[st
         commit = clock.timed("write: commit", session.commit)
         session.commit = commit
         for first in range(0, len(parsed), chunk):
-            part = parsed[first:first + chunk]
+            part = parsed[first : first + chunk]
             checked = clock.timed("check", validation.check_events)(
-                ((line.number, line.item) for line in part), now=utcnow(),
-                metadata_limit=4096, nul_free=all(line.nul_free for line in part))
+                ((line.number, line.item) for line in part),
+                now=utcnow(),
+                metadata_limit=4096,
+                nul_free=all(line.nul_free for line in part),
+            )
             clock.timed("write, total", writer.store_events)(
-                session, [event.row for _, event in checked.prepared])
+                session, [event.row for _, event in checked.prepared]
+            )
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         session.close()
     finally:
@@ -112,8 +124,10 @@ def main() -> None:
     backends = [("SQLite", scratch_sqlite)]
     if not args.no_postgres:
         backends.append(("PostgreSQL", scratch_postgres))
-    print(f"{args.events} events in chunks of {args.chunk}, {args.rounds} rounds; "
-          f"µs per event, median of rounds")
+    print(
+        f"{args.events} events in chunks of {args.chunk}, {args.rounds} rounds; "
+        f"µs per event, median of rounds"
+    )
     columns = {}
     for name, scratch in backends:
         with scratch() as url:
@@ -123,8 +137,9 @@ def main() -> None:
     print("| step | " + " | ".join(f"{name} µs" for name in columns) + " |")
     print("| --- |" + " ---: |" * len(columns))
     for step in next(iter(columns.values())):
-        print(f"| {step} | " + " | ".join(f"{column[step]:.1f}" for column in columns.values())
-              + " |")
+        print(
+            f"| {step} | " + " | ".join(f"{column[step]:.1f}" for column in columns.values()) + " |"
+        )
 
 
 if __name__ == "__main__":

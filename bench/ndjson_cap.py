@@ -6,6 +6,7 @@ run in this process on the same body, timed with the process's CPU clock.
 
     .venv/bin/python bench/ndjson_cap.py [--repeat 5]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -8,6 +8,7 @@ Asia/Kathmandu, alternately with the arithmetic form (runs of one length) and wi
 form (`period_index`), and prints the medians in ms and their ratio. Findings:
 docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ import statistics
 import sys
 import time as clock
 from dataclasses import replace
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,15 +37,19 @@ DAYS, NAMES = 30, 20
 
 def fill(engine) -> None:
     rng = random.Random(1)
-    first = bucket_of(datetime.combine(FIRST_DAY, time.min, tzinfo=timezone.utc))
-    rows = [{"bucket": bucket, "event": f"event_{n:02d}", "shard": 0, "n": rng.randint(1, 50)}
-            for bucket in range(first - 96, first + (DAYS + 1) * 96) for n in range(NAMES)]
+    first = bucket_of(datetime.combine(FIRST_DAY, time.min, tzinfo=UTC))
+    rows = [
+        {"bucket": bucket, "event": f"event_{n:02d}", "shard": 0, "n": rng.randint(1, 50)}
+        for bucket in range(first - 96, first + (DAYS + 1) * 96)
+        for n in range(NAMES)
+    ]
     with engine.begin() as conn:
         conn.execute(insert(EventBucket), rows)
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
-                "VACUUM ANALYZE event_buckets")
+                "VACUUM ANALYZE event_buckets"
+            )
 
 
 def measure(url: str, rounds: int) -> dict:
@@ -52,8 +57,12 @@ def measure(url: str, rounds: int) -> dict:
     fill(engine)
     results = {}
     for group_by in ("hour", "day", "week"):
-        query = reports.PeriodQuery(FIRST_DAY, date.fromordinal(FIRST_DAY.toordinal() + DAYS - 1),
-                                    group_by, "Asia/Kathmandu")
+        query = reports.PeriodQuery(
+            FIRST_DAY,
+            date.fromordinal(FIRST_DAY.toordinal() + DAYS - 1),
+            group_by,
+            "Asia/Kathmandu",
+        )
         regular = local_periods(query.start, query.end, query.tz, group_by, 0)
         searched = replace(regular)
         searched.__dict__["step"] = None  # the same runs, found by the search
@@ -62,8 +71,9 @@ def measure(url: str, rounds: int) -> dict:
             for _ in range(rounds):
                 for name, periods in (("arithmetic", regular), ("search", searched)):
                     began = clock.perf_counter()
-                    session.execute(*reports.statement_for(session, query, "/metrics",
-                                                           periods)).all()
+                    session.execute(
+                        *reports.statement_for(session, query, "/metrics", periods)
+                    ).all()
                     times[name].append((clock.perf_counter() - began) * 1000)
         results[group_by] = {name: statistics.median(values) for name, values in times.items()}
     engine.dispose()
@@ -83,9 +93,12 @@ def main() -> None:
     for name, scratch in backends:
         with scratch() as url:
             for group_by, medians in measure(url, args.rounds).items():
-                print(f"| {name} | {group_by} | {medians['arithmetic']:.1f} | "
-                      f"{medians['search']:.1f} | "
-                      f"{medians['arithmetic'] / medians['search']:.2f} |", flush=True)
+                print(
+                    f"| {name} | {group_by} | {medians['arithmetic']:.1f} | "
+                    f"{medians['search']:.1f} | "
+                    f"{medians['arithmetic'] / medians['search']:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

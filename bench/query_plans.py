@@ -15,6 +15,7 @@ HTTP answer in-process (``app.test_client()``: Flask, validation and JSON too). 
 splits a request's time between the database, the report's Python and the web layer.
 Findings: docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,18 +60,33 @@ def cases(args) -> list[tuple[str, str, dict]]:
     """(title, endpoint, query arguments)."""
     period = {"start": FIRST_DAY, "end": FIRST_DAY + timedelta(days=args.days - 1)}
     return [
-        ("metrics hour, Kathmandu", "/metrics",
-         {**period, "group_by": "hour", "tz": "Asia/Kathmandu"}),
+        (
+            "metrics hour, Kathmandu",
+            "/metrics",
+            {**period, "group_by": "hour", "tz": "Asia/Kathmandu"},
+        ),
         ("metrics day, UTC", "/metrics", {**period, "group_by": "day"}),
-        ("metrics day, Los Angeles, event=play", "/metrics",
-         {**period, "group_by": "day", "tz": "America/Los_Angeles", "events": ("play",)}),
-        ("metrics week (sunday), Kathmandu", "/metrics",
-         {**period, "group_by": "week", "tz": "Asia/Kathmandu", "week_start": 6}),
+        (
+            "metrics day, Los Angeles, event=play",
+            "/metrics",
+            {**period, "group_by": "day", "tz": "America/Los_Angeles", "events": ("play",)},
+        ),
+        (
+            "metrics week (sunday), Kathmandu",
+            "/metrics",
+            {**period, "group_by": "week", "tz": "Asia/Kathmandu", "week_start": 6},
+        ),
         ("metrics month, UTC", "/metrics", {**period, "group_by": "month"}),
-        ("sessions hour, Los Angeles", "/sessions",
-         {**period, "group_by": "hour", "tz": "America/Los_Angeles"}),
-        ("sessions day, Kathmandu", "/sessions",
-         {**period, "group_by": "day", "tz": "Asia/Kathmandu"}),
+        (
+            "sessions hour, Los Angeles",
+            "/sessions",
+            {**period, "group_by": "hour", "tz": "America/Los_Angeles"},
+        ),
+        (
+            "sessions day, Kathmandu",
+            "/sessions",
+            {**period, "group_by": "day", "tz": "Asia/Kathmandu"},
+        ),
         ("metrics day, one user", "/metrics", {**period, "user_id": "user00042"}),
         ("sessions day, one user", "/sessions", {**period, "user_id": "user00042"}),
     ]
@@ -105,10 +121,13 @@ def median_ms(runs: int, call) -> float:
 
 
 def query_string(arguments: dict) -> dict:
-    params = {"start_date": arguments["start"].isoformat(),
-              "end_date": arguments["end"].isoformat(),
-              "group_by": arguments.get("group_by", "day"), "tz": arguments.get("tz", "UTC"),
-              "week_start": WEEKDAYS[arguments.get("week_start", 0)]}
+    params = {
+        "start_date": arguments["start"].isoformat(),
+        "end_date": arguments["end"].isoformat(),
+        "group_by": arguments.get("group_by", "day"),
+        "tz": arguments.get("tz", "UTC"),
+        "week_start": WEEKDAYS[arguments.get("week_start", 0)],
+    }
     if "user_id" in arguments:
         params["user_id"] = arguments["user_id"]
     if arguments.get("events"):
@@ -133,19 +152,27 @@ def measure(name: str, url: str, args) -> dict[str, tuple]:
             query = reports.PeriodQuery(**arguments)
             statement, parameters = statement_of(session, endpoint, query)
             compiled = statement.compile(dialect=engine.dialect)
-            shown = {k: (f"<{len(v)} bounds>" if k == "bounds" else v)
-                     for k, v in parameters.items()}
+            shown = {
+                k: (f"<{len(v)} bounds>" if k == "bounds" else v) for k, v in parameters.items()
+            }
             print(f"\n--- {title} ({name})\n{compiled}\n-- parameters: {shown}\n")
             print(explain(session, statement, parameters))
             n_rows = len(session.execute(statement, parameters).all())
             report = reports.metrics if endpoint == "/metrics" else reports.sessions
-            sql_ms = median_ms(args.runs, lambda: session.execute(statement, parameters).all())
-            report_ms = median_ms(args.runs, lambda: report(session, query))
+            sql_ms = median_ms(
+                args.runs, lambda s=statement, p=parameters: session.execute(s, p).all()
+            )
+            report_ms = median_ms(args.runs, lambda r=report, q=query: r(session, q))
             params = query_string(arguments)
-            http_ms = median_ms(args.runs, lambda: client.get(endpoint, query_string=params))
+            http_ms = median_ms(
+                args.runs, lambda e=endpoint, p=params: client.get(e, query_string=p)
+            )
             results[title] = (n_rows, sql_ms, report_ms, http_ms)
-            print(f"\n{n_rows} rows; medians of {args.runs}: statement {sql_ms:.1f} ms, "
-                  f"report {report_ms:.1f} ms, in-process HTTP {http_ms:.1f} ms", flush=True)
+            print(
+                f"\n{n_rows} rows; medians of {args.runs}: statement {sql_ms:.1f} ms, "
+                f"report {report_ms:.1f} ms, in-process HTTP {http_ms:.1f} ms",
+                flush=True,
+            )
             session.rollback()
     engine.dispose()
     return results
@@ -162,8 +189,10 @@ def main() -> None:
     args = parser.parse_args()
 
     results: dict[str, dict[str, tuple]] = {}
-    backends = [("PostgreSQL", scratch_postgres, load_postgres, args.no_postgres),
-                ("SQLite", scratch_sqlite, load_sqlite, args.no_sqlite)]
+    backends = [
+        ("PostgreSQL", scratch_postgres, load_postgres, args.no_postgres),
+        ("SQLite", scratch_sqlite, load_sqlite, args.no_sqlite),
+    ]
     for name, scratch, load, skip in backends:
         if skip:
             continue
@@ -175,14 +204,23 @@ def main() -> None:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM ANALYZE" if name == "PostgreSQL" else "ANALYZE")
             engine.dispose()
-            print(f"{name}: {args.events} events loaded, aggregated and analysed in "
-                  f"{time.perf_counter() - began:.1f} s")
+            print(
+                f"{name}: {args.events} events loaded, aggregated and analysed in "
+                f"{time.perf_counter() - began:.1f} s"
+            )
             results[name] = measure(name, url, args)
 
-    print(f"\nMedians of {args.runs} runs (ms), {args.events} events, {args.users} users, "
-          f"{args.days} days\n")
-    print("| query | " + " | ".join(
-        f"{b} rows | {b} statement | {b} report | {b} in-process HTTP" for b in results) + " |")
+    print(
+        f"\nMedians of {args.runs} runs (ms), {args.events} events, {args.users} users, "
+        f"{args.days} days\n"
+    )
+    print(
+        "| query | "
+        + " | ".join(
+            f"{b} rows | {b} statement | {b} report | {b} in-process HTTP" for b in results
+        )
+        + " |"
+    )
     print("| --- |" + " ---: |" * (4 * len(results)))
     for title in next(iter(results.values())):
         cells = []

@@ -35,6 +35,7 @@ small to the large data set on PostgreSQL, the answers), a summary of the worst 
 endpoint and group_by, and whether each target is met. ``--quick``: only week_start monday and
 the events absent/``play`` (for trying the bench out). Findings: docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,8 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, time as clock_time, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
@@ -61,10 +63,11 @@ from analytics.db import make_engine  # noqa: E402
 from analytics.models import sqlite_timestamp  # noqa: E402
 from bench.data import FIRST_DAY, generate, load_postgres, load_sqlite  # noqa: E402
 from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
-from bench.track_http import measure as measure_wrk, run_wrk, run_wrk_during  # noqa: E402
+from bench.track_http import measure as measure_wrk  # noqa: E402
+from bench.track_http import run_wrk, run_wrk_during
 
 MICROSECONDS = 1_000_000
-UTC = timezone.utc
+UTC = UTC
 
 # Targets (issue 11, "4. Performance"; one user and ingest as before).
 METRICS_ALL_MS, SESSIONS_ALL_MS, ONE_USER_MS = 50, 100, 20
@@ -91,24 +94,36 @@ class Case:
         events = "+".join(self.events) or "-"
         user = ", one user" if self.one_user else ""
         event_part = f" event={events}" if self.path == "/metrics" else ""
-        return (f"{self.path} {self.group_by} {self.tz} {self.week_start[:3]}"
-                f"{event_part}{user}")
+        return f"{self.path} {self.group_by} {self.tz} {self.week_start[:3]}{event_part}{user}"
 
     @property
     def plain_key(self) -> tuple:
         """What the plain statement depends on: week_start only for weeks."""
-        return (self.path, self.tz, self.group_by,
-                self.week_start if self.group_by == "week" else None, self.events, self.one_user)
+        return (
+            self.path,
+            self.tz,
+            self.group_by,
+            self.week_start if self.group_by == "week" else None,
+            self.events,
+            self.one_user,
+        )
 
 
 def all_cases(quick: bool) -> list[Case]:
     week_starts = WEEK_STARTS[:1] if quick else WEEK_STARTS
     event_sets = EVENT_SETS[:2] if quick else EVENT_SETS
-    cases = [Case("/metrics", tz, g, w, e) for tz in TZS for g in GROUP_BYS
-             for w in week_starts for e in event_sets]
+    cases = [
+        Case("/metrics", tz, g, w, e)
+        for tz in TZS
+        for g in GROUP_BYS
+        for w in week_starts
+        for e in event_sets
+    ]
     cases += [Case("/sessions", tz, g, w) for tz in TZS for g in GROUP_BYS for w in week_starts]
-    cases += [Case("/metrics", "UTC", "day", one_user=True),
-              Case("/sessions", "UTC", "day", one_user=True)]
+    cases += [
+        Case("/metrics", "UTC", "day", one_user=True),
+        Case("/sessions", "UTC", "day", one_user=True),
+    ]
     return cases
 
 
@@ -140,6 +155,7 @@ def millions(n: int) -> str:
 
 # --- data --------------------------------------------------------------------------------------
 
+
 def load(backend: str, url: str, args, n_events: int, result: Result) -> None:
     """Load generated events, then rebuild the aggregates in one transaction and analyse."""
     rows = generate(n_events, args.users, args.days)
@@ -153,11 +169,15 @@ def load(backend: str, url: str, args, n_events: int, result: Result) -> None:
         conn.exec_driver_sql("VACUUM ANALYZE" if backend == "PostgreSQL" else "ANALYZE")
     result.rebuild_s = time.perf_counter() - began
     engine.dispose()
-    print(f"{result.label}: {n_events:,} events loaded in {result.load_s:.0f} s, "
-          f"aggregates rebuilt and analysed in {result.rebuild_s:.0f} s", flush=True)
+    print(
+        f"{result.label}: {n_events:,} events loaded in {result.load_s:.0f} s, "
+        f"aggregates rebuilt and analysed in {result.rebuild_s:.0f} s",
+        flush=True,
+    )
 
 
 # --- the plain answers: SQL over the raw events --------------------------------------------------
+
 
 def span(args) -> tuple:
     return FIRST_DAY, FIRST_DAY + timedelta(days=args.days - 1)
@@ -167,8 +187,10 @@ def utc_range(args, tz: str) -> tuple[datetime, datetime]:
     """The instants of the local dates of the range: [first midnight, midnight after the last)."""
     start, end = span(args)
     zone = ZoneInfo(tz)
-    return (datetime.combine(start, clock_time.min, zone).astimezone(UTC),
-            datetime.combine(end + timedelta(days=1), clock_time.min, zone).astimezone(UTC))
+    return (
+        datetime.combine(start, clock_time.min, zone).astimezone(UTC),
+        datetime.combine(end + timedelta(days=1), clock_time.min, zone).astimezone(UTC),
+    )
 
 
 # PostgreSQL: (label without offset, offset in seconds) of ``local_at``, a timestamp in the zone.
@@ -176,11 +198,10 @@ PG_LABEL = {
     "hour": "to_char(local_at, 'YYYY-MM-DD\"T\"HH24:00')",
     "day": "to_char(local_at, 'YYYY-MM-DD')",
     "week": "to_char(CAST(local_at AS date) - (CAST(EXTRACT(ISODOW FROM local_at) AS integer) "
-            "+ 6 - :week_start) % 7, 'YYYY-MM-DD')",
+    "+ 6 - :week_start) % 7, 'YYYY-MM-DD')",
     "month": "to_char(date_trunc('month', local_at), 'YYYY-MM-DD')",
 }
-PG_OFFSET = ("CAST(EXTRACT(EPOCH FROM local_at - (occurred_at AT TIME ZONE 'UTC')) "
-             "AS integer)")
+PG_OFFSET = "CAST(EXTRACT(EPOCH FROM local_at - (occurred_at AT TIME ZONE 'UTC')) AS integer)"
 PG_METRICS = """
     SELECT {label}, {offset}, event, count(*)
     FROM (SELECT occurred_at, occurred_at AT TIME ZONE :tz AS local_at, event FROM events
@@ -197,15 +218,20 @@ PAIRS = """
     SELECT occurred_at, next_at FROM sequence
     WHERE event = 'play' AND next_event = 'stop' AND occurred_at >= :lo AND occurred_at < :hi
 """
-PG_SESSIONS = """
+PG_SESSIONS = (
+    """
     SELECT {label}, {offset}, count(*), sum(us)
     FROM (SELECT occurred_at, occurred_at AT TIME ZONE :tz AS local_at,
                  CAST(EXTRACT(EPOCH FROM next_at - occurred_at) * 1000000 AS bigint) AS us
-          FROM (""" + PAIRS + """) AS pairs) AS s
+          FROM ("""
+    + PAIRS
+    + """) AS pairs) AS s
     GROUP BY 1, 2
 """
-SQLITE_METRICS = ("SELECT occurred_at, event FROM events "
-                  "WHERE occurred_at >= :lo AND occurred_at < :hi {where}")
+)
+SQLITE_METRICS = (
+    "SELECT occurred_at, event FROM events WHERE occurred_at >= :lo AND occurred_at < :hi {where}"
+)
 
 
 def _filters(case: Case, user_id: str | None, with_events: bool) -> tuple[str, dict, list]:
@@ -250,8 +276,10 @@ def local_labeller(case: Case):
             local = datetime.fromisoformat(minute).replace(tzinfo=UTC).astimezone(zone)
             day = local.date()
             if case.group_by == "hour":
-                found = (f"{day.isoformat()}T{local.hour:02d}:00",
-                         int(local.utcoffset().total_seconds()))
+                found = (
+                    f"{day.isoformat()}T{local.hour:02d}:00",
+                    int(local.utcoffset().total_seconds()),
+                )
             elif case.group_by == "day":
                 found = (day.isoformat(), 0)
             elif case.group_by == "week":
@@ -301,8 +329,11 @@ def expected_answer(case: Case, rows) -> list[dict]:
         offset = int(offset)
         text_label = label + offset_text(offset) if case.group_by == "hour" else label
         # Time order: an hour's label by its UTC instant (a repeated hour comes twice).
-        key = ((datetime.fromisoformat(label) - timedelta(seconds=offset)).isoformat()
-               if case.group_by == "hour" else label)
+        key = (
+            (datetime.fromisoformat(label) - timedelta(seconds=offset)).isoformat()
+            if case.group_by == "hour"
+            else label
+        )
         if case.path == "/metrics":
             event, count = values
             periods.setdefault((key, text_label), {"date": text_label})[event] = int(count)
@@ -313,8 +344,7 @@ def expected_answer(case: Case, rows) -> list[dict]:
                 "sessionCount": count,
                 # Whole seconds, halves rounded up, in integers (exact).
                 "totalDuration": (2 * total + MICROSECONDS) // (2 * MICROSECONDS),
-                "averageDuration": (2 * total + count * MICROSECONDS)
-                // (2 * count * MICROSECONDS),
+                "averageDuration": (2 * total + count * MICROSECONDS) // (2 * count * MICROSECONDS),
             }
     return [periods[key] for key in sorted(periods)]
 
@@ -326,11 +356,14 @@ def compare(expected: list[dict], actual: list[dict]) -> str:
     for row in expected:
         if by_date.get(row["date"]) != row:
             return f"MISMATCH at {row['date']}: API {by_date.get(row['date'])} vs plain {row}"
-    return (f"MISMATCH: API has {len(actual)} periods, plain {len(expected)} "
-            f"(API extra: {[r['date'] for r in actual if r not in expected][:3]})")
+    return (
+        f"MISMATCH: API has {len(actual)} periods, plain {len(expected)} "
+        f"(API extra: {[r['date'] for r in actual if r not in expected][:3]})"
+    )
 
 
 # --- one query, through HTTP and as plain SQL --------------------------------------------------
+
 
 def http_get(base: str, path: str, params: list) -> tuple[float, dict]:
     """Seconds until the whole body of one GET was read, and the decoded body."""
@@ -351,8 +384,13 @@ def http_get(base: str, path: str, params: list) -> tuple[float, dict]:
 
 def query_string(case: Case, args, user_id: str | None) -> list[tuple[str, str]]:
     start, end = span(args)
-    params = [("start_date", start.isoformat()), ("end_date", end.isoformat()),
-              ("group_by", case.group_by), ("tz", case.tz), ("week_start", case.week_start)]
+    params = [
+        ("start_date", start.isoformat()),
+        ("end_date", end.isoformat()),
+        ("group_by", case.group_by),
+        ("tz", case.tz),
+        ("week_start", case.week_start),
+    ]
     params += [("event", name) for name in case.events]
     if case.one_user:
         params.append(("user_id", user_id))
@@ -374,8 +412,10 @@ class Plain:
                     began = time.perf_counter()
                     rows = plain_rows(conn, case, self.backend, self.user_id, self.args)
                     timings.append(time.perf_counter() - began)
-            self.done[case.plain_key] = (expected_answer(case, rows),
-                                         statistics.median(timings) * 1000)
+            self.done[case.plain_key] = (
+                expected_answer(case, rows),
+                statistics.median(timings) * 1000,
+            )
         return self.done[case.plain_key]
 
 
@@ -387,8 +427,11 @@ def measure_case(case: Case, base: str, plain: Plain, args, result: Result) -> N
     result.api_ms[case.name] = api * 1000
     result.sql_ms[case.name] = sql_ms
     result.answer[case.name] = compare(expected, body["data"])
-    print(f"  {case.name:<62} API {result.api_ms[case.name]:7.1f} ms  plain "
-          f"{sql_ms:8.1f} ms  {result.answer[case.name]}", flush=True)
+    print(
+        f"  {case.name:<62} API {result.api_ms[case.name]:7.1f} ms  plain "
+        f"{sql_ms:8.1f} ms  {result.answer[case.name]}",
+        flush=True,
+    )
 
 
 def check_answer(case: Case, base: str, plain: Plain, args, result: Result) -> None:
@@ -409,8 +452,7 @@ def measure_purge(base: str, url: str, args) -> dict:
 
     def purge() -> None:
         began = time.perf_counter()
-        outcome["rows"] = retention.purge_expired(engine, cutoff,
-                                                  batch_size=args.purge_batch_size)
+        outcome["rows"] = retention.purge_expired(engine, cutoff, batch_size=args.purge_batch_size)
         outcome["seconds"] = time.perf_counter() - began
 
     try:
@@ -422,16 +464,20 @@ def measure_purge(base: str, url: str, args) -> dict:
     if outcome["rows"] != expected:
         raise RuntimeError(f"the purge removed {outcome['rows']} events, {expected} expected")
     figures = {
-        "rows": outcome["rows"], "seconds": outcome["seconds"],
-        "rate": outcome["rows"] / outcome["seconds"], "wrk_runs": len(runs),
+        "rows": outcome["rows"],
+        "seconds": outcome["seconds"],
+        "rate": outcome["rows"] / outcome["seconds"],
+        "wrk_runs": len(runs),
         "p99_ms": max(run["p99_ms"] for run in runs),
         "rps": statistics.mean(run["rps"] for run in runs),
         "errors": sum(run["errors"] for run in runs),
     }
-    print(f"  purge of the first day: {figures['rows']:,} events in {figures['seconds']:.1f} s "
-          f"({figures['rate']:,.0f} events/s); POST /track during it: worst p99 "
-          f"{figures['p99_ms']:.1f} ms over {len(runs)} wrk run(s), {figures['rps']:.0f} req/s",
-          flush=True)
+    print(
+        f"  purge of the first day: {figures['rows']:,} events in {figures['seconds']:.1f} s "
+        f"({figures['rate']:,.0f} events/s); POST /track during it: worst p99 "
+        f"{figures['p99_ms']:.1f} ms over {len(runs)} wrk run(s), {figures['rps']:.0f} req/s",
+        flush=True,
+    )
     return figures
 
 
@@ -441,10 +487,15 @@ def typical_user(conn, args, n_events: int) -> str:
     average = n_events / args.users
     for n in range(args.users):
         user_id = f"user{n:05d}"
-        count = conn.execute(text("SELECT count(*) FROM events WHERE user_id = :u"),
-                             {"u": user_id}).scalar()
-        if count >= average and conn.execute(
-                text("SELECT 1 FROM sessions WHERE user_id = :u LIMIT 1"), {"u": user_id}).first():
+        count = conn.execute(
+            text("SELECT count(*) FROM events WHERE user_id = :u"), {"u": user_id}
+        ).scalar()
+        if (
+            count >= average
+            and conn.execute(
+                text("SELECT 1 FROM sessions WHERE user_id = :u LIMIT 1"), {"u": user_id}
+            ).first()
+        ):
             return user_id
     raise RuntimeError("no user with sessions in the data set")
 
@@ -455,8 +506,9 @@ def measure(backend: str, url: str, args, result: Result, cases: list[Case]) -> 
         if backend == "PostgreSQL":
             print("  " + conn.execute(text("SELECT version()")).scalar().split(",")[0])
         result.user_id = typical_user(conn, args, result.events)
-        events = conn.execute(text("SELECT count(*) FROM events WHERE user_id = :u"),
-                              {"u": result.user_id}).scalar()
+        events = conn.execute(
+            text("SELECT count(*) FROM events WHERE user_id = :u"), {"u": result.user_id}
+        ).scalar()
         print(f"  one user: {result.user_id} ({events} events)")
     plain = Plain(engine, backend, args, result.user_id)
     with gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, master):
@@ -471,19 +523,26 @@ def measure(backend: str, url: str, args, result: Result, cases: list[Case]) -> 
                 result.purge = measure_purge(base, url, args)
                 result.rss_mb = max(result.rss_mb, *(worker_rss_mb(master) or [0]))
                 for case in cases:
-                    if (not case.one_user and case.week_start == "monday" and not case.events
-                            and case.group_by in ("hour", "week")):
+                    if (
+                        not case.one_user
+                        and case.week_start == "monday"
+                        and not case.events
+                        and case.group_by in ("hour", "week")
+                    ):
                         check_answer(case, base, plain, args, result)
     engine.dispose()
     if args.track:
         # The framework ceiling, measured right after, with the same gunicorn configuration.
         result.trivial = measure_wrk("trivial Flask endpoint", "bench.trivial_app:app", {}, args)
-        print(f"  POST /track {result.track['rps']:.0f} req/s, trivial endpoint "
-              f"{result.trivial['rps']:.0f} req/s; worker RSS up to {result.rss_mb:.0f} MB",
-              flush=True)
+        print(
+            f"  POST /track {result.track['rps']:.0f} req/s, trivial endpoint "
+            f"{result.trivial['rps']:.0f} req/s; worker RSS up to {result.rss_mb:.0f} MB",
+            flush=True,
+        )
 
 
 # --- report ------------------------------------------------------------------------------------
+
 
 def ms(value: float | None) -> str:
     if value is None:
@@ -491,8 +550,9 @@ def ms(value: float | None) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
 
-def print_table(results: list[Result], big: Result | None, small: Result | None,
-                cases: list[Case]) -> None:
+def print_table(
+    results: list[Result], big: Result | None, small: Result | None, cases: list[Case]
+) -> None:
     header = ["query"]
     for r in results:
         header += [f"{r.label} API ms", f"{r.label} plain ms", "API ÷ plain"]
@@ -509,8 +569,11 @@ def print_table(results: list[Result], big: Result | None, small: Result | None,
         if growth:
             row.append(f"{big.api_ms[case.name] / small.api_ms[case.name]:.2f}×")
         answers = {r.answer[case.name] for r in results}
-        row.append("OK" if answers <= {"OK"} else
-                   ", ".join(f"{r.label} {r.answer[case.name]}" for r in results))
+        row.append(
+            "OK"
+            if answers <= {"OK"}
+            else ", ".join(f"{r.label} {r.answer[case.name]}" for r in results)
+        )
         lines.append(row)
     print()
     for line in lines:
@@ -527,13 +590,18 @@ def print_table(results: list[Result], big: Result | None, small: Result | None,
     print("| --- |" + " ---: |" * (len(header) - 1))
     for path in ("/metrics", "/sessions"):
         for group_by in GROUP_BYS:
-            names = [c.name for c in cases
-                     if c.path == path and c.group_by == group_by and not c.one_user]
+            names = [
+                c.name
+                for c in cases
+                if c.path == path and c.group_by == group_by and not c.one_user
+            ]
             row = [f"{path} {group_by} ({len(names)} combinations)"]
             for r in results:
                 worst = max(names, key=lambda n: r.api_ms[n])
-                row += [f"{ms(r.api_ms[worst])} ({worst.split(' ', 2)[2]})",
-                        ms(max(r.sql_ms[n] for n in names))]
+                row += [
+                    f"{ms(r.api_ms[worst])} ({worst.split(' ', 2)[2]})",
+                    ms(max(r.sql_ms[n] for n in names)),
+                ]
             if growth:
                 row.append(f"{max(big.api_ms[n] / small.api_ms[n] for n in names):.2f}×")
             print("| " + " | ".join(row) + " |")
@@ -541,28 +609,45 @@ def print_table(results: list[Result], big: Result | None, small: Result | None,
     lines = []
     if any(r.track for r in results):
         for title, cell in (
-                ("POST /track req/s (wrk)", lambda r: f"{r.track['rps']:.0f}"),
-                ("trivial endpoint req/s (wrk)", lambda r: f"{r.trivial['rps']:.0f}"),
-                ("POST /track ÷ trivial", lambda r: f"{r.track['rps'] / r.trivial['rps']:.0%}"),
-                ("POST /track p50 / p99 ms",
-                 lambda r: f"{r.track['p50_ms']:.1f} / {r.track['p99_ms']:.1f}"),
-                ("wrk errors (track / trivial)",
-                 lambda r: f"{r.track['errors']} / {r.trivial['errors']}")):
+            ("POST /track req/s (wrk)", lambda r: f"{r.track['rps']:.0f}"),
+            ("trivial endpoint req/s (wrk)", lambda r: f"{r.trivial['rps']:.0f}"),
+            ("POST /track ÷ trivial", lambda r: f"{r.track['rps'] / r.trivial['rps']:.0%}"),
+            (
+                "POST /track p50 / p99 ms",
+                lambda r: f"{r.track['p50_ms']:.1f} / {r.track['p99_ms']:.1f}",
+            ),
+            (
+                "wrk errors (track / trivial)",
+                lambda r: f"{r.track['errors']} / {r.trivial['errors']}",
+            ),
+        ):
             lines.append([title] + [cell(r) if r.track else "" for r in results])
     if any(r.purge for r in results):
         for title, cell in (
-                ("purge of the first day: events / s / events per s",
-                 lambda r: f"{r.purge['rows']:,} / {r.purge['seconds']:.1f} / "
-                           f"{r.purge['rate']:,.0f}"),
-                ("POST /track p99 ms during the purge (worst wrk run) / without",
-                 lambda r: f"{r.purge['p99_ms']:.1f} / {r.track['p99_ms']:.1f} "
-                           f"({r.purge['p99_ms'] / r.track['p99_ms']:.2f}×)"),
-                ("POST /track req/s during the purge", lambda r: f"{r.purge['rps']:.0f}")):
+            (
+                "purge of the first day: events / s / events per s",
+                lambda r: (
+                    f"{r.purge['rows']:,} / {r.purge['seconds']:.1f} / {r.purge['rate']:,.0f}"
+                ),
+            ),
+            (
+                "POST /track p99 ms during the purge (worst wrk run) / without",
+                lambda r: (
+                    f"{r.purge['p99_ms']:.1f} / {r.track['p99_ms']:.1f} "
+                    f"({r.purge['p99_ms'] / r.track['p99_ms']:.2f}×)"
+                ),
+            ),
+            ("POST /track req/s during the purge", lambda r: f"{r.purge['rps']:.0f}"),
+        ):
             lines.append([title] + [cell(r) if r.purge else "" for r in results])
-    lines.append(["largest worker RSS MB"] + [
-        f"{max(r.rss_mb, (r.trivial or {}).get('rss_mb', 0)):.0f}" for r in results])
-    lines.append(["load s / rebuild_aggregates + ANALYZE s"] + [
-        f"{r.load_s:.0f} / {r.rebuild_s:.0f}" for r in results])
+    lines.append(
+        ["largest worker RSS MB"]
+        + [f"{max(r.rss_mb, (r.trivial or {}).get('rss_mb', 0)):.0f}" for r in results]
+    )
+    lines.append(
+        ["load s / rebuild_aggregates + ANALYZE s"]
+        + [f"{r.load_s:.0f} / {r.rebuild_s:.0f}" for r in results]
+    )
     print()
     print("| | " + " | ".join(r.label for r in results) + " |")
     print("| --- |" + " ---: |" * len(results))
@@ -570,14 +655,24 @@ def print_table(results: list[Result], big: Result | None, small: Result | None,
         print("| " + " | ".join(line) + " |")
 
 
-def check_targets(results: list[Result], big: Result | None, small: Result | None,
-                  sqlite_small: Result | None, cases: list[Case]) -> None:
+def check_targets(
+    results: list[Result],
+    big: Result | None,
+    small: Result | None,
+    sqlite_small: Result | None,
+    cases: list[Case],
+) -> None:
     checks = []
 
     def latency(r: Result, names, limit, what):
         worst = max((r.api_ms[n], n) for n in names)
-        checks.append((f"{r.label}: {what} ≤ {limit} ms median", worst[0] <= limit,
-                       f"worst {worst[0]:.1f} ms ({worst[1]})"))
+        checks.append(
+            (
+                f"{r.label}: {what} ≤ {limit} ms median",
+                worst[0] <= limit,
+                f"worst {worst[0]:.1f} ms ({worst[1]})",
+            )
+        )
 
     all_metrics = [c.name for c in cases if c.path == "/metrics" and not c.one_user]
     all_sessions = [c.name for c in cases if c.path == "/sessions" and not c.one_user]
@@ -591,29 +686,51 @@ def check_targets(results: list[Result], big: Result | None, small: Result | Non
     if big is not None and small is not None:
         names = all_metrics + all_sessions
         worst = max((big.api_ms[n] / small.api_ms[n], n) for n in names)
-        checks.append((f"PostgreSQL: API latency at {millions(big.events)} ≤ {GROWTH_MAX}× "
-                       f"at {millions(small.events)} (all users)", worst[0] <= GROWTH_MAX,
-                       f"worst {worst[0]:.2f}× ({worst[1]}: {small.api_ms[worst[1]]:.1f} → "
-                       f"{big.api_ms[worst[1]]:.1f} ms)"))
+        checks.append(
+            (
+                f"PostgreSQL: API latency at {millions(big.events)} ≤ {GROWTH_MAX}× "
+                f"at {millions(small.events)} (all users)",
+                worst[0] <= GROWTH_MAX,
+                f"worst {worst[0]:.2f}× ({worst[1]}: {small.api_ms[worst[1]]:.1f} → "
+                f"{big.api_ms[worst[1]]:.1f} ms)",
+            )
+        )
     for r in results:
         if r.track:
             share = r.track["rps"] / r.trivial["rps"]
-            checks.append((f"{r.label}: POST /track ≥ {TRACK_SHARE_MIN:.0%} of the trivial "
-                           "endpoint", share >= TRACK_SHARE_MIN,
-                           f"{r.track['rps']:.0f} / {r.trivial['rps']:.0f} req/s = {share:.0%}"))
+            checks.append(
+                (
+                    f"{r.label}: POST /track ≥ {TRACK_SHARE_MIN:.0%} of the trivial endpoint",
+                    share >= TRACK_SHARE_MIN,
+                    f"{r.track['rps']:.0f} / {r.trivial['rps']:.0f} req/s = {share:.0%}",
+                )
+            )
         if r.purge:
             ratio = r.purge["p99_ms"] / r.track["p99_ms"]
-            checks.append((f"{r.label}: POST /track p99 during the purge ≤ {PURGE_P99_MAX:g}× "
-                           "without", ratio <= PURGE_P99_MAX,
-                           f"{r.purge['p99_ms']:.1f} / {r.track['p99_ms']:.1f} ms = {ratio:.2f}×; "
-                           f"purge {r.purge['rate']:,.0f} events/s"))
+            checks.append(
+                (
+                    f"{r.label}: POST /track p99 during the purge ≤ {PURGE_P99_MAX:g}× without",
+                    ratio <= PURGE_P99_MAX,
+                    f"{r.purge['p99_ms']:.1f} / {r.track['p99_ms']:.1f} ms = {ratio:.2f}×; "
+                    f"purge {r.purge['rate']:,.0f} events/s",
+                )
+            )
     if any(r.rss_mb for r in results):
         rss = max(max(r.rss_mb, (r.trivial or {}).get("rss_mb", 0)) for r in results)
         checks.append((f"worker RSS < {RSS_MAX_MB} MB", rss < RSS_MAX_MB, f"largest {rss:.0f} MB"))
-    mismatches = [f"{r.label} {n}: {a}" for r in results for n, a in r.answer.items()
-                  if not a.startswith("OK")]
-    checks.append(("every API answer equals the plain one", not mismatches,
-                   "; ".join(mismatches) or f"{sum(len(r.answer) for r in results)} compared"))
+    mismatches = [
+        f"{r.label} {n}: {a}"
+        for r in results
+        for n, a in r.answer.items()
+        if not a.startswith("OK")
+    ]
+    checks.append(
+        (
+            "every API answer equals the plain one",
+            not mismatches,
+            "; ".join(mismatches) or f"{sum(len(r.answer) for r in results)} compared",
+        )
+    )
     print("\nTargets:")
     for title, met, figure in checks:
         print(f"- {title}: {'met' if met else 'MISSED'} ({figure})")
@@ -621,29 +738,49 @@ def check_targets(results: list[Result], big: Result | None, small: Result | Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=10_000_000,
-                        help="events of the large data set (PostgreSQL)")
-    parser.add_argument("--small", type=int, default=1_000_000,
-                        help="events of the small data set (PostgreSQL and SQLite); 0: none")
+    parser.add_argument(
+        "--events", type=int, default=10_000_000, help="events of the large data set (PostgreSQL)"
+    )
+    parser.add_argument(
+        "--small",
+        type=int,
+        default=1_000_000,
+        help="events of the small data set (PostgreSQL and SQLite); 0: none",
+    )
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--runs", type=int, default=5, help="HTTP requests per query")
     parser.add_argument("--sql-runs", type=int, default=1, help="plain runs per statement")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer combinations: week_start monday, event absent or play")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer combinations: week_start monday, event absent or play",
+    )
     parser.add_argument("--duration", type=int, default=8, help="seconds of each wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)",
+    )
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
-    parser.add_argument("--no-track", dest="track", action="store_false",
-                        help="skip the POST /track measurement")
-    parser.add_argument("--no-purge", dest="purge", action="store_false",
-                        help="skip the purge under ingest (needs the POST /track measurement)")
-    parser.add_argument("--purge-batch-size", type=int, default=None,
-                        help="events deleted per transaction by the purge (default: the purge "
-                             "command's)")
+    parser.add_argument(
+        "--no-track", dest="track", action="store_false", help="skip the POST /track measurement"
+    )
+    parser.add_argument(
+        "--no-purge",
+        dest="purge",
+        action="store_false",
+        help="skip the purge under ingest (needs the POST /track measurement)",
+    )
+    parser.add_argument(
+        "--purge-batch-size",
+        type=int,
+        default=None,
+        help="events deleted per transaction by the purge (default: the purge command's)",
+    )
     args = parser.parse_args()
     if args.track and not shutil.which("wrk"):
         sys.exit("wrk is needed for POST /track (apt-get install wrk), or pass --no-track")
@@ -656,9 +793,12 @@ def main() -> None:
         if args.small:
             plan.append(("PostgreSQL", scratch_postgres, args.small))
         plan.append(("PostgreSQL", scratch_postgres, args.events))
-    print(f"{args.users:,} users, {args.days} days from {FIRST_DAY}; SQLite "
-          f"{sqlite3.sqlite_version}; {len(cases)} queries, {args.runs} HTTP runs (median) and "
-          f"{args.sql_runs} plain run(s) each", flush=True)
+    print(
+        f"{args.users:,} users, {args.days} days from {FIRST_DAY}; SQLite "
+        f"{sqlite3.sqlite_version}; {len(cases)} queries, {args.runs} HTTP runs (median) and "
+        f"{args.sql_runs} plain run(s) each",
+        flush=True,
+    )
 
     results = []
     for backend, scratch, n_events in plan:

@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: scratch databases, migrations and a gunicorn to measure."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,15 +16,21 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_SERVER_URL = os.environ.get("BENCH_POSTGRES_URL",
-                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_SERVER_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def migrate(url: str) -> None:
     """alembic upgrade head on ``url``, as an operator would run it."""
-    subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True,
-                   env={**os.environ, "DATABASE_URL": url}, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        check=True,
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @contextlib.contextmanager
@@ -62,13 +69,24 @@ def free_port() -> int:
 def gunicorn(app: str, env: dict | None = None, workers: int | None = None):
     """gunicorn with the project's gunicorn.conf.py serving ``app``; yields its base URL."""
     port = free_port()
-    environ = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_ACCESS_LOG": "off",
-               "LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT), **(env or {})}
+    environ = {
+        **os.environ,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_ACCESS_LOG": "off",
+        "LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
     if workers:
         environ["WEB_CONCURRENCY"] = str(workers)
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn", app], cwd=ROOT,
-                                   env=environ, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", app],
+            cwd=ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 30
             while True:

@@ -10,6 +10,7 @@ and the API on a fresh PostgreSQL database, then loads each in turn with the sam
 ``--rounds`` rounds, and prints requests/s, latency and the ratio to the trivial endpoint of the
 same round (medians over the rounds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
+
+from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
 
 WRK_SCRIPT = r"""
 wrk.method = "POST"
@@ -50,12 +52,21 @@ def run_wrk(url: str, duration: int, connections: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT)
         script.flush()
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s",
-                              script.name, url], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "-s", script.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     requests, errors, p50, p99 = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+)", out).groups()
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"rps": rate, "requests": int(requests), "errors": int(errors),
-            "p50_ms": float(p50), "p99_ms": float(p99)}
+    return {
+        "rps": rate,
+        "requests": int(requests),
+        "errors": int(errors),
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+    }
 
 
 def run_wrk_during(task, url: str, duration: int, connections: int) -> list[dict]:
@@ -101,10 +112,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of each target, taken in turn (medians are reported)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs of each target, taken in turn (medians are reported)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="gunicorn workers (default: gunicorn.conf.py's one per CPU)",
+    )
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -114,8 +133,9 @@ def main() -> None:
         targets = [("trivial Flask endpoint", "bench.trivial_app:app", None)]
         targets.append(("POST /track, SQLite", "wsgi:app", stack.enter_context(scratch_sqlite())))
         if not args.no_postgres:
-            targets.append(("POST /track, PostgreSQL", "wsgi:app",
-                            stack.enter_context(scratch_postgres())))
+            targets.append(
+                ("POST /track, PostgreSQL", "wsgi:app", stack.enter_context(scratch_postgres()))
+            )
         servers = []
         for name, app, url in targets:
             env = {"DATABASE_URL": url} if url else {}
@@ -131,25 +151,36 @@ def main() -> None:
                 result["rss_mb"] = max(worker_rss_mb(master) or [0])
                 runs[name].append(result)
             ceiling = runs[servers[0][0]][-1]["rps"]
-            print(f"round {round_number}: " + ", ".join(
-                f"{name} {r[-1]['rps']:.0f} req/s ({r[-1]['rps'] / ceiling:.0%})"
-                for name, r in runs.items()), flush=True)
+            print(
+                f"round {round_number}: "
+                + ", ".join(
+                    f"{name} {r[-1]['rps']:.0f} req/s ({r[-1]['rps'] / ceiling:.0%})"
+                    for name, r in runs.items()
+                ),
+                flush=True,
+            )
         counted = {name: stored(url) for name, _b, _m, url in servers if url}
 
     trivial = runs[servers[0][0]]
-    print(f"\n{'target':<26}{'req/s':>9}{'vs trivial':>12}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}{'worker RSS MB':>15}   (medians of {args.rounds} rounds)")
+    print(
+        f"\n{'target':<26}{'req/s':>9}{'vs trivial':>12}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'errors':>8}{'worker RSS MB':>15}   (medians of {args.rounds} rounds)"
+    )
     for name, results in runs.items():
         share = statistics.median(r["rps"] / t["rps"] for r, t in zip(results, trivial))
-        print(f"{name:<26}{statistics.median(r['rps'] for r in results):>9.0f}{share:>11.0%} "
-              f"{statistics.median(r['p50_ms'] for r in results):>8.1f}"
-              f"{statistics.median(r['p99_ms'] for r in results):>9.1f}"
-              f"{sum(r['errors'] for r in results):>8}"
-              f"{max(r['rss_mb'] for r in results):>15.0f}")
+        print(
+            f"{name:<26}{statistics.median(r['rps'] for r in results):>9.0f}{share:>11.0%} "
+            f"{statistics.median(r['p50_ms'] for r in results):>8.1f}"
+            f"{statistics.median(r['p99_ms'] for r in results):>9.1f}"
+            f"{sum(r['errors'] for r in results):>8}"
+            f"{max(r['rss_mb'] for r in results):>15.0f}"
+        )
     for name, count in counted.items():
         requests = sum(r["requests"] for r in runs[name])
-        print(f"{name}: {count} events stored (wrk counted {requests} requests in the measured "
-              "runs, plus the warm-up)")
+        print(
+            f"{name}: {count} events stored (wrk counted {requests} requests in the measured "
+            "runs, plus the warm-up)"
+        )
 
 
 if __name__ == "__main__":

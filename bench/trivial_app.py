@@ -1,4 +1,6 @@
-"""The framework ceiling: a Flask endpoint that parses a JSON body and answers JSON, nothing else."""
+"""The framework ceiling: a Flask endpoint that parses a JSON body and answers JSON, nothing
+else."""
+
 from flask import Flask, jsonify, request
 
 app = Flask(__name__)

@@ -7,6 +7,7 @@ NDJSON), and prints the largest worker's RSS after each round beside the warm on
 
     .venv/bin/python bench/worker_memory.py [--rounds 5] [--database-url URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,16 @@ def rss_mb(pid: int) -> float:
 
 
 def body(client: int, round_no: int, ndjson: bool) -> tuple[bytes, str]:
-    events = [{"event": "play", "user_id": f"u{client}-{n % 50}",
-               "event_id": f"{round_no}-{client}-{n}", "timestamp": "2025-01-18T14:30:00Z",
-               "metadata": {"page": "x" * 900, "n": n}} for n in range(EVENTS)]
+    events = [
+        {
+            "event": "play",
+            "user_id": f"u{client}-{n % 50}",
+            "event_id": f"{round_no}-{client}-{n}",
+            "timestamp": "2025-01-18T14:30:00Z",
+            "metadata": {"page": "x" * 900, "n": n},
+        }
+        for n in range(EVENTS)
+    ]
     if ndjson:
         return "\n".join(json.dumps(e) for e in events).encode(), "application/x-ndjson"
     return json.dumps({"events": events}).encode(), "application/json"
@@ -50,8 +58,7 @@ def post(port: int, data: bytes, content_type: str) -> int:
     for _ in range(20):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         try:
-            conn.request("POST", "/track/batch", body=data,
-                         headers={"Content-Type": content_type})
+            conn.request("POST", "/track/batch", body=data, headers={"Content-Type": content_type})
             response = conn.getresponse()
             response.read()
         finally:
@@ -87,8 +94,10 @@ def main() -> None:
                     statuses = list(pool.map(lambda b: post(server.port, *b), bodies))
                 assert set(statuses) == {200}, statuses
                 largest = max(rss_mb(pid) for pid in server.workers())
-                print(f"{round_no + 1:5d}  {'ndjson' if ndjson else 'json  '}  "
-                      f"{largest:14.1f}  {largest / warm:6.2f}")
+                print(
+                    f"{round_no + 1:5d}  {'ndjson' if ndjson else 'json  '}  "
+                    f"{largest:14.1f}  {largest / warm:6.2f}"
+                )
         finally:
             server.stop()
 

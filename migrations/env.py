@@ -1,9 +1,11 @@
 """Alembic environment: the models' metadata and DATABASE_URL, without building the app."""
+
 from __future__ import annotations
 
 from logging.config import fileConfig
 
 from alembic import context
+
 from analytics.db import make_engine
 from analytics.models import Base
 from config import database_url
@@ -21,8 +23,9 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
-                      render_as_batch=True)
+    context.configure(
+        url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -44,8 +47,12 @@ def run_migrations_online() -> None:
 
 def _run(connection) -> None:
     # Batch mode lets ALTER-style migrations run on SQLite (which rebuilds the table).
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=True, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        compare_type=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

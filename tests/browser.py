@@ -4,6 +4,7 @@ Debian's chromium is used (``/usr/bin/chromium``; Playwright's own browser downl
 needed). When it or Playwright is missing the tests are skipped with the reason, unless
 ANALYTICS_TEST_E2E=required (CI), which turns the skip into a failure.
 """
+
 from __future__ import annotations
 
 import threading
@@ -28,8 +29,9 @@ def browser():
         from playwright.sync_api import sync_playwright
     except ImportError:
         if E2E_REQUIRED:
-            pytest.fail("playwright is not installed and ANALYTICS_TEST_E2E=required",
-                        pytrace=False)
+            pytest.fail(
+                "playwright is not installed and ANALYTICS_TEST_E2E=required", pytrace=False
+            )
         pytest.skip("playwright is not installed (pip install -e '.[test]')")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM)

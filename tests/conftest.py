@@ -7,6 +7,7 @@ ANALYTICS_TEST_POSTGRES=required, which turns that into a failure (CI sets it).
 Redis, for the rate limits shared between processes, is found at TEST_REDIS_URL (default the
 local server); the same rule applies with ANALYTICS_TEST_REDIS=required.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,11 @@ from sqlalchemy.engine import make_url
 from analytics import create_app
 from analytics.models import Base
 
+# The browser fixture, for the tests that drive Chromium.
+pytest_plugins = ["tests.browser"]
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("TEST_POSTGRES_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_REQUIRED = os.environ.get("ANALYTICS_TEST_POSTGRES", "").lower() == "required"
 BACKENDS = ("sqlite", "postgresql")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -69,13 +72,19 @@ def _postgres_unreachable(url: str) -> str | None:
 @pytest.fixture(scope="session")
 def postgres_server_url():
     """The URL of the PostgreSQL server's maintenance database, or a skip."""
-    require_service("PostgreSQL", make_url(PG_URL).render_as_string(),
-                    _postgres_unreachable(PG_URL), PG_REQUIRED, "ANALYTICS_TEST_POSTGRES")
+    require_service(
+        "PostgreSQL",
+        make_url(PG_URL).render_as_string(),
+        _postgres_unreachable(PG_URL),
+        PG_REQUIRED,
+        "ANALYTICS_TEST_POSTGRES",
+    )
     return PG_URL
 
 
-def require_service(name: str, where: str, problem: str | None, required: bool,
-                    variable: str) -> None:
+def require_service(
+    name: str, where: str, problem: str | None, required: bool, variable: str
+) -> None:
     """Skip the test, with the reason, when a service the test needs is not reachable; fail
     instead when ``variable`` says the service is required (CI)."""
     if problem:
@@ -160,8 +169,9 @@ def make_app(database_url):
         app.extensions["analytics.db"]["engine"].dispose()
 
 
-def create_key(app, name: str, *scopes: str, origins: tuple[str, ...] = (),
-               rate: str | None = None) -> str:
+def create_key(
+    app, name: str, *scopes: str, origins: tuple[str, ...] = (), rate: str | None = None
+) -> str:
     """``flask keys create`` on ``app``; the secret it printed on its last line."""
     args = ["keys", "create", name]
     args += [part for scope in scopes for part in ("--scope", scope)]
@@ -187,8 +197,9 @@ def _redis_unreachable(url: str) -> str | None:
 @pytest.fixture(scope="session")
 def redis_url():
     """The URL of a Redis server for the shared rate limits, or a skip."""
-    require_service("Redis", REDIS_URL, _redis_unreachable(REDIS_URL), REDIS_REQUIRED,
-                    "ANALYTICS_TEST_REDIS")
+    require_service(
+        "Redis", REDIS_URL, _redis_unreachable(REDIS_URL), REDIS_REQUIRED, "ANALYTICS_TEST_REDIS"
+    )
     return REDIS_URL
 
 
@@ -216,16 +227,25 @@ class LiveServer:
     def __init__(self, database_url: str, workers: int = 2, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DATABASE_URL": database_url, "GUNICORN_BIND":
-                    f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers),
-                    "LOG_LEVEL": "warning", "GUNICORN_ACCESS_LOG": "off", **(env or {})}
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+            "WEB_CONCURRENCY": str(workers),
+            "LOG_LEVEL": "warning",
+            "GUNICORN_ACCESS_LOG": "off",
+            **(env or {}),
+        }
         self.process: subprocess.Popen | None = None
         self.log = tempfile.TemporaryFile()
 
-    def start(self, timeout: float = 30) -> "LiveServer":
+    def start(self, timeout: float = 30) -> LiveServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -286,8 +306,12 @@ def run_in_terminal(args: list[str], database_url: str, timeout: float = 120) ->
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-            cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
-            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=terminal,
+        )
         os.close(terminal)
         output = b""
         while True:
@@ -304,12 +328,19 @@ def run_in_terminal(args: list[str], database_url: str, timeout: float = 120) ->
     return output.decode()
 
 
-def run_flask(database_url: str, *args: str, text: bool = True, **kwargs
-              ) -> subprocess.CompletedProcess:
+def run_flask(
+    database_url: str, *args: str, text: bool = True, **kwargs
+) -> subprocess.CompletedProcess:
     """``flask --app wsgi ...`` as an operator runs it, from the project root."""
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT,
-                          env={**os.environ, "DATABASE_URL": database_url},
-                          capture_output=True, text=text, timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=text,
+        timeout=120,
+        **kwargs,
+    )
 
 
 def stop_process(process: subprocess.Popen | None) -> None:

@@ -3,6 +3,7 @@
 When one is missing the test is skipped with the reason, unless ANALYTICS_TEST_E2E=required
 (CI sets it, after installing them), which turns the skip into a failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,11 @@ def require_tool(name: str, path: str | None = None, install: str = "") -> str:
     """The path of the program ``name`` (found on PATH, or at ``path``), or a skip."""
     # nginx lives in /usr/sbin, which is not on every user's PATH.
     search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
-    found = path if path and os.access(path, os.X_OK) else (
-        None if path else shutil.which(name, path=search))
+    found = (
+        path
+        if path and os.access(path, os.X_OK)
+        else (None if path else shutil.which(name, path=search))
+    )
     if found:
         return found
     message = f"{name} is not installed" + (f" ({install})" if install else "")

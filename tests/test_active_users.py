@@ -1,13 +1,14 @@
 """GET /active-users: distinct users per local period, on the contract's own cases, on both
 backends (the generated histories are in test_properties.py)."""
+
 from __future__ import annotations
 
 from sqlalchemy import select
+from test_query_options import data, error, track
 
 from analytics import writer
 from analytics.aggregates.active_users import pieces
 from analytics.models import Event
-from test_query_options import data, error, track
 
 
 def users(client, query: str) -> list[dict]:
@@ -20,14 +21,17 @@ def test_a_user_active_on_two_days_counts_once_in_their_week(client):
     track(client, "view", "2025-01-07T11:00:00Z", "bob")
     track(client, "view", "2025-01-07T11:05:00Z", "bob")
     query = "start_date=2025-01-06&end_date=2025-01-12"
-    assert users(client, query) == [{"date": "2025-01-06", "users": 1},
-                                    {"date": "2025-01-07", "users": 2}]
+    assert users(client, query) == [
+        {"date": "2025-01-06", "users": 1},
+        {"date": "2025-01-07", "users": 2},
+    ]
     assert users(client, query + "&group_by=week") == [{"date": "2025-01-06", "users": 2}]
     assert users(client, query + "&group_by=month") == [{"date": "2025-01-01", "users": 2}]
     assert users(client, query + "&group_by=hour") == [
         {"date": "2025-01-06T10:00+00:00", "users": 1},
         {"date": "2025-01-07T10:00+00:00", "users": 1},
-        {"date": "2025-01-07T11:00+00:00", "users": 1}]
+        {"date": "2025-01-07T11:00+00:00", "users": 1},
+    ]
 
 
 def test_days_weeks_and_months_are_local_in_any_zone(client):
@@ -36,16 +40,23 @@ def test_days_weeks_and_months_are_local_in_any_zone(client):
     track(client, "view", "2025-01-01T18:15:00Z", "bob")  # the 2nd, 00:00 local
     track(client, "view", "2025-01-31T18:15:00Z", "cat")  # February the 1st, local
     query = "start_date=2025-01-01&end_date=2025-02-28&tz=Asia/Kathmandu"
-    assert users(client, query) == [{"date": "2025-01-01", "users": 1},
-                                    {"date": "2025-01-02", "users": 1},
-                                    {"date": "2025-02-01", "users": 1}]
-    assert users(client, query + "&group_by=month") == [{"date": "2025-01-01", "users": 2},
-                                                        {"date": "2025-02-01", "users": 1}]
+    assert users(client, query) == [
+        {"date": "2025-01-01", "users": 1},
+        {"date": "2025-01-02", "users": 1},
+        {"date": "2025-02-01", "users": 1},
+    ]
+    assert users(client, query + "&group_by=month") == [
+        {"date": "2025-01-01", "users": 2},
+        {"date": "2025-02-01", "users": 1},
+    ]
     assert users(client, "start_date=2025-01-01&end_date=2025-02-28&group_by=month") == [
-        {"date": "2025-01-01", "users": 3}]
+        {"date": "2025-01-01", "users": 3}
+    ]
     # Weeks starting on Wednesday (2025-01-01 is one), in the zone.
     assert users(client, query + "&group_by=week&week_start=WEDNESDAY") == [
-        {"date": "2025-01-01", "users": 2}, {"date": "2025-01-29", "users": 1}]
+        {"date": "2025-01-01", "users": 2},
+        {"date": "2025-01-29", "users": 1},
+    ]
 
 
 def test_a_25_hour_day_counts_the_repeated_hour(client):
@@ -54,14 +65,18 @@ def test_a_25_hour_day_counts_the_repeated_hour(client):
     track(client, "view", "2024-10-26T21:30:00Z", "bob")  # 23:30 +02:00, the 26th again
     track(client, "view", "2024-10-26T22:30:00Z", "ann")  # 00:30 +02:00 on the 27th
     query = "start_date=2024-10-26&end_date=2024-10-27&tz=Asia/Beirut"
-    assert users(client, query) == [{"date": "2024-10-26", "users": 2},
-                                    {"date": "2024-10-27", "users": 1}]
+    assert users(client, query) == [
+        {"date": "2024-10-26", "users": 2},
+        {"date": "2024-10-27", "users": 1},
+    ]
     assert users(client, query + "&group_by=hour") == [
         {"date": "2024-10-26T23:00+03:00", "users": 1},
         {"date": "2024-10-26T23:00+02:00", "users": 1},
-        {"date": "2024-10-27T00:00+02:00", "users": 1}]
+        {"date": "2024-10-27T00:00+02:00", "users": 1},
+    ]
     assert users(client, query + "&event=view&group_by=week") == [
-        {"date": "2024-10-21", "users": 2}]
+        {"date": "2024-10-21", "users": 2}
+    ]
 
 
 def test_the_event_filter_counts_only_users_who_sent_one(client):
@@ -69,21 +84,30 @@ def test_the_event_filter_counts_only_users_who_sent_one(client):
     track(client, "buy", "2025-01-01T11:00:00Z", "bob")
     track(client, "play", "2025-01-02T10:00:00Z", "bob")
     query = "start_date=2025-01-01&end_date=2025-01-03"
-    assert users(client, query + "&event=play") == [{"date": "2025-01-01", "users": 1},
-                                                    {"date": "2025-01-02", "users": 1}]
+    assert users(client, query + "&event=play") == [
+        {"date": "2025-01-01", "users": 1},
+        {"date": "2025-01-02", "users": 1},
+    ]
     assert users(client, query + "&event=play&event=buy") == [
-        {"date": "2025-01-01", "users": 2}, {"date": "2025-01-02", "users": 1}]
+        {"date": "2025-01-01", "users": 2},
+        {"date": "2025-01-02", "users": 1},
+    ]
     assert users(client, query + "&event=play&group_by=month") == [
-        {"date": "2025-01-01", "users": 2}]
+        {"date": "2025-01-01", "users": 2}
+    ]
     assert users(client, query + "&event=nothing") == []
     assert users(client, query + "&fill=zero&event=buy") == [
-        {"date": "2025-01-01", "users": 1}, {"date": "2025-01-02", "users": 0},
-        {"date": "2025-01-03", "users": 0}]
+        {"date": "2025-01-01", "users": 1},
+        {"date": "2025-01-02", "users": 0},
+        {"date": "2025-01-03", "users": 0},
+    ]
 
 
 def test_fill_zero_lists_every_period(client):
     assert users(client, "start_date=2025-01-01&end_date=2025-01-02&fill=zero") == [
-        {"date": "2025-01-01", "users": 0}, {"date": "2025-01-02", "users": 0}]
+        {"date": "2025-01-01", "users": 0},
+        {"date": "2025-01-02", "users": 0},
+    ]
     assert users(client, "start_date=2025-01-01&end_date=2025-01-02") == []
 
 
@@ -101,19 +125,31 @@ def test_deleting_a_users_events_takes_them_out_at_once(client, engine):
     assert writer.delete_events(engine, select(Event.id).where(Event.user_id == "ann")) == 1
     assert users(client, query) == [{"date": "2024-12-30", "users": 1}]
     assert users(client, "start_date=2025-01-01&end_date=2025-01-01") == [
-        {"date": "2025-01-01", "users": 1}]
+        {"date": "2025-01-01", "users": 1}
+    ]
 
 
 def test_the_contracts_messages(client):
-    assert error(client, "start_date=2025-01-01&end_date=2025-01-02&user_id=u",
-                 "/active-users") == "user_id is not a parameter of /active-users"
+    assert (
+        error(client, "start_date=2025-01-01&end_date=2025-01-02&user_id=u", "/active-users")
+        == "user_id is not a parameter of /active-users"
+    )
     # The other problems come first.
     assert error(client, "end_date=2025-01-02&user_id=u", "/active-users") == (
-        error(client, "end_date=2025-01-02", "/metrics"))
-    assert error(client, "start_date=2025-01-01&end_date=2025-01-02&tz=Mars/Base&user_id=u",
-                 "/active-users") == "tz must be an IANA time zone name, e.g. Europe/Berlin"
-    assert error(client, "start_date=2025-01-01&end_date=2025-01-02&event=",
-                 "/active-users") == "event must not be empty"
+        error(client, "end_date=2025-01-02", "/metrics")
+    )
+    assert (
+        error(
+            client,
+            "start_date=2025-01-01&end_date=2025-01-02&tz=Mars/Base&user_id=u",
+            "/active-users",
+        )
+        == "tz must be an IANA time zone name, e.g. Europe/Berlin"
+    )
+    assert (
+        error(client, "start_date=2025-01-01&end_date=2025-01-02&event=", "/active-users")
+        == "event must not be empty"
+    )
 
 
 def test_pieces_tile_a_run_with_the_largest_aligned_spans():
@@ -121,9 +157,11 @@ def test_pieces_tile_a_run_with_the_largest_aligned_spans():
     day = 96 * 20_000
     lo, hi = day - 23, day + 73
     tiles = pieces(lo, hi)
-    assert tiles == ([(1, day - 23), (1, day - 22), (1, day - 21)]
-                     + [(4, day - 20 + 4 * i) for i in range(5)]
-                     + [(24, day), (24, day + 24), (24, day + 48), (1, day + 72)])
+    assert tiles == (
+        [(1, day - 23), (1, day - 22), (1, day - 21)]
+        + [(4, day - 20 + 4 * i) for i in range(5)]
+        + [(24, day), (24, day + 24), (24, day + 48), (1, day + 72)]
+    )
     covered = [b for span, first in tiles for b in range(first, first + span)]
     assert covered == list(range(lo, hi))
     assert pieces(day, day + 96 * 3) == [(96, day), (96, day + 96), (96, day + 192)]

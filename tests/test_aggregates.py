@@ -1,12 +1,13 @@
 """The aggregates stay equal to a recomputation from the events, whatever writes them, and every
 aggregate of the registry hears of every write."""
+
 from __future__ import annotations
 
 import json
 import random
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import delete, func, select, text
@@ -14,11 +15,19 @@ from sqlalchemy.orm import Session
 
 from analytics import aggregates as registry_module
 from analytics import dialects, retention, writer
-from analytics.models import (BITMAP_BITS, Event, EventBucket, PlayStopSession, SessionBucket,
-                              UserBitmap, UserOrdinal, sqlite_timestamp)
+from analytics.models import (
+    BITMAP_BITS,
+    Event,
+    EventBucket,
+    PlayStopSession,
+    SessionBucket,
+    UserBitmap,
+    UserOrdinal,
+    sqlite_timestamp,
+)
 from analytics.periods import bucket_of
 
-START = datetime(2025, 3, 1, tzinfo=timezone.utc)
+START = datetime(2025, 3, 1, tzinfo=UTC)
 DAY0 = bucket_of(START) // 96
 
 
@@ -27,8 +36,9 @@ def aggregates(engine) -> tuple[dict, dict, set, dict]:
     without zero rows, the session rows (play id, stop id, duration), and the users active in
     each piece of the active-user bitmaps (span, bucket), without empty ones."""
     with Session(engine) as session:
-        users = dict((o, u) for u, o in session.execute(
-            select(UserOrdinal.user_id, UserOrdinal.ordinal)))
+        users = dict(
+            (o, u) for u, o in session.execute(select(UserOrdinal.user_id, UserOrdinal.ordinal))
+        )
         active: dict = defaultdict(set)
         for row in session.execute(select(UserBitmap)).scalars():
             bits = format(int.from_bytes(row.bits, "big"), f"0{BITMAP_BITS}b")
@@ -42,8 +52,10 @@ def aggregates(engine) -> tuple[dict, dict, set, dict]:
         for row in session.execute(select(SessionBucket)).scalars():
             n, total = totals.get(row.bucket, (0, 0))
             totals[row.bucket] = (n + row.sessions, total + row.total_us)
-        pairs = {(row.play_id, row.stop_id, row.duration_us)
-                 for row in session.execute(select(PlayStopSession)).scalars()}
+        pairs = {
+            (row.play_id, row.stop_id, row.duration_us)
+            for row in session.execute(select(PlayStopSession)).scalars()
+        }
     return (+counts, {k: v for k, v in totals.items() if v != (0, 0)}, pairs, dict(active))
 
 
@@ -57,7 +69,8 @@ def assert_exact(engine):
     with Session(engine) as session:
         # Every user with an event has an ordinal, and no one else keeps one.
         assert set(session.scalars(select(UserOrdinal.user_id))) == set(
-            session.scalars(select(Event.user_id).distinct()))
+            session.scalars(select(Event.user_id).distinct())
+        )
     assert incremental == rebuilt(engine)
     return incremental
 
@@ -73,9 +86,14 @@ def per_day(totals: dict) -> dict:
 
 def random_events(rng: random.Random, n: int, users: int = 6) -> list[dict]:
     names = ["play", "stop", "play", "stop", "pause", "skip"]
-    return [{"event": rng.choice(names), "user_id": f"u{rng.randrange(users)}",
-             "timestamp": (START + timedelta(seconds=rng.randrange(0, 5 * 86400, 7)))
-             .isoformat()} for _ in range(n)]
+    return [
+        {
+            "event": rng.choice(names),
+            "user_id": f"u{rng.randrange(users)}",
+            "timestamp": (START + timedelta(seconds=rng.randrange(0, 5 * 86400, 7))).isoformat(),
+        }
+        for _ in range(n)
+    ]
 
 
 def test_single_events_in_random_order_keep_aggregates_exact(client, engine):
@@ -97,18 +115,47 @@ def test_a_run_of_events_landing_inside_a_session_splits_it(client, engine, size
     # between them (a run of two added events, with other users' events around them): the
     # session becomes 0-20 and 50-100.
     others = [{"event": "skip", "user_id": f"x{i}", "timestamp": at(i)} for i in range(size - 1)]
-    assert client.post("/track/batch", json={"events": [
-        {"event": "play", "user_id": "u", "timestamp": at(0)},
-        {"event": "stop", "user_id": "u", "timestamp": at(100)}]}).status_code == 200
+    assert (
+        client.post(
+            "/track/batch",
+            json={
+                "events": [
+                    {"event": "play", "user_id": "u", "timestamp": at(0)},
+                    {"event": "stop", "user_id": "u", "timestamp": at(100)},
+                ]
+            },
+        ).status_code
+        == 200
+    )
     assert per_day(assert_exact(engine)[1]) == {0: (1, 100_000_000)}
-    assert client.post("/track/batch", json={"events": others + [
-        {"event": "play", "user_id": "u", "timestamp": at(50)},
-        {"event": "stop", "user_id": "u", "timestamp": at(20)}]}).status_code == 200
+    assert (
+        client.post(
+            "/track/batch",
+            json={
+                "events": others
+                + [
+                    {"event": "play", "user_id": "u", "timestamp": at(50)},
+                    {"event": "stop", "user_id": "u", "timestamp": at(20)},
+                ]
+            },
+        ).status_code
+        == 200
+    )
     assert per_day(assert_exact(engine)[1]) == {0: (2, 70_000_000)}
     # And a third event after the stop changes nothing; a play at 10 inside 0-20 breaks it.
-    assert client.post("/track/batch", json={"events": others + [
-        {"event": "play", "user_id": "u", "timestamp": at(200)},
-        {"event": "play", "user_id": "u", "timestamp": at(10)}]}).status_code == 200
+    assert (
+        client.post(
+            "/track/batch",
+            json={
+                "events": others
+                + [
+                    {"event": "play", "user_id": "u", "timestamp": at(200)},
+                    {"event": "play", "user_id": "u", "timestamp": at(10)},
+                ]
+            },
+        ).status_code
+        == 200
+    )
     assert per_day(assert_exact(engine)[1]) == {0: (2, 60_000_000)}
 
 
@@ -118,7 +165,7 @@ def test_batches_and_duplicates_keep_aggregates_exact(client, engine):
     for i, event in enumerate(events):
         event["event_id"] = f"id-{i}"
     for chunk in range(0, 400, 100):
-        batch = events[chunk:chunk + 100] + events[max(0, chunk - 30):chunk]  # retries
+        batch = events[chunk : chunk + 100] + events[max(0, chunk - 30) : chunk]  # retries
         rng.shuffle(batch)
         response = client.post("/track/batch", json={"events": batch})
         assert response.status_code == 200
@@ -133,8 +180,11 @@ def test_purge_keeps_aggregates_exact(app, client, engine):
     with Session(engine) as session:
         ids = list(session.scalars(select(Event.id)))
         old = rng.sample(ids, 80)
-        session.execute(Event.__table__.update().where(Event.id.in_(old))
-                        .values(received_at=datetime.now(timezone.utc) - timedelta(days=90)))
+        session.execute(
+            Event.__table__.update()
+            .where(Event.id.in_(old))
+            .values(received_at=datetime.now(UTC) - timedelta(days=90))
+        )
         session.commit()
     result = app.test_cli_runner().invoke(args=["purge", "--batch-size", "17"])
     assert result.exit_code == 0, result.output
@@ -149,8 +199,12 @@ def post_in_parallel(port: int, events: list[dict], clients: int) -> None:
     def send(chunk):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for event in chunk:
-            conn.request("POST", "/track", body=json.dumps(event),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/track",
+                body=json.dumps(event),
+                headers={"Content-Type": "application/json"},
+            )
             response = conn.getresponse()
             response.read()
             assert response.status == 200
@@ -171,7 +225,8 @@ def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
 
 
 def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exact(
-        live_server, engine):
+    live_server, engine
+):
     """Some of users' events are deleted, and all of others', while the same users send more:
     no bit of a user without events in its piece stays set, no bit of one with events is
     lost, no ordinal of a user with events is dropped."""
@@ -179,15 +234,21 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
 
     server = live_server(workers=2)
     rng = random.Random(11)
-    events = [{**e, "timestamp": (START + timedelta(seconds=rng.randrange(0, 86400, 7)))
-               .isoformat()} for e in random_events(rng, 400, users=3)]
+    events = [
+        {**e, "timestamp": (START + timedelta(seconds=rng.randrange(0, 86400, 7))).isoformat()}
+        for e in random_events(rng, 400, users=3)
+    ]
     done = threading.Event()
 
     def erase():
         while not done.is_set():
             # Half of a day of u0's (its day and UTC-day pieces keep other events), all of u1's.
-            writer.delete_events(engine, select(Event.id).where(
-                Event.user_id == "u0", Event.occurred_at < START + timedelta(hours=12)))
+            writer.delete_events(
+                engine,
+                select(Event.id).where(
+                    Event.user_id == "u0", Event.occurred_at < START + timedelta(hours=12)
+                ),
+            )
             writer.delete_events(engine, select(Event.id).where(Event.user_id == "u1"))
 
     eraser = threading.Thread(target=erase)
@@ -200,8 +261,9 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     assert_exact(engine)
 
 
-def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(backend, database_url,
-                                                                    monkeypatch):
+def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(
+    backend, database_url, monkeypatch
+):
     """Deleters and writers of different users share the active-user bitmap rows of the same
     pieces: each takes them in key order, so none waits for another in a cycle (which the
     database would break by aborting one, a retry counted here)."""
@@ -217,28 +279,39 @@ def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(backend, da
     def rows(user_id: str, seed: int) -> list[EventRow]:
         # Events spread over the quarter-hours of one day: many bitmap rows per batch.
         rng = random.Random(seed)
-        return [EventRow(event="play", user_id=user_id, event_id=f"{seed}-{n}",
-                         occurred_at=START + timedelta(minutes=15 * rng.randrange(96)),
-                         received_at=START, metadata_json=None) for n in range(40)]
+        return [
+            EventRow(
+                event="play",
+                user_id=user_id,
+                event_id=f"{seed}-{n}",
+                occurred_at=START + timedelta(minutes=15 * rng.randrange(96)),
+                received_at=START,
+                metadata_json=None,
+            )
+            for n in range(40)
+        ]
 
     def write(client: int) -> None:
         for round_no in range(12):
             with Session(engine) as session:
-                writer.store_events(session, rows(f"w{client}-{round_no % 3}",
-                                                  client * 100 + round_no))
+                writer.store_events(
+                    session, rows(f"w{client}-{round_no % 3}", client * 100 + round_no)
+                )
 
     def write_then_delete(client: int) -> None:
         for round_no in range(12):
             user_id = f"d{client}"
             with Session(engine) as session:
                 writer.store_events(session, rows(user_id, 10_000 + client * 100 + round_no))
-            assert writer.delete_events(engine, select(Event.id).where(
-                Event.user_id == user_id)) > 0
+            assert (
+                writer.delete_events(engine, select(Event.id).where(Event.user_id == user_id)) > 0
+            )
 
     try:
         with ThreadPoolExecutor(6) as pool:
-            futures = ([pool.submit(write, n) for n in range(3)]
-                       + [pool.submit(write_then_delete, n) for n in range(3)])
+            futures = [pool.submit(write, n) for n in range(3)] + [
+                pool.submit(write_then_delete, n) for n in range(3)
+            ]
             for future in futures:
                 future.result()
         assert retried == []
@@ -263,8 +336,9 @@ def test_rebuild_from_scratch_matches(client, engine):
 def test_rebuild_command_repairs_counts_changed_behind_the_api(app, client, engine):
     for at in ("2025-03-01T10:00:00Z", "2025-03-01T10:05:00Z"):
         client.post("/track", json={"event": "play", "user_id": "u", "timestamp": at})
-    client.post("/track", json={"event": "stop", "user_id": "u",
-                                "timestamp": "2025-03-01T10:06:00Z"})
+    client.post(
+        "/track", json={"event": "stop", "user_id": "u", "timestamp": "2025-03-01T10:06:00Z"}
+    )
     with Session(engine) as session:  # an operator deletes a play with SQL
         session.execute(delete(Event).where(Event.occurred_at == START.replace(hour=10, minute=5)))
         session.commit()
@@ -273,9 +347,11 @@ def test_rebuild_command_repairs_counts_changed_behind_the_api(app, client, engi
     assert "Rebuilt" in result.output
     query = "start_date=2025-03-01&end_date=2025-03-01"
     assert client.get(f"/metrics?{query}").get_json()["data"] == [
-        {"date": "2025-03-01", "play": 1, "stop": 1}]
+        {"date": "2025-03-01", "play": 1, "stop": 1}
+    ]
     assert client.get(f"/sessions?{query}").get_json()["data"] == [
-        {"date": "2025-03-01", "totalDuration": 360, "sessionCount": 1, "averageDuration": 360}]
+        {"date": "2025-03-01", "totalDuration": 360, "sessionCount": 1, "averageDuration": 360}
+    ]
 
 
 def test_read_your_writes_under_concurrent_ingest(live_server):
@@ -290,17 +366,28 @@ def test_read_your_writes_under_concurrent_ingest(live_server):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         i = 0
         while not stop.is_set():
-            event = {"event": ("play", "stop", "view")[i % 3], "user_id": f"bg{n}-{i % 5}",
-                     "timestamp": f"2025-03-0{1 + i % 3}T10:{i % 60:02d}:00Z"}
-            conn.request("POST", "/track", body=json.dumps(event),
-                         headers={"Content-Type": "application/json"})
+            event = {
+                "event": ("play", "stop", "view")[i % 3],
+                "user_id": f"bg{n}-{i % 5}",
+                "timestamp": f"2025-03-0{1 + i % 3}T10:{i % 60:02d}:00Z",
+            }
+            conn.request(
+                "POST",
+                "/track",
+                body=json.dumps(event),
+                headers={"Content-Type": "application/json"},
+            )
             conn.getresponse().read()
             i += 1
         conn.close()
 
     def call(conn, method, path, body=None):
-        conn.request(method, path, body=json.dumps(body) if body else None,
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            method,
+            path,
+            body=json.dumps(body) if body else None,
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         payload = json.loads(response.read())
         assert response.status == 200, payload
@@ -313,17 +400,30 @@ def test_read_your_writes_under_concurrent_ingest(live_server):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         day = "start_date=2025-03-02&end_date=2025-03-02"
         for i in range(1, 31):
-            call(conn, "POST", "/track", {"event": "checkpoint", "user_id": "reader",
-                                          "timestamp": "2025-03-02T12:00:00Z"})
+            call(
+                conn,
+                "POST",
+                "/track",
+                {"event": "checkpoint", "user_id": "reader", "timestamp": "2025-03-02T12:00:00Z"},
+            )
             [metrics] = call(conn, "GET", f"/metrics?{day}")["data"]
             assert metrics["checkpoint"] == i
             # A session of a user nobody else writes for: its count can only be ours.
-            call(conn, "POST", "/track", {"event": "play", "user_id": f"reader{i}",
-                                          "timestamp": "2025-03-05T08:00:00Z"})
-            call(conn, "POST", "/track", {"event": "stop", "user_id": f"reader{i}",
-                                          "timestamp": "2025-03-05T08:00:10Z"})
-            [sessions] = call(conn, "GET", "/sessions?start_date=2025-03-05"
-                                           "&end_date=2025-03-05")["data"]
+            call(
+                conn,
+                "POST",
+                "/track",
+                {"event": "play", "user_id": f"reader{i}", "timestamp": "2025-03-05T08:00:00Z"},
+            )
+            call(
+                conn,
+                "POST",
+                "/track",
+                {"event": "stop", "user_id": f"reader{i}", "timestamp": "2025-03-05T08:00:10Z"},
+            )
+            [sessions] = call(conn, "GET", "/sessions?start_date=2025-03-05&end_date=2025-03-05")[
+                "data"
+            ]
             assert sessions["sessionCount"] == i
             assert sessions["totalDuration"] == 10 * i
         conn.close()
@@ -339,12 +439,15 @@ def test_timestamps_sent_as_text_are_the_stored_text(engine, backend):
     # year before 1000 was once written with three digits).
     if backend != "sqlite":
         pytest.skip("PostgreSQL compares timestamptz values, not text")
-    times = [datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
-             datetime(2025, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=5))),
-             datetime(2025, 3, 1, 23, 59, 59, 999999, tzinfo=timezone.utc)]
+    times = [
+        datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        datetime(2025, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=5))),
+        datetime(2025, 3, 1, 23, 59, 59, 999999, tzinfo=UTC),
+    ]
     with Session(engine) as session:
-        session.add_all(Event(event="play", user_id="u", occurred_at=at, received_at=at)
-                        for at in times)
+        session.add_all(
+            Event(event="play", user_id="u", occurred_at=at, received_at=at) for at in times
+        )
         session.commit()
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT occurred_at FROM events ORDER BY id")).scalars().all()
@@ -383,8 +486,9 @@ def stored_ids(engine) -> list[int]:
         return sorted(session.scalars(select(Event.id)))
 
 
-def test_a_registered_aggregate_hears_of_every_write_path(app, client, engine, monkeypatch,
-                                                         tmp_path):
+def test_a_registered_aggregate_hears_of_every_write_path(
+    app, client, engine, monkeypatch, tmp_path
+):
     recorder = RecordingAggregate()
     monkeypatch.setattr(writer, "REGISTRY", (*registry_module.REGISTRY, recorder))
     event = {"event": "play", "user_id": "u", "timestamp": "2025-03-01T10:00:00Z"}
@@ -401,10 +505,13 @@ def test_a_registered_aggregate_hears_of_every_write_path(app, client, engine, m
     assert sorted(recorder.inserted) == ids  # each stored event once, duplicates never
 
     with Session(engine) as session:  # expire a third of them, and delete three directly
-        session.execute(Event.__table__.update().where(Event.id.in_(ids[::3]))
-                        .values(received_at=START - timedelta(days=400)))
+        session.execute(
+            Event.__table__.update()
+            .where(Event.id.in_(ids[::3]))
+            .values(received_at=START - timedelta(days=400))
+        )
         session.commit()
-    cutoff = retention.retention_cutoff(30, datetime.now(timezone.utc))
+    cutoff = retention.retention_cutoff(30, datetime.now(UTC))
     assert retention.purge_expired(engine, cutoff, batch_size=4, pace=0) == len(ids[::3])
     assert writer.delete_events(engine, select(Event.id).where(Event.id.in_(ids[1:4]))) == 2
     assert sorted(recorder.deleted) == sorted({*ids[::3], *ids[1:4]})
@@ -424,10 +531,16 @@ def test_the_sessions_table_holds_each_pairing(client, engine):
         client.post("/track", json={"event": name, "user_id": "u", "timestamp": at(second)})
     with Session(engine) as session:
         ids = {(e.event, e.occurred_at): e.id for e in session.scalars(select(Event))}
-        rows = session.execute(select(PlayStopSession.play_id, PlayStopSession.stop_id,
-                                      PlayStopSession.duration_us)).all()
-    assert rows == [(ids[("play", START + timedelta(seconds=5))],
-                     ids[("stop", START + timedelta(seconds=9))], 4_000_000)]
+        rows = session.execute(
+            select(PlayStopSession.play_id, PlayStopSession.stop_id, PlayStopSession.duration_us)
+        ).all()
+    assert rows == [
+        (
+            ids[("play", START + timedelta(seconds=5))],
+            ids[("stop", START + timedelta(seconds=9))],
+            4_000_000,
+        )
+    ]
     assert_exact(engine)
 
 
@@ -447,8 +560,9 @@ def test_counting_nothing_leaves_no_rows(engine):
         assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
 
 
-def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(engine, backend,
-                                                                       monkeypatch):
+def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(
+    engine, backend, monkeypatch
+):
     # Two writer threads (shards 1 and 2) write the same buckets.
     import threading
 
@@ -458,8 +572,10 @@ def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(engine, 
     monkeypatch.setattr(threading, "get_native_id", lambda: writer_thread["id"])
     for thread, user in ((1, "u"), (2, "v")):
         writer_thread["id"] = thread
-        rows = [EventRow(name, user, START + timedelta(seconds=second), START, "null")
-                for name, second in (("play", 0), ("stop", 30))]
+        rows = [
+            EventRow(name, user, START + timedelta(seconds=second), START, "null")
+            for name, second in (("play", 0), ("stop", 30))
+        ]
         with Session(engine) as session:
             assert writer.store_events(session, rows) == [True, True]
     before = aggregates(engine)
@@ -494,8 +610,15 @@ def test_a_delete_that_lost_a_race_is_run_again_whole(client, engine, monkeypatc
     recorder = LosesTheFirstRace()
     monkeypatch.setattr(writer, "REGISTRY", (*registry_module.REGISTRY, recorder))
     for n in range(3):
-        client.post("/track", json={"event": "play", "user_id": "u", "event_id": str(n),
-                                    "timestamp": "2025-03-01T10:00:00Z"})
+        client.post(
+            "/track",
+            json={
+                "event": "play",
+                "user_id": "u",
+                "event_id": str(n),
+                "timestamp": "2025-03-01T10:00:00Z",
+            },
+        )
     assert writer.delete_events(engine, select(Event.id).where(Event.event_id != "0")) == 2
     assert len(recorder.deleted) == 4  # heard twice: the aborted attempt and the one that held
     with Session(engine) as session:

@@ -1,16 +1,17 @@
 """Access keys on requests: what each AUTH_MODE needs, the refusals' exact answers, scopes,
 origins, the ``key`` query parameter, and the per-process key cache."""
+
 from __future__ import annotations
 
 import hashlib
 
 import pytest
+from conftest import create_key
 from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from analytics import auth
 from analytics.models import AccessKey, Event, EventBucket
-from conftest import create_key
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 SESSIONS = "/sessions?start_date=2025-01-01&end_date=2025-01-31"
@@ -23,8 +24,7 @@ def bearer(secret: str) -> dict:
 
 
 def track(client, headers=None, path="/track"):
-    return client.post(path, json=BATCH if path == "/track/batch" else EVENT,
-                       headers=headers or {})
+    return client.post(path, json=BATCH if path == "/track/batch" else EVENT, headers=headers or {})
 
 
 def assert_refused(response, status: int, message: str) -> None:
@@ -36,7 +36,8 @@ def assert_refused(response, status: int, message: str) -> None:
     origin = response.request.headers.get("Origin")
     ingest = response.request.path in ("/track", "/track/batch")
     assert response.headers["Access-Control-Allow-Origin"] == (
-        origin if origin and ingest else "*")  # ingest echoes the Origin
+        origin if origin and ingest else "*"
+    )  # ingest echoes the Origin
     if status == 401:
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
@@ -47,6 +48,7 @@ def stored_events(engine) -> int:
 
 
 # --- What each mode needs ---------------------------------------------------------------------
+
 
 def test_open_mode_needs_no_key(make_app):
     client = make_app(AUTH_MODE="open").test_client()
@@ -80,19 +82,28 @@ def test_the_keyed_requests_are_answered_as_without_keys(make_app):
     app = make_app(AUTH_MODE="all")
     secret = create_key(app, "admin", "admin")
     client = app.test_client()
-    assert track(client, bearer(secret)).get_json() == {"status": "success",
-                                                        "message": "Event logged."}
+    assert track(client, bearer(secret)).get_json() == {
+        "status": "success",
+        "message": "Event logged.",
+    }
     assert track(client, bearer(secret), "/track/batch").get_json()["accepted"] == 2
     assert client.get(METRICS, headers=bearer(secret)).get_json() == {
-        "status": "success", "data": [{"date": "2025-01-02", "play": 2, "stop": 1}]}
+        "status": "success",
+        "data": [{"date": "2025-01-02", "play": 2, "stop": 1}],
+    }
 
 
 @pytest.mark.parametrize("path", ["/track", "/track/batch", "/metrics", "/sessions", "/health"])
 def test_preflights_never_need_a_key(make_app, path):
     client = make_app(AUTH_MODE="all").test_client()
-    response = client.options(path, headers={"Origin": "https://app.example",
-                                              "Access-Control-Request-Method": "POST",
-                                              "Access-Control-Request-Headers": "authorization"})
+    response = client.options(
+        path,
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert response.status_code == 204
     assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
 
@@ -105,6 +116,7 @@ def test_unknown_paths_stay_404(make_app):
 
 
 # --- Keys presented ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["open", "reads", "all"])
 def test_a_key_in_the_header_is_checked_in_every_mode(make_app, engine, mode):
@@ -140,16 +152,19 @@ def test_scopes(make_app, mode):
 
     assert track(client, bearer(ingest)).status_code == 200
     assert track(client, bearer(ingest), "/track/batch").status_code == 200
-    assert_refused(client.get(METRICS, headers=bearer(ingest)), 403,
-                   "This API key does not allow read")
-    assert_refused(client.get(SESSIONS, headers=bearer(ingest)), 403,
-                   "This API key does not allow read")
+    assert_refused(
+        client.get(METRICS, headers=bearer(ingest)), 403, "This API key does not allow read"
+    )
+    assert_refused(
+        client.get(SESSIONS, headers=bearer(ingest)), 403, "This API key does not allow read"
+    )
 
     assert client.get(METRICS, headers=bearer(read)).status_code == 200
     assert client.get(SESSIONS, headers=bearer(read)).status_code == 200
     assert_refused(track(client, bearer(read)), 403, "This API key does not allow ingest")
-    assert_refused(track(client, bearer(read), "/track/batch"), 403,
-                   "This API key does not allow ingest")
+    assert_refused(
+        track(client, bearer(read), "/track/batch"), 403, "This API key does not allow ingest"
+    )
 
     for secret in (both, admin):
         assert track(client, bearer(secret)).status_code == 200
@@ -176,19 +191,28 @@ def test_other_authorization_schemes_are_not_keys(make_app):
     basic = {"Authorization": "Basic dXNlcjpwYXNz"}  # e.g. from a password-protected proxy
     assert track(client, basic).status_code == 200
     assert_refused(client.get(METRICS, headers=basic), 401, "API key required")
-    assert client.get(METRICS, headers={"Authorization": "bearer " + create_key(
-        client.application, "lower", "read")}).status_code == 200
+    assert (
+        client.get(
+            METRICS,
+            headers={"Authorization": "bearer " + create_key(client.application, "lower", "read")},
+        ).status_code
+        == 200
+    )
 
 
 # --- The key query parameter ------------------------------------------------------------------
+
 
 def test_ingest_takes_the_key_from_the_query_string(make_app, engine):
     app = make_app(AUTH_MODE="all")
     secret = create_key(app, "beacon", "ingest")
     client = app.test_client()
     # What navigator.sendBeacon sends: a text/plain body, no headers of its own.
-    response = client.post(f"/track?key={secret}", data='{"event": "play", "user_id": "b"}',
-                           content_type="text/plain;charset=UTF-8")
+    response = client.post(
+        f"/track?key={secret}",
+        data='{"event": "play", "user_id": "b"}',
+        content_type="text/plain;charset=UTF-8",
+    )
     assert response.status_code == 200, response.get_json()
     assert client.post(f"/track/batch?key={secret}", json=BATCH).status_code == 200
     assert_refused(client.post("/track?key=ak_nope", json=EVENT), 401, "Invalid API key")
@@ -207,10 +231,12 @@ def test_no_other_scope_is_taken_from_the_query_string(make_app):
 
 # --- Origins ----------------------------------------------------------------------------------
 
+
 def test_origin_bound_keys(make_app, engine):
     app = make_app(AUTH_MODE="all")
-    secret = create_key(app, "site", "ingest", origins=("https://shop.example",
-                                                         "http://localhost:3000"))
+    secret = create_key(
+        app, "site", "ingest", origins=("https://shop.example", "http://localhost:3000")
+    )
     client = app.test_client()
 
     def send(origin=None, via_query=False):
@@ -224,13 +250,17 @@ def test_origin_bound_keys(make_app, engine):
     assert send("http://localhost:3000", via_query=True).status_code == 200
     assert send().status_code == 200  # not a browser: nothing to bind
     assert_refused(send("https://evil.example"), 403, "Origin not allowed for this API key")
-    assert_refused(send("https://shop.example:8443", via_query=True), 403,
-                   "Origin not allowed for this API key")
+    assert_refused(
+        send("https://shop.example:8443", via_query=True),
+        403,
+        "Origin not allowed for this API key",
+    )
     assert_refused(send("http://shop.example"), 403, "Origin not allowed for this API key")
     assert stored_events(engine) == 4
 
 
 # --- A refused request stores nothing and reveals nothing -------------------------------------
+
 
 def test_refused_requests_store_nothing(make_app, engine):
     app = make_app(AUTH_MODE="all")
@@ -241,8 +271,9 @@ def test_refused_requests_store_nothing(make_app, engine):
         assert track(client, path=path).status_code == 401
         assert track(client, bearer("ak_wrong"), path).status_code == 401
         assert track(client, bearer(read), path).status_code == 403
-        assert track(client, {**bearer(bound), "Origin": "https://b.example"},
-                     path).status_code == 403
+        assert (
+            track(client, {**bearer(bound), "Origin": "https://b.example"}, path).status_code == 403
+        )
     assert stored_events(engine) == 0
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
@@ -261,6 +292,7 @@ def test_a_refused_read_reveals_nothing(make_app):
 
 # --- Storage ----------------------------------------------------------------------------------
 
+
 def test_keys_survive_a_restart(make_app, database_url):
     first = make_app(AUTH_MODE="reads")
     secret = create_key(first, "lasting", "read")
@@ -271,8 +303,9 @@ def test_keys_survive_a_restart(make_app, database_url):
 
 def test_no_column_holds_the_secret(make_app, engine):
     app = make_app(AUTH_MODE="reads")
-    secret = create_key(app, "hidden", "read", "ingest", origins=("https://a.example",),
-                        rate="10/second")
+    secret = create_key(
+        app, "hidden", "read", "ingest", origins=("https://a.example",), rate="10/second"
+    )
     assert secret.startswith("ak_") and len(secret) >= 22
     assert app.test_client().get(METRICS, headers=bearer(secret)).status_code == 200
     with engine.connect() as conn:
@@ -282,11 +315,12 @@ def test_no_column_holds_the_secret(make_app, engine):
     for value in values:
         for start in range(0, len(random_part) - 8):
             # No eight characters of the secret's random part appear anywhere.
-            assert random_part[start:start + 8] not in value
+            assert random_part[start : start + 8] not in value
     assert row["secret_hash"] == hashlib.sha256(secret.encode()).hexdigest()
 
 
 # --- The per-process cache --------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self):
@@ -382,6 +416,7 @@ def test_a_failed_refusal_never_writes_last_use(make_app, engine):
 
 
 # --- Every worker -----------------------------------------------------------------------------
+
 
 @pytest.mark.live
 def test_keys_reach_every_worker(live_server, database_url):

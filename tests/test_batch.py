@@ -1,4 +1,5 @@
 """POST /track/batch: every rule of the contract, on both backends, and many clients at once."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -10,22 +11,23 @@ import random
 import threading
 import tracemalloc
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
+from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, assert_error, stored
 
 from analytics import create_app
 from analytics.models import Event
-from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, assert_error, stored
 
 NDJSON = "application/x-ndjson"
 
 
-def batch(client, events=None, *, body=None, content_type="application/json", gzipped=False,
-          headers=None):
+def batch(
+    client, events=None, *, body=None, content_type="application/json", gzipped=False, headers=None
+):
     """POST /track/batch with {"events": events}, or with ``body`` as given."""
     if body is None:
         body = json.dumps({"events": events})
@@ -44,9 +46,13 @@ def ndjson(*lines) -> str:
 
 
 def success(accepted=0, duplicates=0, rejected=(), warnings=()) -> dict:
-    return {"status": "success", "accepted": accepted, "duplicates": duplicates,
-            "rejected": [{"index": i, "message": m} for i, m in rejected],
-            "warnings": [{"index": i, "warnings": w} for i, w in warnings]}
+    return {
+        "status": "success",
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": [{"index": i, "message": m} for i, m in rejected],
+        "warnings": [{"index": i, "warnings": w} for i, w in warnings],
+    }
 
 
 def ev(n: int, **fields) -> dict:
@@ -54,6 +60,7 @@ def ev(n: int, **fields) -> dict:
 
 
 # --- storing -----------------------------------------------------------------------------------
+
 
 def test_valid_events_are_all_stored_in_order(client, engine):
     events = [ev(i, user_id=f"user{i % 3}", metadata={"n": i}) for i in range(25)]
@@ -65,24 +72,24 @@ def test_valid_events_are_all_stored_in_order(client, engine):
     # Arrival order (ids) is batch order: it breaks ties between equal timestamps.
     assert [row.meta["n"] for row in rows] == list(range(25))
     assert [row.user_id for row in rows] == [f"user{i % 3}" for i in range(25)]
-    assert rows[7].occurred_at == datetime(2025, 1, 18, 14, 30, 7, tzinfo=timezone.utc)
+    assert rows[7].occurred_at == datetime(2025, 1, 18, 14, 30, 7, tzinfo=UTC)
     assert len({row.received_at for row in rows}) == 1
 
 
 def test_a_batch_mixing_valid_invalid_and_duplicate_events(client, engine):
     assert batch(client, [ev(0, event_id="seen-before")]).status_code == 200
     events = [
-        ev(1, event_id="a"),                                  # 0 stored
-        {"event": "play"},                                    # 1 no user_id
-        ev(2, event_id="seen-before"),                        # 2 duplicate of a stored event
-        "play",                                               # 3 not an object
-        ev(3, event_id="a", metadata={"second": True}),       # 4 duplicate inside the batch
-        ev(4, timestamp="2025-13-01T00:00:00Z"),              # 5 invalid timestamp
-        ev(5, timestamp="2999-01-01T00:00:00Z"),              # 6 stored, with a warning
-        ev(6, event="date"),                                  # 7 reserved name
-        ev(7, event_id="b"),                                  # 8 stored
-        None,                                                 # 9 not an object
-        ev(8),                                                # 10 stored (no event_id)
+        ev(1, event_id="a"),  # 0 stored
+        {"event": "play"},  # 1 no user_id
+        ev(2, event_id="seen-before"),  # 2 duplicate of a stored event
+        "play",  # 3 not an object
+        ev(3, event_id="a", metadata={"second": True}),  # 4 duplicate inside the batch
+        ev(4, timestamp="2025-13-01T00:00:00Z"),  # 5 invalid timestamp
+        ev(5, timestamp="2999-01-01T00:00:00Z"),  # 6 stored, with a warning
+        ev(6, event="date"),  # 7 reserved name
+        ev(7, event_id="b"),  # 8 stored
+        None,  # 9 not an object
+        ev(8),  # 10 stored (no event_id)
     ]
     response = batch(client, events)
     assert response.status_code == 200
@@ -109,10 +116,12 @@ def test_a_batch_mixing_valid_invalid_and_duplicate_events(client, engine):
 def test_duplicates_are_found_in_large_batches_too(client, engine):
     # Large batches take the bulk path (COPY on PostgreSQL, executemany on SQLite).
     assert batch(client, [ev(i % 60, event_id=f"old{i}") for i in range(30)]).status_code == 200
-    events = ([ev(0, event_id=f"old{i}") for i in range(29, 0, -3)]       # 10 stored before
-              + [ev(1, event_id=f"new{i}") for i in range(40)]              # 40 new
-              + [ev(2, event_id=f"new{i}", event="repeat") for i in range(5)]  # 5 repeats
-              + [ev(3) for _ in range(7)])                                  # 7 never deduped
+    events = (
+        [ev(0, event_id=f"old{i}") for i in range(29, 0, -3)]  # 10 stored before
+        + [ev(1, event_id=f"new{i}") for i in range(40)]  # 40 new
+        + [ev(2, event_id=f"new{i}", event="repeat") for i in range(5)]  # 5 repeats
+        + [ev(3) for _ in range(7)]
+    )  # 7 never deduped
     response = batch(client, events)
     assert response.get_json() == success(accepted=47, duplicates=15)
     rows = stored(engine)[30:]
@@ -122,39 +131,46 @@ def test_duplicates_are_found_in_large_batches_too(client, engine):
 
 def test_storage_rules_are_those_of_track(client, engine):
     big = _metadata_of_size(4097)
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    response = batch(client, [
-        {"event": "a", "user_id": "u", "metadata": big},
-        {"event": "b", "user_id": "u", "timestamp": future, "metadata": {"k": "v"}},
-        {"event": "c", "user_id": "u", "timestamp": "2025-01-18T16:30:00.123+02:00"},
-        {"event": "d", "user_id": "u", "timestamp": None, "metadata": None, "extra": [1]},
-    ])
-    assert response.get_json() == success(accepted=4, warnings=[
-        (0, [TRUNCATED_WARNING]), (1, [FUTURE_WARNING])])
+    future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response = batch(
+        client,
+        [
+            {"event": "a", "user_id": "u", "metadata": big},
+            {"event": "b", "user_id": "u", "timestamp": future, "metadata": {"k": "v"}},
+            {"event": "c", "user_id": "u", "timestamp": "2025-01-18T16:30:00.123+02:00"},
+            {"event": "d", "user_id": "u", "timestamp": None, "metadata": None, "extra": [1]},
+        ],
+    )
+    assert response.get_json() == success(
+        accepted=4, warnings=[(0, [TRUNCATED_WARNING]), (1, [FUTURE_WARNING])]
+    )
     a, b, c, d = stored(engine)
     assert a.meta == {"warning": TRUNCATED_WARNING, "originalSize": 4097}
     assert b.meta == {"k": "v", "timestamp_warning": FUTURE_WARNING, "original_timestamp": future}
-    assert b.occurred_at <= datetime.now(timezone.utc)
-    assert c.occurred_at == datetime(2025, 1, 18, 14, 30, 0, 123000, tzinfo=timezone.utc)
+    assert b.occurred_at <= datetime.now(UTC)
+    assert c.occurred_at == datetime(2025, 1, 18, 14, 30, 0, 123000, tzinfo=UTC)
     assert d.meta is None
-    assert abs(d.occurred_at - datetime.now(timezone.utc)) < timedelta(seconds=5)
+    assert abs(d.occurred_at - datetime.now(UTC)) < timedelta(seconds=5)
 
 
-@pytest.mark.parametrize("item, field", [
-    ({"user_id": "u"}, "event"),
-    ({"event": "", "user_id": "u"}, "event"),
-    ({"event": "x" * 256, "user_id": "u"}, "event"),
-    ({"event": "play", "user_id": "   "}, "user_id"),
-    ({"event": "play", "user_id": 7}, "user_id"),
-    ({"event": "play", "user_id": "u", "timestamp": "2025-01-18"}, "timestamp"),
-    ({"event": "play", "user_id": "u", "timestamp": 1737210600}, "timestamp"),
-    ({"event": "play", "user_id": "u", "metadata": [1]}, "metadata"),
-    ({"event": "play", "user_id": "u", "metadata": {"k": "\u0000"}}, "metadata"),
-    ({"event": "pl\u0000ay", "user_id": "u"}, "event"),
-    ({"event": "play", "user_id": "u", "event_id": ""}, "event_id"),
-    ({"event": "play", "user_id": "u", "event_id": "x" * 129}, "event_id"),
-    ({"event": "play", "user_id": "u", "event_id": 12}, "event_id"),
-])
+@pytest.mark.parametrize(
+    "item, field",
+    [
+        ({"user_id": "u"}, "event"),
+        ({"event": "", "user_id": "u"}, "event"),
+        ({"event": "x" * 256, "user_id": "u"}, "event"),
+        ({"event": "play", "user_id": "   "}, "user_id"),
+        ({"event": "play", "user_id": 7}, "user_id"),
+        ({"event": "play", "user_id": "u", "timestamp": "2025-01-18"}, "timestamp"),
+        ({"event": "play", "user_id": "u", "timestamp": 1737210600}, "timestamp"),
+        ({"event": "play", "user_id": "u", "metadata": [1]}, "metadata"),
+        ({"event": "play", "user_id": "u", "metadata": {"k": "\u0000"}}, "metadata"),
+        ({"event": "pl\u0000ay", "user_id": "u"}, "event"),
+        ({"event": "play", "user_id": "u", "event_id": ""}, "event_id"),
+        ({"event": "play", "user_id": "u", "event_id": "x" * 129}, "event_id"),
+        ({"event": "play", "user_id": "u", "event_id": 12}, "event_id"),
+    ],
+)
 def test_each_track_rule_rejects_the_item_not_the_batch(client, engine, item, field):
     response = batch(client, [ev(1), item, ev(2)])
     assert response.status_code == 200
@@ -200,18 +216,28 @@ def test_postgresql_numbers_a_bulk_batch_from_one_block_of_ids(client, engine, b
     # A database whose sequence still steps by 1 (before migration 0005) works the same way,
     # one nextval() an event.
     with engine.begin() as conn:
-        conn.execute(text("DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY 1', "
-                          "pg_get_serial_sequence('events', 'id')); END $$"))
+        conn.execute(
+            text(
+                "DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY 1', "
+                "pg_get_serial_sequence('events', 'id')); END $$"
+            )
+        )
     try:
-        assert batch(client, [ev(i % 60, event_id=f"c{i}") for i in range(30)]).get_json() \
-            == success(accepted=30)
-        assert batch(client, [ev(i % 60, event_id=f"c{i}") for i in range(40)]).get_json() \
-            == success(accepted=10, duplicates=30)
+        assert batch(
+            client, [ev(i % 60, event_id=f"c{i}") for i in range(30)]
+        ).get_json() == success(accepted=30)
+        assert batch(
+            client, [ev(i % 60, event_id=f"c{i}") for i in range(40)]
+        ).get_json() == success(accepted=10, duplicates=30)
     finally:
         with engine.begin() as conn:
-            conn.execute(text("DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY 1000', "
-                              "pg_get_serial_sequence('events', 'id')); END $$"))
-    later = [row.id for row in stored(engine)][len(ids):]
+            conn.execute(
+                text(
+                    "DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY 1000', "
+                    "pg_get_serial_sequence('events', 'id')); END $$"
+                )
+            )
+    later = [row.id for row in stored(engine)][len(ids) :]
     assert len(later) == len(set(later)) == 40 and later == sorted(later)
 
 
@@ -223,33 +249,50 @@ def test_every_way_in_stores_the_same_text(client, engine):
     when = "2025-01-18T14:30:00.250000+01:00"
     item = {"event": "play", "user_id": "u", "timestamp": when, "metadata": metadata}
     with Session(engine) as session:
-        session.add(Event(event="play", user_id="u", meta=metadata, event_id="orm",
-                          occurred_at=datetime(2025, 1, 18, 13, 30, 0, 250000, timezone.utc),
-                          received_at=datetime(2025, 1, 18, 13, 30, 0, 250000, timezone.utc)))
+        session.add(
+            Event(
+                event="play",
+                user_id="u",
+                meta=metadata,
+                event_id="orm",
+                occurred_at=datetime(2025, 1, 18, 13, 30, 0, 250000, UTC),
+                received_at=datetime(2025, 1, 18, 13, 30, 0, 250000, UTC),
+            )
+        )
         session.commit()
     assert client.post("/track", json={**item, "event_id": "one"}).status_code == 200
     assert batch(client, [{**item, "event_id": "small"}]).status_code == 200
     assert batch(client, [{**item, "event_id": f"bulk{i}"} for i in range(30)]).status_code == 200
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT event_id, occurred_at, metadata FROM events "
-                                 "ORDER BY id")).all()
+        rows = conn.execute(
+            text("SELECT event_id, occurred_at, metadata FROM events ORDER BY id")
+        ).all()
     assert [row[0] for row in rows[:3]] == ["orm", "one", "small"]
     orm_time, orm_metadata = rows[0][1], rows[0][2]
     for event_id, occurred_at, stored_metadata in rows[1:]:
         assert occurred_at == orm_time, event_id
-        loaded = json.loads(stored_metadata) if isinstance(stored_metadata, str) else stored_metadata
+        loaded = (
+            json.loads(stored_metadata) if isinstance(stored_metadata, str) else stored_metadata
+        )
         assert loaded == metadata, event_id
     if engine.dialect.name == "sqlite":
         assert orm_time == "2025-01-18 13:30:00.250000"
         # The compact encoding, non-ASCII kept: the text whose size the limit measured.
-        assert {row[2] for row in rows[1:]} == {json.dumps(metadata, separators=(",", ":"),
-                                                           ensure_ascii=False)}
+        assert {row[2] for row in rows[1:]} == {
+            json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+        }
         assert json.loads(orm_metadata) == metadata
 
 
 def test_event_ids_are_scoped_by_user(client, engine):
-    response = batch(client, [ev(1, user_id="a", event_id="x"), ev(2, user_id="b", event_id="x"),
-                              ev(3, user_id="a", event_id="X")])
+    response = batch(
+        client,
+        [
+            ev(1, user_id="a", event_id="x"),
+            ev(2, user_id="b", event_id="x"),
+            ev(3, user_id="a", event_id="X"),
+        ],
+    )
     assert response.get_json() == success(accepted=3)
 
 
@@ -262,19 +305,43 @@ def test_events_without_event_id_are_never_deduplicated(client, engine):
 
 # --- bodies that are not a batch -----------------------------------------------------------------
 
-@pytest.mark.parametrize("body", [
-    "[]", '[{"event": "play", "user_id": "u"}]', '"events"', "42", "null", "{}",
-    '{"event": "play", "user_id": "u"}', '{"events": {"event": "play", "user_id": "u"}}',
-    '{"events": "play"}', '{"events": null}', '{"Events": []}',
-])
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[]",
+        '[{"event": "play", "user_id": "u"}]',
+        '"events"',
+        "42",
+        "null",
+        "{}",
+        '{"event": "play", "user_id": "u"}',
+        '{"events": {"event": "play", "user_id": "u"}}',
+        '{"events": "play"}',
+        '{"events": null}',
+        '{"Events": []}',
+    ],
+)
 def test_a_body_that_is_not_a_batch_is_400(client, engine, body):
-    assert_error(batch(client, body=body), 400,
-                 message='Request body must be a JSON object with an "events" list')
+    assert_error(
+        batch(client, body=body),
+        400,
+        message='Request body must be a JSON object with an "events" list',
+    )
     assert stored(engine) == []
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b'{"events": [}', b'{"events": [NaN]}', b"\xff{}",
-                                  b'{"events": []} {"events": []}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b'{"events": [}',
+        b'{"events": [NaN]}',
+        b"\xff{}",
+        b'{"events": []} {"events": []}',
+    ],
+)
 def test_malformed_json_is_400(client, engine, body):
     assert_error(batch(client, body=body), 400, message="Malformed JSON in request body")
 
@@ -283,21 +350,29 @@ def test_unpaired_surrogates_are_refused_not_a_server_error(client, engine):
     # "\ud800" alone is JSON syntax for a string no database can store.
     lone = '{"event": "pl\\ud800ay", "user_id": "u"}'
     paired = '{"event": "\\ud83c\\udfb5", "user_id": "u"}'  # one character, a note
-    assert_error(batch(client, body='{"events": [%s, %s]}' % (paired, lone)), 400,
-                 message="Malformed JSON in request body")
-    assert_error(client.post("/track", data=lone, content_type="application/json"), 400,
-                 message="Malformed JSON in request body")
+    assert_error(
+        batch(client, body=f'{{"events": [{paired}, {lone}]}}'),
+        400,
+        message="Malformed JSON in request body",
+    )
+    assert_error(
+        client.post("/track", data=lone, content_type="application/json"),
+        400,
+        message="Malformed JSON in request body",
+    )
     response = batch(client, body=ndjson(paired, lone), content_type=NDJSON)
     assert response.get_json() == success(accepted=1, rejected=[(1, "Malformed JSON")])
-    assert [row.event for row in stored(engine)] == ["\U0001F3B5"]
+    assert [row.event for row in stored(engine)] == ["\U0001f3b5"]
 
 
 def test_an_empty_batch_is_400(client, engine):
     assert_error(batch(client, []), 400, message="The batch has no events")
-    assert_error(batch(client, body="\n \r\n\n", content_type=NDJSON), 400,
-                 message="The batch has no events")
-    assert_error(batch(client, body="", content_type=NDJSON), 400,
-                 message="The batch has no events")
+    assert_error(
+        batch(client, body="\n \r\n\n", content_type=NDJSON), 400, message="The batch has no events"
+    )
+    assert_error(
+        batch(client, body="", content_type=NDJSON), 400, message="The batch has no events"
+    )
 
 
 def test_a_batch_where_every_event_is_rejected_is_400_and_stores_nothing(client, engine):
@@ -320,20 +395,25 @@ def test_nul_in_the_rest_of_the_body_is_refused(client, engine):
     assert stored(engine) == []
 
 
-@pytest.mark.parametrize("content_type", ["text/plain;charset=UTF-8", "application/vnd.x+json",
-                                          "APPLICATION/JSON; charset=utf-8", None])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain;charset=UTF-8", "application/vnd.x+json", "APPLICATION/JSON; charset=utf-8", None],
+)
 def test_json_like_content_types_are_parsed(client, engine, content_type):
     assert batch(client, [ev(1)], content_type=content_type).get_json() == success(accepted=1)
 
 
-@pytest.mark.parametrize("content_type", ["text/html", "application/xml", "text/csv",
-                                          "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/html", "application/xml", "text/csv", "application/x-www-form-urlencoded"],
+)
 def test_other_content_types_are_415(client, engine, content_type):
     assert_error(batch(client, [ev(1)], content_type=content_type), 415)
     assert stored(engine) == []
 
 
 # --- the cap and the size limit -------------------------------------------------------------------
+
 
 def test_the_default_cap_is_1000_events(client, engine):
     events = [{"event": "e", "user_id": "u"} for _ in range(1001)]
@@ -351,11 +431,13 @@ def test_the_cap_is_configurable_and_counts_ndjson_lines(database_url, engine):
     try:
         assert_error(batch(client, [ev(i) for i in range(4)]), 413)
         # Blank lines do not count; bad lines do.
-        assert_error(batch(client, body=ndjson(ev(1), "", ev(2), "oops", ev(3)),
-                           content_type=NDJSON), 413)
+        assert_error(
+            batch(client, body=ndjson(ev(1), "", ev(2), "oops", ev(3)), content_type=NDJSON), 413
+        )
         assert stored(engine) == []
-        assert batch(client, body=ndjson(ev(1), "", ev(2), "", ev(3), ""),
-                     content_type=NDJSON).get_json() == success(accepted=3)
+        assert batch(
+            client, body=ndjson(ev(1), "", ev(2), "", ev(3), ""), content_type=NDJSON
+        ).get_json() == success(accepted=3)
     finally:
         app.extensions["analytics.db"]["engine"].dispose()
 
@@ -368,6 +450,7 @@ def test_a_body_over_the_size_limit_is_413(client, engine):
 
 # --- NDJSON -------------------------------------------------------------------------------------
 
+
 def test_ndjson_lines_are_events_and_blank_lines_are_skipped(client, engine):
     body = ndjson("", ev(0, event_id="n0"), "   ", ev(1), "\t", "", ev(2, event_id="n0"), "")
     response = batch(client, body=body, content_type=NDJSON)
@@ -376,16 +459,21 @@ def test_ndjson_lines_are_events_and_blank_lines_are_skipped(client, engine):
 
 
 def test_ndjson_bad_lines_are_rejected_by_their_index_among_non_blank_lines(client, engine):
-    body = ndjson(ev(0), "", "[1, 2]", "", '"play"', "{not json", ev(4), "null",
-                  '{"event": "e"}', "42")
+    body = ndjson(
+        ev(0), "", "[1, 2]", "", '"play"', "{not json", ev(4), "null", '{"event": "e"}', "42"
+    )
     response = batch(client, body=body, content_type=NDJSON)
     assert response.status_code == 200
     body = response.get_json()
     assert body["accepted"] == 2
     assert [(r["index"], r["message"]) for r in body["rejected"]] == [
-        (1, "Event must be a JSON object"), (2, "Event must be a JSON object"),
-        (3, "Malformed JSON"), (5, "Event must be a JSON object"),
-        (6, "user_id is required"), (7, "Event must be a JSON object")]
+        (1, "Event must be a JSON object"),
+        (2, "Event must be a JSON object"),
+        (3, "Malformed JSON"),
+        (5, "Event must be a JSON object"),
+        (6, "user_id is required"),
+        (7, "Event must be a JSON object"),
+    ]
 
 
 def test_ndjson_with_crlf_line_ends_and_a_charset(client, engine):
@@ -397,11 +485,13 @@ def test_ndjson_with_crlf_line_ends_and_a_charset(client, engine):
 def test_ndjson_line_that_is_a_whole_batch_object_is_just_a_bad_event(client, engine):
     body = ndjson({"events": [ev(0)]}, ev(1))
     response = batch(client, body=body, content_type=NDJSON)
-    assert response.get_json()["rejected"] == [{"index": 0, "message": (
-        "event is required; user_id is required")}]
+    assert response.get_json()["rejected"] == [
+        {"index": 0, "message": ("event is required; user_id is required")}
+    ]
 
 
 # --- gzip -----------------------------------------------------------------------------------------
+
 
 def test_gzipped_json_and_ndjson(client, engine):
     assert batch(client, [ev(0), ev(1)], gzipped=True).get_json() == success(accepted=2)
@@ -411,8 +501,7 @@ def test_gzipped_json_and_ndjson(client, engine):
 
 
 def test_the_size_limit_applies_to_the_decompressed_body(database_url, engine):
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url,
-                      "MAX_CONTENT_LENGTH": 4096})
+    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "MAX_CONTENT_LENGTH": 4096})
     client = app.test_client()
     try:
         fits = json.dumps({"events": [ev(0, metadata={"pad": "x" * 3000})]})
@@ -442,8 +531,11 @@ def test_a_gzip_bomb_is_refused_without_inflating_it(client, engine, mebibytes, 
     assert len(bomb) < 1024 * 1024
     tracemalloc.start()
     try:
-        response = client.post("/track/batch", data=bomb, headers={
-            "Content-Type": "application/json", "Content-Encoding": "gzip"})
+        response = client.post(
+            "/track/batch",
+            data=bomb,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -451,13 +543,19 @@ def test_a_gzip_bomb_is_refused_without_inflating_it(client, engine, mebibytes, 
     assert peak < 16 * 1024 * 1024
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"not gzip at all", "Request body is not valid gzip data"),
-    (gzip.compress(b'{"events": []}')[:-12], "Request body is truncated gzip data"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"not gzip at all", "Request body is not valid gzip data"),
+        (gzip.compress(b'{"events": []}')[:-12], "Request body is truncated gzip data"),
+    ],
+)
 def test_a_body_that_is_not_gzip_is_400(client, engine, data, message):
-    response = client.post("/track/batch", data=data, headers={
-        "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    response = client.post(
+        "/track/batch",
+        data=data,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert_error(response, 400, message=message)
 
 
@@ -465,25 +563,35 @@ def test_concatenated_gzip_members_are_one_body(client, engine):
     text_ = ndjson(ev(0), ev(1)) + "\n"
     half = len(text_) // 2
     data = gzip.compress(text_[:half].encode()) + gzip.compress(text_[half:].encode())
-    response = client.post("/track/batch", data=data, headers={
-        "Content-Type": NDJSON, "Content-Encoding": "GZIP"})
+    response = client.post(
+        "/track/batch", data=data, headers={"Content-Type": NDJSON, "Content-Encoding": "GZIP"}
+    )
     assert response.get_json() == success(accepted=2)
 
 
 @pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "gzip, br"])
 def test_other_content_encodings_are_415(client, engine, encoding):
-    response = client.post("/track/batch", data=json.dumps({"events": [ev(0)]}), headers={
-        "Content-Type": "application/json", "Content-Encoding": encoding})
+    response = client.post(
+        "/track/batch",
+        data=json.dumps({"events": [ev(0)]}),
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    )
     assert_error(response, 415)
     assert stored(engine) == []
 
 
 # --- HTTP and failures ---------------------------------------------------------------------------
 
+
 def test_cors_preflight_and_wrong_method(client):
-    preflight = client.options("/track/batch", headers={
-        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "Content-Type, Content-Encoding"})
+    preflight = client.options(
+        "/track/batch",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Content-Type, Content-Encoding",
+        },
+    )
     assert preflight.status_code in (200, 204)
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
     assert "Content-Encoding" in preflight.headers["Access-Control-Allow-Headers"]
@@ -498,17 +606,22 @@ def test_cors_preflight_and_wrong_method(client):
 def test_a_database_failure_mid_batch_stores_nothing(client, engine, backend, size):
     # The 3rd event makes the database fail the statement, after the first two went in.
     trigger = {
-        "sqlite": ["CREATE TRIGGER refuse_boom BEFORE INSERT ON events WHEN NEW.event = 'boom' "
-                   "BEGIN SELECT RAISE(ABORT, 'boom refused'); END"],
+        "sqlite": [
+            "CREATE TRIGGER refuse_boom BEFORE INSERT ON events WHEN NEW.event = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'boom refused'); END"
+        ],
         "postgresql": [
             "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             "IF NEW.event = 'boom' THEN RAISE EXCEPTION 'boom refused'; END IF; "
             "RETURN NEW; END $$",
             "CREATE TRIGGER refuse_boom BEFORE INSERT ON events FOR EACH ROW "
-            "EXECUTE FUNCTION refuse_boom()"],
+            "EXECUTE FUNCTION refuse_boom()",
+        ],
     }[backend]
-    drop = {"sqlite": ["DROP TRIGGER refuse_boom"],
-            "postgresql": ["DROP TRIGGER refuse_boom ON events", "DROP FUNCTION refuse_boom()"]}
+    drop = {
+        "sqlite": ["DROP TRIGGER refuse_boom"],
+        "postgresql": ["DROP TRIGGER refuse_boom ON events", "DROP FUNCTION refuse_boom()"],
+    }
     with engine.begin() as conn:
         for statement in trigger:
             conn.execute(text(statement))
@@ -532,8 +645,11 @@ def test_a_database_failure_mid_batch_stores_nothing(client, engine, backend, si
 def test_an_unreachable_database_is_503_with_retry_after(backend, tmp_path):
     from conftest import free_port
 
-    url = (f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x" if backend == "postgresql"
-           else f"sqlite:///{tmp_path / 'missing-dir-file'}/x/analytics.db")
+    url = (
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path / 'missing-dir-file'}/x/analytics.db"
+    )
     if backend == "sqlite":
         (tmp_path / "missing-dir-file").write_text("a file where a folder should be")
     app = create_app({"TESTING": True, "DATABASE_URL": url})
@@ -557,15 +673,26 @@ def test_a_deadlock_between_two_batches_is_retried(database_url, engine, backend
         # Another writer takes B and, later, wants A; its deadlock check runs long after the
         # request's (1 s by default), so the request is the one PostgreSQL aborts.
         other.execute(text("SET deadlock_timeout = '20s'"))
-        other.execute(text("INSERT INTO events (event, user_id, occurred_at, received_at, "
-                           "event_id) VALUES ('other', 'u', now(), now(), 'B')"))
+        other.execute(
+            text(
+                "INSERT INTO events (event, user_id, occurred_at, received_at, "
+                "event_id) VALUES ('other', 'u', now(), now(), 'B')"
+            )
+        )
         result = {}
-        request = threading.Thread(target=lambda: result.update(
-            response=batch(client, [ev(0, event_id="A"), ev(1, event_id="B")])))
+        request = threading.Thread(
+            target=lambda: result.update(
+                response=batch(client, [ev(0, event_id="A"), ev(1, event_id="B")])
+            )
+        )
         request.start()
         _wait_until_blocked(engine, "INSERT INTO events")
-        other.execute(text("INSERT INTO events (event, user_id, occurred_at, received_at, "
-                           "event_id) VALUES ('other', 'u', now(), now(), 'A')"))
+        other.execute(
+            text(
+                "INSERT INTO events (event, user_id, occurred_at, received_at, "
+                "event_id) VALUES ('other', 'u', now(), now(), 'A')"
+            )
+        )
         other.commit()
         request.join(timeout=60)
         response = result["response"]
@@ -575,7 +702,9 @@ def test_a_deadlock_between_two_batches_is_retried(database_url, engine, backend
         other.close()
         app.extensions["analytics.db"]["engine"].dispose()
     assert sorted((row.event, row.event_id) for row in stored(engine)) == [
-        ("other", "A"), ("other", "B")]
+        ("other", "A"),
+        ("other", "B"),
+    ]
 
 
 def _wait_until_blocked(engine, query_start: str, timeout: float = 20) -> None:
@@ -584,9 +713,13 @@ def _wait_until_blocked(engine, query_start: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with engine.connect() as conn:
-            waiting = conn.scalar(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query ~ :start"), {"start": r"^\s*" + query_start})
+            waiting = conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query ~ :start"
+                ),
+                {"start": r"^\s*" + query_start},
+            )
         if waiting:
             return
         time.sleep(0.05)
@@ -608,11 +741,16 @@ SENDERS_PER_BATCH = 2
 
 
 def _batch_body(number: int) -> bytes:
-    base = datetime(2025, 1, 1, tzinfo=timezone.utc)
-    events = [{"event": ("play", "stop", "skip")[i % 3], "user_id": f"user{(number + i) % 97}",
-               "timestamp": (base + timedelta(seconds=number * BATCH_SIZE + i)).isoformat(),
-               "event_id": f"{number}-{i}"}
-              for i in range(BATCH_SIZE)]
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    events = [
+        {
+            "event": ("play", "stop", "skip")[i % 3],
+            "user_id": f"user{(number + i) % 97}",
+            "timestamp": (base + timedelta(seconds=number * BATCH_SIZE + i)).isoformat(),
+            "event_id": f"{number}-{i}",
+        }
+        for i in range(BATCH_SIZE)
+    ]
     return json.dumps({"events": events}).encode()
 
 
@@ -633,8 +771,9 @@ def _client_process(url: str, client: int) -> tuple[int, int, list]:
     accepted = duplicates = 0
     failures = []
     for number, body in bodies:
-        connection.request("POST", "/track/batch", body=body,
-                           headers={"Content-Type": "application/json"})
+        connection.request(
+            "POST", "/track/batch", body=body, headers={"Content-Type": "application/json"}
+        )
         response = connection.getresponse()
         payload = response.read()
         if response.status != 200:
@@ -668,8 +807,10 @@ def test_concurrent_clients_sending_the_same_batches_store_each_event_once(live_
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(Event)) == distinct
         assert session.scalar(select(func.count(func.distinct(Event.event_id)))) == distinct
-        assert session.scalar(select(func.count()).select_from(Event)
-                              .where(Event.event_id.is_(None))) == 0
+        assert (
+            session.scalar(select(func.count()).select_from(Event).where(Event.event_id.is_(None)))
+            == 0
+        )
 
 
 def test_the_openapi_document_describes_the_batch_endpoint(client):
@@ -679,33 +820,38 @@ def test_the_openapi_document_describes_the_batch_endpoint(client):
     assert set(content) == {"application/json", "application/x-ndjson"}
     assert {"200", "400", "413", "415", "500", "503"} <= set(operation["responses"])
     response = document["components"]["schemas"]["TrackBatchResponse"]
-    assert set(response["required"]) == {"status", "accepted", "duplicates", "rejected",
-                                         "warnings"}
+    assert set(response["required"]) == {"status", "accepted", "duplicates", "rejected", "warnings"}
 
 
 def test_the_readme_example_answers_as_documented(client, engine):
     from conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### POST /track/batch"):]
-    example = section[section.index("```sh"):section.index("```", section.index("```sh") + 5)]
-    sent = example[example.index("-d '") + 4:example.index("'\n# ")]
-    documented = "".join(line.lstrip("# ").strip() for line in example.splitlines()
-                         if line.startswith("# ") or line.startswith("#  "))
+    section = readme[readme.index("### POST /track/batch") :]
+    example = section[section.index("```sh") : section.index("```", section.index("```sh") + 5)]
+    sent = example[example.index("-d '") + 4 : example.index("'\n# ")]
+    documented = "".join(
+        line.lstrip("# ").strip()
+        for line in example.splitlines()
+        if line.startswith("# ") or line.startswith("#  ")
+    )
     response = batch(client, body=sent)
     assert response.get_json() == json.loads(documented)
 
 
 # --- edges: nesting depth and fields given twice, item by item ----------------------------------
 
+
 def test_deep_and_repeated_items_are_rejected_and_the_others_stored(client, engine):
     from test_track import TOO_DEEP, nested
 
-    lines = [json.dumps(ev(0)),
-             json.dumps(ev(1, metadata=nested(600))),
-             json.dumps(ev(2, metadata={"k": "\u0000"})),
-             '{"event": "play", "user_id": "u", "user_id": ""}',
-             json.dumps(ev(4, metadata=nested(64)))]
+    lines = [
+        json.dumps(ev(0)),
+        json.dumps(ev(1, metadata=nested(600))),
+        json.dumps(ev(2, metadata={"k": "\u0000"})),
+        '{"event": "play", "user_id": "u", "user_id": ""}',
+        json.dumps(ev(4, metadata=nested(64))),
+    ]
     response = batch(client, body="\n".join(lines), content_type=NDJSON)
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
@@ -718,7 +864,7 @@ def test_deep_and_repeated_items_are_rejected_and_the_others_stored(client, engi
 
 
 def test_a_json_batch_with_events_given_twice_is_refused(client, engine):
-    body = '{"events": [%s], "events": [%s]}' % (json.dumps(ev(0)), json.dumps(ev(1)))
+    body = f'{{"events": [{json.dumps(ev(0))}], "events": [{json.dumps(ev(1))}]}}'
     assert_error(batch(client, body=body), 400, field="events")
     assert stored(engine) == []
 

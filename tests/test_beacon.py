@@ -2,6 +2,7 @@
 browsers do, and each is stored. A JSON Blob sent with navigator.sendBeacon goes in credentials
 mode, as does a fetch with credentials: "include"; neither is accepted with
 Access-Control-Allow-Origin: *, so the ingest endpoints echo the Origin."""
+
 from __future__ import annotations
 
 import http.server
@@ -9,11 +10,11 @@ import threading
 import time
 
 import pytest
+from conftest import LiveServer, empty_tables
+from e2e import require_tool
 from sqlalchemy import create_engine, select
 
 from analytics.models import Event
-from conftest import LiveServer, empty_tables
-from e2e import require_tool
 
 pytestmark = pytest.mark.live
 
@@ -80,28 +81,37 @@ def stored_users(sqlite_url, wanted: set[str], timeout: float = 15) -> set[str]:
 
 
 def test_a_json_blob_beacon_is_stored(api, page, sqlite_url):
-    queued = page.evaluate("""api => navigator.sendBeacon(api + "/track", new Blob(
+    queued = page.evaluate(
+        """api => navigator.sendBeacon(api + "/track", new Blob(
         [JSON.stringify({event: "play", user_id: "beacon-json-blob"})],
-        {type: "application/json"}))""", api.url)
+        {type: "application/json"}))""",
+        api.url,
+    )
     assert queued is True
     assert stored_users(sqlite_url, {"beacon-json-blob"}) == {"beacon-json-blob"}
 
 
 def test_a_fetch_with_credentials_is_stored_and_readable(api, page, sqlite_url):
-    answer = page.evaluate("""async api => {
+    answer = page.evaluate(
+        """async api => {
         const response = await fetch(api + "/track/batch", {
             method: "POST", credentials: "include",
             headers: {"Content-Type": "application/json"},
             body: JSON.stringify({events: [{event: "play", user_id: "fetch-credentials"}]})});
         return {status: response.status, body: await response.json()};
-    }""", api.url)
+    }""",
+        api.url,
+    )
     assert answer["status"] == 200
     assert answer["body"]["accepted"] == 1
     assert stored_users(sqlite_url, {"fetch-credentials"}) == {"fetch-credentials"}
 
 
 def test_a_text_beacon_is_stored(api, page, sqlite_url):
-    queued = page.evaluate("""api => navigator.sendBeacon(api + "/track",
-        JSON.stringify({event: "play", user_id: "beacon-text"}))""", api.url)
+    queued = page.evaluate(
+        """api => navigator.sendBeacon(api + "/track",
+        JSON.stringify({event: "play", user_id: "beacon-text"}))""",
+        api.url,
+    )
     assert queued is True
     assert stored_users(sqlite_url, {"beacon-text"}) == {"beacon-text"}

@@ -1,6 +1,7 @@
 """Group commit of POST /track (analytics/committer.py), on both backends: requests that wait
 at the same time share one transaction, each still gets its own answer after the commit, and
 an event the database refuses fails only its own request."""
+
 from __future__ import annotations
 
 import threading
@@ -8,9 +9,9 @@ import time
 
 import pytest
 from sqlalchemy.exc import ProgrammingError
+from test_track import SUCCESS, post, stored
 
 import analytics.committer as committer
-from test_track import SUCCESS, post, stored
 
 DUPLICATE = {**SUCCESS, "duplicate": True}
 
@@ -76,10 +77,12 @@ def test_requests_waiting_together_share_one_transaction(app, engine, monkeypatc
 def test_a_duplicate_inside_a_group_is_reported_to_its_own_request(app, engine, monkeypatch):
     held = HeldWriter(app, queued=2)
     monkeypatch.setattr(committer, "store_events", held)
-    answers = post_concurrently(app, held, event("u0"),
-                                [event("u1", event_id="e"), event("u1", event_id="e")])
+    answers = post_concurrently(
+        app, held, event("u0"), [event("u1", event_id="e"), event("u1", event_id="e")]
+    )
     assert sorted(str(answer.get_json()) for answer in answers[1:]) == sorted(
-        [str(SUCCESS), str(DUPLICATE)])
+        [str(SUCCESS), str(DUPLICATE)]
+    )
     assert len(held.groups[1]) == 2
     assert sorted(row.user_id for row in stored(engine)) == ["u0", "u1"]
 
@@ -87,8 +90,7 @@ def test_a_duplicate_inside_a_group_is_reported_to_its_own_request(app, engine, 
 def test_an_event_the_database_refuses_fails_only_its_own_request(app, engine, monkeypatch):
     held = HeldWriter(app, queued=3, refuse="bad")
     monkeypatch.setattr(committer, "store_events", held)
-    answers = post_concurrently(app, held, event("u0"),
-                                [event("u1"), event("bad"), event("u2")])
+    answers = post_concurrently(app, held, event("u0"), [event("u1"), event("bad"), event("u2")])
     by_user = dict(zip(["u0", "u1", "bad", "u2"], answers))
     assert by_user["bad"].status_code == 500
     assert by_user["bad"].get_json() == {"status": "error", "message": "Failed to log event"}
@@ -124,8 +126,9 @@ def test_sqlite_writers_wait_their_turn_on_the_lock_file(app, database_url, engi
     answers = []
     with open(f"{make_url(database_url).database}-writer.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        sender = threading.Thread(target=lambda: answers.append(post(app.test_client(),
-                                                                     event("u0"))))
+        sender = threading.Thread(
+            target=lambda: answers.append(post(app.test_client(), event("u0")))
+        )
         sender.start()
         sender.join(0.5)
         assert sender.is_alive() and not answers

@@ -1,4 +1,5 @@
 """Rules every endpoint shares: JSON errors, 404/405, CORS, NUL in query strings, 500s."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,12 +15,15 @@ def test_unknown_path_is_json_404(client):
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
-@pytest.mark.parametrize("method, path, allowed", [
-    ("get", "/track", {"POST", "OPTIONS"}),
-    ("put", "/track", {"POST", "OPTIONS"}),
-    ("delete", "/health", {"GET", "HEAD", "OPTIONS"}),
-    ("post", "/health", {"GET", "HEAD", "OPTIONS"}),
-])
+@pytest.mark.parametrize(
+    "method, path, allowed",
+    [
+        ("get", "/track", {"POST", "OPTIONS"}),
+        ("put", "/track", {"POST", "OPTIONS"}),
+        ("delete", "/health", {"GET", "HEAD", "OPTIONS"}),
+        ("post", "/health", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
 def test_wrong_method_is_json_405_with_allow(client, method, path, allowed):
     response = getattr(client, method)(path)
     assert response.status_code == 405
@@ -31,9 +35,14 @@ def test_wrong_method_is_json_405_with_allow(client, method, path, allowed):
 
 @pytest.mark.parametrize("path", ["/track", "/health", "/openapi.json"])
 def test_preflight_is_answered_on_every_endpoint(client, path):
-    response = client.options(path, headers={
-        "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
+    response = client.options(
+        path,
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert response.status_code in (200, 204)
     if path == "/track":  # ingest echoes the origin, so that credentialed requests pass
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
@@ -43,8 +52,9 @@ def test_preflight_is_answered_on_every_endpoint(client, path):
         assert response.headers["Access-Control-Allow-Origin"] == "*"
     methods = {m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")}
     assert {"GET", "POST", "OPTIONS"} <= methods
-    headers = {h.strip().lower()
-               for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    headers = {
+        h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
+    }
     assert {"content-type", "authorization"} <= headers
 
 
@@ -120,10 +130,15 @@ def test_health_is_ok_when_database_answers(client):
 @pytest.mark.parametrize("path", ["/track", "/track/batch"])
 def test_ingest_echoes_the_origin_on_answers_and_errors(client, path):
     origin = {"Origin": "https://app.example.com"}
-    body = {"event": "e", "user_id": "u"} if path == "/track" else {"events": [
-        {"event": "e", "user_id": "u"}]}
-    for response in (client.post(path, json=body, headers=origin),
-                     client.post(path, json={}, headers=origin)):
+    body = (
+        {"event": "e", "user_id": "u"}
+        if path == "/track"
+        else {"events": [{"event": "e", "user_id": "u"}]}
+    )
+    for response in (
+        client.post(path, json=body, headers=origin),
+        client.post(path, json={}, headers=origin),
+    ):
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
         assert response.headers["Access-Control-Allow-Credentials"] == "true"
         assert "Origin" in response.headers["Vary"]
@@ -133,7 +148,9 @@ def test_ingest_echoes_the_origin_on_answers_and_errors(client, path):
 
 
 def test_reads_keep_the_wildcard_origin(client):
-    response = client.get("/metrics?start_date=2025-01-01&end_date=2025-01-02",
-                          headers={"Origin": "https://app.example.com"})
+    response = client.get(
+        "/metrics?start_date=2025-01-01&end_date=2025-01-02",
+        headers={"Origin": "https://app.example.com"},
+    )
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Credentials" not in response.headers

@@ -1,5 +1,6 @@
 """CORS on the ingest endpoints: the request's Origin echoed, so that credentialed browser
 requests (navigator.sendBeacon) are accepted; every other endpoint keeps "*"."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,10 +11,11 @@ EVENT = {"event": "play", "user_id": "u1"}
 
 @pytest.mark.parametrize("path, body", [("/track", EVENT), ("/track/batch", {"events": [EVENT]})])
 def test_ingest_echoes_the_origin_with_credentials(client, path, body):
-    for response in (client.post(path, json=body, headers={"Origin": ORIGIN}),
-                     client.post(path, json={}, headers={"Origin": ORIGIN}),  # errors too
-                     client.options(path, headers={"Origin": ORIGIN,
-                                                   "Access-Control-Request-Method": "POST"})):
+    for response in (
+        client.post(path, json=body, headers={"Origin": ORIGIN}),
+        client.post(path, json={}, headers={"Origin": ORIGIN}),  # errors too
+        client.options(path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}),
+    ):
         assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
         assert response.headers["Access-Control-Allow-Credentials"] == "true"
         assert "Origin" in response.headers["Vary"]

@@ -1,15 +1,16 @@
 """GET /dashboard and GET /docs in Chromium: the dashboard shows exactly the API's numbers,
 keeps its state in the URL, asks for a key when reads need one, and loads nothing from
 another host."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from tests.browser import browser, watched_page  # noqa: F401 (a fixture)
+from tests.browser import watched_page
 from tests.conftest import create_key
 
 pytestmark = pytest.mark.live
@@ -21,19 +22,34 @@ def seed_events() -> list[dict]:
     """A week of plays, stops, pauses and purchases of three users, at hours spread over the
     day, with play/stop sessions of known lengths."""
     events = []
-    first = datetime(2025, 3, 26, 20, 0, tzinfo=timezone.utc)
+    first = datetime(2025, 3, 26, 20, 0, tzinfo=UTC)
     for hour in range(0, 8 * 24, 5):
         at = first + timedelta(hours=hour, minutes=hour % 60)
         user = f"u{hour % 3}"
         events.append({"event": "play", "user_id": user, "timestamp": at.isoformat()})
         if hour % 2:
-            events.append({"event": "pause", "user_id": user,
-                           "timestamp": (at + timedelta(seconds=30)).isoformat()})
-        events.append({"event": "stop", "user_id": user,
-                       "timestamp": (at + timedelta(seconds=60 + hour)).isoformat()})
+            events.append(
+                {
+                    "event": "pause",
+                    "user_id": user,
+                    "timestamp": (at + timedelta(seconds=30)).isoformat(),
+                }
+            )
+        events.append(
+            {
+                "event": "stop",
+                "user_id": user,
+                "timestamp": (at + timedelta(seconds=60 + hour)).isoformat(),
+            }
+        )
         if hour % 7 == 0:
-            events.append({"event": "purchase", "user_id": user,
-                           "timestamp": (at + timedelta(minutes=2)).isoformat()})
+            events.append(
+                {
+                    "event": "purchase",
+                    "user_id": user,
+                    "timestamp": (at + timedelta(minutes=2)).isoformat(),
+                }
+            )
     return events
 
 
@@ -45,9 +61,15 @@ def seeded(client):
 
 
 def api(client, path, view, **extra):
-    query = {"start_date": view["start"], "end_date": view["end"], "group_by": view["group_by"],
-             "tz": view["tz"], "week_start": view.get("week_start", "monday"), "fill": "zero",
-             **extra}
+    query = {
+        "start_date": view["start"],
+        "end_date": view["end"],
+        "group_by": view["group_by"],
+        "tz": view["tz"],
+        "week_start": view.get("week_start", "monday"),
+        "fill": "zero",
+        **extra,
+    }
     response = client.get(f"{path}?{urlencode(query, doseq=True)}")
     return response.status_code, response.get_json()
 
@@ -59,8 +81,11 @@ def expected_view(client, view) -> tuple[list[list[str]], dict[str, str]]:
     events = view.get("event", [])
     _, metrics = api(client, "/metrics", view, **by_user)
     _, sessions = api(client, "/sessions", view, **by_user)
-    users_status, users = (None, None) if by_user else api(
-        client, "/active-users", view, **({"event": events} if events else {}))
+    users_status, users = (
+        (None, None)
+        if by_user
+        else api(client, "/active-users", view, **({"event": events} if events else {}))
+    )
     names = events or sorted({k for row in metrics["data"] for k in row if k != "date"})
     header = ["Period", *names, "Sessions", "Average session (s)"]
     with_users = users_status == 200
@@ -71,25 +96,35 @@ def expected_view(client, view) -> tuple[list[list[str]], dict[str, str]]:
     rows = [header]
     for row in metrics["data"]:
         session = sessions_by_date[row["date"]]
-        cells = [row["date"], *(str(row.get(n, 0)) for n in names),
-                 str(session["sessionCount"]), str(session["averageDuration"])]
+        cells = [
+            row["date"],
+            *(str(row.get(n, 0)) for n in names),
+            str(session["sessionCount"]),
+            str(session["averageDuration"]),
+        ]
         if with_users:
             cells.append(str(users_by_date[row["date"]]))
         rows.append(cells)
     total_events = sum(row.get(n, 0) for row in metrics["data"] for n in names)
     count = sum(row["sessionCount"] for row in sessions["data"])
     duration = sum(row["totalDuration"] for row in sessions["data"])
-    cards = {"total-events": f"{total_events:,}", "total-sessions": f"{count:,}",
-             "average-session": f"{int(duration / count + 0.5):,} s" if count else "–",
-             "peak-users": f"{max(users_by_date.values()):,}" if with_users else "–"}
+    cards = {
+        "total-events": f"{total_events:,}",
+        "total-sessions": f"{count:,}",
+        "average-session": f"{int(duration / count + 0.5):,} s" if count else "–",
+        "peak-users": f"{max(users_by_date.values()):,}" if with_users else "–",
+    }
     return rows, cards
 
 
 def shown_view(page) -> tuple[list[list[str]], dict[str, str]]:
     rows = page.eval_on_selector_all(
-        "#table tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
-    cards = {name: page.inner_text(f"#{name}") for name in
-             ("total-events", "total-sessions", "average-session", "peak-users")}
+        "#table tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    cards = {
+        name: page.inner_text(f"#{name}")
+        for name in ("total-events", "total-sessions", "average-session", "peak-users")
+    }
     return rows, cards
 
 
@@ -105,12 +140,28 @@ def wait_ready(page, state: str = "ready"):
 
 VIEWS = [
     {"start": START, "end": END, "group_by": "day", "tz": "UTC"},
-    {"start": START, "end": END, "group_by": "hour", "tz": "Europe/Berlin",
-     "event": ["play", "stop"]},
-    {"start": START, "end": END, "group_by": "week", "tz": "Asia/Kathmandu",
-     "week_start": "sunday", "user_id": "u1"},
-    {"start": "2025-03-01", "end": END, "group_by": "month", "tz": "America/Los_Angeles",
-     "event": ["purchase"]},
+    {
+        "start": START,
+        "end": END,
+        "group_by": "hour",
+        "tz": "Europe/Berlin",
+        "event": ["play", "stop"],
+    },
+    {
+        "start": START,
+        "end": END,
+        "group_by": "week",
+        "tz": "Asia/Kathmandu",
+        "week_start": "sunday",
+        "user_id": "u1",
+    },
+    {
+        "start": "2025-03-01",
+        "end": END,
+        "group_by": "month",
+        "tz": "America/Los_Angeles",
+        "event": ["purchase"],
+    },
 ]
 
 
@@ -148,15 +199,23 @@ def test_controls_live_in_the_url_and_a_reload_restores_them(browser, live_serve
     assert query["start"] == [START] and query["end"] == [END]
     assert sorted(query["event"]) == ["pause", "purchase"]
     before = shown_view(page)
-    view = {"start": START, "end": END, "group_by": "week", "tz": "America/New_York",
-            "week_start": "sunday", "event": ["pause", "purchase"]}
+    view = {
+        "start": START,
+        "end": END,
+        "group_by": "week",
+        "tz": "America/New_York",
+        "week_start": "sunday",
+        "event": ["pause", "purchase"],
+    }
     assert before == expected_view(seeded, view)
 
     page.reload()
     wait_ready(page)
     assert page.input_value("#group_by") == "week"
-    assert page.eval_on_selector("#event", "s => [...s.selectedOptions].map(o => o.value)") \
-        == ["pause", "purchase"]
+    assert page.eval_on_selector("#event", "s => [...s.selectedOptions].map(o => o.value)") == [
+        "pause",
+        "purchase",
+    ]
     assert shown_view(page) == before
     watched.assert_clean()
 
@@ -214,12 +273,18 @@ def test_the_dashboard_asks_for_a_read_key(browser, live_server, seeded, app):
 def test_active_users_missing_from_the_server_is_said(browser, live_server, seeded):
     server = live_server()
     watched = watched_page(browser)
-    watched.page.route("**/active-users?*", lambda route: route.fulfill(
-        status=404, content_type="application/json",
-        body='{"status": "error", "message": "Not found"}'))
+    watched.page.route(
+        "**/active-users?*",
+        lambda route: route.fulfill(
+            status=404,
+            content_type="application/json",
+            body='{"status": "error", "message": "Not found"}',
+        ),
+    )
     open_dashboard(watched, server.url, VIEWS[0])
-    assert watched.page.inner_text("#users-note") == \
-        "Active users are not available on this server."
+    assert (
+        watched.page.inner_text("#users-note") == "Active users are not available on this server."
+    )
     assert watched.page.is_hidden("#users-chart")
     assert "Active users" not in shown_view(watched.page)[0][0]
     watched.assert_clean()

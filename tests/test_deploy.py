@@ -1,6 +1,7 @@
 """The deployment kit in deploy/: its settings load, and nginx with TLS in front of gunicorn on
 PostgreSQL serves the whole curl tour over HTTPS, redirects plain HTTP, caps bodies like the app,
 and lets the app see the client's scheme and host through ProxyFix."""
+
 from __future__ import annotations
 
 import configparser
@@ -17,14 +18,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from conftest import ROOT, free_port, run_flask, stop_process
+from e2e import require_tool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analytics import create_app
 from analytics.models import Event
 from config import load_config
-from conftest import ROOT, free_port, run_flask, stop_process
-from e2e import require_tool
 
 pytest.register_assert_rewrite("tour")
 import tour  # noqa: E402  (after the registration, so that its asserts explain themselves)
@@ -54,10 +55,11 @@ def unit(name: str) -> configparser.ConfigParser:
 
 def nginx_size(text: str) -> int:
     number, unit_ = re.fullmatch(r"(\d+)([kKmMgG]?)", text).groups()
-    return int(number) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[unit_.lower()]
+    return int(number) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit_.lower()]
 
 
 # --- The files themselves -------------------------------------------------------------------
+
 
 def test_environment_example_is_a_valid_production_configuration():
     values = env_example()
@@ -74,8 +76,9 @@ def test_environment_example_is_a_valid_production_configuration():
 
 def test_nginx_limits_floods_but_never_health_the_document_or_preflights():
     site = SITE.read_text()
-    [zone] = re.findall(r"^limit_req_zone \$(\w+) zone=(\w+):\w+ rate=(\d+)r/s;", site,
-                        re.MULTILINE)
+    [zone] = re.findall(
+        r"^limit_req_zone \$(\w+) zone=(\w+):\w+ rate=(\d+)r/s;", site, re.MULTILINE
+    )
     variable, name, rate = zone
     assert re.search(rf"^\s*limit_req zone={name} burst=\d+ nodelay;", site, re.MULTILINE)
     assert "limit_req_status 429;" in site
@@ -109,7 +112,8 @@ def test_units_run_the_documented_commands_with_the_environment_file():
         assert service["EnvironmentFile"] == ENV_FILE
         assert service["User"] == "analytics"
         assert Path(service["ExecStart"].split()[0]).parent.parent.parent == Path(
-            service["WorkingDirectory"])  # the virtualenv inside the checkout
+            service["WorkingDirectory"]
+        )  # the virtualenv inside the checkout
     assert shlex.split(app_unit["ExecStart"])[1:] == ["wsgi:app"]
     assert shlex.split(purge_unit["ExecStart"])[1:] == ["--app", "wsgi", "purge"]
     assert purge_unit["Type"] == "oneshot"
@@ -119,8 +123,11 @@ def test_units_run_the_documented_commands_with_the_environment_file():
     assert timer["Timer"]["OnCalendar"]
     assert timer["Install"]["WantedBy"] == "timers.target"
 
-    [cron] = [line for line in (DEPLOY / "analytics.cron").read_text().splitlines()
-              if line and not line.startswith("#") and "=" not in line.split()[0]]
+    [cron] = [
+        line
+        for line in (DEPLOY / "analytics.cron").read_text().splitlines()
+        if line and not line.startswith("#") and "=" not in line.split()[0]
+    ]
     fields = cron.split(None, 6)
     assert fields[5] == purge_unit["User"]
     assert f". {ENV_FILE}" in fields[6]
@@ -128,52 +135,85 @@ def test_units_run_the_documented_commands_with_the_environment_file():
     assert ".venv/bin/flask --app wsgi purge" in fields[6]
 
 
-@pytest.mark.parametrize("trusted, expected", [(0, ["http://localhost/", "127.0.0.1"]),
-                                                (1, ["https://analytics.example.com/",
-                                                     "203.0.113.9"])])
+@pytest.mark.parametrize(
+    "trusted, expected",
+    [
+        (0, ["http://localhost/", "127.0.0.1"]),
+        (1, ["https://analytics.example.com/", "203.0.113.9"]),
+    ],
+)
 def test_app_trusts_forwarded_headers_only_when_told(trusted, expected):
     from flask import request as seen
 
     app = create_app({"TESTING": True, "DATABASE_URL": "sqlite://", "TRUSTED_PROXIES": trusted})
     app.add_url_rule("/seen", view_func=lambda: [seen.url_root, seen.remote_addr])
-    response = app.test_client().get("/seen", headers={
-        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "analytics.example.com",
-        "X-Forwarded-Port": "443", "X-Forwarded-For": "203.0.113.9"})
+    response = app.test_client().get(
+        "/seen",
+        headers={
+            "X-Forwarded-Proto": "https",
+            "X-Forwarded-Host": "analytics.example.com",
+            "X-Forwarded-Port": "443",
+            "X-Forwarded-For": "203.0.113.9",
+        },
+    )
     assert response.get_json() == expected
 
 
 # --- nginx in front of gunicorn --------------------------------------------------------------
 
+
 class Nginx:
     """nginx in the foreground, serving deploy/nginx/analytics.conf on loopback ports."""
 
-    def __init__(self, directory: Path, upstream_port: int, certificate: Path, key: Path,
-                 binary: str, read_timeout: str | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        upstream_port: int,
+        certificate: Path,
+        key: Path,
+        binary: str,
+        read_timeout: str | None = None,
+    ):
         self.directory = directory
         self.binary = binary
         self.http_port, self.https_port = free_port(), free_port()
         self.https_url = f"https://127.0.0.1:{self.https_port}"
         self.certificate = certificate
-        site = render_site(SITE.read_text(), http_port=self.http_port,
-                           https_port=self.https_port, upstream_port=upstream_port,
-                           certificate=certificate, key=key)
+        site = render_site(
+            SITE.read_text(),
+            http_port=self.http_port,
+            https_port=self.https_port,
+            upstream_port=upstream_port,
+            certificate=certificate,
+            key=key,
+        )
         if read_timeout is not None:  # an upstream that never answers, tested in less time
-            site = replace_once(site, "proxy_read_timeout 35s;",
-                                f"proxy_read_timeout {read_timeout};")
+            site = replace_once(
+                site, "proxy_read_timeout 35s;", f"proxy_read_timeout {read_timeout};"
+            )
         (directory / "analytics.conf").write_text(site)
         self.config = directory / "nginx.conf"
         self.config.write_text(main_config(directory))
         self.process: subprocess.Popen | None = None
 
     def command(self, *args: str) -> list[str]:
-        return [self.binary, "-p", str(self.directory), "-c", str(self.config),
-                "-e", str(self.directory / "error.log"), *args]
+        return [
+            self.binary,
+            "-p",
+            str(self.directory),
+            "-c",
+            str(self.config),
+            "-e",
+            str(self.directory / "error.log"),
+            *args,
+        ]
 
-    def start(self, timeout: float = 20) -> "Nginx":
+    def start(self, timeout: float = 20) -> Nginx:
         checked = subprocess.run(self.command("-t"), capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.error_log()
@@ -194,8 +234,9 @@ class Nginx:
 
     def https(self) -> http.client.HTTPSConnection:
         context = ssl.create_default_context(cafile=str(self.certificate))
-        return http.client.HTTPSConnection("127.0.0.1", self.https_port, context=context,
-                                           timeout=30)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.https_port, context=context, timeout=30
+        )
 
     def http(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=30)
@@ -208,25 +249,25 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def render_site(text: str, *, http_port: int, https_port: int, upstream_port: int,
-                certificate: Path, key: Path) -> str:
+def render_site(
+    text: str, *, http_port: int, https_port: int, upstream_port: int, certificate: Path, key: Path
+) -> str:
     """The deployed site, moved to loopback ports and a test certificate; nothing else changes."""
     text = replace_once(text, "    listen 80;\n", f"    listen 127.0.0.1:{http_port};\n")
     text = replace_once(text, "    listen [::]:80;\n", "")
     text = replace_once(text, "    listen 443 ssl;\n", f"    listen 127.0.0.1:{https_port} ssl;\n")
     text = replace_once(text, "    listen [::]:443 ssl;\n", "")
     text = replace_once(text, "server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
-    text = replace_once(text, "/etc/letsencrypt/live/analytics.example.com/fullchain.pem",
-                        str(certificate))
-    text = replace_once(text, "/etc/letsencrypt/live/analytics.example.com/privkey.pem",
-                        str(key))
+    text = replace_once(
+        text, "/etc/letsencrypt/live/analytics.example.com/fullchain.pem", str(certificate)
+    )
+    text = replace_once(text, "/etc/letsencrypt/live/analytics.example.com/privkey.pem", str(key))
     return text
 
 
 def main_config(directory: Path) -> str:
     """What /etc/nginx/nginx.conf provides around a site, with every path inside ``directory``."""
-    temp = {name: directory / name for name in
-            ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    temp = {name: directory / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for path in temp.values():
         path.mkdir()
     # As root, nginx's workers would run as nobody, who cannot enter pytest's private tmp.
@@ -252,10 +293,29 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     openssl = require_tool("openssl", install="apt-get install openssl")
     certificate, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key),
-         "-out", str(certificate), "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True)
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return certificate, key
 
 
@@ -265,8 +325,13 @@ def gunicorn(live_server):
     deploy/analytics.env.example. Its rate-limit counts stay in memory: in the machine's Redis
     they would be shared with every other test run."""
     example = env_example()
-    return live_server(LOG_FORMAT="json", LOG_LEVEL="info", **{
-        name: example[name] for name in ("TRUSTED_PROXIES", "AUTH_MODE", "RATE_LIMIT_ANONYMOUS")})
+    return live_server(
+        LOG_FORMAT="json",
+        LOG_LEVEL="info",
+        **{
+            name: example[name] for name in ("TRUSTED_PROXIES", "AUTH_MODE", "RATE_LIMIT_ANONYMOUS")
+        },
+    )
 
 
 def create_key(database_url: str, name: str, *options: str) -> str:
@@ -288,8 +353,9 @@ def nginx(gunicorn, tmp_path):
 e2e = pytest.mark.parametrize("backend", ["postgresql"])
 
 
-def request(connection, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+def request(
+    connection, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[http.client.HTTPResponse, bytes]:
     """One request on its own connection, closed afterwards."""
     try:
         connection.request(method, path, body=body, headers=headers or {})
@@ -304,10 +370,14 @@ def request(connection, method: str, path: str, body: bytes | None = None,
 def test_curl_tour_over_https(nginx, database_url):
     require_tool("curl", install="apt-get install curl")
     today = tour.utc_today()
-    secret = create_key(database_url, "tour", "--scope", "ingest", "--scope", "read",
-                        "--scope", "admin")
-    done = tour.run(nginx.https_url, user_id="tls-user",
-                    env={"CURL_CA_BUNDLE": str(nginx.certificate), "ANALYTICS_KEY": secret})
+    secret = create_key(
+        database_url, "tour", "--scope", "ingest", "--scope", "read", "--scope", "admin"
+    )
+    done = tour.run(
+        nginx.https_url,
+        user_id="tls-user",
+        env={"CURL_CA_BUNDLE": str(nginx.certificate), "ANALYTICS_KEY": secret},
+    )
     assert done.returncode == 0, done.stderr
     tour.check(done.stdout, nginx.https_url, "tls-user", today)
 
@@ -318,12 +388,17 @@ def test_plain_http_is_redirected_to_https(nginx, engine):
     response, _ = request(nginx.http(), "GET", "/metrics?start_date=2025-01-01&end_date=2025-01-31")
     assert response.status in (301, 308)
     assert response.headers["Location"] == (
-        "https://127.0.0.1/metrics?start_date=2025-01-01&end_date=2025-01-31")
+        "https://127.0.0.1/metrics?start_date=2025-01-01&end_date=2025-01-31"
+    )
 
     # A POST is redirected too (308 keeps it a POST), and nothing reaches the app over HTTP.
-    response, _ = request(nginx.http(), "POST", "/track",
-                          json.dumps({"event": "play", "user_id": "u"}).encode(),
-                          {"Content-Type": "application/json"})
+    response, _ = request(
+        nginx.http(),
+        "POST",
+        "/track",
+        json.dumps({"event": "play", "user_id": "u"}).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert response.status == 308
     assert response.headers["Location"] == "https://127.0.0.1/track"
     with Session(engine) as session:
@@ -345,9 +420,17 @@ def seen_by_the_app(gunicorn, request_id: str) -> dict:
 
 def test_app_sees_the_clients_scheme_and_host(nginx, gunicorn):
     # A client's own X-Forwarded-* headers are replaced by nginx's, not believed.
-    response, body = request(nginx.https(), "GET", "/openapi.json", headers={
-        "X-Forwarded-Proto": "http", "X-Forwarded-Host": "spoofed.example",
-        "X-Forwarded-Port": "1", "X-Request-Id": "through-nginx"})
+    response, body = request(
+        nginx.https(),
+        "GET",
+        "/openapi.json",
+        headers={
+            "X-Forwarded-Proto": "http",
+            "X-Forwarded-Host": "spoofed.example",
+            "X-Forwarded-Port": "1",
+            "X-Request-Id": "through-nginx",
+        },
+    )
     assert response.status == 200
     seen = seen_by_the_app(gunicorn, response.headers["X-Request-Id"])
     assert f"{seen['scheme']}://{seen['host']}" == nginx.https_url
@@ -355,8 +438,9 @@ def test_app_sees_the_clients_scheme_and_host(nginx, gunicorn):
 
     # Straight to gunicorn, without nginx's headers, the app sees plain HTTP.
     direct = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=30)
-    response, body = request(direct, "GET", "/openapi.json",
-                             headers={"X-Request-Id": "straight-to-gunicorn"})
+    response, body = request(
+        direct, "GET", "/openapi.json", headers={"X-Request-Id": "straight-to-gunicorn"}
+    )
     seen = seen_by_the_app(gunicorn, "straight-to-gunicorn")
     assert f"{seen['scheme']}://{seen['host']}" == gunicorn.url
 
@@ -372,8 +456,9 @@ def test_body_limit_answers_like_the_app(nginx, gunicorn, engine):
         return prefix + b"x" * (size - len(prefix) - len(suffix)) + suffix
 
     headers = {"Content-Type": "application/json"}
-    through_nginx, nginx_body = request(nginx.https(), "POST", "/track", body_of(limit + 1),
-                                        headers)
+    through_nginx, nginx_body = request(
+        nginx.https(), "POST", "/track", body_of(limit + 1), headers
+    )
     direct = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=30)
     from_app, app_body = request(direct, "POST", "/track", body_of(limit + 1), headers)
     assert through_nginx.status == from_app.status == 413
@@ -402,8 +487,9 @@ def test_keyed_read_through_nginx(nginx, database_url):
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
     secret = create_key(database_url, "reader", "--scope", "read")
-    response, body = request(nginx.https(), "GET", METRICS,
-                             headers={"Authorization": f"Bearer {secret}"})
+    response, body = request(
+        nginx.https(), "GET", METRICS, headers={"Authorization": f"Bearer {secret}"}
+    )
     assert response.status == 200, body
     assert json.loads(body) == {"status": "success", "data": []}
 
@@ -419,8 +505,13 @@ def test_percent_encoded_user_ids_through_nginx(nginx, database_url):
     secret = create_key(database_url, "dpo", "--scope", "admin")
     admin = {"Authorization": f"Bearer {secret}"}
     for user_id in [*ODD_USER_IDS, "a", "a/b"]:
-        response, body = request(nginx.https(), "POST", "/track", json.dumps(
-            {"event": "play", "user_id": user_id}).encode(), {"Content-Type": "application/json"})
+        response, body = request(
+            nginx.https(),
+            "POST",
+            "/track",
+            json.dumps({"event": "play", "user_id": user_id}).encode(),
+            {"Content-Type": "application/json"},
+        )
         assert response.status == 200, body
 
     for user_id in ODD_USER_IDS:
@@ -450,16 +541,21 @@ def test_the_apps_rate_limits_through_nginx(nginx, database_url):
     assert json.loads(body) == {"status": "error", "message": "Rate limit exceeded"}
     assert 1 <= int(response.headers["Retry-After"]) <= 60
     assert (response.headers["RateLimit-Limit"], response.headers["RateLimit-Remaining"]) == (
-        "2", "0")
+        "2",
+        "0",
+    )
 
     # Without a key the client is counted by the address nginx saw: a forged
     # X-Forwarded-For neither moves it to another count nor is believed.
     remaining = []
     for forged in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):
-        response, _body = request(nginx.https(), "POST", "/track",
-                                  json.dumps({"event": "e", "user_id": "u"}).encode(),
-                                  {"Content-Type": "application/json",
-                                   "X-Forwarded-For": forged})
+        response, _body = request(
+            nginx.https(),
+            "POST",
+            "/track",
+            json.dumps({"event": "e", "user_id": "u"}).encode(),
+            {"Content-Type": "application/json", "X-Forwarded-For": forged},
+        )
         assert response.status == 200
         remaining.append(int(response.headers["RateLimit-Remaining"]))
     assert remaining == [remaining[0], remaining[0] - 1, remaining[0] - 2]
@@ -503,6 +599,7 @@ def test_nginx_refuses_a_flood_with_the_apis_429(nginx):
 
 # --- errors nginx produces, and slow clients ---------------------------------------------------
 
+
 def assert_nginx_json_error(status: int, headers, body: bytes, expected: int) -> None:
     assert status == expected, body[:300]
     assert headers["Content-Type"].startswith("application/json"), body[:300]
@@ -514,8 +611,10 @@ def assert_nginx_json_error(status: int, headers, body: bytes, expected: int) ->
 def raw_exchange(nginx, data: bytes) -> tuple[int, dict, bytes]:
     """Raw bytes over TLS to nginx; the status, headers and body of the answer."""
     context = ssl.create_default_context(cafile=str(nginx.certificate))
-    with socket.create_connection(("127.0.0.1", nginx.https_port), timeout=30) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+    with (
+        socket.create_connection(("127.0.0.1", nginx.https_port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
         sock.sendall(data)
         answer = b""
         while chunk := sock.recv(65536):
@@ -550,8 +649,14 @@ def test_errors_nginx_produces_are_json(nginx, tmp_path):
         for expected, upstream in ((502, free_port()), (504, silent.getsockname()[1])):
             directory = tmp_path / f"upstream-{expected}"
             directory.mkdir()
-            broken = Nginx(directory, upstream, nginx.certificate,
-                           nginx.certificate.with_name("key.pem"), binary, read_timeout="1s")
+            broken = Nginx(
+                directory,
+                upstream,
+                nginx.certificate,
+                nginx.certificate.with_name("key.pem"),
+                binary,
+                read_timeout="1s",
+            )
             broken.start()
             try:
                 response, body = request(broken.https(), "GET", "/health")
@@ -571,8 +676,10 @@ class SlowClient:
         context = ssl.create_default_context(cafile=str(nginx.certificate))
         raw = socket.create_connection(("127.0.0.1", nginx.https_port), timeout=30)
         self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
-        self.sock.sendall(b"POST /track HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                          b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        self.sock.sendall(
+            b"POST /track HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        )
 
     def close(self) -> None:
         try:
@@ -591,13 +698,24 @@ def test_a_hundred_slow_clients_do_not_stop_a_normal_one(nginx, engine):
         context = ssl.create_default_context(cafile=str(nginx.certificate))
         for n in range(20):
             connection = http.client.HTTPSConnection(
-                "127.0.0.1", nginx.https_port, context=context, timeout=10,
-                source_address=("127.0.0.2", 0))
-            path, body = (("/health", None) if n % 2 else
-                          ("/track", json.dumps({"event": "play", "user_id": f"normal{n}"})
-                           .encode()))
-            response, answer = request(connection, "GET" if body is None else "POST", path,
-                                       body, {"Content-Type": "application/json"})
+                "127.0.0.1",
+                nginx.https_port,
+                context=context,
+                timeout=10,
+                source_address=("127.0.0.2", 0),
+            )
+            path, body = (
+                ("/health", None)
+                if n % 2
+                else ("/track", json.dumps({"event": "play", "user_id": f"normal{n}"}).encode())
+            )
+            response, answer = request(
+                connection,
+                "GET" if body is None else "POST",
+                path,
+                body,
+                {"Content-Type": "application/json"},
+            )
             assert response.status == 200, answer
         # The slow clients' address holds at most limit_conn connections: the rest were
         # refused at once, with the API's JSON 503.

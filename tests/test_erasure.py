@@ -1,21 +1,22 @@
 """DELETE /users/<user_id>: every event of the user goes, from /metrics, /sessions and
 /active-users too, in
 paced batches; the answer counts them; the erasure is logged without the user's data."""
+
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+from conftest import create_key
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from test_aggregates import assert_exact
 
 from analytics import erasure, retention, writer
 from analytics.models import Event
 from analytics.rows import EventRow
-from conftest import create_key
-from test_aggregates import assert_exact
 
 ODD_USER = 'a/b c?d#e%f "é" 漢'
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
@@ -30,8 +31,13 @@ def track(client, **event) -> dict:
 
 
 def play_and_stop(client, user: str, day: int, event_id: str | None = None) -> None:
-    track(client, event="play", user_id=user, timestamp=f"2025-01-{day:02d}T10:00:00Z",
-          event_id=event_id)
+    track(
+        client,
+        event="play",
+        user_id=user,
+        timestamp=f"2025-01-{day:02d}T10:00:00Z",
+        event_id=event_id,
+    )
     track(client, event="stop", user_id=user, timestamp=f"2025-01-{day:02d}T10:01:00Z")
 
 
@@ -48,7 +54,9 @@ def test_every_event_of_the_user_goes_and_the_answers_follow(client, engine):
     play_and_stop(client, "a", 2)  # a prefix of the erased id, and ...
     play_and_stop(client, "a/b", 2)  # ... what the id would be if %2F were decoded early
     assert client.get(ACTIVE_USERS).get_json()["data"] == [
-        {"date": "2025-01-02", "users": 3}, {"date": "2025-01-03", "users": 2}]
+        {"date": "2025-01-02", "users": 3},
+        {"date": "2025-01-03", "users": 2},
+    ]
 
     response = client.delete(f"/users/{quote(ODD_USER, safe='')}")
 
@@ -57,12 +65,17 @@ def test_every_event_of_the_user_goes_and_the_answers_follow(client, engine):
     assert response.get_json() == {"status": "success", "deleted": 5}
     assert count_of(engine, ODD_USER) == 0
     assert client.get(METRICS).get_json()["data"] == [
-        {"date": "2025-01-02", "play": 2, "stop": 2}, {"date": "2025-01-03", "play": 1, "stop": 1}]
+        {"date": "2025-01-02", "play": 2, "stop": 2},
+        {"date": "2025-01-03", "play": 1, "stop": 1},
+    ]
     assert client.get(SESSIONS).get_json()["data"] == [
         {"date": "2025-01-02", "totalDuration": 120, "sessionCount": 2, "averageDuration": 60},
-        {"date": "2025-01-03", "totalDuration": 60, "sessionCount": 1, "averageDuration": 60}]
+        {"date": "2025-01-03", "totalDuration": 60, "sessionCount": 1, "averageDuration": 60},
+    ]
     assert client.get(ACTIVE_USERS).get_json()["data"] == [
-        {"date": "2025-01-02", "users": 2}, {"date": "2025-01-03", "users": 1}]
+        {"date": "2025-01-02", "users": 2},
+        {"date": "2025-01-03", "users": 1},
+    ]
     assert_exact(engine)  # the erased user's ordinal is gone too
 
 
@@ -73,8 +86,12 @@ def test_an_unknown_user_is_zero(client):
 
 
 def test_event_ids_may_be_used_again_afterwards(client):
-    event = {"event": "play", "user_id": "u", "timestamp": "2025-01-02T00:00:00Z",
-             "event_id": "e-1"}
+    event = {
+        "event": "play",
+        "user_id": "u",
+        "timestamp": "2025-01-02T00:00:00Z",
+        "event_id": "e-1",
+    }
     track(client, **event)
     assert track(client, **event).get("duplicate") is True
     assert client.delete("/users/u").get_json()["deleted"] == 1
@@ -91,22 +108,33 @@ def test_a_slash_in_a_path_is_not_part_of_an_id(client):
 
 
 def test_an_id_that_is_not_utf8_or_holds_nul_is_refused(client):
-    for path, message in (("/users/%FF", "user_id must be percent-encoded UTF-8"),
-                          ("/users/a%00b", "user_id must not contain NUL (U+0000) characters")):
+    for path, message in (
+        ("/users/%FF", "user_id must be percent-encoded UTF-8"),
+        ("/users/a%00b", "user_id must not contain NUL (U+0000) characters"),
+    ):
         for response in (client.delete(path), client.get(path + "/events")):
             assert response.status_code == 400
             assert response.get_json() == {"status": "error", "message": message}
 
 
 def test_erasure_goes_in_paced_batches_each_through_the_write_path(engine, monkeypatch):
-    rows = [EventRow("play" if n % 2 else "stop", "big", datetime(2025, 1, 2, tzinfo=timezone.utc)
-                     + timedelta(seconds=n), datetime.now(timezone.utc), "null") for n in range(10)]
+    rows = [
+        EventRow(
+            "play" if n % 2 else "stop",
+            "big",
+            datetime(2025, 1, 2, tzinfo=UTC) + timedelta(seconds=n),
+            datetime.now(UTC),
+            "null",
+        )
+        for n in range(10)
+    ]
     with Session(engine) as session:
         writer.store_events(session, rows)
     batches = []
     real_delete = writer.delete_events
-    monkeypatch.setattr(writer, "delete_events",
-                        lambda *args: batches.append(real_delete(*args)) or batches[-1])
+    monkeypatch.setattr(
+        writer, "delete_events", lambda *args: batches.append(real_delete(*args)) or batches[-1]
+    )
     sleeps = []
     monkeypatch.setattr(retention, "sleep", sleeps.append)
 
@@ -119,11 +147,17 @@ def test_erasure_goes_in_paced_batches_each_through_the_write_path(engine, monke
 
 
 def test_ingest_goes_on_during_an_erasure_and_the_aggregates_stay_exact(engine):
-    start = datetime(2025, 1, 2, tzinfo=timezone.utc)
+    start = datetime(2025, 1, 2, tzinfo=UTC)
     with Session(engine) as session:
-        writer.store_events(session, [
-            EventRow("play" if n % 3 else "stop", "big", start + timedelta(seconds=n),
-                     start, "null") for n in range(600)])
+        writer.store_events(
+            session,
+            [
+                EventRow(
+                    "play" if n % 3 else "stop", "big", start + timedelta(seconds=n), start, "null"
+                )
+                for n in range(600)
+            ],
+        )
     stop = threading.Event()
     stored = []
 
@@ -132,9 +166,20 @@ def test_ingest_goes_on_during_an_erasure_and_the_aggregates_stay_exact(engine):
             n = 0
             while not stop.is_set():
                 n += 1
-                stored.extend(writer.store_events(session, [EventRow(
-                    "play" if n % 2 else "stop", f"other{n % 3}", start + timedelta(seconds=n),
-                    datetime.now(timezone.utc), "null")]))
+                stored.extend(
+                    writer.store_events(
+                        session,
+                        [
+                            EventRow(
+                                "play" if n % 2 else "stop",
+                                f"other{n % 3}",
+                                start + timedelta(seconds=n),
+                                datetime.now(UTC),
+                                "null",
+                            )
+                        ],
+                    )
+                )
 
     thread = threading.Thread(target=ingest)
     thread.start()
@@ -154,8 +199,13 @@ def test_an_erasure_needs_admin_and_is_logged_with_the_key_but_not_the_user(make
     client = app.test_client()
     reader = create_key(app, "reader", "read")
     admin = create_key(app, "dpo-key", "admin")
-    track(client, event="play", user_id="secret-user", timestamp="2025-01-02T00:00:00Z",
-          metadata={"email": "x@example.com"})
+    track(
+        client,
+        event="play",
+        user_id="secret-user",
+        timestamp="2025-01-02T00:00:00Z",
+        metadata={"email": "x@example.com"},
+    )
 
     assert client.delete("/users/secret-user").status_code == 401
     refused = client.delete("/users/secret-user", headers={"Authorization": f"Bearer {reader}"})
@@ -164,11 +214,10 @@ def test_an_erasure_needs_admin_and_is_logged_with_the_key_but_not_the_user(make
     assert not [r for r in caplog.records if "erasure" in r.getMessage()]
 
     with caplog.at_level(logging.INFO):
-        response = client.delete("/users/secret-user",
-                                 headers={"Authorization": f"Bearer {admin}"})
+        response = client.delete("/users/secret-user", headers={"Authorization": f"Bearer {admin}"})
     assert response.get_json() == {"status": "success", "deleted": 1}
     [record] = [r for r in caplog.records if "erasure" in r.getMessage()]
     text = record.getMessage()
     assert "dpo-key" in text and " 1 events" in text
-    assert datetime.now(timezone.utc).strftime("%Y-%m-%dT%H") in text
+    assert datetime.now(UTC).strftime("%Y-%m-%dT%H") in text
     assert "secret-user" not in text and "example.com" not in text

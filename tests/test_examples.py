@@ -1,4 +1,5 @@
 """examples.sh, the curl tour, against a live gunicorn: every answer is the contract's."""
+
 from __future__ import annotations
 
 import os
@@ -6,12 +7,12 @@ import sys
 from datetime import timedelta
 
 import pytest
+from conftest import free_port, run_flask
+from e2e import require_tool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from analytics.models import Event
-from conftest import free_port, run_flask
-from e2e import require_tool
 
 pytest.register_assert_rewrite("tour")
 import tour  # noqa: E402  (after the registration, so that its asserts explain themselves)
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.live
 @pytest.fixture(autouse=True)
 def curl():
     return require_tool("curl", install="apt-get install curl")
+
 
 # date(1) as BSD and macOS have it: -u, -r SECONDS and +FORMAT, and no GNU-style -d. Each call is
 # logged, so the test can tell which branch of the script ran.
@@ -74,22 +76,34 @@ def test_every_answer_of_the_tour(live_server, engine):
     assert like.event_id.startswith("like-") and skip.event_id.startswith("skip-")
     assert like.event_id.removeprefix("like-") == skip.event_id.removeprefix("skip-")
     assert sorted(event.meta["page"] for event in stored(engine, "page_view")) == [
-        "/pricing", "/signup"]
+        "/pricing",
+        "/signup",
+    ]
 
 
 def test_the_tour_with_a_key_on_a_server_that_needs_one(live_server, database_url):
     server = live_server(workers=1, AUTH_MODE="all")
-    created = run_flask(database_url, "keys", "create", "tour", "--scope", "ingest",
-                        "--scope", "read", "--scope", "admin")
+    created = run_flask(
+        database_url,
+        "keys",
+        "create",
+        "tour",
+        "--scope",
+        "ingest",
+        "--scope",
+        "read",
+        "--scope",
+        "admin",
+    )
     assert created.returncode == 0, created.stderr
     today = tour.utc_today()
 
     refused = tour.parse(tour.run(server.url, user_id="keyless").stdout)
-    assert {(step.status, step.body["message"]) for step in refused} == {
-        (401, "API key required")}
+    assert {(step.status, step.body["message"]) for step in refused} == {(401, "API key required")}
 
-    done = tour.run(server.url, user_id="keyed",
-                    env={"ANALYTICS_KEY": created.stdout.splitlines()[-1]})
+    done = tour.run(
+        server.url, user_id="keyed", env={"ANALYTICS_KEY": created.stdout.splitlines()[-1]}
+    )
     assert done.returncode == 0, done.stderr
     tour.check(done.stdout, server.url, "keyed", today)
 
@@ -115,8 +129,9 @@ def test_the_tour_runs_with_bsd_date(live_server, tmp_path):
     today = tour.utc_today()
 
     # With a trailing slash on BASE_URL too, which the script drops.
-    done = tour.run(server.url + "/", user_id="mac-user",
-                    env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    done = tour.run(
+        server.url + "/", user_id="mac-user", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    )
 
     assert done.returncode == 0, done.stderr
     tour.check(done.stdout, server.url, "mac-user", today)
@@ -127,4 +142,3 @@ def test_the_tour_fails_when_the_server_cannot_be_reached():
     done = tour.run(f"http://127.0.0.1:{free_port()}")
     assert done.returncode != 0
     assert "curl" in done.stderr
-

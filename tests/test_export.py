@@ -1,19 +1,20 @@
 """GET /events and GET /users/<user_id>/events: every stored event, oldest first, streamed as
 NDJSON or CSV with the contract's fields; and an export imported again gives the same answers."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
+from conftest import create_key, create_postgres_database, migrate, unreachable_url
 from sqlalchemy import update
 
 from analytics import create_app, export
 from analytics.models import Event
-from conftest import create_key, create_postgres_database, migrate, unreachable_url
 
 EVENTS = "/events?start_date=2025-01-01&end_date=2025-01-31"
 FIELDS = ["event", "user_id", "timestamp", "metadata", "event_id", "received_at"]
@@ -46,8 +47,14 @@ def export_time(text: str):
 
 
 def test_each_line_has_the_contracts_fields_and_formats(client, engine):
-    track(client, event="play", user_id="u1", timestamp="2025-01-18T14:30:00Z",
-          metadata={"song": "s1", "n": [1, 2], "ü": "x, y: z"}, event_id="e1")
+    track(
+        client,
+        event="play",
+        user_id="u1",
+        timestamp="2025-01-18T14:30:00Z",
+        metadata={"song": "s1", "n": [1, 2], "ü": "x, y: z"},
+        event_id="e1",
+    )
     track(client, event="stop", user_id="u1", timestamp="2025-01-18T14:31:00.25+01:00")
     received(engine, "2025-01-20T00:00:00.5Z")
 
@@ -55,11 +62,22 @@ def test_each_line_has_the_contracts_fields_and_formats(client, engine):
 
     assert [list(line) for line in lines] == [FIELDS, FIELDS]
     assert lines == [
-        {"event": "stop", "user_id": "u1", "timestamp": "2025-01-18T13:31:00.250Z",
-         "metadata": None, "event_id": None, "received_at": "2025-01-20T00:00:00.500Z"},
-        {"event": "play", "user_id": "u1", "timestamp": "2025-01-18T14:30:00.000Z",
-         "metadata": {"song": "s1", "n": [1, 2], "ü": "x, y: z"}, "event_id": "e1",
-         "received_at": "2025-01-20T00:00:00.500Z"},
+        {
+            "event": "stop",
+            "user_id": "u1",
+            "timestamp": "2025-01-18T13:31:00.250Z",
+            "metadata": None,
+            "event_id": None,
+            "received_at": "2025-01-20T00:00:00.500Z",
+        },
+        {
+            "event": "play",
+            "user_id": "u1",
+            "timestamp": "2025-01-18T14:30:00.000Z",
+            "metadata": {"song": "s1", "n": [1, 2], "ü": "x, y: z"},
+            "event_id": "e1",
+            "received_at": "2025-01-20T00:00:00.500Z",
+        },
     ]
 
 
@@ -72,13 +90,18 @@ def test_sub_millisecond_digits_are_kept_so_that_nothing_stored_is_lost(client):
 def test_oldest_first_then_by_arrival(client):
     for n, second in enumerate([30, 10, 10, 20, 10]):
         track(client, event=f"e{n}", user_id="u", timestamp=f"2025-01-05T00:00:{second:02d}Z")
-    assert [line["event"] for line in ndjson(client.get(EVENTS))] == [
-        "e1", "e2", "e4", "e3", "e0"]
+    assert [line["event"] for line in ndjson(client.get(EVENTS))] == ["e1", "e2", "e4", "e3", "e0"]
 
 
 def test_csv_is_rfc_4180_with_the_exact_header(client, engine):
-    track(client, event="play", user_id='say "hi", then\nleave', timestamp="2025-01-02T00:00:00Z",
-          metadata={"a": 'q"uote', "b": [1, {"c": None}]}, event_id="x,1")
+    track(
+        client,
+        event="play",
+        user_id='say "hi", then\nleave',
+        timestamp="2025-01-02T00:00:00Z",
+        metadata={"a": 'q"uote', "b": [1, {"c": None}]},
+        event_id="x,1",
+    )
     track(client, event="stop", user_id="plain", timestamp="2025-01-03T00:00:00Z")
     received(engine, "2025-01-04T00:00:00Z")
 
@@ -88,15 +111,21 @@ def test_csv_is_rfc_4180_with_the_exact_header(client, engine):
     assert response.mimetype == "text/csv"
     body = response.get_data(as_text=True)
     assert body.startswith("timestamp,event,user_id,event_id,received_at,metadata\r\n")
-    assert body.endswith("\r\n") and "\n" not in body.replace("\r\n", "").replace(
-        'then\nleave', "")
+    assert body.endswith("\r\n") and "\n" not in body.replace("\r\n", "").replace('then\nleave', "")
     assert body.splitlines(keepends=True)[-1] == (
-        "2025-01-03T00:00:00.000Z,stop,plain,,2025-01-04T00:00:00.000Z,\r\n")
+        "2025-01-03T00:00:00.000Z,stop,plain,,2025-01-04T00:00:00.000Z,\r\n"
+    )
     rows = list(csv.reader(io.StringIO(body, newline="")))
     assert rows == [
         ["timestamp", "event", "user_id", "event_id", "received_at", "metadata"],
-        ["2025-01-02T00:00:00.000Z", "play", 'say "hi", then\nleave', "x,1",
-         "2025-01-04T00:00:00.000Z", '{"a":"q\\"uote","b":[1,{"c":null}]}'],
+        [
+            "2025-01-02T00:00:00.000Z",
+            "play",
+            'say "hi", then\nleave',
+            "x,1",
+            "2025-01-04T00:00:00.000Z",
+            '{"a":"q\\"uote","b":[1,{"c":null}]}',
+        ],
         ["2025-01-03T00:00:00.000Z", "stop", "plain", "", "2025-01-04T00:00:00.000Z", ""],
     ]
 
@@ -104,34 +133,46 @@ def test_csv_is_rfc_4180_with_the_exact_header(client, engine):
 def test_metadata_in_csv_is_compact_json_whatever_its_strings_hold(client):
     metadata = {"k, x": 'v: y\\" , z', "n": [1, 2.5, {"a": None}], "é": "\u0001\n", "e": {}}
     track(client, event="play", user_id="u", timestamp="2025-01-02T00:00:00Z", metadata=metadata)
-    [_, row] = list(csv.reader(io.StringIO(client.get(EVENTS + "&format=csv").get_data(
-        as_text=True), newline="")))
+    [_, row] = list(
+        csv.reader(
+            io.StringIO(client.get(EVENTS + "&format=csv").get_data(as_text=True), newline="")
+        )
+    )
     assert json.loads(row[5]) == metadata
     # Compact: no space outside the strings.
     assert row[5].replace(' , ', '').replace('k, x', '').replace('v: y', '').count(" ") == 0
 
 
 def test_the_range_filters_and_zone(client):
-    for at, name, user in [("2024-12-31T23:59:59.999Z", "play", "u1"),
-                           ("2025-01-01T00:00:00Z", "play", "u1"),
-                           ("2025-01-31T23:59:59.999Z", "stop", "u2"),
-                           ("2025-02-01T00:00:00Z", "play", "u2"),
-                           ("2025-01-15T00:00:00Z", "pause", "u1")]:
+    for at, name, user in [
+        ("2024-12-31T23:59:59.999Z", "play", "u1"),
+        ("2025-01-01T00:00:00Z", "play", "u1"),
+        ("2025-01-31T23:59:59.999Z", "stop", "u2"),
+        ("2025-02-01T00:00:00Z", "play", "u2"),
+        ("2025-01-15T00:00:00Z", "pause", "u1"),
+    ]:
         track(client, event=name, user_id=user, timestamp=at)
 
     def stamps(query: str) -> list[str]:
         return [line["timestamp"] for line in ndjson(client.get(EVENTS + query))]
 
-    assert stamps("") == ["2025-01-01T00:00:00.000Z", "2025-01-15T00:00:00.000Z",
-                          "2025-01-31T23:59:59.999Z"]
-    assert stamps("&event=play&event=stop") == ["2025-01-01T00:00:00.000Z",
-                                                "2025-01-31T23:59:59.999Z"]
+    assert stamps("") == [
+        "2025-01-01T00:00:00.000Z",
+        "2025-01-15T00:00:00.000Z",
+        "2025-01-31T23:59:59.999Z",
+    ]
+    assert stamps("&event=play&event=stop") == [
+        "2025-01-01T00:00:00.000Z",
+        "2025-01-31T23:59:59.999Z",
+    ]
     assert stamps("&user_id=u2") == ["2025-01-31T23:59:59.999Z"]
     assert stamps("&user_id=") == stamps("")  # empty means every user, as in /metrics
     # Local dates in Kathmandu (+05:45): 2025-01-01 starts at 2024-12-31T18:15Z.
-    assert stamps("&tz=Asia/Kathmandu") == ["2024-12-31T23:59:59.999Z",
-                                            "2025-01-01T00:00:00.000Z",
-                                            "2025-01-15T00:00:00.000Z"]
+    assert stamps("&tz=Asia/Kathmandu") == [
+        "2024-12-31T23:59:59.999Z",
+        "2025-01-01T00:00:00.000Z",
+        "2025-01-15T00:00:00.000Z",
+    ]
     # Parameters of /metrics that an export does not take are ignored, like unknown ones.
     assert stamps("&group_by=bogus&fill=bogus&week_start=x") == stamps("")
 
@@ -139,9 +180,14 @@ def test_the_range_filters_and_zone(client):
 def test_ranges_to_the_ends_of_the_calendar(client):
     track(client, event="play", user_id="u", timestamp="2025-01-02T12:00:00Z")
     for tz in ("UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
-        for start, end, expected in [("0001-01-01", "9999-12-31", 1), ("9999-12-31", "9999-12-31", 0),
-                                     ("0001-01-01", "0001-01-01", 0), ("2025-01-01", "9999-12-30", 1),
-                                     ("0001-01-01", "2024-12-31", 0), ("2025-01-04", "9999-12-31", 0)]:
+        for start, end, expected in [
+            ("0001-01-01", "9999-12-31", 1),
+            ("9999-12-31", "9999-12-31", 0),
+            ("0001-01-01", "0001-01-01", 0),
+            ("2025-01-01", "9999-12-30", 1),
+            ("0001-01-01", "2024-12-31", 0),
+            ("2025-01-04", "9999-12-31", 0),
+        ]:
             response = client.get(f"/events?start_date={start}&end_date={end}&tz={tz}")
             assert len(ndjson(response)) == expected, (start, end, tz)
 
@@ -151,29 +197,48 @@ def test_a_local_day_that_a_zone_skipped_holds_nothing(client):
     track(client, event="play", user_id="u", timestamp="2011-12-30T09:59:59Z")  # 29th, 23:59
     day = "/events?start_date=2011-12-30&end_date=2011-12-30&tz=Pacific/Apia"
     assert ndjson(client.get(day)) == []
-    assert len(ndjson(client.get(day.replace("start_date=2011-12-30", "start_date=2011-12-29")))) == 1
+    assert (
+        len(ndjson(client.get(day.replace("start_date=2011-12-30", "start_date=2011-12-29")))) == 1
+    )
 
 
-@pytest.mark.parametrize("query, message", [
-    ("", "start_date and end_date are required"),
-    ("?start_date=2025-01-01", "start_date and end_date are required"),
-    ("?start_date=2025-02-30&end_date=2025-03-01", "Invalid date format. Use YYYY-MM-DD"),
-    ("?start_date=2025-03-01&end_date=2025-02-01", "start_date must not be after end_date"),
-    ("?start_date=2025-01-01&end_date=2025-01-02&tz=Mars/Base",
-     "tz must be an IANA time zone name, e.g. Europe/Berlin"),
-    ("?start_date=2025-01-01&end_date=2025-01-02&event=", "event must not be empty"),
-    ("?start_date=2025-01-01&end_date=2025-01-02&" + "&".join(f"event=e{n}" for n in range(51)),
-     "at most 50 event names"),
-    ("?start_date=2025-01-01&end_date=2025-01-02&format=json",
-     "format must be one of: ndjson, csv"),
-    ("?start_date=2025-01-01&end_date=2025-01-02&format=CSV",
-     "format must be one of: ndjson, csv"),
-    ("?start_date=2025-01-01&end_date=2025-01-02&format=", "format must be one of: ndjson, csv"),
-    # The range comes first, as on /metrics.
-    ("?start_date=2025-01-01&format=xml", "start_date and end_date are required"),
-    ("?start_date=2025-01-01&end_date=2025-01-02&tz=x&format=xml",
-     "tz must be an IANA time zone name, e.g. Europe/Berlin"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("", "start_date and end_date are required"),
+        ("?start_date=2025-01-01", "start_date and end_date are required"),
+        ("?start_date=2025-02-30&end_date=2025-03-01", "Invalid date format. Use YYYY-MM-DD"),
+        ("?start_date=2025-03-01&end_date=2025-02-01", "start_date must not be after end_date"),
+        (
+            "?start_date=2025-01-01&end_date=2025-01-02&tz=Mars/Base",
+            "tz must be an IANA time zone name, e.g. Europe/Berlin",
+        ),
+        ("?start_date=2025-01-01&end_date=2025-01-02&event=", "event must not be empty"),
+        (
+            "?start_date=2025-01-01&end_date=2025-01-02&"
+            + "&".join(f"event=e{n}" for n in range(51)),
+            "at most 50 event names",
+        ),
+        (
+            "?start_date=2025-01-01&end_date=2025-01-02&format=json",
+            "format must be one of: ndjson, csv",
+        ),
+        (
+            "?start_date=2025-01-01&end_date=2025-01-02&format=CSV",
+            "format must be one of: ndjson, csv",
+        ),
+        (
+            "?start_date=2025-01-01&end_date=2025-01-02&format=",
+            "format must be one of: ndjson, csv",
+        ),
+        # The range comes first, as on /metrics.
+        ("?start_date=2025-01-01&format=xml", "start_date and end_date are required"),
+        (
+            "?start_date=2025-01-01&end_date=2025-01-02&tz=x&format=xml",
+            "tz must be an IANA time zone name, e.g. Europe/Berlin",
+        ),
+    ],
+)
 def test_invalid_queries_get_the_contracts_message(client, query, message):
     response = client.get("/events" + query)
     assert response.status_code == 400
@@ -235,8 +300,10 @@ def test_a_users_events_oldest_first_with_any_characters_in_the_id(client, engin
 
     lines = ndjson(client.get(f"/users/{quote(ODD_USER, safe='')}/events"))
 
-    assert [(line["user_id"], line["event_id"]) for line in lines] == [(ODD_USER, "1"),
-                                                                      (ODD_USER, "2")]
+    assert [(line["user_id"], line["event_id"]) for line in lines] == [
+        (ODD_USER, "1"),
+        (ODD_USER, "2"),
+    ]
     assert list(lines[0]) == FIELDS
     unknown = client.get("/users/nobody/events")
     assert unknown.status_code == 200 and unknown.data == b""
@@ -254,11 +321,14 @@ def test_reads_and_admin_keys(make_app):
     refused = client.get("/users/u/events", headers={"Authorization": f"Bearer {reader}"})
     assert refused.status_code == 403
     assert refused.get_json()["message"] == "This API key does not allow admin"
-    assert client.get("/users/u/events",
-                      headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    assert (
+        client.get("/users/u/events", headers={"Authorization": f"Bearer {admin}"}).status_code
+        == 200
+    )
 
 
 # --- The round trip ----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def empty_database_url(backend, tmp_path, request):
@@ -275,13 +345,14 @@ def empty_database_url(backend, tmp_path, request):
 
 
 def answers(client) -> list:
-    queries = ["/metrics?start_date=2020-01-01&end_date=2030-12-31",
-               "/metrics?start_date=2025-01-01&end_date=2025-03-31&group_by=hour"
-               "&tz=Asia/Kathmandu",
-               "/metrics?start_date=2025-01-01&end_date=2025-03-31&group_by=week&user_id=u1",
-               "/sessions?start_date=2020-01-01&end_date=2030-12-31",
-               "/sessions?start_date=2025-01-01&end_date=2025-03-31&group_by=hour",
-               "/sessions?start_date=2025-01-01&end_date=2025-03-31&user_id=u2&tz=America/Los_Angeles"]
+    queries = [
+        "/metrics?start_date=2020-01-01&end_date=2030-12-31",
+        "/metrics?start_date=2025-01-01&end_date=2025-03-31&group_by=hour&tz=Asia/Kathmandu",
+        "/metrics?start_date=2025-01-01&end_date=2025-03-31&group_by=week&user_id=u1",
+        "/sessions?start_date=2020-01-01&end_date=2030-12-31",
+        "/sessions?start_date=2025-01-01&end_date=2025-03-31&group_by=hour",
+        "/sessions?start_date=2025-01-01&end_date=2025-03-31&user_id=u2&tz=America/Los_Angeles",
+    ]
     found = []
     for query in queries:
         response = client.get(query)
@@ -306,13 +377,13 @@ def varied_events(client) -> None:
         ("purchase", "u1", "2024-12-31T23:00:00Z", None, {}),
     ]
     for name, user, at, event_id, metadata in events:
-        track(client, event=name, user_id=user, timestamp=at, event_id=event_id,
-              metadata=metadata)
+        track(client, event=name, user_id=user, timestamp=at, event_id=event_id, metadata=metadata)
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
 def test_an_export_imported_into_an_empty_database_gives_the_same_answers(
-        client, empty_database_url, tmp_path, fmt):
+    client, empty_database_url, tmp_path, fmt
+):
     varied_events(client)
     exported = client.get(f"/events?start_date=2000-01-01&end_date=2099-12-31&format={fmt}")
     assert exported.status_code == 200
@@ -327,30 +398,50 @@ def test_an_export_imported_into_an_empty_database_gives_the_same_answers(
     again = imported.test_client()
     assert answers(again) == answers(client)
     # The very same export, received_at included: nothing was lost or changed on the way.
-    assert again.get(f"/events?start_date=2000-01-01&end_date=2099-12-31&format={fmt}"
-                     ).data == exported.data
+    assert (
+        again.get(f"/events?start_date=2000-01-01&end_date=2099-12-31&format={fmt}").data
+        == exported.data
+    )
     imported.extensions["analytics.db"]["engine"].dispose()
 
 
-def test_import_keeps_received_at_refuses_a_bad_one_and_never_takes_a_later_one(app, engine,
-                                                                                tmp_path):
+def test_import_keeps_received_at_refuses_a_bad_one_and_never_takes_a_later_one(
+    app, engine, tmp_path
+):
     source = tmp_path / "in.ndjson"
-    source.write_text("\n".join(json.dumps(line) for line in [
-        {"event": "play", "user_id": "u", "timestamp": "2025-01-02T00:00:00Z",
-         "received_at": "2025-01-03T00:00:00.250Z"},
-        {"event": "play", "user_id": "u", "received_at": "yesterday"},
-        {"event": "play", "user_id": "u", "received_at": 5},
-        {"event": "stop", "user_id": "u", "timestamp": "2025-01-02T00:00:01Z",
-         "received_at": "2999-01-01T00:00:00Z"},
-    ]) + "\n")
+    source.write_text(
+        "\n".join(
+            json.dumps(line)
+            for line in [
+                {
+                    "event": "play",
+                    "user_id": "u",
+                    "timestamp": "2025-01-02T00:00:00Z",
+                    "received_at": "2025-01-03T00:00:00.250Z",
+                },
+                {"event": "play", "user_id": "u", "received_at": "yesterday"},
+                {"event": "play", "user_id": "u", "received_at": 5},
+                {
+                    "event": "stop",
+                    "user_id": "u",
+                    "timestamp": "2025-01-02T00:00:01Z",
+                    "received_at": "2999-01-01T00:00:00Z",
+                },
+            ]
+        )
+        + "\n"
+    )
     result = app.test_cli_runner().invoke(args=["import", str(source)])
     assert result.exit_code == 3, result.output
     assert "2 accepted, 0 duplicates, 2 rejected" in result.output
     for line in (2, 3):
-        assert (f"line {line}: received_at must be an ISO 8601 date and time, "
-                "e.g. 2025-01-18T14:30:00.000Z") in result.output
+        assert (
+            f"line {line}: received_at must be an ISO 8601 date and time, "
+            "e.g. 2025-01-18T14:30:00.000Z"
+        ) in result.output
     with engine.connect() as conn:
         play, stop = conn.execute(
-            Event.__table__.select().order_by(Event.__table__.c.occurred_at)).all()
+            Event.__table__.select().order_by(Event.__table__.c.occurred_at)
+        ).all()
     assert play.received_at == export_time("2025-01-03T00:00:00.250Z")
-    assert export_time("2025-01-04T00:00:00Z") < stop.received_at <= datetime.now(timezone.utc)
+    assert export_time("2025-01-04T00:00:00Z") < stop.received_at <= datetime.now(UTC)

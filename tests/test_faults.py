@@ -6,6 +6,7 @@ for an event that is not stored.
 
 Only this test's own processes and database connections are ever killed.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -21,12 +22,12 @@ import uuid
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
 
 import pytest
+from conftest import LiveServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-
-from conftest import LiveServer
 
 pytestmark = pytest.mark.live
 
@@ -48,8 +49,12 @@ class Client:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port_of(), timeout=30)
                 try:
-                    conn.request("POST", path, body=json.dumps(body),
-                                 headers={"Content-Type": "application/json"})
+                    conn.request(
+                        "POST",
+                        path,
+                        body=json.dumps(body),
+                        headers={"Content-Type": "application/json"},
+                    )
                     response = conn.getresponse()
                     status, answer = response.status, json.loads(response.read() or b"{}")
                 finally:
@@ -60,16 +65,25 @@ class Client:
                 assert status >= 500, (status, answer)  # a 4xx would be a bug of the test
             except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
                 # The answer is lost: whether the events went in is unknown to the client.
-                self.answers.append((path, 0, {"error": repr(exc),
-                                               "events": len(body.get("events", [body]))}))
+                self.answers.append(
+                    (path, 0, {"error": repr(exc), "events": len(body.get("events", [body]))})
+                )
             assert time.monotonic() < deadline, (
-                f"no 200 for {path} in {GIVE_UP_SECONDS} s; last answers: {self.answers[-3:]}")
+                f"no 200 for {path} in {GIVE_UP_SECONDS} s; last answers: {self.answers[-3:]}"
+            )
             time.sleep(random.uniform(0.05, 0.2))
 
 
 def events_for(client_no: int, count: int) -> list[dict]:
-    return [{"event": random.choice(["play", "stop", "view"]), "user_id": f"c{client_no}",
-             "event_id": str(uuid.uuid4()), "metadata": {"n": n}} for n in range(count)]
+    return [
+        {
+            "event": random.choice(["play", "stop", "view"]),
+            "user_id": f"c{client_no}",
+            "event_id": str(uuid.uuid4()),
+            "metadata": {"n": n},
+        }
+        for n in range(count)
+    ]
 
 
 def send_mixed(client: Client, events: list[dict]) -> None:
@@ -78,7 +92,7 @@ def send_mixed(client: Client, events: list[dict]) -> None:
     for event in events[:half]:
         client.send("/track", event)
     for start in range(half, len(events), 10):
-        client.send("/track/batch", {"events": events[start:start + 10]})
+        client.send("/track/batch", {"events": events[start : start + 10]})
 
 
 def assert_stored_exactly_once(database_url: str, events: list[dict]) -> None:
@@ -100,8 +114,9 @@ def run_clients(port_of, per_client: int, during) -> list[dict]:
     clients = [Client(port_of) for _ in range(CLIENTS)]
     batches = [events_for(n, per_client) for n in range(CLIENTS)]
     with ThreadPoolExecutor(CLIENTS + 1) as pool:
-        futures = [pool.submit(send_mixed, client, batch)
-                   for client, batch in zip(clients, batches)]
+        futures = [
+            pool.submit(send_mixed, client, batch) for client, batch in zip(clients, batches)
+        ]
         fault = pool.submit(during)
         for future in futures + [fault]:
             future.result()
@@ -131,8 +146,9 @@ def test_master_stopped_with_sigterm_and_started_again(live_server, database_url
         old = current["server"]
         old.process.send_signal(signal.SIGTERM)
         old.process.wait(timeout=60)
-        replacement = LiveServer(database_url, workers=2, env={
-            "GUNICORN_BIND": f"127.0.0.1:{old.port}"})
+        replacement = LiveServer(
+            database_url, workers=2, env={"GUNICORN_BIND": f"127.0.0.1:{old.port}"}
+        )
         replacement.port, replacement.url = old.port, old.url
         current["server"] = replacement.start()
 
@@ -155,9 +171,12 @@ def test_server_connections_terminated_by_postgresql(live_server, database_url, 
         for _ in range(4):
             time.sleep(0.7)
             with admin.connect() as conn:
-                conn.execute(text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
 
     try:
         events = run_clients(lambda: server.port, 120, terminate)
@@ -170,17 +189,24 @@ LOCK_WAIT_MS = 800
 MARGIN_SECONDS = 5
 
 
-def test_a_writer_holding_the_lock_past_the_bound_gets_503_in_time(live_server, database_url,
-                                                                   backend):
+def test_a_writer_holding_the_lock_past_the_bound_gets_503_in_time(
+    live_server, database_url, backend
+):
     server = live_server(workers=2, LOCK_WAIT_MS=str(LOCK_WAIT_MS))
     for _ in range(6):  # both workers booted and connected: the clock below is the wait's
         Client(lambda: server.port).send("/track", {"event": "warm", "user_id": "warm"})
     if backend == "sqlite":
         path = make_url(database_url).database + "-writer.lock"
-        code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); "
-                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()")
-        holder = subprocess.Popen([sys.executable, "-c", code, path], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+        code = (
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()"
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-c", code, path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert holder.stdout.readline().strip() == "held"
         release = holder.stdin.close
     else:
@@ -193,11 +219,16 @@ def test_a_writer_holding_the_lock_past_the_bound_gets_503_in_time(live_server, 
             conn.rollback()
             conn.close()
             engine.dispose()
+
     try:
         started = time.monotonic()
         conn_http = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        conn_http.request("POST", "/track", body=json.dumps({"event": "play", "user_id": "stuck"}),
-                          headers={"Content-Type": "application/json"})
+        conn_http.request(
+            "POST",
+            "/track",
+            body=json.dumps({"event": "play", "user_id": "stuck"}),
+            headers={"Content-Type": "application/json"},
+        )
         response = conn_http.getresponse()
         answer = json.loads(response.read())
         took = time.monotonic() - started
@@ -211,8 +242,10 @@ def test_a_writer_holding_the_lock_past_the_bound_gets_503_in_time(live_server, 
     assert int(response.getheader("Retry-After")) > 0
     assert took < 2 * LOCK_WAIT_MS / 1000 + MARGIN_SECONDS
     # The lock is free again: the same event goes in.
-    assert Client(lambda: server.port).send("/track", {"event": "play", "user_id": "stuck"}) \
-        == {"status": "success", "message": "Event logged."}
+    assert Client(lambda: server.port).send("/track", {"event": "play", "user_id": "stuck"}) == {
+        "status": "success",
+        "message": "Event logged.",
+    }
 
 
 # --- exactly once under CPU starvation ---------------------------------------------------------
@@ -228,26 +261,40 @@ def _burn(stop_at: float) -> None:
 
 
 def test_the_same_events_from_four_clients_in_different_orders_under_cpu_starvation(
-        live_server, database_url, backend):
+    live_server, database_url, backend
+):
     if backend != "postgresql":
         pytest.skip("the scenario was seen on PostgreSQL, where writers run side by side")
     server = live_server(workers=2)
     context = multiprocessing.get_context("spawn")
     for round_no in range(ROUNDS):
-        events = [{"event": "play", "user_id": f"shared{n % 20}",
-                   "event_id": f"round{round_no}-{n}", "timestamp": "2025-01-18T14:30:00Z"}
-                  for n in range(SHARED_EVENTS)]
+        events = [
+            {
+                "event": "play",
+                "user_id": f"shared{n % 20}",
+                "event_id": f"round{round_no}-{n}",
+                "timestamp": "2025-01-18T14:30:00Z",
+            }
+            for n in range(SHARED_EVENTS)
+        ]
         orders = [random.Random(seed).sample(events, len(events)) for seed in range(CLIENTS)]
-        burners = [context.Process(target=_burn, args=(time.monotonic() + 8,))
-                   for _ in range(BURNERS)]
+        burners = [
+            context.Process(target=_burn, args=(time.monotonic() + 8,)) for _ in range(BURNERS)
+        ]
         for burner in burners:
             burner.start()
         clients = [Client(lambda: server.port) for _ in range(CLIENTS)]
         try:
             with ThreadPoolExecutor(CLIENTS) as pool:
-                list(pool.map(lambda pair: [pair[0].send("/track/batch", {"events": pair[1][i:i + 25]})
-                                            for i in range(0, SHARED_EVENTS, 25)],
-                              zip(clients, orders)))
+                list(
+                    pool.map(
+                        lambda pair: [
+                            pair[0].send("/track/batch", {"events": pair[1][i : i + 25]})
+                            for i in range(0, SHARED_EVENTS, 25)
+                        ],
+                        zip(clients, orders),
+                    )
+                )
         finally:
             for burner in burners:
                 burner.join()
@@ -258,8 +305,10 @@ def test_the_same_events_from_four_clients_in_different_orders_under_cpu_starvat
         # while the client never learns it, and its retry counts them as duplicates.
         lost = sum(body["events"] for _, status, body in answers if status == 0)
         refusals = [(status, body) for _, status, body in answers if status not in (0, 200)]
-        assert all(refusal == (503, {"status": "error", "message": "Failed to log events"})
-                   for refusal in refusals), (refusals[:3], server.output()[-3000:])
+        assert all(
+            refusal == (503, {"status": "error", "message": "Failed to log events"})
+            for refusal in refusals
+        ), (refusals[:3], server.output()[-3000:])
         assert "Deadlock" not in server.output()
         answers = [(path, status, body) for path, status, body in answers if status == 200]
         accepted = sum(body["accepted"] for _, _, body in answers)
@@ -270,20 +319,23 @@ def test_the_same_events_from_four_clients_in_different_orders_under_cpu_starvat
         assert SHARED_EVENTS - lost <= accepted <= SHARED_EVENTS, (accepted, lost)
         stored = create_engine(database_url)
         with stored.connect() as conn:
-            count = conn.execute(text("SELECT count(*) FROM events WHERE event_id LIKE :p"),
-                                 {"p": f"round{round_no}-%"}).scalar()
+            count = conn.execute(
+                text("SELECT count(*) FROM events WHERE event_id LIKE :p"),
+                {"p": f"round{round_no}-%"},
+            ).scalar()
         stored.dispose()
         assert count == SHARED_EVENTS
 
 
-def test_batches_of_the_same_events_in_different_orders_never_deadlock(database_url, backend,
-                                                                       monkeypatch):
+def test_batches_of_the_same_events_in_different_orders_never_deadlock(
+    database_url, backend, monkeypatch
+):
     """The cause of the scenario above: batches inserting the same keys in different orders
     waited for each other in a cycle, and each deadlock cost a second and a retry, until the
     retries ran out under load."""
     if backend != "postgresql":
         pytest.skip("SQLite serialises writers")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from sqlalchemy.orm import Session
 
@@ -294,18 +346,26 @@ def test_batches_of_the_same_events_in_different_orders_never_deadlock(database_
     retried = []
     monkeypatch.setattr(writer, "is_retryable", lambda exc: retried.append(exc) or True)
     engine = make_engine(database_url, lock_wait_ms=30000)
-    now = datetime(2025, 1, 18, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 18, tzinfo=UTC)
     try:
         for round_no in range(6):
-            rows = [EventRow(event="play", user_id=f"u{n % 20}", occurred_at=now,
-                             received_at=now, metadata_json=None,
-                             event_id=f"{round_no}-{n}") for n in range(SHARED_EVENTS)]
+            rows = [
+                EventRow(
+                    event="play",
+                    user_id=f"u{n % 20}",
+                    occurred_at=now,
+                    received_at=now,
+                    metadata_json=None,
+                    event_id=f"{round_no}-{n}",
+                )
+                for n in range(SHARED_EVENTS)
+            ]
 
             def client(seed, rows=rows):
                 order = random.Random(seed).sample(rows, len(rows))
                 for start in range(0, len(order), 25):
                     with Session(engine) as session:
-                        writer.store_events(session, order[start:start + 25])
+                        writer.store_events(session, order[start : start + 25])
 
             with ThreadPoolExecutor(CLIENTS) as pool:
                 list(pool.map(client, range(CLIENTS)))

@@ -1,17 +1,16 @@
 """Idempotency: an event_id makes POST /track safe to retry, on both backends."""
+
 from __future__ import annotations
 
 import concurrent.futures
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from alembic import command
+from conftest import alembic_config, create_postgres_database, migrate
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
-
-from alembic import command
-
-from conftest import alembic_config, create_postgres_database, migrate
 from test_track import FUTURE_WARNING, SUCCESS, assert_error, post, stored
 
 DUPLICATE = {**SUCCESS, "duplicate": True}
@@ -39,13 +38,23 @@ def test_a_retry_is_a_duplicate_and_stores_nothing(client, engine):
 def test_the_first_event_wins_and_a_duplicate_reports_no_warnings(client, engine):
     first = post(client, play(event_id="e1", timestamp="2999-01-01T00:00:00Z"))
     assert first.get_json() == {**SUCCESS, "warnings": [FUTURE_WARNING]}
-    again = post(client, {"event": "stop", "user_id": "u", "event_id": "e1",
-                          "timestamp": "2999-01-01T00:00:00Z", "metadata": {"other": 1}})
+    again = post(
+        client,
+        {
+            "event": "stop",
+            "user_id": "u",
+            "event_id": "e1",
+            "timestamp": "2999-01-01T00:00:00Z",
+            "metadata": {"other": 1},
+        },
+    )
     assert again.get_json() == DUPLICATE
     [row] = stored(engine)
     assert row.event == "play"
-    assert row.meta == {"timestamp_warning": FUTURE_WARNING,
-                        "original_timestamp": "2999-01-01T00:00:00Z"}
+    assert row.meta == {
+        "timestamp_warning": FUTURE_WARNING,
+        "original_timestamp": "2999-01-01T00:00:00Z",
+    }
 
 
 def test_event_ids_are_scoped_by_user_and_exact(client, engine):
@@ -71,8 +80,9 @@ def test_event_ids_of_1_to_128_characters_are_accepted(client, engine, event_id)
     assert post(client, play(event_id=event_id)).get_json() == DUPLICATE
 
 
-@pytest.mark.parametrize("event_id", ["", "x" * 129, "é" * 129, 5, 1.5, True, ["a"], {"a": 1},
-                                      "a\u0000b"])
+@pytest.mark.parametrize(
+    "event_id", ["", "x" * 129, "é" * 129, 5, 1.5, True, ["a"], {"a": 1}, "a\u0000b"]
+)
 def test_other_event_ids_are_refused(client, engine, event_id):
     assert_error(post(client, play(event_id=event_id)), 400, field="event_id")
     assert stored(engine) == []
@@ -97,9 +107,11 @@ def test_once_purged_an_event_id_can_be_used_again(client, engine):
 
 def test_the_database_itself_refuses_a_second_copy(engine):
     # Deduplication does not rest on a check made before writing: the table cannot hold two.
-    insert = text("INSERT INTO events (event, user_id, occurred_at, received_at, event_id) "
-                  "VALUES ('play', 'u', :at, :at, 'same')")
-    at = datetime(2025, 1, 1, tzinfo=timezone.utc).replace(tzinfo=None)
+    insert = text(
+        "INSERT INTO events (event, user_id, occurred_at, received_at, event_id) "
+        "VALUES ('play', 'u', :at, :at, 'same')"
+    )
+    at = datetime(2025, 1, 1, tzinfo=UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         conn.execute(insert, {"at": at})
     with pytest.raises(IntegrityError):
@@ -142,10 +154,13 @@ def test_adding_event_id_keeps_stored_events_and_indexes(empty_database):
     engine = create_engine(empty_database)
     try:
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO events (event, user_id, occurred_at, received_at, metadata) "
-                "VALUES ('play', 'u', '2025-01-18 14:30:00', '2025-01-18 14:30:00', :meta)"),
-                {"meta": json.dumps({"k": "v"})})
+            conn.execute(
+                text(
+                    "INSERT INTO events (event, user_id, occurred_at, received_at, metadata) "
+                    "VALUES ('play', 'u', '2025-01-18 14:30:00', '2025-01-18 14:30:00', :meta)"
+                ),
+                {"meta": json.dumps({"k": "v"})},
+            )
             indexes_before = {index["name"] for index in inspect(conn).get_indexes("events")}
         migrate(empty_database, "0002")
         with engine.connect() as conn:
@@ -156,7 +171,8 @@ def test_adding_event_id_keeps_stored_events_and_indexes(empty_database):
         assert rows == [("play", "u", None)]
         assert indexes_before <= indexes_after
         assert [(u["name"], u["column_names"]) for u in uniques] == [
-            ("uq_events_user_id_event_id", ["user_id", "event_id"])]
+            ("uq_events_user_id_event_id", ["user_id", "event_id"])
+        ]
     finally:
         engine.dispose()
 
@@ -166,23 +182,36 @@ def test_id_blocks_migrate_up_and_down(empty_database, backend):
     stored before it keep their ids and later ones come after them."""
     if backend != "postgresql":
         pytest.skip("SQLite numbers rows itself")
-    step = text("SELECT seqincrement FROM pg_sequence "
-                "WHERE seqrelid = CAST(pg_get_serial_sequence('events', 'id') AS regclass)")
+    step = text(
+        "SELECT seqincrement FROM pg_sequence "
+        "WHERE seqrelid = CAST(pg_get_serial_sequence('events', 'id') AS regclass)"
+    )
     migrate(empty_database, "0004")
     engine = create_engine(empty_database)
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO events (event, user_id, occurred_at, received_at) "
-                              "VALUES ('play', 'u', now(), now()), ('stop', 'u', now(), now())"))
+            conn.execute(
+                text(
+                    "INSERT INTO events (event, user_id, occurred_at, received_at) "
+                    "VALUES ('play', 'u', now(), now()), ('stop', 'u', now(), now())"
+                )
+            )
             assert conn.execute(step).scalar() == 1
         migrate(empty_database, "0005")
         with engine.begin() as conn:
             assert conn.execute(step).scalar() == 1000
-            conn.execute(text("INSERT INTO events (event, user_id, occurred_at, received_at) "
-                              "VALUES ('play', 'u', now(), now())"))
+            conn.execute(
+                text(
+                    "INSERT INTO events (event, user_id, occurred_at, received_at) "
+                    "VALUES ('play', 'u', now(), now())"
+                )
+            )
             # The next value starts a block of its own, after every id handed out before.
-            assert conn.execute(text("SELECT id FROM events ORDER BY id")).scalars().all() \
-                == [1, 2, 1002]
+            assert conn.execute(text("SELECT id FROM events ORDER BY id")).scalars().all() == [
+                1,
+                2,
+                1002,
+            ]
         command.downgrade(alembic_config(empty_database), "0004")
         with engine.connect() as conn:
             assert conn.execute(step).scalar() == 1

@@ -1,5 +1,6 @@
 """``flask --app wsgi import``: NDJSON and CSV files through the POST /track rules, on both
 backends."""
+
 from __future__ import annotations
 
 import gzip
@@ -7,20 +8,21 @@ import json
 from concurrent.futures import Future
 
 import pytest
+from conftest import create_postgres_database, run_in_terminal, unreachable_url
+from conftest import run_flask as run_flask_text
 from sqlalchemy import text
+from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, stored
 
 from analytics import create_app
 from analytics.importer import ImportSummary, _InOrder
-from conftest import create_postgres_database, run_in_terminal, unreachable_url
-from conftest import run_flask as run_flask_text
-from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, stored
 
 HEADER = "event,user_id,timestamp,event_id,metadata"
 
 
 def ev(n: int, **fields) -> str:
-    return json.dumps({"event": "play", "user_id": "u", "timestamp": f"2025-01-18T14:30:{n:02d}Z",
-                       **fields})
+    return json.dumps(
+        {"event": "play", "user_id": "u", "timestamp": f"2025-01-18T14:30:{n:02d}Z", **fields}
+    )
 
 
 def write(path, lines, newline="\n") -> str:
@@ -33,16 +35,19 @@ def run_import(runner, *args, input=None):
 
 
 def test_ndjson_file_with_bad_lines(runner, engine, tmp_path):
-    source = write(tmp_path / "events.ndjson", [
-        ev(0, event_id="a"),          # 1
-        "",                           # 2 blank: skipped
-        '{"event": "play"}',          # 3 no user_id
-        "{not json",                  # 4
-        ev(5, event_id="a"),          # 5 duplicate of line 1
-        "[1, 2]",                     # 6 not an object
-        ev(7, timestamp="yesterday"),  # 7
-        ev(8),                        # 8
-    ])
+    source = write(
+        tmp_path / "events.ndjson",
+        [
+            ev(0, event_id="a"),  # 1
+            "",  # 2 blank: skipped
+            '{"event": "play"}',  # 3 no user_id
+            "{not json",  # 4
+            ev(5, event_id="a"),  # 5 duplicate of line 1
+            "[1, 2]",  # 6 not an object
+            ev(7, timestamp="yesterday"),  # 7
+            ev(8),  # 8
+        ],
+    )
     result = run_import(runner, source)
     assert result.exit_code == 3, result.output
     lines = result.output.splitlines()
@@ -51,9 +56,12 @@ def test_ndjson_file_with_bad_lines(runner, engine, tmp_path):
         "  line 3: user_id is required",
         "  line 4: Malformed JSON",
         "  line 6: Event must be a JSON object",
-        "  line 7: timestamp must be an ISO 8601 date and time, e.g. 2025-01-18T14:30:00Z"]
-    assert [(row.event_id, row.occurred_at.second) for row in stored(engine)] == [("a", 0),
-                                                                                  (None, 8)]
+        "  line 7: timestamp must be an ISO 8601 date and time, e.g. 2025-01-18T14:30:00Z",
+    ]
+    assert [(row.event_id, row.occurred_at.second) for row in stored(engine)] == [
+        ("a", 0),
+        (None, 8),
+    ]
 
 
 def test_a_clean_file_exits_0_and_rerunning_it_stores_nothing_new(runner, engine, tmp_path):
@@ -82,15 +90,17 @@ def test_line_numbers_stay_right_across_chunks(runner, engine, tmp_path):
     result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--chunk-size", "3")
     assert result.exit_code == 3
     assert [line.split(":")[0].strip() for line in result.output.splitlines()[1:]] == [
-        f"line {n}" for n in (4, 8, 12, 16, 20)]
+        f"line {n}" for n in (4, 8, 12, 16, 20)
+    ]
     assert len(stored(engine)) == 15
 
 
 def test_the_report_file_lists_every_rejected_line_and_the_summary(runner, engine, tmp_path):
     lines = ['{"event": "e"}' if i % 2 else ev(0) for i in range(60)]
     report = tmp_path / "report.txt"
-    result = run_import(runner, write(tmp_path / "e.ndjson", lines), "--report", str(report),
-                        "--chunk-size", "7")
+    result = run_import(
+        runner, write(tmp_path / "e.ndjson", lines), "--report", str(report), "--chunk-size", "7"
+    )
     assert result.exit_code == 3
     written = report.read_text().splitlines()
     assert written[:-1] == [f"line {n}: user_id is required" for n in range(2, 61, 2)]
@@ -103,13 +113,16 @@ def test_the_report_file_lists_every_rejected_line_and_the_summary(runner, engin
 
 def test_rules_are_those_of_track(runner, engine, tmp_path):
     big = _metadata_of_size(5000)
-    source = write(tmp_path / "e.ndjson", [
-        json.dumps({"event": "a", "user_id": "u", "metadata": big}),
-        json.dumps({"event": "b", "user_id": "u", "timestamp": "2999-01-01T00:00:00Z"}),
-        json.dumps({"event": "date", "user_id": "u"}),
-        json.dumps({"event": "c", "user_id": "u\u0000"}),
-        json.dumps({"event": "d", "user_id": "u", "event_id": "x" * 129}),
-    ])
+    source = write(
+        tmp_path / "e.ndjson",
+        [
+            json.dumps({"event": "a", "user_id": "u", "metadata": big}),
+            json.dumps({"event": "b", "user_id": "u", "timestamp": "2999-01-01T00:00:00Z"}),
+            json.dumps({"event": "date", "user_id": "u"}),
+            json.dumps({"event": "c", "user_id": "u\u0000"}),
+            json.dumps({"event": "d", "user_id": "u", "event_id": "x" * 129}),
+        ],
+    )
     result = run_import(runner, source)
     assert result.exit_code == 3
     assert "2 accepted, 0 duplicates, 3 rejected" in result.output
@@ -122,30 +135,39 @@ def test_rules_are_those_of_track(runner, engine, tmp_path):
 
 
 def test_csv_file(runner, engine, tmp_path):
-    source = write(tmp_path / "events.csv", [
-        HEADER,
-        'play,u1,2025-01-18T14:30:00Z,e1,"{""song_id"": ""s1"", ""n"": [1, 2]}"',   # 2
-        "stop,u1,2025-01-18T14:33:20+01:00,e2,",                                  # 3
-        "stop,,,,",                                                               # 4
-        'play,u2,,,"{not json"',                                                  # 5
-        "",                                                                       # 6 blank
-        'skip,u3,,,"[1]"',                                                        # 7
-        '"multi',                                                                 # 8 (starts)
-        'line",u4,2025-01-18T00:00:00Z,e4,',                                      # 9
-        "play,u5,2025-01-18T00:00:00Z",                                           # 10 short
-        "play,u1,2025-01-19T00:00:00Z,e1,",                                       # 11 duplicate
-    ], newline="\r\n")
+    source = write(
+        tmp_path / "events.csv",
+        [
+            HEADER,
+            'play,u1,2025-01-18T14:30:00Z,e1,"{""song_id"": ""s1"", ""n"": [1, 2]}"',  # 2
+            "stop,u1,2025-01-18T14:33:20+01:00,e2,",  # 3
+            "stop,,,,",  # 4
+            'play,u2,,,"{not json"',  # 5
+            "",  # 6 blank
+            'skip,u3,,,"[1]"',  # 7
+            '"multi',  # 8 (starts)
+            'line",u4,2025-01-18T00:00:00Z,e4,',  # 9
+            "play,u5,2025-01-18T00:00:00Z",  # 10 short
+            "play,u1,2025-01-19T00:00:00Z,e1,",  # 11 duplicate
+        ],
+        newline="\r\n",
+    )
     result = run_import(runner, source)
     assert result.exit_code == 3, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{source}: 3 accepted, 1 duplicates, 4 rejected"
-    assert lines[1:] == ["  line 4: user_id is required",
-                         "  line 5: metadata is not valid JSON",
-                         "  line 7: metadata must be a JSON object",
-                         "  line 10: Expected 5 columns, found 3"]
+    assert lines[1:] == [
+        "  line 4: user_id is required",
+        "  line 5: metadata is not valid JSON",
+        "  line 7: metadata must be a JSON object",
+        "  line 10: Expected 5 columns, found 3",
+    ]
     rows = stored(engine)
     assert [(r.event, r.user_id, r.event_id) for r in rows] == [
-        ("play", "u1", "e1"), ("stop", "u1", "e2"), ("multi\r\nline", "u4", "e4")]
+        ("play", "u1", "e1"),
+        ("stop", "u1", "e2"),
+        ("multi\r\nline", "u4", "e4"),
+    ]
     assert rows[0].meta == {"song_id": "s1", "n": [1, 2]}
     assert rows[1].occurred_at.isoformat() == "2025-01-18T13:33:20+00:00"
     assert rows[1].meta is None
@@ -169,8 +191,9 @@ def test_csv_without_the_required_columns_stops_before_importing(runner, engine,
 
 def test_lines_that_are_not_utf8_are_rejected(runner, engine, tmp_path):
     ndjson = tmp_path / "e.ndjson"
-    ndjson.write_bytes(ev(0).encode() + b"\n" + b'{"event": "pl\xe9y", "user_id": "u"}\n'
-                       + ev(1).encode() + b"\n")
+    ndjson.write_bytes(
+        ev(0).encode() + b"\n" + b'{"event": "pl\xe9y", "user_id": "u"}\n' + ev(1).encode() + b"\n"
+    )
     csv_file = tmp_path / "e.csv"
     csv_file.write_bytes(b"\xef\xbb\xbfevent,user_id\nplay,u\xff\nplay,u2\n")
     result = run_import(runner, str(ndjson))
@@ -221,6 +244,7 @@ def test_a_missing_file_is_a_clear_error(runner, tmp_path):
 
 # --- the real command line ------------------------------------------------------------------------
 
+
 def run_flask(database_url: str, *args, input: bytes | None = None):
     return run_flask_text(database_url, *args, input=input, text=False)
 
@@ -229,8 +253,10 @@ def test_command_line_from_a_pipe(database_url, engine):
     data = ("\n".join([ev(0, event_id="p1"), "oops", ev(2)]) + "\n").encode()
     done = run_flask(database_url, "import", "-", "--format", "ndjson", input=data)
     assert done.returncode == 3, done.stderr
-    assert done.stdout.decode().splitlines() == ["-: 2 accepted, 0 duplicates, 1 rejected",
-                                                 "  line 2: Malformed JSON"]
+    assert done.stdout.decode().splitlines() == [
+        "-: 2 accepted, 0 duplicates, 1 rejected",
+        "  line 2: Malformed JSON",
+    ]
     assert done.stderr == b""
     assert len(stored(engine)) == 2
 
@@ -262,6 +288,7 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
     calls = {"n": 0}
 
     from analytics import importer
+
     original = importer.writer.store_events
 
     def fail_second_chunk(session, rows):
@@ -269,6 +296,7 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
         if any(row.event_id == "id4" for row in rows):  # the second chunk (lines 5 to 8)
             # What a lost connection looks like to the importer.
             from sqlalchemy.exc import OperationalError
+
             raise OperationalError("INSERT", {}, Exception("server closed the connection"))
         return original(session, rows)
 
@@ -313,6 +341,7 @@ def test_a_database_without_tables_stops_the_import_clearly(backend, tmp_path, r
 
 # --- chunks written side by side, counted in file order ---------------------------------------
 
+
 def finished(result=None, error=None):
     future = Future()
     if error is not None:
@@ -331,15 +360,21 @@ def drive(futures, last_lines, fail_reading_after=None):
                 raise OSError("damaged input")
             yield (lambda future=future: future), last_line
 
-    counting = _InOrder(summary, lambda number, message: rejected.append(number),
-                        lambda summary: None)
+    counting = _InOrder(
+        summary, lambda number, message: rejected.append(number), lambda summary: None
+    )
     return summary, rejected, counting, work()
 
 
 def test_a_failed_chunk_ends_the_committed_prefix_but_later_commits_still_count():
     summary, rejected, counting, work = drive(
-        [finished((4, 0, [])), finished(error=RuntimeError("lost")), finished((3, 1, [(27, "bad")]))],
-        [10, 20, 30])
+        [
+            finished((4, 0, [])),
+            finished(error=RuntimeError("lost")),
+            finished((3, 1, [(27, "bad")])),
+        ],
+        [10, 20, 30],
+    )
     with pytest.raises(RuntimeError):
         counting.drive(work, depth=3)
     assert summary.last_line == 10  # lines 11 to 20 are not committed: resume from there
@@ -349,8 +384,10 @@ def test_a_failed_chunk_ends_the_committed_prefix_but_later_commits_still_count(
 
 def test_an_input_error_keeps_the_chunks_already_written_in_the_prefix():
     summary, _, counting, work = drive(
-        [finished((4, 0, [])), finished((4, 0, [])), finished((4, 0, []))], [10, 20, 30],
-        fail_reading_after=2)
+        [finished((4, 0, [])), finished((4, 0, [])), finished((4, 0, []))],
+        [10, 20, 30],
+        fail_reading_after=2,
+    )
     with pytest.raises(OSError):
         counting.drive(work, depth=2)
     assert summary.last_line == 20
@@ -364,15 +401,22 @@ def test_several_writers_store_everything_and_count_in_file_order(database_url, 
     from analytics.db import make_engine
     from analytics.importer import Importer, Line
 
-    lines = [Line(n, json.loads(ev(n % 60, event_id=f"id{n % 70}", user_id=f"u{n % 7}")), True)
-             for n in range(1, 101)]
+    lines = [
+        Line(n, json.loads(ev(n % 60, event_id=f"id{n % 70}", user_id=f"u{n % 7}")), True)
+        for n in range(1, 101)
+    ]
     lines[41] = Line(42, {"event": "play"})
     counted = []
     own = make_engine(database_url)
     try:
-        job = Importer(Session(own, expire_on_commit=False), 10000, chunk_size=9, writers=writers,
-                       on_rejected=lambda number, message: counted.append(number),
-                       on_chunk=lambda summary: counted.append(summary.last_line))
+        job = Importer(
+            Session(own, expire_on_commit=False),
+            10000,
+            chunk_size=9,
+            writers=writers,
+            on_rejected=lambda number, message: counted.append(number),
+            on_chunk=lambda summary: counted.append(summary.last_line),
+        )
         summary = job.run(iter(lines))
     finally:
         own.dispose()

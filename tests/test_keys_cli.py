@@ -1,14 +1,15 @@
 """``flask --app wsgi keys create|list|revoke``: what an operator sees, and what it stores."""
+
 from __future__ import annotations
 
 import re
 
 import pytest
+from conftest import create_key, run_flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analytics.models import AccessKey
-from conftest import create_key, run_flask
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 
@@ -19,8 +20,18 @@ def key_count(engine) -> int:
 
 
 def test_create_prints_the_secret_alone_on_the_last_line(database_url, engine):
-    done = run_flask(database_url, "keys", "create", "web", "--scope", "ingest",
-                     "--origin", "https://shop.example", "--rate", "100/second")
+    done = run_flask(
+        database_url,
+        "keys",
+        "create",
+        "web",
+        "--scope",
+        "ingest",
+        "--origin",
+        "https://shop.example",
+        "--rate",
+        "100/second",
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     secret = lines[-1]
@@ -31,7 +42,11 @@ def test_create_prints_the_secret_alone_on_the_last_line(database_url, engine):
     with Session(engine) as session:
         key = session.scalar(select(AccessKey))
     assert (key.name, key.scopes, key.origins, key.rate) == (
-        "web", "ingest", "https://shop.example", "100/second")
+        "web",
+        "ingest",
+        "https://shop.example",
+        "100/second",
+    )
 
 
 def test_two_keys_never_share_a_secret(app):
@@ -40,8 +55,9 @@ def test_two_keys_never_share_a_secret(app):
 
 
 def test_list_shows_everything_but_the_secret(app):
-    secret = create_key(app, "reader", "read", "ingest", origins=("https://a.example",),
-                        rate="5000/hour")
+    secret = create_key(
+        app, "reader", "read", "ingest", origins=("https://a.example",), rate="5000/hour"
+    )
     create_key(app, "plain", "admin")
     headers = {"Authorization": f"Bearer {secret}"}
     assert app.test_client().get(METRICS, headers=headers).status_code == 200
@@ -50,11 +66,22 @@ def test_list_shows_everything_but_the_secret(app):
     assert result.exit_code == 0, result.output
     assert secret not in result.output and secret[3:11] not in result.output
     header, reader, plain = result.output.splitlines()
-    assert header.split() == ["NAME", "SCOPES", "ORIGINS", "RATE", "CREATED", "LAST", "USED",
-                              "STATUS"]
+    assert header.split() == [
+        "NAME",
+        "SCOPES",
+        "ORIGINS",
+        "RATE",
+        "CREATED",
+        "LAST",
+        "USED",
+        "STATUS",
+    ]
     created = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
-    assert re.fullmatch(rf"reader +ingest,read +https://a\.example +5000/hour +{created} +"
-                        rf"{created} +active", reader)
+    assert re.fullmatch(
+        rf"reader +ingest,read +https://a\.example +5000/hour +{created} +"
+        rf"{created} +active",
+        reader,
+    )
     assert re.fullmatch(rf"plain +admin +\* +- +{created} +never +active", plain)
 
 
@@ -74,25 +101,37 @@ def test_revoke(app, engine):
     assert key_count(engine) == 1  # kept, so that its name stays taken
 
 
-@pytest.mark.parametrize("args, message", [
-    (["keys", "create", "x", "--scope", "write"], "'write' is not one of 'ingest', 'read', "
-                                                  "'admin'"),
-    (["keys", "create", "x"], "Missing option '--scope'"),
-    (["keys", "create", "x", "--scope", "read", "--origin", "shop.example"],
-     "not an origin such as https://example.com"),
-    (["keys", "create", "x", "--scope", "read", "--origin", "https://shop.example/"],
-     "not an origin"),
-    (["keys", "create", "x", "--scope", "read", "--origin", "https://a.example:99999"],
-     "not an origin"),
-    (["keys", "create", "x", "--scope", "read", "--rate", "fast"],
-     "not a rate such as 100/second"),
-    (["keys", "create", "x", "--scope", "read", "--rate", "0/second"], "not a rate"),
-    (["keys", "create", "x", "--scope", "read", "--rate", "10/fortnight"], "not a rate"),
-    (["keys", "create", "no spaces", "--scope", "read"], "a key name is 1 to 64"),
-    (["keys", "revoke", "nobody"], "no key named 'nobody'"),
-])
-def test_mistakes_exit_non_zero_with_a_clear_line_and_create_nothing(runner, engine, args,
-                                                                     message):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["keys", "create", "x", "--scope", "write"],
+            "'write' is not one of 'ingest', 'read', 'admin'",
+        ),
+        (["keys", "create", "x"], "Missing option '--scope'"),
+        (
+            ["keys", "create", "x", "--scope", "read", "--origin", "shop.example"],
+            "not an origin such as https://example.com",
+        ),
+        (
+            ["keys", "create", "x", "--scope", "read", "--origin", "https://shop.example/"],
+            "not an origin",
+        ),
+        (
+            ["keys", "create", "x", "--scope", "read", "--origin", "https://a.example:99999"],
+            "not an origin",
+        ),
+        (
+            ["keys", "create", "x", "--scope", "read", "--rate", "fast"],
+            "not a rate such as 100/second",
+        ),
+        (["keys", "create", "x", "--scope", "read", "--rate", "0/second"], "not a rate"),
+        (["keys", "create", "x", "--scope", "read", "--rate", "10/fortnight"], "not a rate"),
+        (["keys", "create", "no spaces", "--scope", "read"], "a key name is 1 to 64"),
+        (["keys", "revoke", "nobody"], "no key named 'nobody'"),
+    ],
+)
+def test_mistakes_exit_non_zero_with_a_clear_line_and_create_nothing(runner, engine, args, message):
     result = runner.invoke(args=args)
     assert result.exit_code != 0
     assert message in result.output

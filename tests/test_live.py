@@ -1,4 +1,5 @@
 """Against a live gunicorn: concurrent writers lose nothing and store nothing twice."""
+
 from __future__ import annotations
 
 import http.client
@@ -23,8 +24,13 @@ def post_events(base_url: str, client_no: int, count: int) -> list[tuple[int, in
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     failures = []
     for seq in range(count):
-        body = json.dumps({"event": f"e{seq}", "user_id": f"client{client_no}",
-                           "metadata": {"client": client_no, "seq": seq}})
+        body = json.dumps(
+            {
+                "event": f"e{seq}",
+                "user_id": f"client{client_no}",
+                "metadata": {"client": client_no, "seq": seq},
+            }
+        )
         conn.request("POST", "/track", body=body, headers={"Content-Type": "application/json"})
         response = conn.getresponse()
         payload = response.read().decode()
@@ -38,8 +44,9 @@ def test_concurrent_writers_store_every_event_exactly_once(live_server, engine):
     server = live_server(workers=4)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=CLIENTS, mp_context=context) as pool:
-        futures = [pool.submit(post_events, server.url, n, EVENTS_PER_CLIENT)
-                   for n in range(CLIENTS)]
+        futures = [
+            pool.submit(post_events, server.url, n, EVENTS_PER_CLIENT) for n in range(CLIENTS)
+        ]
         failures = [failure for future in futures for failure in future.result()]
     assert failures == []
 

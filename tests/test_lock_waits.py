@@ -1,5 +1,6 @@
 """Bounded waits on the write path: a writer stuck holding a lock makes the requests that need
 it answer 503 with Retry-After within the configured wait, and only those."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from test_track import SUCCESS, stored
 
 from analytics.errors import is_unreachable
-from test_track import SUCCESS, stored
 
 LOCK_WAIT_MS = 500
 # The answer is due after the wait; what is added covers a loaded machine, not the wait.
@@ -53,10 +54,17 @@ def foreign_writer(database_url, backend):
         pytest.skip("PostgreSQL has no writer turn")
     path = make_url(database_url).database + "-writer.lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     yield holder
     holder.stdin.close()
@@ -69,8 +77,9 @@ def test_a_held_writer_turn_is_503_in_time_and_reads_go_on(bounded_app, foreign_
     response, took = timed(lambda: client.post("/track", json={"event": "play", "user_id": "u"}))
     assert_busy(response, "Failed to log event")
     assert took < LOCK_WAIT_MS / 1000 + MARGIN_SECONDS
-    response, took = timed(lambda: client.post(
-        "/track/batch", json={"events": [{"event": "play", "user_id": "u"}]}))
+    response, took = timed(
+        lambda: client.post("/track/batch", json={"events": [{"event": "play", "user_id": "u"}]})
+    )
     assert_busy(response, "Failed to log events")
     assert took < LOCK_WAIT_MS / 1000 + MARGIN_SECONDS
     health, _ = timed(lambda: client.get("/health"))
@@ -85,15 +94,15 @@ def test_a_held_writer_turn_is_503_in_time_and_reads_go_on(bounded_app, foreign_
     assert response.get_json() == SUCCESS
 
 
-def test_a_user_locked_elsewhere_fails_only_that_users_event(bounded_app, backend, engine,
-                                                            database_url):
+def test_a_user_locked_elsewhere_fails_only_that_users_event(
+    bounded_app, backend, engine, database_url
+):
     if backend != "postgresql":
         pytest.skip("SQLite has no per-user locks")
     holder = create_engine(database_url)
     with holder.connect() as conn:
         conn.execute(text("BEGIN"))
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                     {"k": zlib.crc32(b"stuck")})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(b"stuck")})
         client = bounded_app.test_client()
         users = ["stuck", *(f"free{n}" for n in range(5))]
         barrier = threading.Barrier(len(users))

@@ -1,11 +1,13 @@
 """GET /metrics: every rule of the contract, on both backends; the query-string validation
 shared with GET /sessions; and labels that do not depend on the database session's time zone."""
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import empty_tables
 from openapi_spec_validator import validate
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -13,9 +15,8 @@ from sqlalchemy.orm import Session
 from analytics import create_app
 from analytics.rows import EventRow
 from analytics.writer import store_events
-from conftest import empty_tables
 
-UTC = timezone.utc
+UTC = UTC
 REQUIRED = "start_date and end_date are required"
 INVALID_DATE = "Invalid date format. Use YYYY-MM-DD"
 ORDER = "start_date must not be after end_date"
@@ -49,17 +50,25 @@ def assert_error(response, message: str, status: int = 400) -> dict:
 
 # --- counting ---------------------------------------------------------------------------------
 
+
 def test_counts_per_day_and_event_name(client):
-    for event, at in [("play", "2025-01-01T08:00:00Z"), ("play", "2025-01-01T09:00:00Z"),
-                      ("stop", "2025-01-01T09:30:00Z"), ("pause", "2025-01-02T10:00:00Z"),
-                      ("play", "2025-01-02T11:00:00Z")]:
+    for event, at in [
+        ("play", "2025-01-01T08:00:00Z"),
+        ("play", "2025-01-01T09:00:00Z"),
+        ("stop", "2025-01-01T09:30:00Z"),
+        ("pause", "2025-01-02T10:00:00Z"),
+        ("play", "2025-01-02T11:00:00Z"),
+    ]:
         track(client, event, at)
     response = client.get("/metrics?start_date=2025-01-01&end_date=2025-01-31&group_by=day")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "success", "data": [
-        {"date": "2025-01-01", "play": 2, "stop": 1},
-        {"date": "2025-01-02", "pause": 1, "play": 1},
-    ]}
+    assert response.get_json() == {
+        "status": "success",
+        "data": [
+            {"date": "2025-01-01", "play": 2, "stop": 1},
+            {"date": "2025-01-02", "pause": 1, "play": 1},
+        ],
+    }
 
 
 def test_counts_are_json_integers(client):
@@ -73,7 +82,9 @@ def test_day_is_the_default_period(client):
     track(client, "play", "2025-01-01T08:00:00Z")
     track(client, "play", "2025-01-03T08:00:00Z")
     assert get_data(client, "start_date=2025-01-01&end_date=2025-01-31") == [
-        {"date": "2025-01-01", "play": 1}, {"date": "2025-01-03", "play": 1}]
+        {"date": "2025-01-01", "play": 1},
+        {"date": "2025-01-03", "play": 1},
+    ]
 
 
 def test_no_events_is_an_empty_list(client):
@@ -109,28 +120,37 @@ def test_single_day_range(client):
     track(client, "play", "2025-01-10T23:59:59.999Z")
     track(client, "play", "2025-01-11T00:00:00Z")
     assert get_data(client, "start_date=2025-01-10&end_date=2025-01-10") == [
-        {"date": "2025-01-10", "play": 2}]
+        {"date": "2025-01-10", "play": 2}
+    ]
 
 
 def test_timestamps_with_offsets_count_on_their_utc_day(client):
     track(client, "play", "2025-01-10T23:30:00-02:00")  # 2025-01-11T01:30Z
     track(client, "play", "2025-01-11T00:30:00+02:00")  # 2025-01-10T22:30Z
     assert get_data(client, "start_date=2025-01-10&end_date=2025-01-11") == [
-        {"date": "2025-01-10", "play": 1}, {"date": "2025-01-11", "play": 1}]
+        {"date": "2025-01-10", "play": 1},
+        {"date": "2025-01-11", "play": 1},
+    ]
 
 
 def test_weeks_are_iso_weeks_labelled_with_their_monday_across_year_ends(client):
-    for at in ["2024-12-29T23:59:59.999999Z",   # Sunday: the week of Monday 2024-12-23
-               "2024-12-30T00:00:00Z",          # Monday
-               "2025-01-01T12:00:00Z",          # Wednesday, same ISO week as 2024-12-30
-               "2025-01-05T23:59:59.999999Z",   # Sunday, still that week
-               "2025-01-06T00:00:00Z",          # Monday: a new week
-               "2026-01-01T00:00:00Z",          # Thursday of the week of Monday 2025-12-29
-               "2026-01-04T23:59:59.999999Z"]:  # its Sunday
+    for at in [
+        "2024-12-29T23:59:59.999999Z",  # Sunday: the week of Monday 2024-12-23
+        "2024-12-30T00:00:00Z",  # Monday
+        "2025-01-01T12:00:00Z",  # Wednesday, same ISO week as 2024-12-30
+        "2025-01-05T23:59:59.999999Z",  # Sunday, still that week
+        "2025-01-06T00:00:00Z",  # Monday: a new week
+        "2026-01-01T00:00:00Z",  # Thursday of the week of Monday 2025-12-29
+        "2026-01-04T23:59:59.999999Z",
+    ]:  # its Sunday
         track(client, "play", at)
     data = get_data(client, "start_date=2024-12-01&end_date=2026-01-31&group_by=week")
-    assert data == [{"date": "2024-12-23", "play": 1}, {"date": "2024-12-30", "play": 3},
-                    {"date": "2025-01-06", "play": 1}, {"date": "2025-12-29", "play": 2}]
+    assert data == [
+        {"date": "2024-12-23", "play": 1},
+        {"date": "2024-12-30", "play": 3},
+        {"date": "2025-01-06", "play": 1},
+        {"date": "2025-12-29", "play": 2},
+    ]
 
 
 def test_week_label_may_precede_start_date_but_only_events_in_range_count(client):
@@ -138,23 +158,34 @@ def test_week_label_may_precede_start_date_but_only_events_in_range_count(client
     track(client, "play", "2025-01-01T10:00:00Z")  # Wednesday, in the range
     track(client, "play", "2025-01-02T10:00:00Z")
     assert get_data(client, "start_date=2025-01-01&end_date=2025-01-01&group_by=week") == [
-        {"date": "2024-12-30", "play": 1}]
+        {"date": "2024-12-30", "play": 1}
+    ]
 
 
 def test_months_are_labelled_with_their_first_day(client):
-    for at in ["2024-12-31T23:59:59.999999Z", "2025-01-01T00:00:00Z", "2025-01-31T23:59:59Z",
-               "2025-02-28T12:00:00Z", "2024-02-29T12:00:00Z"]:
+    for at in [
+        "2024-12-31T23:59:59.999999Z",
+        "2025-01-01T00:00:00Z",
+        "2025-01-31T23:59:59Z",
+        "2025-02-28T12:00:00Z",
+        "2024-02-29T12:00:00Z",
+    ]:
         track(client, "play", at)
     data = get_data(client, "start_date=2024-01-01&end_date=2025-12-31&group_by=month")
-    assert data == [{"date": "2024-02-01", "play": 1}, {"date": "2024-12-01", "play": 1},
-                    {"date": "2025-01-01", "play": 2}, {"date": "2025-02-01", "play": 1}]
+    assert data == [
+        {"date": "2024-02-01", "play": 1},
+        {"date": "2024-12-01", "play": 1},
+        {"date": "2025-01-01", "play": 2},
+        {"date": "2025-02-01", "play": 1},
+    ]
 
 
 def test_month_label_may_precede_start_date(client):
     track(client, "play", "2025-01-10T10:00:00Z")
     track(client, "play", "2025-01-20T10:00:00Z")
     assert get_data(client, "start_date=2025-01-15&end_date=2025-01-31&group_by=month") == [
-        {"date": "2025-01-01", "play": 1}]
+        {"date": "2025-01-01", "play": 1}
+    ]
 
 
 def test_user_id_filters_by_exact_match(client):
@@ -164,7 +195,8 @@ def test_user_id_filters_by_exact_match(client):
     track(client, "stop", "2025-01-01T13:00:00Z", user_id="user1")
     query = "start_date=2025-01-01&end_date=2025-01-01"
     assert get_data(client, query + "&user_id=user1") == [
-        {"date": "2025-01-01", "play": 1, "stop": 1}]
+        {"date": "2025-01-01", "play": 1, "stop": 1}
+    ]
     assert get_data(client, query + "&user_id=user") == []
     assert get_data(client, query) == [{"date": "2025-01-01", "play": 3, "stop": 1}]
 
@@ -173,7 +205,8 @@ def test_empty_user_id_means_every_user(client):
     track(client, "play", "2025-01-01T10:00:00Z", user_id="a")
     track(client, "play", "2025-01-01T11:00:00Z", user_id="b")
     assert get_data(client, "start_date=2025-01-01&end_date=2025-01-01&user_id=") == [
-        {"date": "2025-01-01", "play": 2}]
+        {"date": "2025-01-01", "play": 2}
+    ]
 
 
 def test_user_id_with_url_encoded_characters(client):
@@ -183,8 +216,20 @@ def test_user_id_with_url_encoded_characters(client):
 
 
 def test_event_names_are_arbitrary_strings(client):
-    names = ["status", "__proto__", "constructor", "toString", "data", "hasOwnProperty",
-             "Play", "play ", "名前", "a.b", "a\"b", "x" * 255]
+    names = [
+        "status",
+        "__proto__",
+        "constructor",
+        "toString",
+        "data",
+        "hasOwnProperty",
+        "Play",
+        "play ",
+        "名前",
+        "a.b",
+        "a\"b",
+        "x" * 255,
+    ]
     for name in names:
         track(client, name, "2025-01-01T10:00:00Z")
     [row] = get_data(client, "start_date=2025-01-01&end_date=2025-01-01")
@@ -194,8 +239,10 @@ def test_event_names_are_arbitrary_strings(client):
 def test_many_event_names_are_all_counted(client, engine):
     names = [f"event_{n:04d}" for n in range(1500)]
     at = datetime(2025, 1, 1, 12, tzinfo=UTC)
-    rows = [EventRow(name, "u1", at + timedelta(seconds=i % 7), at, "null")
-            for i, name in enumerate(names * 2, start=1)]
+    rows = [
+        EventRow(name, "u1", at + timedelta(seconds=i % 7), at, "null")
+        for i, name in enumerate(names * 2, start=1)
+    ]
     with Session(engine) as session:
         assert all(store_events(session, rows))
     [row] = get_data(client, "start_date=2025-01-01&end_date=2025-01-01")
@@ -204,21 +251,47 @@ def test_many_event_names_are_all_counted(client, engine):
 
 # --- validation, the same on both endpoints -------------------------------------------------
 
+
 @pytest.mark.parametrize("path", PERIOD_PATHS)
-@pytest.mark.parametrize("query", [
-    "", "end_date=2025-01-31", "start_date=2025-01-01", "start_date=&end_date=2025-01-31",
-    "start_date=2025-01-01&end_date=", "start_date=&end_date=", "group_by=day",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "end_date=2025-01-31",
+        "start_date=2025-01-01",
+        "start_date=&end_date=2025-01-31",
+        "start_date=2025-01-01&end_date=",
+        "start_date=&end_date=",
+        "group_by=day",
+    ],
+)
 def test_missing_or_empty_dates(client, path, query):
     assert_error(client.get(f"{path}?{query}"), REQUIRED)
 
 
 @pytest.mark.parametrize("path", PERIOD_PATHS)
-@pytest.mark.parametrize("bad", [
-    "2024-13-45", "2025-02-30", "2023-02-29", "2025-00-10", "2025-1-5", "25-01-05", "20250105",
-    "2025/01/05", "05-01-2025", "2025-01-05T00:00:00", "2025-01-05Z", "%202025-01-05",
-    "2025-01-05%20", "2025-01-05%0A", "%EF%BC%92025-01-05", "tomorrow", "0000-01-01",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "2024-13-45",
+        "2025-02-30",
+        "2023-02-29",
+        "2025-00-10",
+        "2025-1-5",
+        "25-01-05",
+        "20250105",
+        "2025/01/05",
+        "05-01-2025",
+        "2025-01-05T00:00:00",
+        "2025-01-05Z",
+        "%202025-01-05",
+        "2025-01-05%20",
+        "2025-01-05%0A",
+        "%EF%BC%92025-01-05",
+        "tomorrow",
+        "0000-01-01",
+    ],
+)
 @pytest.mark.parametrize("which", ["start_date", "end_date"])
 def test_malformed_or_impossible_dates(client, path, bad, which):
     params = {"start_date": "2025-01-01", "end_date": "2025-01-31", which: bad}
@@ -245,18 +318,21 @@ def test_unknown_group_by(client, path, group_by):
 
 
 @pytest.mark.parametrize("path", PERIOD_PATHS)
-@pytest.mark.parametrize("query, message", [
-    # missing beats everything
-    ("start_date=2025-13-01&group_by=year", REQUIRED),
-    ("end_date=&start_date=2025-02-01&group_by=year", REQUIRED),
-    # then format
-    ("start_date=2025-02-01&end_date=2025-13-01&group_by=year", INVALID_DATE),
-    ("start_date=bad&end_date=2025-01-01", INVALID_DATE),
-    # then order
-    ("start_date=2025-02-01&end_date=2025-01-01&group_by=year", ORDER),
-    # group_by last
-    ("start_date=2025-01-01&end_date=2025-02-01&group_by=year", GROUP_BY),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        # missing beats everything
+        ("start_date=2025-13-01&group_by=year", REQUIRED),
+        ("end_date=&start_date=2025-02-01&group_by=year", REQUIRED),
+        # then format
+        ("start_date=2025-02-01&end_date=2025-13-01&group_by=year", INVALID_DATE),
+        ("start_date=bad&end_date=2025-01-01", INVALID_DATE),
+        # then order
+        ("start_date=2025-02-01&end_date=2025-01-01&group_by=year", ORDER),
+        # group_by last
+        ("start_date=2025-01-01&end_date=2025-02-01&group_by=year", GROUP_BY),
+    ],
+)
 def test_error_precedence(client, path, query, message):
     assert_error(client.get(f"{path}?{query}"), message)
 
@@ -273,8 +349,13 @@ def test_a_repeated_parameter_counts_with_its_first_value(client):
 
 
 @pytest.mark.parametrize("path", PERIOD_PATHS)
-@pytest.mark.parametrize("query", ["start_date=2025-01-01%00&end_date=2025-01-02",
-                                   "start_date=2025-01-01&end_date=2025-01-02&user_id=u%00"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "start_date=2025-01-01%00&end_date=2025-01-02",
+        "start_date=2025-01-01&end_date=2025-01-02&user_id=u%00",
+    ],
+)
 def test_nul_in_the_query_string_is_refused(client, path, query):
     response = client.get(f"{path}?{query}")
     assert response.status_code == 400
@@ -297,13 +378,17 @@ def test_extreme_dates_are_valid(client, path):
 def test_extreme_dates_count_everything(client):
     track(client, "play", "2025-01-01T10:00:00Z")
     assert get_data(client, "start_date=0001-01-01&end_date=9999-12-31&group_by=month") == [
-        {"date": "2025-01-01", "play": 1}]
+        {"date": "2025-01-01", "play": 1}
+    ]
 
 
 # --- failures and documentation ---------------------------------------------------------------
 
-@pytest.mark.parametrize("path, message", [("/metrics", "Failed to fetch metrics"),
-                                           ("/sessions", "Failed to fetch session metrics")])
+
+@pytest.mark.parametrize(
+    "path, message",
+    [("/metrics", "Failed to fetch metrics"), ("/sessions", "Failed to fetch session metrics")],
+)
 def test_database_failure_names_the_endpoint(tmp_path, path, message):
     # An SQLite file without the events table: every query fails.
     app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
@@ -331,6 +416,7 @@ def test_openapi_documents_both_endpoints(client):
 
 # --- the database session's time zone does not matter -----------------------------------------
 
+
 def test_labels_ignore_the_postgresql_session_time_zone(postgresql_url, monkeypatch):
     # libpq reads PGTZ: every connection of this app starts in UTC+14.
     monkeypatch.setenv("PGTZ", "Pacific/Kiritimati")
@@ -345,15 +431,20 @@ def test_labels_ignore_the_postgresql_session_time_zone(postgresql_url, monkeypa
         track(client, "stop", "2025-01-05T10:00:30Z")
         track(client, "play", "2025-01-31T23:59:00Z")
         query = "start_date=2025-01-01&end_date=2025-01-31"
-        assert get_data(client, query) == [{"date": "2025-01-05", "play": 1, "stop": 1},
-                                           {"date": "2025-01-31", "play": 1}]
+        assert get_data(client, query) == [
+            {"date": "2025-01-05", "play": 1, "stop": 1},
+            {"date": "2025-01-31", "play": 1},
+        ]
         assert get_data(client, query + "&group_by=week") == [
-            {"date": "2024-12-30", "play": 1, "stop": 1}, {"date": "2025-01-27", "play": 1}]
+            {"date": "2024-12-30", "play": 1, "stop": 1},
+            {"date": "2025-01-27", "play": 1},
+        ]
         assert get_data(client, query + "&group_by=month") == [
-            {"date": "2025-01-01", "play": 2, "stop": 1}]
+            {"date": "2025-01-01", "play": 2, "stop": 1}
+        ]
         assert get_data(client, query + "&group_by=week", "/sessions") == [
-            {"date": "2024-12-30", "totalDuration": 30, "sessionCount": 1,
-             "averageDuration": 30}]
+            {"date": "2024-12-30", "totalDuration": 30, "sessionCount": 1, "averageDuration": 30}
+        ]
     finally:
         engine.dispose()
         empty_tables(postgresql_url)
@@ -366,8 +457,9 @@ def test_postgresql_connections_run_without_jit(postgresql_url):
     try:
         with engine.connect() as conn:
             assert conn.execute(text("SHOW jit")).scalar() == "off"
-            timeout = conn.execute(text("SELECT setting FROM pg_settings "
-                                        "WHERE name = 'statement_timeout'")).scalar()
+            timeout = conn.execute(
+                text("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")
+            ).scalar()
             assert timeout == str(app.config["DB_STATEMENT_TIMEOUT_MS"])  # still applied
     finally:
         engine.dispose()

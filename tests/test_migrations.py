@@ -1,14 +1,15 @@
 """The alembic history and the models describe the same schema, on both backends."""
+
 from __future__ import annotations
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import alembic_config
 from sqlalchemy import create_engine, inspect
 
 from analytics.models import Base
-from conftest import alembic_config
 
 
 def test_models_and_migrations_agree(database_url):
@@ -51,14 +52,13 @@ def test_the_app_never_creates_tables(tmp_path):
     app.extensions["analytics.db"]["engine"].dispose()
 
 
-def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend, tmp_path,
-                                                                         request):
+def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend, tmp_path, request):
     """Events stored at revision 0005 are counted and paired by the upgrade exactly as a
     rebuild would, and survive the downgrade."""
+    from conftest import create_postgres_database
     from sqlalchemy import text
 
     from analytics import writer
-    from conftest import create_postgres_database
 
     if backend == "sqlite":
         url, drop = f"sqlite:///{tmp_path / 'm.db'}", (lambda: None)
@@ -69,23 +69,32 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
     try:
         command.upgrade(cfg, "0005")
         with engine.begin() as conn:
-            for n, (name, at) in enumerate([("play", "2025-01-01 10:00:00"),
-                                            ("stop", "2025-01-01 10:00:30.250000"),
-                                            ("view", "2025-01-02 23:59:59"),
-                                            ("play", "2025-01-03 00:00:00"),
-                                            ("play", "2025-01-03 00:01:00"),
-                                            ("stop", "2025-01-03 00:02:00")]):
-                conn.execute(text("INSERT INTO events (event, user_id, occurred_at, "
-                                  "received_at) VALUES (:e, 'u', :at, :at)"),
-                             {"e": name, "at": at + ("" if "." in at else ".000000")})
+            for name, at in [
+                ("play", "2025-01-01 10:00:00"),
+                ("stop", "2025-01-01 10:00:30.250000"),
+                ("view", "2025-01-02 23:59:59"),
+                ("play", "2025-01-03 00:00:00"),
+                ("play", "2025-01-03 00:01:00"),
+                ("stop", "2025-01-03 00:02:00"),
+            ]:
+                conn.execute(
+                    text(
+                        "INSERT INTO events (event, user_id, occurred_at, "
+                        "received_at) VALUES (:e, 'u', :at, :at)"
+                    ),
+                    {"e": name, "at": at + ("" if "." in at else ".000000")},
+                )
         command.upgrade(cfg, "head")
-        tables = ("event_buckets", "sessions", "session_buckets", "user_ordinals",
-                  "user_bitmaps")
+        tables = ("event_buckets", "sessions", "session_buckets", "user_ordinals", "user_bitmaps")
 
         def contents():
             with engine.connect() as conn:
-                return {table: sorted(tuple(row) for row in conn.execute(text(
-                    f"SELECT * FROM {table}"))) for table in tables}
+                return {
+                    table: sorted(
+                        tuple(row) for row in conn.execute(text(f"SELECT * FROM {table}"))
+                    )
+                    for table in tables
+                }
 
         migrated = contents()
         assert [row[-1] for row in migrated["sessions"]] == [30_250_000, 60_000_000]
@@ -118,5 +127,7 @@ def test_migrations_run_without_the_services_timeouts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(db, "make_engine", recording)
     command.upgrade(alembic_config(f"sqlite:///{tmp_path / 'm.db'}"), "head")
-    assert made and all(options.get("statement_timeout_ms") == 0
-                        and options.get("lock_wait_ms") == 0 for options in made)
+    assert made and all(
+        options.get("statement_timeout_ms") == 0 and options.get("lock_wait_ms") == 0
+        for options in made
+    )

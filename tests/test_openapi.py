@@ -1,4 +1,5 @@
 """GET /openapi.json: a valid OpenAPI 3 document that matches what the endpoints accept."""
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,11 @@ def test_track_request_schema_comes_from_the_validating_schema(client):
 def test_every_route_is_documented(app, client):
     document = client.get("/openapi.json").get_json()
     # Flask writes a path parameter <name>, OpenAPI {name}.
-    routes = {re.sub(r"<(\w+)>", r"{\1}", rule.rule) for rule in app.url_map.iter_rules()
-              if rule.endpoint != "static"}
+    routes = {
+        re.sub(r"<(\w+)>", r"{\1}", rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+    }
     assert routes <= set(document["paths"])
 
 
@@ -48,8 +52,9 @@ def test_the_document_declares_the_keys_and_their_refusals(make_app):
     for operation in (metrics, track):
         assert {"401", "403", "429"} <= set(operation["responses"])
         assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
-        assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
-                "RateLimit-Reset"} <= set(operation["responses"]["429"]["headers"])
+        assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(
+            operation["responses"]["429"]["headers"]
+        )
     for path in ("/health", "/openapi.json"):
         operation = document["paths"][path]["get"]
         assert operation["security"] == []
@@ -58,8 +63,7 @@ def test_the_document_declares_the_keys_and_their_refusals(make_app):
 
 def test_in_all_mode_every_keyed_operation_requires_a_key(make_app):
     document = make_app(AUTH_MODE="all").test_client().get("/openapi.json").get_json()
-    assert document["paths"]["/track"]["post"]["security"] == [{"bearerKey": []},
-                                                               {"queryKey": []}]
+    assert document["paths"]["/track"]["post"]["security"] == [{"bearerKey": []}, {"queryKey": []}]
 
 
 def test_the_export_and_the_users_paths_are_admin_or_read(make_app):
@@ -67,7 +71,13 @@ def test_the_export_and_the_users_paths_are_admin_or_read(make_app):
     validate(document)
     events = document["paths"]["/events"]["get"]
     assert {parameter["name"] for parameter in events["parameters"]} == {
-        "start_date", "end_date", "tz", "event", "user_id", "format"}
+        "start_date",
+        "end_date",
+        "tz",
+        "event",
+        "user_id",
+        "format",
+    }
     assert set(events["responses"]["200"]["content"]) == {"application/x-ndjson", "text/csv"}
     assert events["responses"]["403"]["description"].startswith('"This API key does not allow read')
     erase = document["paths"]["/users/{user_id}"]["delete"]

@@ -1,13 +1,14 @@
 """A database that goes away and comes back: 503 with Retry-After, then recovery without restart."""
+
 from __future__ import annotations
 
 import socket
 import threading
 
+from conftest import empty_tables, migrate
 from sqlalchemy.engine import make_url
 
 from analytics import create_app
-from conftest import empty_tables, migrate
 
 
 class SwitchableProxy:

@@ -1,12 +1,12 @@
 """The browser's pages as files: served, public, self-contained, small, and in the package.
 What they do in a browser is tested in test_dashboard_browser.py and test_tracker_browser.py."""
+
 from __future__ import annotations
 
 import configparser
 import fnmatch
 import gzip
 import re
-from pathlib import Path
 
 import pytest
 
@@ -62,8 +62,9 @@ def test_the_tracker_is_minified_and_under_3_kb_gzipped(client):
     assert b"sendBeacon" in body and b"/track/batch" in body
 
 
-@pytest.mark.parametrize("library, licence", [("chart.js", "LICENSE.md"),
-                                              ("swagger-ui", "LICENSE")])
+@pytest.mark.parametrize(
+    "library, licence", [("chart.js", "LICENSE.md"), ("swagger-ui", "LICENSE")]
+)
 def test_each_library_ships_with_its_licence(library, licence):
     folder = STATIC / "vendor" / library
     assert len((folder / licence).read_text()) > 500
@@ -74,9 +75,13 @@ def test_package_data_carries_every_static_file():
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     patterns = config["options.package_data"]["analytics"].split()
-    files = [p.relative_to(ROOT / "analytics").as_posix()
-             for p in STATIC.rglob("*") if p.is_file()]
+    files = [p.relative_to(ROOT / "analytics").as_posix() for p in STATIC.rglob("*") if p.is_file()]
     assert len(files) > 5
-    missed = [f for f in files if not any(fnmatch.fnmatchcase(f, pat) and
-                                          f.count("/") == pat.count("/") for pat in patterns)]
+    missed = [
+        f
+        for f in files
+        if not any(
+            fnmatch.fnmatchcase(f, pat) and f.count("/") == pat.count("/") for pat in patterns
+        )
+    ]
     assert missed == []

@@ -10,10 +10,11 @@
   backend as Python does, before 1970 and to the microsecond included; a database without an
   implementation fails to compile instead of answering wrongly.
 """
+
 from __future__ import annotations
 
 import bisect
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -26,7 +27,7 @@ from analytics.dialects import bucket_of, microseconds_between, period_index
 from analytics.models import Event
 from analytics.periods import local_periods
 
-UTC = timezone.utc
+UTC = UTC
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 QUARTER = timedelta(minutes=15)
@@ -34,6 +35,7 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 
 
 # --- plain zoneinfo reasoning --------------------------------------------------------------------
+
 
 def offset_text(offset: timedelta) -> str:
     sign = "-" if offset < timedelta(0) else "+"
@@ -96,19 +98,26 @@ def hours_of(labels: list[str], day: str) -> list[str]:
 
 # --- local_periods -------------------------------------------------------------------------------
 
+
 def test_lord_howe_shifts_by_half_an_hour():
     zone = "Australia/Lord_Howe"
     # 2024-04-07 02:00 +11:00 -> 01:30 +10:30: 01:30-02:00 happens twice, the day lasts 24.5 h.
     labels = check_against_zoneinfo(date(2024, 4, 7), date(2024, 4, 7), zone, "hour")
     assert hours_of(labels, "2024-04-07T0")[:4] == [
-        "2024-04-07T00:00+11:00", "2024-04-07T01:00+11:00", "2024-04-07T01:00+10:30",
-        "2024-04-07T02:00+10:30"]
+        "2024-04-07T00:00+11:00",
+        "2024-04-07T01:00+11:00",
+        "2024-04-07T01:00+10:30",
+        "2024-04-07T02:00+10:30",
+    ]
     assert len(labels) == 25
     # 2024-10-06 02:00 +10:30 -> 02:30 +11:00: the 02:00 hour lasts 30 minutes, the day 23.5 h.
     labels = check_against_zoneinfo(date(2024, 10, 6), date(2024, 10, 6), zone, "hour")
     assert hours_of(labels, "2024-10-06T0")[:4] == [
-        "2024-10-06T00:00+10:30", "2024-10-06T01:00+10:30", "2024-10-06T02:00+11:00",
-        "2024-10-06T03:00+11:00"]
+        "2024-10-06T00:00+10:30",
+        "2024-10-06T01:00+10:30",
+        "2024-10-06T02:00+11:00",
+        "2024-10-06T03:00+11:00",
+    ]
     assert len(labels) == 24
     periods = local_periods(date(2024, 10, 6), date(2024, 10, 6), zone, "day")
     assert periods.labels == ("2024-10-06",)
@@ -122,15 +131,26 @@ def test_chatham_quarter_hour_offsets():
     # 2024-04-07 03:45 +13:45 -> 02:45 +12:45.
     labels = check_against_zoneinfo(date(2024, 4, 6), date(2024, 4, 8), zone, "hour")
     assert hours_of(labels, "2024-04-07T0")[:6] == [
-        "2024-04-07T00:00+13:45", "2024-04-07T01:00+13:45", "2024-04-07T02:00+13:45",
-        "2024-04-07T03:00+13:45", "2024-04-07T02:00+12:45", "2024-04-07T03:00+12:45"]
+        "2024-04-07T00:00+13:45",
+        "2024-04-07T01:00+13:45",
+        "2024-04-07T02:00+13:45",
+        "2024-04-07T03:00+13:45",
+        "2024-04-07T02:00+12:45",
+        "2024-04-07T03:00+12:45",
+    ]
     # 2024-09-29 02:45 +12:45 -> 03:45 +13:45.
     labels = check_against_zoneinfo(date(2024, 9, 29), date(2024, 9, 29), zone, "hour")
     assert hours_of(labels, "2024-09-29T0")[:4] == [
-        "2024-09-29T00:00+12:45", "2024-09-29T01:00+12:45", "2024-09-29T02:00+12:45",
-        "2024-09-29T03:00+13:45"]
+        "2024-09-29T00:00+12:45",
+        "2024-09-29T01:00+12:45",
+        "2024-09-29T02:00+12:45",
+        "2024-09-29T03:00+13:45",
+    ]
     assert check_against_zoneinfo(date(2024, 9, 28), date(2024, 9, 30), zone, "day") == [
-        "2024-09-28", "2024-09-29", "2024-09-30"]
+        "2024-09-28",
+        "2024-09-29",
+        "2024-09-30",
+    ]
 
 
 def test_los_angeles_spring_forward_and_fall_back():
@@ -138,35 +158,53 @@ def test_los_angeles_spring_forward_and_fall_back():
     labels = check_against_zoneinfo(date(2024, 3, 10), date(2024, 3, 10), zone, "hour")
     assert "2024-03-10T02:00-08:00" not in labels and "2024-03-10T02:00-07:00" not in labels
     assert hours_of(labels, "2024-03-10T0")[:3] == [
-        "2024-03-10T00:00-08:00", "2024-03-10T01:00-08:00", "2024-03-10T03:00-07:00"]
+        "2024-03-10T00:00-08:00",
+        "2024-03-10T01:00-08:00",
+        "2024-03-10T03:00-07:00",
+    ]
     assert len(labels) == 23
     labels = check_against_zoneinfo(date(2024, 11, 3), date(2024, 11, 3), zone, "hour")
     assert hours_of(labels, "2024-11-03T0")[:4] == [
-        "2024-11-03T00:00-07:00", "2024-11-03T01:00-07:00", "2024-11-03T01:00-08:00",
-        "2024-11-03T02:00-08:00"]
+        "2024-11-03T00:00-07:00",
+        "2024-11-03T01:00-07:00",
+        "2024-11-03T01:00-08:00",
+        "2024-11-03T02:00-08:00",
+    ]
     assert len(labels) == 25
     assert check_against_zoneinfo(date(2024, 11, 2), date(2024, 11, 4), zone, "day") == [
-        "2024-11-02", "2024-11-03", "2024-11-04"]
+        "2024-11-02",
+        "2024-11-03",
+        "2024-11-04",
+    ]
 
 
 def _beirut_falls_back_at_midnight() -> bool:
     zone = ZoneInfo("Asia/Beirut")
     before = datetime(2024, 10, 26, 20, 59, tzinfo=UTC).astimezone(zone)
     after = datetime(2024, 10, 26, 21, 0, tzinfo=UTC).astimezone(zone)
-    return (before.replace(tzinfo=None) == datetime(2024, 10, 26, 23, 59)
-            and after.replace(tzinfo=None) == datetime(2024, 10, 26, 23, 0))
+    return before.replace(tzinfo=None) == datetime(2024, 10, 26, 23, 59) and after.replace(
+        tzinfo=None
+    ) == datetime(2024, 10, 26, 23, 0)
 
 
-@pytest.mark.skipif(not _beirut_falls_back_at_midnight(),
-                    reason="this tzdata has no midnight fall-back in Asia/Beirut in 2024")
+@pytest.mark.skipif(
+    not _beirut_falls_back_at_midnight(),
+    reason="this tzdata has no midnight fall-back in Asia/Beirut in 2024",
+)
 def test_a_midnight_fall_back_repeats_the_earlier_date():
     zone = "Asia/Beirut"
     # 2024-10-27 00:00 +03:00 -> 2024-10-26 23:00 +02:00: 23:00-24:00 of the 26th twice.
     labels = check_against_zoneinfo(date(2024, 10, 26), date(2024, 10, 27), zone, "hour")
-    assert labels[22:26] == ["2024-10-26T22:00+03:00", "2024-10-26T23:00+03:00",
-                             "2024-10-26T23:00+02:00", "2024-10-27T00:00+02:00"]
+    assert labels[22:26] == [
+        "2024-10-26T22:00+03:00",
+        "2024-10-26T23:00+03:00",
+        "2024-10-26T23:00+02:00",
+        "2024-10-27T00:00+02:00",
+    ]
     assert check_against_zoneinfo(date(2024, 10, 26), date(2024, 10, 27), zone, "day") == [
-        "2024-10-26", "2024-10-27"]
+        "2024-10-26",
+        "2024-10-27",
+    ]
     periods = local_periods(date(2024, 10, 26), date(2024, 10, 26), zone, "day")
     assert (periods.end_bucket - periods.first_bucket) * QUARTER == timedelta(hours=25)
     # Only the 27th: the repeated hour is not part of it.
@@ -177,25 +215,35 @@ def test_a_midnight_fall_back_repeats_the_earlier_date():
 def test_weeks_start_on_the_day_asked_for():
     # 2025-01-01 is a Wednesday; Sunday-weeks start on 2024-12-29, 2025-01-05, 2025-01-12.
     assert check_against_zoneinfo(date(2025, 1, 1), date(2025, 1, 14), "UTC", "week", 6) == [
-        "2024-12-29", "2025-01-05", "2025-01-12"]
+        "2024-12-29",
+        "2025-01-05",
+        "2025-01-12",
+    ]
     assert check_against_zoneinfo(date(2025, 1, 1), date(2025, 1, 14), "UTC", "week", 0) == [
-        "2024-12-30", "2025-01-06", "2025-01-13"]
+        "2024-12-30",
+        "2025-01-06",
+        "2025-01-13",
+    ]
     # Berlin's spring forward (2025-03-30, a Sunday) inside a Sunday-week and at its start.
-    labels = check_against_zoneinfo(date(2025, 3, 25), date(2025, 4, 6), "Europe/Berlin",
-                                     "week", 6)
+    labels = check_against_zoneinfo(date(2025, 3, 25), date(2025, 4, 6), "Europe/Berlin", "week", 6)
     assert labels == ["2025-03-23", "2025-03-30", "2025-04-06"]
     for week_start in range(7):
-        check_against_zoneinfo(date(2024, 10, 24), date(2024, 11, 5), "America/Los_Angeles",
-                               "week", week_start)
+        check_against_zoneinfo(
+            date(2024, 10, 24), date(2024, 11, 5), "America/Los_Angeles", "week", week_start
+        )
 
 
 def test_months_are_unions_of_local_days():
-    assert check_against_zoneinfo(date(2024, 10, 15), date(2024, 12, 5), "America/Los_Angeles",
-                                  "month") == ["2024-10-01", "2024-11-01", "2024-12-01"]
-    assert check_against_zoneinfo(date(2024, 2, 28), date(2024, 3, 1), "Asia/Kathmandu",
-                                  "month") == ["2024-02-01", "2024-03-01"]
-    assert check_against_zoneinfo(date(2024, 3, 31), date(2024, 4, 1), "Asia/Kolkata",
-                                  "hour")[0] == "2024-03-31T00:00+05:30"
+    assert check_against_zoneinfo(
+        date(2024, 10, 15), date(2024, 12, 5), "America/Los_Angeles", "month"
+    ) == ["2024-10-01", "2024-11-01", "2024-12-01"]
+    assert check_against_zoneinfo(
+        date(2024, 2, 28), date(2024, 3, 1), "Asia/Kathmandu", "month"
+    ) == ["2024-02-01", "2024-03-01"]
+    assert (
+        check_against_zoneinfo(date(2024, 3, 31), date(2024, 4, 1), "Asia/Kolkata", "hour")[0]
+        == "2024-03-31T00:00+05:30"
+    )
 
 
 def test_utc_hours_end_in_plus_zero():
@@ -216,7 +264,7 @@ MOMENTS = [
     datetime(1970, 1, 1, 0, 14, 59, 999_999, tzinfo=UTC),
     datetime(1970, 1, 1, 0, 15, tzinfo=UTC),
     datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # bucket -1
-    datetime(1969, 12, 31, 23, 45, tzinfo=UTC),               # bucket -1, its first instant
+    datetime(1969, 12, 31, 23, 45, tzinfo=UTC),  # bucket -1, its first instant
     datetime(1969, 12, 31, 23, 44, 59, 999_999, tzinfo=UTC),  # bucket -2
     datetime(1969, 12, 31, 23, 44, 59, 1, tzinfo=UTC),
     datetime(1901, 7, 4, 3, 7, 30, 250_000, tzinfo=UTC),
@@ -226,8 +274,8 @@ MOMENTS = [
     datetime(2024, 12, 29, 23, 59, 59, 999_999, tzinfo=UTC),
     datetime(2025, 1, 5, 23, 59, 59, 999_600, tzinfo=UTC),
     datetime(2024, 2, 29, 12, 0, 0, 1, tzinfo=UTC),
-    datetime(2038, 1, 19, 3, 14, 8, tzinfo=UTC),              # past 32-bit seconds
-    datetime(1, 1, 1, 0, 0, tzinfo=UTC),                      # the first representable instant
+    datetime(2038, 1, 19, 3, 14, 8, tzinfo=UTC),  # past 32-bit seconds
+    datetime(1, 1, 1, 0, 0, tzinfo=UTC),  # the first representable instant
     datetime(1, 1, 1, 0, 14, 59, 999_999, tzinfo=UTC),
     datetime(4000, 1, 1, 0, 14, 59, 999_999, tzinfo=UTC),
 ]
@@ -249,9 +297,13 @@ def python_bucket(at: datetime) -> int:
 
 def _store(engine, pairs):
     with engine.begin() as conn:
-        conn.execute(insert(Event), [
-            {"id": n, "event": "e", "user_id": "u", "occurred_at": at, "received_at": other}
-            for n, (at, other) in enumerate(pairs, start=1)])
+        conn.execute(
+            insert(Event),
+            [
+                {"id": n, "event": "e", "user_id": "u", "occurred_at": at, "received_at": other}
+                for n, (at, other) in enumerate(pairs, start=1)
+            ],
+        )
 
 
 def test_python_bucket_of_is_floor_division():
@@ -265,8 +317,9 @@ def test_python_bucket_of_is_floor_division():
 def test_bucket_of_stored_timestamps(engine):
     _store(engine, [(at, at) for at in MOMENTS])
     with engine.connect() as conn:
-        got = conn.execute(select(Event.occurred_at, bucket_of(Event.occurred_at))
-                           .order_by(Event.id)).all()
+        got = conn.execute(
+            select(Event.occurred_at, bucket_of(Event.occurred_at)).order_by(Event.id)
+        ).all()
     assert [at for at, _ in got] == MOMENTS  # stored to the microsecond
     assert [bucket for _, bucket in got] == [periods_module.bucket_of(at) for at in MOMENTS]
     assert [bucket for _, bucket in got] == [python_bucket(at) for at in MOMENTS]
@@ -280,27 +333,40 @@ def test_bucket_of_far_future_timestamps(engine):
 
 
 def test_microseconds_between_is_exact(engine):
-    starts = [datetime(2024, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
-              datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC),
-              datetime(1950, 6, 1, 0, 0, 0, 1, tzinfo=UTC)]
-    steps = [timedelta(0), timedelta(microseconds=1), timedelta(seconds=1.5),
-             timedelta(microseconds=-1), timedelta(seconds=-2, microseconds=999_999),
-             timedelta(days=400, microseconds=123_457), timedelta(days=-20_000, microseconds=7)]
+    starts = [
+        datetime(2024, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC),
+        datetime(1950, 6, 1, 0, 0, 0, 1, tzinfo=UTC),
+    ]
+    steps = [
+        timedelta(0),
+        timedelta(microseconds=1),
+        timedelta(seconds=1.5),
+        timedelta(microseconds=-1),
+        timedelta(seconds=-2, microseconds=999_999),
+        timedelta(days=400, microseconds=123_457),
+        timedelta(days=-20_000, microseconds=7),
+    ]
     pairs = [(start, start + step) for start in starts for step in steps]
-    pairs.append((datetime(1, 1, 1, tzinfo=UTC),
-                  datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)))
+    pairs.append(
+        (datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
+    )
     _store(engine, pairs)
     with engine.connect() as conn:
-        got = conn.scalars(select(microseconds_between(Event.occurred_at, Event.received_at))
-                           .order_by(Event.id)).all()
+        got = conn.scalars(
+            select(microseconds_between(Event.occurred_at, Event.received_at)).order_by(Event.id)
+        ).all()
     assert got == [(end - start) // timedelta(microseconds=1) for start, end in pairs]
 
 
-@pytest.mark.parametrize("construct", [
-    lambda: bucket_of(Event.occurred_at),
-    lambda: microseconds_between(Event.occurred_at, Event.received_at),
-    lambda: period_index(literal(3), bindparam("bounds")),
-])
+@pytest.mark.parametrize(
+    "construct",
+    [
+        lambda: bucket_of(Event.occurred_at),
+        lambda: microseconds_between(Event.occurred_at, Event.received_at),
+        lambda: period_index(literal(3), bindparam("bounds")),
+    ],
+)
 def test_a_dialect_without_an_implementation_does_not_compile(construct):
     with pytest.raises(CompileError, match="mysql"):
         select(construct()).compile(dialect=mysql.dialect())

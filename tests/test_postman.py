@@ -1,5 +1,6 @@
 """analytics-api.postman_collection.json: a Postman v2.1 collection whose every request checks its
 answer, run with newman (installed by ``npm ci``) against a live gunicorn."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import subprocess
 from datetime import date
 
 import pytest
-
 from conftest import ROOT, run_flask
 from e2e import require_tool
 
@@ -35,19 +35,29 @@ def is_calendar_date(text: str) -> bool:
 def test_collection_is_postman_v21_with_a_checked_request_per_case():
     collection = json.loads(COLLECTION.read_text())
     assert collection["info"]["schema"] == (
-        "https://schema.getpostman.com/json/collection/v2.1.0/collection.json")
+        "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
+    )
     variables = {variable["key"]: variable["value"] for variable in collection["variable"]}
     assert "baseUrl" in variables
     # The key is sent as a Bearer token by every request, and left empty for an open server.
     assert variables["apiKey"] == ""
-    assert collection["auth"] == {"type": "bearer", "bearer": [
-        {"key": "token", "value": "{{apiKey}}", "type": "string"}]}
+    assert collection["auth"] == {
+        "type": "bearer",
+        "bearer": [{"key": "token", "value": "{{apiKey}}", "type": "string"}],
+    }
     items = requests(collection["item"])
-    assert {(item["request"]["method"], "/".join(item["request"]["url"]["path"]))
-            for item in items} == {
-        ("POST", "track"), ("POST", "track/batch"), ("GET", "metrics"), ("GET", "sessions"),
+    assert {
+        (item["request"]["method"], "/".join(item["request"]["url"]["path"])) for item in items
+    } == {
+        ("POST", "track"),
+        ("POST", "track/batch"),
+        ("GET", "metrics"),
+        ("GET", "sessions"),
         ("GET", "active-users"),
-        ("GET", "events"), ("GET", "users/{{guestPath}}/events"), ("DELETE", "users/{{guestPath}}")}
+        ("GET", "events"),
+        ("GET", "users/{{guestPath}}/events"),
+        ("DELETE", "users/{{guestPath}}"),
+    }
     names = [item["name"] for item in items]
     assert len(names) == len(set(names)) == 18
     # event_id and batches: the retry comes right after the request it repeats.
@@ -74,9 +84,25 @@ def run_newman(base_url: str, report, *env_vars: str) -> subprocess.CompletedPro
     newman = require_tool("newman", path=str(NEWMAN), install="npm ci")
     options = [part for env_var in env_vars for part in ("--env-var", env_var)]
     return subprocess.run(
-        [newman, "run", str(COLLECTION), "--env-var", f"baseUrl={base_url}", *options,
-         "--color", "off", "--reporters", "cli,json", "--reporter-json-export", str(report)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            newman,
+            "run",
+            str(COLLECTION),
+            "--env-var",
+            f"baseUrl={base_url}",
+            *options,
+            "--color",
+            "off",
+            "--reporters",
+            "cli,json",
+            "--reporter-json-export",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.live
@@ -91,8 +117,18 @@ def test_newman_runs_the_collection_green(live_server, tmp_path):
 @pytest.mark.live
 def test_newman_runs_the_collection_green_with_a_key(live_server, database_url, tmp_path):
     server = live_server(workers=1, AUTH_MODE="all")
-    created = run_flask(database_url, "keys", "create", "postman", "--scope", "ingest",
-                        "--scope", "read", "--scope", "admin")
+    created = run_flask(
+        database_url,
+        "keys",
+        "create",
+        "postman",
+        "--scope",
+        "ingest",
+        "--scope",
+        "read",
+        "--scope",
+        "admin",
+    )
     assert created.returncode == 0, created.stderr
     secret = created.stdout.splitlines()[-1]
 

@@ -22,6 +22,7 @@ The model uses nothing of analytics/: only zoneinfo. Arrival order (which breaks
 equal timestamps when pairing sessions) is the ids the database gave, read back after each
 chunk and checked against what was sent.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ import os
 import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
@@ -46,13 +47,19 @@ from analytics import retention, writer
 from analytics.models import Base, Event
 from analytics.rows import EventRow
 
-UTC = timezone.utc
+UTC = UTC
 MICROSECOND = timedelta(microseconds=1)
 QUARTER = timedelta(minutes=15)
 GROUP_BYS = ("hour", "day", "week", "month")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-ZONES = ("Europe/Berlin", "America/Los_Angeles", "Asia/Kolkata", "Asia/Kathmandu",
-         "Australia/Lord_Howe", "Pacific/Chatham")
+ZONES = (
+    "Europe/Berlin",
+    "America/Los_Angeles",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+)
 QUERY_ZONES = ZONES + ("UTC",)
 
 # Examples per backend; raise it to search harder locally. The default keeps this file at about
@@ -61,6 +68,7 @@ MAX_EXAMPLES = int(os.environ.get("ANALYTICS_PROPERTY_EXAMPLES", "200"))
 
 
 # --- the model: the contract, written as plainly as possible, with zoneinfo only ---------------
+
 
 @dataclass(frozen=True)
 class StoredEvent:
@@ -77,10 +85,10 @@ class Query:
     start: date
     end: date
     group_by: str = "day"
-    tz: str | None = None          # None: not sent (UTC)
+    tz: str | None = None  # None: not sent (UTC)
     week_start: str | None = None  # None: not sent (monday); any case
-    fill: str | None = None        # None: not sent (none)
-    events: tuple[str, ...] = ()   # /metrics only; repeats allowed
+    fill: str | None = None  # None: not sent (none)
+    events: tuple[str, ...] = ()  # /metrics only; repeats allowed
     user_id: str | None = None
 
     @property
@@ -96,8 +104,11 @@ class Query:
         return self.fill == "zero"
 
     def query_string(self, with_events: bool) -> str:
-        params = [("start_date", self.start.isoformat()), ("end_date", self.end.isoformat()),
-                  ("group_by", self.group_by)]
+        params = [
+            ("start_date", self.start.isoformat()),
+            ("end_date", self.end.isoformat()),
+            ("group_by", self.group_by),
+        ]
         for name in ("tz", "week_start", "fill", "user_id"):
             if getattr(self, name) is not None:
                 params.append((name, getattr(self, name)))
@@ -119,7 +130,7 @@ def local_label(at: datetime, query: Query) -> tuple[date, str]:
     if query.group_by == "hour":
         return day, f"{day.isoformat()}T{local.hour:02d}:00{offset_text(local.utcoffset())}"
     if query.group_by == "week":
-        day_of_week = (day - timedelta(days=(day.weekday() - query.first_weekday) % 7))
+        day_of_week = day - timedelta(days=(day.weekday() - query.first_weekday) % 7)
         return day, day_of_week.isoformat()
     if query.group_by == "month":
         return day, day.replace(day=1).isoformat()
@@ -137,7 +148,8 @@ def all_periods(query: Query) -> tuple[str, ...]:
     labels: dict[str, None] = {}
     at = datetime.combine(query.start, time.min, tzinfo=UTC) - timedelta(hours=15)
     stop = datetime.combine(query.end + timedelta(days=1), time.min, tzinfo=UTC) + timedelta(
-        hours=15)
+        hours=15
+    )
     zone = query.zone
     while at < stop:
         last = at + QUARTER - MICROSECOND
@@ -174,8 +186,10 @@ def model_metrics(events: list[StoredEvent], query: Query) -> list[dict]:
     if not query.fill_zero:
         return [{"date": label, **counts[label]} for label in in_order(first, query)]
     names = wanted.union(*counts.values())
-    return [{"date": label, **{name: counts[label][name] for name in names}}
-            for label in in_order(first, query)]
+    return [
+        {"date": label, **{name: counts[label][name] for name in names}}
+        for label in in_order(first, query)
+    ]
 
 
 def model_active_users(events: list[StoredEvent], query: Query) -> list[dict]:
@@ -200,8 +214,10 @@ def model_session_pairs(events: list[StoredEvent]) -> list[tuple[datetime, datet
     """
     pairs = []
     for user in {e.user_id for e in events}:
-        sequence = sorted((e for e in events if e.user_id == user and e.event in ("play", "stop")),
-                          key=lambda e: (e.occurred_at, e.id))
+        sequence = sorted(
+            (e for e in events if e.user_id == user and e.event in ("play", "stop")),
+            key=lambda e: (e.occurred_at, e.id),
+        )
         for previous, current in zip(sequence, sequence[1:]):
             if current.event == "stop" and previous.event == "play":
                 pairs.append((previous.occurred_at, current.occurred_at, user))
@@ -224,8 +240,14 @@ def model_sessions(events: list[StoredEvent], query: Query) -> list[dict]:
     for label in in_order(first, query):
         count = len(durations[label])
         total = Fraction(sum(durations[label], timedelta()) // MICROSECOND, 1_000_000)
-        data.append({"date": label, "totalDuration": round_half_up(total), "sessionCount": count,
-                     "averageDuration": round_half_up(total / count) if count else 0})
+        data.append(
+            {
+                "date": label,
+                "totalDuration": round_half_up(total),
+                "sessionCount": count,
+                "averageDuration": round_half_up(total / count) if count else 0,
+            }
+        )
     return data
 
 
@@ -262,16 +284,35 @@ def local_midnight(zone_name: str, day: date) -> datetime:
 # local midnights that start a year and a leap day.
 ANCHORS = tuple(
     [(zone, at) for zone in ZONES for at in offset_changes(zone)]
-    + [(zone, local_midnight(zone, day)) for zone in ZONES
-       for day in (date(2025, 1, 1), date(2024, 2, 29))])
+    + [
+        (zone, local_midnight(zone, day))
+        for zone in ZONES
+        for day in (date(2025, 1, 1), date(2024, 2, 29))
+    ]
+)
 assert {zone for zone, _ in ANCHORS} == set(ZONES)
 assert len(ANCHORS) >= 4 * 4 + 2 * len(ZONES)  # the four zones with DST change twice a year
 
 # Wall-clock times where the changes happen (and either side), midnight and its neighbours.
-WALL_TIMES = (time(0, 0), time(0, 0, 0, 1), time(23, 59, 59, 999_999), time(23, 0), time(23, 30),
-              time(1, 0), time(1, 30), time(1, 59, 59, 999_999), time(2, 0), time(2, 15),
-              time(2, 30), time(2, 45), time(3, 0), time(3, 30), time(3, 44, 59, 999_999),
-              time(3, 45), time(12, 0, 0, 500_000))
+WALL_TIMES = (
+    time(0, 0),
+    time(0, 0, 0, 1),
+    time(23, 59, 59, 999_999),
+    time(23, 0),
+    time(23, 30),
+    time(1, 0),
+    time(1, 30),
+    time(1, 59, 59, 999_999),
+    time(2, 0),
+    time(2, 15),
+    time(2, 30),
+    time(2, 45),
+    time(3, 0),
+    time(3, 30),
+    time(3, 44, 59, 999_999),
+    time(3, 45),
+    time(12, 0, 0, 500_000),
+)
 
 
 def instants_near(zone_name: str, anchor: datetime) -> st.SearchStrategy[datetime]:
@@ -280,15 +321,22 @@ def instants_near(zone_name: str, anchor: datetime) -> st.SearchStrategy[datetim
     repeated ones included, both folds)."""
     zone = ZoneInfo(zone_name)
     anywhere = st.integers(-4 * 86_400_000_000, 4 * 86_400_000_000).map(
-        lambda us: anchor + timedelta(microseconds=us))
-    edges = st.builds(lambda quarters, off: anchor + quarters * QUARTER + off * MICROSECOND,
-                      st.integers(-96 * 3, 96 * 3), st.sampled_from((0, 0, -1, 1)))
+        lambda us: anchor + timedelta(microseconds=us)
+    )
+    edges = st.builds(
+        lambda quarters, off: anchor + quarters * QUARTER + off * MICROSECOND,
+        st.integers(-96 * 3, 96 * 3),
+        st.sampled_from((0, 0, -1, 1)),
+    )
     local_day = anchor.astimezone(zone).date()
     wall = st.builds(
         lambda days, wall_time, fold: datetime.combine(
-            local_day + timedelta(days=days), wall_time.replace(fold=fold),
-            tzinfo=zone).astimezone(UTC),
-        st.integers(-3, 3), st.sampled_from(WALL_TIMES), st.integers(0, 1))
+            local_day + timedelta(days=days), wall_time.replace(fold=fold), tzinfo=zone
+        ).astimezone(UTC),
+        st.integers(-3, 3),
+        st.sampled_from(WALL_TIMES),
+        st.integers(0, 1),
+    )
     return st.one_of(anywhere, edges, wall)
 
 
@@ -341,9 +389,12 @@ def scenarios(draw) -> Scenario:
     pool.append(pool[0] + timedelta(milliseconds=500))
     instant = st.one_of(st.sampled_from(pool), fresh)
     # u1 more often than the others, so that its plays and stops meet at shared instants.
-    sent = st.builds(Sent, st.sampled_from(("u1",) + USERS),
-                     st.one_of(st.sampled_from(("play", "stop")), st.sampled_from(EVENT_NAMES)),
-                     instant)
+    sent = st.builds(
+        Sent,
+        st.sampled_from(("u1",) + USERS),
+        st.one_of(st.sampled_from(("play", "stop")), st.sampled_from(EVENT_NAMES)),
+        instant,
+    )
 
     steps = []
     for _ in range(draw(st.integers(1, 5))):
@@ -353,8 +404,9 @@ def scenarios(draw) -> Scenario:
             events = draw(st.lists(sent, min_size=1, max_size=10))
             order, chunk_size = (), 1000
             if path == "writer":
-                events = [Sent(e.user_id, e.event, e.occurred_at, draw(st.booleans()))
-                          for e in events]
+                events = [
+                    Sent(e.user_id, e.event, e.occurred_at, draw(st.booleans())) for e in events
+                ]
                 order = tuple(draw(st.permutations(range(len(events)))))
             elif path == "import":
                 chunk_size = draw(st.sampled_from((2, 1000)))
@@ -363,8 +415,13 @@ def scenarios(draw) -> Scenario:
             steps.append(Purge(draw(st.sampled_from((None, 1, 3)))))
         else:
             what = draw(st.sampled_from(("user", "event", "before")))
-            value = draw({"user": st.sampled_from(USERS), "event": st.sampled_from(EVENT_NAMES),
-                          "before": instant}[what])
+            value = draw(
+                {
+                    "user": st.sampled_from(USERS),
+                    "event": st.sampled_from(EVENT_NAMES),
+                    "before": instant,
+                }[what]
+            )
             steps.append(Delete(what, value))
 
     local_day = anchor.astimezone(ZoneInfo(zone)).date()
@@ -374,24 +431,35 @@ def scenarios(draw) -> Scenario:
         start = local_day + timedelta(days=draw(st.integers(-5, 3)))
         longest = 6 if group_by in ("hour", "day") else 45
         end = start + timedelta(days=draw(st.integers(0, longest)))
-        week_start = draw(st.one_of(st.none(), st.sampled_from(WEEKDAYS).flatmap(
-            lambda day: st.sampled_from((day, day.upper(), day.capitalize())))))
-        queries.append(Query(
-            start=start, end=end, group_by=group_by,
-            tz=draw(st.one_of(st.just(zone), st.sampled_from(QUERY_ZONES), st.none())),
-            week_start=week_start,
-            fill=draw(st.sampled_from((None, "none", "zero"))),
-            events=tuple(draw(st.lists(st.sampled_from(EVENT_NAMES + ("never-sent",)),
-                                       max_size=3))),
-            user_id=draw(st.one_of(st.none(), st.sampled_from(USERS + ("nobody",)))),
-        ))
+        week_start = draw(
+            st.one_of(
+                st.none(),
+                st.sampled_from(WEEKDAYS).flatmap(
+                    lambda day: st.sampled_from((day, day.upper(), day.capitalize()))
+                ),
+            )
+        )
+        queries.append(
+            Query(
+                start=start,
+                end=end,
+                group_by=group_by,
+                tz=draw(st.one_of(st.just(zone), st.sampled_from(QUERY_ZONES), st.none())),
+                week_start=week_start,
+                fill=draw(st.sampled_from((None, "none", "zero"))),
+                events=tuple(
+                    draw(st.lists(st.sampled_from(EVENT_NAMES + ("never-sent",)), max_size=3))
+                ),
+                user_id=draw(st.one_of(st.none(), st.sampled_from(USERS + ("nobody",)))),
+            )
+        )
     return Scenario(zone, anchor, tuple(steps), tuple(queries))
 
 
 # --- storage -----------------------------------------------------------------------------------
 
 LONG_AGO = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)  # received_at of events due for the purge
-CUTOFF = datetime(2010, 1, 1, tzinfo=UTC)              # every other event is received now
+CUTOFF = datetime(2010, 1, 1, tzinfo=UTC)  # every other event is received now
 
 
 def iso_text(at: datetime, index: int, zone: str) -> str:
@@ -403,8 +471,11 @@ def iso_text(at: datetime, index: int, zone: str) -> str:
 
 
 def track_item(e: Sent, index: int, zone: str) -> dict:
-    return {"event": e.event, "user_id": e.user_id, "timestamp": iso_text(e.occurred_at, index,
-                                                                           zone)}
+    return {
+        "event": e.event,
+        "user_id": e.user_id,
+        "timestamp": iso_text(e.occurred_at, index, zone),
+    }
 
 
 class Harness:
@@ -421,15 +492,19 @@ class Harness:
 
     def stored_rows(self) -> list[tuple]:
         with self.engine.connect() as conn:
-            return conn.execute(select(Event.id, Event.user_id, Event.event, Event.occurred_at,
-                                       Event.received_at).order_by(Event.id)).all()
+            return conn.execute(
+                select(
+                    Event.id, Event.user_id, Event.event, Event.occurred_at, Event.received_at
+                ).order_by(Event.id)
+            ).all()
 
     def run(self, step) -> None:
         if isinstance(step, Store):
             self.store(step)
         elif isinstance(step, Purge):
-            deleted = retention.purge_expired(self.engine, CUTOFF, batch_size=step.batch_size,
-                                              pace=0)
+            deleted = retention.purge_expired(
+                self.engine, CUTOFF, batch_size=step.batch_size, pace=0
+            )
             assert deleted == len(self.long_ago)
             for id_ in self.long_ago:
                 del self.model[id_]
@@ -445,7 +520,8 @@ class Harness:
                 condition = Event.occurred_at < step.value
                 doomed = [e.id for e in self.model.values() if e.occurred_at < step.value]
             assert writer.delete_events(self.engine, select(Event.id).where(condition)) == len(
-                doomed)
+                doomed
+            )
             for id_ in doomed:
                 del self.model[id_]
                 self.long_ago.discard(id_)
@@ -463,25 +539,43 @@ class Harness:
                 response = self.client.post("/track/batch", json={"events": items})
             else:
                 response = self.client.post(
-                    "/track/batch", data="\n".join(json.dumps(item) for item in items) + "\n",
-                    content_type="application/x-ndjson")
+                    "/track/batch",
+                    data="\n".join(json.dumps(item) for item in items) + "\n",
+                    content_type="application/x-ndjson",
+                )
             assert response.status_code == 200, response.get_data(as_text=True)
             body = response.get_json()
             assert (body["accepted"], body["duplicates"], body["rejected"]) == (
-                len(events), 0, []), body
+                len(events),
+                0,
+                [],
+            ), body
         elif step.path == "import":
             path = self.tmp / "import.ndjson"
-            path.write_text("".join(json.dumps(track_item(e, index, self.zone)) + "\n"
-                                    for index, e in enumerate(events)), encoding="utf-8")
+            path.write_text(
+                "".join(
+                    json.dumps(track_item(e, index, self.zone)) + "\n"
+                    for index, e in enumerate(events)
+                ),
+                encoding="utf-8",
+            )
             result = self.app.test_cli_runner().invoke(
-                args=["import", str(path), "--chunk-size", str(step.chunk_size)])
+                args=["import", str(path), "--chunk-size", str(step.chunk_size)]
+            )
             assert result.exit_code == 0, result.output
         else:
             events = [events[i] for i in step.order]  # arrival unlike the generated order
             now = datetime.now(UTC)
-            rows = [EventRow(event=e.event, user_id=e.user_id, occurred_at=e.occurred_at,
-                             received_at=LONG_AGO if e.received_long_ago else now,
-                             metadata_json="null") for e in events]
+            rows = [
+                EventRow(
+                    event=e.event,
+                    user_id=e.user_id,
+                    occurred_at=e.occurred_at,
+                    received_at=LONG_AGO if e.received_long_ago else now,
+                    metadata_json="null",
+                )
+                for e in events
+            ]
             with Session(self.engine) as session:
                 assert writer.store_events(session, rows) == [True] * len(rows)
         self.take_new_rows(step, events)
@@ -510,6 +604,7 @@ class Harness:
 
 # --- comparison --------------------------------------------------------------------------------
 
+
 def assert_integers(data: list[dict]) -> None:
     for row in data:
         for key, value in row.items():
@@ -519,9 +614,11 @@ def assert_integers(data: list[dict]) -> None:
 
 def check_endpoints(client, events: list[StoredEvent], query: Query) -> None:
     """Every endpoint answers exactly what the model says for ``events`` and ``query``."""
-    for path, model, with_events in (("/metrics", model_metrics, True),
-                                     ("/sessions", model_sessions, False),
-                                     ("/active-users", model_active_users, True)):
+    for path, model, with_events in (
+        ("/metrics", model_metrics, True),
+        ("/sessions", model_sessions, False),
+        ("/active-users", model_active_users, True),
+    ):
         query_without = query
         if not with_events and query.events:
             query_without = Query(**{**query_without.__dict__, "events": ()})
@@ -535,11 +632,17 @@ def check_endpoints(client, events: list[StoredEvent], query: Query) -> None:
         assert body["data"] == model(events, query_without), (path, query_without)
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None,
-          # The fixtures only hand over an app and a client: every example empties the tables
-          # before it stores anything.
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    # The fixtures only hand over an app and a client: every example empties the tables
+    # before it stores anything.
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(scenario=scenarios())
 def test_every_per_period_endpoint_agrees_with_the_model(app, client, scenario):
     with tempfile.TemporaryDirectory() as tmp:
@@ -553,15 +656,19 @@ def test_every_per_period_endpoint_agrees_with_the_model(app, client, scenario):
 
 # --- the model itself, on the contract's own examples ------------------------------------------
 
+
 def _history(*items: tuple[str, str, str]) -> list[StoredEvent]:
-    return [StoredEvent(index, user, name, datetime.fromisoformat(at).astimezone(UTC))
-            for index, (user, name, at) in enumerate(items, start=1)]
+    return [
+        StoredEvent(index, user, name, datetime.fromisoformat(at).astimezone(UTC))
+        for index, (user, name, at) in enumerate(items, start=1)
+    ]
 
 
 def test_the_model_pairs_as_the_contract_lists():
     def sessions_of(*names):
-        events = _history(*(("u", name, f"2025-01-01T00:00:0{i}+00:00") for i, name in
-                            enumerate(names)))
+        events = _history(
+            *(("u", name, f"2025-01-01T00:00:0{i}+00:00") for i, name in enumerate(names))
+        )
         return [(play.second, stop.second) for play, stop, _ in model_session_pairs(events)]
 
     assert sessions_of("play", "stop") == [(0, 1)]
@@ -571,71 +678,96 @@ def test_the_model_pairs_as_the_contract_lists():
     assert sessions_of("stop") == sessions_of("play") == []
     assert sessions_of("play", "pause", "skip", "stop") == [(0, 3)]
     # Equal timestamps: arrival (id) decides.
-    tied = _history(("u", "stop", "2025-01-01T00:00:00+00:00"),
-                    ("u", "play", "2025-01-01T00:00:00+00:00"),
-                    ("u", "stop", "2025-01-01T00:00:01+00:00"))
+    tied = _history(
+        ("u", "stop", "2025-01-01T00:00:00+00:00"),
+        ("u", "play", "2025-01-01T00:00:00+00:00"),
+        ("u", "stop", "2025-01-01T00:00:01+00:00"),
+    )
     assert [(p.second, s.second) for p, s, _ in model_session_pairs(tied)] == [(0, 1)]
 
 
 def test_the_model_rounds_halves_up():
-    events = _history(("u", "play", "2025-01-01T00:00:00+00:00"),
-                      ("u", "stop", "2025-01-01T00:00:02.5+00:00"),
-                      ("u", "play", "2025-01-01T01:00:00+00:00"),
-                      ("u", "stop", "2025-01-01T01:00:00.5+00:00"))
+    events = _history(
+        ("u", "play", "2025-01-01T00:00:00+00:00"),
+        ("u", "stop", "2025-01-01T00:00:02.5+00:00"),
+        ("u", "play", "2025-01-01T01:00:00+00:00"),
+        ("u", "stop", "2025-01-01T01:00:00.5+00:00"),
+    )
     assert model_sessions(events, Query(date(2025, 1, 1), date(2025, 1, 1))) == [
-        {"date": "2025-01-01", "totalDuration": 3, "sessionCount": 2, "averageDuration": 2}]
+        {"date": "2025-01-01", "totalDuration": 3, "sessionCount": 2, "averageDuration": 2}
+    ]
 
 
 def test_the_model_lists_the_repeated_hour_twice_in_berlin():
     # 2024-10-27: 03:00 CEST becomes 02:00 CET; 02:30 happens at 00:30Z and at 01:30Z.
-    events = _history(("u", "x", "2024-10-27T02:30:00+02:00"),
-                      ("u", "x", "2024-10-27T02:30:00+01:00"),
-                      ("u", "y", "2024-10-27T02:59:59.999999+01:00"))
+    events = _history(
+        ("u", "x", "2024-10-27T02:30:00+02:00"),
+        ("u", "x", "2024-10-27T02:30:00+01:00"),
+        ("u", "y", "2024-10-27T02:59:59.999999+01:00"),
+    )
     query = Query(date(2024, 10, 27), date(2024, 10, 27), "hour", "Europe/Berlin")
     assert model_metrics(events, query) == [
         {"date": "2024-10-27T02:00+02:00", "x": 1},
-        {"date": "2024-10-27T02:00+01:00", "x": 1, "y": 1}]
-    filled = model_metrics(events, Query(**{**query.__dict__, "fill": "zero",
-                                            "events": ("x",)}))
+        {"date": "2024-10-27T02:00+01:00", "x": 1, "y": 1},
+    ]
+    filled = model_metrics(events, Query(**{**query.__dict__, "fill": "zero", "events": ("x",)}))
     assert len(filled) == 25
     assert [row["date"] for row in filled[1:5]] == [
-        "2024-10-27T01:00+02:00", "2024-10-27T02:00+02:00", "2024-10-27T02:00+01:00",
-        "2024-10-27T03:00+01:00"]
+        "2024-10-27T01:00+02:00",
+        "2024-10-27T02:00+02:00",
+        "2024-10-27T02:00+01:00",
+        "2024-10-27T03:00+01:00",
+    ]
     assert filled[0] == {"date": "2024-10-27T00:00+02:00", "x": 0}
     # The spring-forward day has no 02:00 and 23 hours.
     spring = all_periods(Query(date(2025, 3, 30), date(2025, 3, 30), "hour", "Europe/Berlin"))
     assert len(spring) == 23 and "2025-03-30T02:00+01:00" not in spring
-    assert model_metrics(events, Query(date(2024, 10, 27), date(2024, 10, 27), "day",
-                                       "Europe/Berlin")) == [
-        {"date": "2024-10-27", "x": 2, "y": 1}]
+    assert model_metrics(
+        events, Query(date(2024, 10, 27), date(2024, 10, 27), "day", "Europe/Berlin")
+    ) == [{"date": "2024-10-27", "x": 2, "y": 1}]
 
 
 def test_the_model_labels_kathmandu_hours_with_plus_five_forty_five():
-    events = _history(("u", "play", "2024-12-31T18:14:59.999999+00:00"),
-                      ("u", "stop", "2024-12-31T18:15:00+00:00"),
-                      ("u", "play", "2024-12-31T18:15:00+00:00"),
-                      ("u", "stop", "2024-12-31T18:15:01.5+00:00"))
+    events = _history(
+        ("u", "play", "2024-12-31T18:14:59.999999+00:00"),
+        ("u", "stop", "2024-12-31T18:15:00+00:00"),
+        ("u", "play", "2024-12-31T18:15:00+00:00"),
+        ("u", "stop", "2024-12-31T18:15:01.5+00:00"),
+    )
     query = Query(date(2024, 12, 31), date(2025, 1, 1), "hour", "Asia/Kathmandu")
     assert model_metrics(events, query) == [
         {"date": "2024-12-31T23:00+05:45", "play": 1},
-        {"date": "2025-01-01T00:00+05:45", "stop": 2, "play": 1}]
+        {"date": "2025-01-01T00:00+05:45", "stop": 2, "play": 1},
+    ]
     assert model_sessions(events, query) == [
-        {"date": "2024-12-31T23:00+05:45", "totalDuration": 0, "sessionCount": 1,
-         "averageDuration": 0},
-        {"date": "2025-01-01T00:00+05:45", "totalDuration": 2, "sessionCount": 1,
-         "averageDuration": 2}]
-    assert model_metrics(events, Query(date(2025, 1, 1), date(2025, 1, 1), "day",
-                                       "Asia/Kathmandu")) == [
-        {"date": "2025-01-01", "stop": 2, "play": 1}]
+        {
+            "date": "2024-12-31T23:00+05:45",
+            "totalDuration": 0,
+            "sessionCount": 1,
+            "averageDuration": 0,
+        },
+        {
+            "date": "2025-01-01T00:00+05:45",
+            "totalDuration": 2,
+            "sessionCount": 1,
+            "averageDuration": 2,
+        },
+    ]
+    assert model_metrics(
+        events, Query(date(2025, 1, 1), date(2025, 1, 1), "day", "Asia/Kathmandu")
+    ) == [{"date": "2025-01-01", "stop": 2, "play": 1}]
     labels = all_periods(Query(date(2025, 1, 1), date(2025, 1, 1), "hour", "Asia/Kathmandu"))
     assert labels[0] == "2025-01-01T00:00+05:45" and len(labels) == 24
 
 
 def test_the_model_starts_weeks_on_the_day_asked_for():
-    events = _history(("u", "x", "2025-01-04T12:00:00+00:00"),   # a Saturday
-                      ("u", "x", "2025-01-05T12:00:00+00:00"))   # a Sunday
-    assert model_metrics(events, Query(date(2025, 1, 1), date(2025, 1, 10), "week",
-                                       week_start="SunDay")) == [
-        {"date": "2024-12-29", "x": 1}, {"date": "2025-01-05", "x": 1}]
+    events = _history(
+        ("u", "x", "2025-01-04T12:00:00+00:00"),  # a Saturday
+        ("u", "x", "2025-01-05T12:00:00+00:00"),
+    )  # a Sunday
+    assert model_metrics(
+        events, Query(date(2025, 1, 1), date(2025, 1, 10), "week", week_start="SunDay")
+    ) == [{"date": "2024-12-29", "x": 1}, {"date": "2025-01-05", "x": 1}]
     assert model_metrics(events, Query(date(2025, 1, 1), date(2025, 1, 10), "week")) == [
-        {"date": "2024-12-30", "x": 2}]
+        {"date": "2024-12-30", "x": 2}
+    ]

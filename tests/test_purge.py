@@ -1,28 +1,36 @@
 """``flask --app wsgi purge``: retention by receive time, on both backends."""
+
 from __future__ import annotations
 
 import threading
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from conftest import run_flask, run_in_terminal, unreachable_url
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analytics import cli, create_app, retention
 from analytics.db import make_engine
 from analytics.models import Event
-from conftest import run_flask, run_in_terminal, unreachable_url
 
 # A fixed "now" with a fraction of a second, to show that the cutoff is rounded down.
-NOW = datetime(2025, 3, 31, 12, 0, 0, 750000, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 31, 12, 0, 0, 750000, tzinfo=UTC)
 
 
-def add_events(engine, *received: datetime, event: str = "play", user_id: str = "u",
-               occurred_at: datetime | None = None) -> None:
+def add_events(
+    engine,
+    *received: datetime,
+    event: str = "play",
+    user_id: str = "u",
+    occurred_at: datetime | None = None,
+) -> None:
     """Store one event per receive time (occurring then too, unless ``occurred_at`` is given)."""
     with Session(engine) as session:
-        session.add_all(Event(event=event, user_id=user_id, received_at=at,
-                              occurred_at=occurred_at or at) for at in received)
+        session.add_all(
+            Event(event=event, user_id=user_id, received_at=at, occurred_at=occurred_at or at)
+            for at in received
+        )
         session.commit()
 
 
@@ -54,11 +62,10 @@ def purge(runner, *args: str):
 
 
 def test_boundary_events_received_exactly_at_the_cutoff_are_kept(runner, engine, frozen_now):
-    cutoff = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)  # NOW - 30 days, whole second
+    cutoff = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)  # NOW - 30 days, whole second
     just_before = cutoff - timedelta(milliseconds=1)
     long_before = cutoff - timedelta(days=10)
-    kept = [cutoff, cutoff + timedelta(milliseconds=1), cutoff + timedelta(milliseconds=500),
-            NOW]
+    kept = [cutoff, cutoff + timedelta(milliseconds=1), cutoff + timedelta(milliseconds=500), NOW]
     add_events(engine, just_before, long_before, *kept)
 
     result = purge(runner)
@@ -72,7 +79,7 @@ def test_retention_follows_receive_time_not_event_time(runner, engine, frozen_no
     # A backfilled event that happened years ago but arrived yesterday is kept for its full
     # retention period; one that arrived long ago goes, whatever its timestamp says.
     yesterday = NOW - timedelta(days=1)
-    add_events(engine, yesterday, occurred_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    add_events(engine, yesterday, occurred_at=datetime(2020, 1, 1, tzinfo=UTC))
     add_events(engine, NOW - timedelta(days=45), occurred_at=NOW - timedelta(days=45))
 
     result = purge(runner)
@@ -96,8 +103,9 @@ def test_dry_run_reports_and_deletes_nothing(runner, engine, frozen_now):
     result = purge(runner, "--dry-run")
 
     assert result.exit_code == 0
-    assert result.output == (f"Would purge {len(old)} events received before "
-                             f"{iso(NOW - timedelta(days=30))}\n")
+    assert result.output == (
+        f"Would purge {len(old)} events received before {iso(NOW - timedelta(days=30))}\n"
+    )
     assert count(engine) == len(old) + 1
 
 
@@ -118,8 +126,9 @@ def test_each_batch_is_bounded(engine):
     add_events(engine, *old)
     batches: list[int] = []
 
-    purged = retention.purge_expired(engine, retention.retention_cutoff(30, NOW),
-                                     batch_size=4, on_batch=batches.append)
+    purged = retention.purge_expired(
+        engine, retention.retention_cutoff(30, NOW), batch_size=4, on_batch=batches.append
+    )
 
     assert purged == len(old)
     assert batches == [4, 4, 2]
@@ -130,8 +139,9 @@ def test_default_batches_are_smaller_on_sqlite(backend, engine):
     add_events(engine, *old)
     batches: list[int] = []
 
-    purged = retention.purge_expired(engine, retention.retention_cutoff(30, NOW),
-                                     on_batch=batches.append)
+    purged = retention.purge_expired(
+        engine, retention.retention_cutoff(30, NOW), on_batch=batches.append
+    )
 
     assert purged == len(old)
     assert batches == ([200, 200, 50] if backend == "sqlite" else [450])
@@ -156,8 +166,9 @@ def test_the_purge_rests_after_each_batch_as_long_as_it_took(backend, engine, mo
     assert sleeps == [0.5, 0.5, 0.5]  # three batches (4, 4, 2), no rest after the empty one
 
 
-def test_full_speed_rests_only_to_let_sqlite_writers_in(backend, runner, engine, frozen_now,
-                                                        monkeypatch):
+def test_full_speed_rests_only_to_let_sqlite_writers_in(
+    backend, runner, engine, frozen_now, monkeypatch
+):
     add_events(engine, *[NOW - timedelta(days=40, seconds=i) for i in range(10)])
     sleeps = Sleeps(monkeypatch)
 
@@ -177,15 +188,16 @@ def test_by_default_the_command_rests_between_batches(runner, engine, frozen_now
 
 def test_days_option_overrides_retention_days(app, runner, engine, frozen_now):
     app.config["RETENTION_DAYS"] = 7
-    add_events(engine, NOW - timedelta(days=2), NOW - timedelta(days=10),
-               NOW - timedelta(days=40))
+    add_events(engine, NOW - timedelta(days=2), NOW - timedelta(days=10), NOW - timedelta(days=40))
 
     assert purge(runner, "--dry-run").output.startswith("Would purge 2 events")
     assert purge(runner, "--days", "30").output == (
-        f"Purged 1 events received before {iso(NOW - timedelta(days=30))}\n")
+        f"Purged 1 events received before {iso(NOW - timedelta(days=30))}\n"
+    )
     assert len(received_times(engine)) == 2
     assert purge(runner).output == (
-        f"Purged 1 events received before {iso(NOW - timedelta(days=7))}\n")
+        f"Purged 1 events received before {iso(NOW - timedelta(days=7))}\n"
+    )
     assert received_times(engine) == [NOW - timedelta(days=2)]
 
 
@@ -239,7 +251,7 @@ def test_concurrent_purges_together_delete_exactly_the_old_events(database_url, 
 
 
 def test_command_line_prints_one_summary_line_when_not_a_terminal(database_url, engine):
-    add_events(engine, *(datetime.now(timezone.utc) - timedelta(days=50 + i) for i in range(5)))
+    add_events(engine, *(datetime.now(UTC) - timedelta(days=50 + i) for i in range(5)))
 
     done = run_flask(database_url, "purge", "--batch-size", "2")
 
@@ -252,8 +264,7 @@ def test_command_line_prints_one_summary_line_when_not_a_terminal(database_url, 
 
 
 def test_command_line_shows_a_progress_bar_in_a_terminal(database_url, engine):
-    add_events(engine, *(datetime.now(timezone.utc) - timedelta(days=50, seconds=i)
-                         for i in range(12)))
+    add_events(engine, *(datetime.now(UTC) - timedelta(days=50, seconds=i) for i in range(12)))
     text = run_in_terminal(["purge", "--batch-size", "5"], database_url)
     assert "Purging events received before " in text
     assert "100%" in text
@@ -289,9 +300,15 @@ def require_endpoint(app, path: str) -> None:
 
 def totals(client, path: str, user_id: str, key: str) -> int:
     today = date.today()
-    response = client.get(path, query_string={
-        "start_date": (today - timedelta(days=90)).isoformat(),
-        "end_date": today.isoformat(), "group_by": "month", "user_id": user_id})
+    response = client.get(
+        path,
+        query_string={
+            "start_date": (today - timedelta(days=90)).isoformat(),
+            "end_date": today.isoformat(),
+            "group_by": "month",
+            "user_id": user_id,
+        },
+    )
     assert response.status_code == 200, response.get_data(as_text=True)
     return sum(row.get(key, 0) for row in response.get_json()["data"])
 
@@ -299,7 +316,7 @@ def totals(client, path: str, user_id: str, key: str) -> int:
 def test_purged_events_leave_metrics_and_sessions(app, client, runner, engine):
     require_endpoint(app, "/metrics")
     require_endpoint(app, "/sessions")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for user_id, age in (("old-listener", timedelta(days=45)), ("new-listener", timedelta(days=3))):
         play = now - age
         add_events(engine, play, event="play", user_id=user_id)
@@ -307,9 +324,13 @@ def test_purged_events_leave_metrics_and_sessions(app, client, runner, engine):
     # Written behind the API's back: the aggregates learn of them from a rebuild.
     assert runner.invoke(args=["rebuild-aggregates"]).exit_code == 0
 
-    before = {user: (totals(client, "/metrics", user, "play"),
-                     totals(client, "/sessions", user, "sessionCount"))
-              for user in ("old-listener", "new-listener")}
+    before = {
+        user: (
+            totals(client, "/metrics", user, "play"),
+            totals(client, "/sessions", user, "sessionCount"),
+        )
+        for user in ("old-listener", "new-listener")
+    }
     assert before == {"old-listener": (1, 1), "new-listener": (1, 1)}
 
     result = purge(runner)

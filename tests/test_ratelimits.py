@@ -1,14 +1,15 @@
 """Rate limits: per key (``--rate``) and per client address (RATE_LIMIT_ANONYMOUS), the 429 and
 the RateLimit headers, what is never limited, and counts shared through Redis."""
+
 from __future__ import annotations
 
 import uuid
 
+from conftest import create_key, free_port
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analytics.models import Event
-from conftest import create_key, free_port
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 EVENT = {"event": "play", "user_id": "u1", "timestamp": "2025-01-02T10:00:00Z"}
@@ -19,8 +20,9 @@ def bearer(secret: str) -> dict:
 
 
 def limit_headers(response) -> tuple[int, int, int]:
-    return tuple(int(response.headers[f"RateLimit-{name}"])
-                 for name in ("Limit", "Remaining", "Reset"))
+    return tuple(
+        int(response.headers[f"RateLimit-{name}"]) for name in ("Limit", "Remaining", "Reset")
+    )
 
 
 def assert_exceeded(response, limit: int, window: int = 60) -> None:
@@ -91,17 +93,24 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client(make_app):
 
 def test_without_a_trusted_proxy_a_forwarded_address_changes_nothing(make_app):
     client = make_app(RATE_LIMIT_ANONYMOUS="1/minute", TRUSTED_PROXIES=0).test_client()
-    assert client.post("/track", json=EVENT,
-                       headers={"X-Forwarded-For": "198.51.100.7"}).status_code == 200
-    assert_exceeded(client.post("/track", json=EVENT,
-                                headers={"X-Forwarded-For": "198.51.100.8"}), 1)
+    assert (
+        client.post("/track", json=EVENT, headers={"X-Forwarded-For": "198.51.100.7"}).status_code
+        == 200
+    )
+    assert_exceeded(
+        client.post("/track", json=EVENT, headers={"X-Forwarded-For": "198.51.100.8"}), 1
+    )
 
 
 def test_health_the_document_and_preflights_are_never_limited(make_app):
     client = make_app(AUTH_MODE="all", RATE_LIMIT_ANONYMOUS="1/minute").test_client()
     for _ in range(5):
-        for response in (client.get("/health"), client.get("/openapi.json"),
-                         client.options("/track"), client.options("/metrics")):
+        for response in (
+            client.get("/health"),
+            client.get("/openapi.json"),
+            client.options("/track"),
+            client.options("/metrics"),
+        ):
             assert response.status_code in (200, 204)
             assert "RateLimit-Limit" not in response.headers
     assert client.get(METRICS).headers["RateLimit-Remaining"] == "0"
@@ -111,8 +120,7 @@ def test_a_batch_counts_as_one_request(make_app, engine):
     app = make_app()
     secret = create_key(app, "batcher", "ingest", rate="2/minute")
     client = app.test_client()
-    response = client.post("/track/batch", json={"events": [EVENT] * 50},
-                           headers=bearer(secret))
+    response = client.post("/track/batch", json={"events": [EVENT] * 50}, headers=bearer(secret))
     assert response.status_code == 200
     assert limit_headers(response)[:2] == (2, 1)
     assert stored_events(engine) == 50
@@ -124,8 +132,9 @@ def test_one_allowance_for_every_endpoint(make_app):
     client = app.test_client()
     assert client.post("/track", json=EVENT, headers=bearer(secret)).status_code == 200
     assert client.get(METRICS, headers=bearer(secret)).status_code == 200
-    assert_exceeded(client.post("/track/batch", json={"events": [EVENT]},
-                                headers=bearer(secret)), 2)
+    assert_exceeded(
+        client.post("/track/batch", json={"events": [EVENT]}, headers=bearer(secret)), 2
+    )
 
 
 def test_a_limited_request_stores_nothing(make_app, engine):
@@ -133,8 +142,7 @@ def test_a_limited_request_stores_nothing(make_app, engine):
     secret = create_key(app, "once", "ingest", rate="1/hour")
     client = app.test_client()
     assert client.post("/track", json=EVENT, headers=bearer(secret)).status_code == 200
-    response = client.post("/track/batch", json={"events": [EVENT] * 3},
-                           headers=bearer(secret))
+    response = client.post("/track/batch", json={"events": [EVENT] * 3}, headers=bearer(secret))
     assert_exceeded(response, 1, window=3600)
     assert int(response.headers["Retry-After"]) > 60
     assert stored_events(engine) == 1
@@ -158,9 +166,15 @@ def test_in_memory_each_process_counts_alone(make_app):
 
 def test_with_redis_the_processes_share_one_count(make_app, redis_url):
     prefix = f"shared-{uuid.uuid4().hex}"
-    workers = [make_app(AUTH_MODE="reads", RATE_LIMIT_STORAGE_URL=redis_url,
-                        RATE_LIMIT_ANONYMOUS="3/minute", RATE_LIMIT_KEY_PREFIX=prefix)
-               for _ in range(2)]
+    workers = [
+        make_app(
+            AUTH_MODE="reads",
+            RATE_LIMIT_STORAGE_URL=redis_url,
+            RATE_LIMIT_ANONYMOUS="3/minute",
+            RATE_LIMIT_KEY_PREFIX=prefix,
+        )
+        for _ in range(2)
+    ]
     secret = create_key(workers[0], "shared", "read", rate="2/minute")
     first, second = (app.test_client() for app in workers)
     assert first.get(METRICS, headers=bearer(secret)).status_code == 200
@@ -174,8 +188,9 @@ def test_with_redis_the_processes_share_one_count(make_app, redis_url):
 
 
 def test_when_redis_does_not_answer_each_process_counts_alone(make_app, engine):
-    app = make_app(RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:{free_port()}/0",
-                   RATE_LIMIT_ANONYMOUS="2/minute")
+    app = make_app(
+        RATE_LIMIT_STORAGE_URL=f"redis://127.0.0.1:{free_port()}/0", RATE_LIMIT_ANONYMOUS="2/minute"
+    )
     client = app.test_client()
     assert client.post("/track", json=EVENT).status_code == 200
     assert client.post("/track", json=EVENT).status_code == 200

@@ -1,11 +1,11 @@
 """GET /sessions: the pairing rules, periods, range and rounding of the contract, on both
 backends. (Its query-string validation is shared with /metrics and tested in test_metrics.)"""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from test_metrics import get_data, track
 
 JANUARY = "start_date=2025-01-01&end_date=2025-01-31"
@@ -28,11 +28,11 @@ def _session(client, user: str, play: str, stop: str) -> None:
 
 
 def day(date: str, total: int, count: int, average: int) -> dict:
-    return {"date": date, "totalDuration": total, "sessionCount": count,
-            "averageDuration": average}
+    return {"date": date, "totalDuration": total, "sessionCount": count, "averageDuration": average}
 
 
 # --- the contract's pairing cases ------------------------------------------------------------
+
 
 def test_play_then_stop_is_one_session(client):
     track_all(client, ("play", "2025-01-10T10:00:00Z"), ("stop", "2025-01-10T10:03:00Z"))
@@ -42,20 +42,33 @@ def test_play_then_stop_is_one_session(client):
 
 
 def test_two_play_stop_pairs_are_two_sessions(client):
-    track_all(client, ("play", "2025-01-10T10:00:00Z"), ("stop", "2025-01-10T10:01:00Z"),
-              ("play", "2025-01-10T11:00:00Z"), ("stop", "2025-01-10T11:03:00Z"))
+    track_all(
+        client,
+        ("play", "2025-01-10T10:00:00Z"),
+        ("stop", "2025-01-10T10:01:00Z"),
+        ("play", "2025-01-10T11:00:00Z"),
+        ("stop", "2025-01-10T11:03:00Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 240, 2, 120)]
 
 
 def test_play_play_stop_pairs_the_second_play(client):
-    track_all(client, ("play", "2025-01-10T10:00:00Z"), ("play", "2025-01-10T10:05:00Z"),
-              ("stop", "2025-01-10T10:06:00Z"))
+    track_all(
+        client,
+        ("play", "2025-01-10T10:00:00Z"),
+        ("play", "2025-01-10T10:05:00Z"),
+        ("stop", "2025-01-10T10:06:00Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 60, 1, 60)]
 
 
 def test_play_stop_stop_is_one_session(client):
-    track_all(client, ("play", "2025-01-10T10:00:00Z"), ("stop", "2025-01-10T10:01:00Z"),
-              ("stop", "2025-01-10T10:30:00Z"))
+    track_all(
+        client,
+        ("play", "2025-01-10T10:00:00Z"),
+        ("stop", "2025-01-10T10:01:00Z"),
+        ("stop", "2025-01-10T10:30:00Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 60, 1, 60)]
 
 
@@ -70,21 +83,36 @@ def test_play_never_stopped_makes_no_session(client):
 
 
 def test_incomplete_play_does_not_disturb_later_sessions(client):
-    track_all(client, ("play", "2025-01-09T10:00:00Z"), ("play", "2025-01-10T10:00:00Z"),
-              ("stop", "2025-01-10T10:00:10Z"), ("play", "2025-01-11T10:00:00Z"))
+    track_all(
+        client,
+        ("play", "2025-01-09T10:00:00Z"),
+        ("play", "2025-01-10T10:00:00Z"),
+        ("stop", "2025-01-10T10:00:10Z"),
+        ("play", "2025-01-11T10:00:00Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 10, 1, 10)]
 
 
 def test_other_events_do_not_interrupt_a_session(client):
-    track_all(client, ("play", "2025-01-10T10:00:00Z"), ("pause", "2025-01-10T10:01:00Z"),
-              ("skip", "2025-01-10T10:02:00Z"), ("complete", "2025-01-10T10:03:00Z"),
-              ("stop", "2025-01-10T10:04:00Z"))
+    track_all(
+        client,
+        ("play", "2025-01-10T10:00:00Z"),
+        ("pause", "2025-01-10T10:01:00Z"),
+        ("skip", "2025-01-10T10:02:00Z"),
+        ("complete", "2025-01-10T10:03:00Z"),
+        ("stop", "2025-01-10T10:04:00Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 240, 1, 240)]
 
 
 def test_event_names_are_exact_and_case_sensitive(client):
-    track_all(client, ("Play", "2025-01-10T10:00:00Z"), ("STOP", "2025-01-10T10:01:00Z"),
-              ("play ", "2025-01-10T10:02:00Z"), ("stop", "2025-01-10T10:03:00Z"))
+    track_all(
+        client,
+        ("Play", "2025-01-10T10:00:00Z"),
+        ("STOP", "2025-01-10T10:01:00Z"),
+        ("play ", "2025-01-10T10:02:00Z"),
+        ("stop", "2025-01-10T10:03:00Z"),
+    )
     assert sessions(client) == []
 
 
@@ -96,10 +124,12 @@ def test_users_do_not_pair_with_each_other(client):
 
 
 def test_user_filter(client):
-    track_all(client, ("play", "2025-01-10T10:00:00Z"), ("stop", "2025-01-10T10:00:10Z"),
-              user_id="alice")
-    track_all(client, ("play", "2025-01-10T11:00:00Z"), ("stop", "2025-01-10T11:00:20Z"),
-              user_id="bob")
+    track_all(
+        client, ("play", "2025-01-10T10:00:00Z"), ("stop", "2025-01-10T10:00:10Z"), user_id="alice"
+    )
+    track_all(
+        client, ("play", "2025-01-10T11:00:00Z"), ("stop", "2025-01-10T11:00:20Z"), user_id="bob"
+    )
     assert sessions(client, JANUARY + "&user_id=alice") == [day("2025-01-10", 10, 1, 10)]
     assert sessions(client, JANUARY + "&user_id=bob") == [day("2025-01-10", 20, 1, 20)]
     assert sessions(client, JANUARY + "&user_id=carol") == []
@@ -108,10 +138,15 @@ def test_user_filter(client):
 
 # --- order: timestamps first, then arrival --------------------------------------------------
 
+
 def test_pairing_follows_timestamps_not_arrival(client):
     # Sent stop first, then the play it closes, then an earlier play.
-    track_all(client, ("stop", "2025-01-10T10:10:00Z"), ("play", "2025-01-10T10:05:00Z"),
-              ("play", "2025-01-10T10:00:00Z"))
+    track_all(
+        client,
+        ("stop", "2025-01-10T10:10:00Z"),
+        ("play", "2025-01-10T10:05:00Z"),
+        ("play", "2025-01-10T10:00:00Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 300, 1, 300)]
 
 
@@ -123,19 +158,28 @@ def test_zero_second_session_counts(client):
 def test_equal_timestamps_are_ordered_by_arrival(client):
     # The stop arrived before the play of the same instant, so it comes first: it pairs with
     # nothing, and the play stays open until the next stop.
-    track_all(client, ("stop", "2025-01-10T10:00:00Z"), ("play", "2025-01-10T10:00:00Z"),
-              ("stop", "2025-01-10T10:00:42Z"))
+    track_all(
+        client,
+        ("stop", "2025-01-10T10:00:00Z"),
+        ("play", "2025-01-10T10:00:00Z"),
+        ("stop", "2025-01-10T10:00:42Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 42, 1, 42)]
 
 
 def test_equal_timestamps_in_the_other_arrival_order(client):
     # Play first: a 0-second session, and the later stop follows a stop, so it makes none.
-    track_all(client, ("play", "2025-01-10T10:00:00Z"), ("stop", "2025-01-10T10:00:00Z"),
-              ("stop", "2025-01-10T10:00:42Z"))
+    track_all(
+        client,
+        ("play", "2025-01-10T10:00:00Z"),
+        ("stop", "2025-01-10T10:00:00Z"),
+        ("stop", "2025-01-10T10:00:42Z"),
+    )
     assert sessions(client) == [day("2025-01-10", 0, 1, 0)]
 
 
 # --- periods and range ------------------------------------------------------------------------
+
 
 def test_session_belongs_to_the_period_of_its_play(client):
     track_all(client, ("play", "2025-01-10T23:59:00Z"), ("stop", "2025-01-11T00:01:00Z"))
@@ -149,72 +193,110 @@ def test_play_on_end_date_with_stop_after_the_range(client):
 
 def test_stop_after_the_range_needs_the_play_to_be_the_last_event_before_it(client):
     # After the range, another play comes before the stop: the play in the range stays open.
-    track_all(client, ("play", "2025-01-31T22:00:00Z"), ("play", "2025-02-01T01:00:00Z"),
-              ("stop", "2025-02-01T02:00:00Z"))
+    track_all(
+        client,
+        ("play", "2025-01-31T22:00:00Z"),
+        ("play", "2025-02-01T01:00:00Z"),
+        ("stop", "2025-02-01T02:00:00Z"),
+    )
     assert sessions(client) == []
     assert sessions(client, "start_date=2025-02-01&end_date=2025-02-01") == [
-        day("2025-02-01", 3600, 1, 3600)]
+        day("2025-02-01", 3600, 1, 3600)
+    ]
 
 
 def test_play_before_the_range_is_not_counted(client):
     track_all(client, ("play", "2024-12-31T23:59:59.999999Z"), ("stop", "2025-01-01T00:00:05Z"))
     assert sessions(client) == []
     assert sessions(client, "start_date=2024-12-31&end_date=2024-12-31") == [
-        day("2024-12-31", 5, 1, 5)]
+        day("2024-12-31", 5, 1, 5)
+    ]
 
 
 def test_events_before_the_range_take_part_in_pairing(client):
     # The stop on Jan 1 follows a play of Dec 31, so it does not close anything in the range;
     # the stop on Jan 2 follows that stop, so it makes no session either.
-    track_all(client, ("play", "2024-12-31T23:00:00Z"), ("stop", "2025-01-01T01:00:00Z"),
-              ("stop", "2025-01-02T01:00:00Z"))
+    track_all(
+        client,
+        ("play", "2024-12-31T23:00:00Z"),
+        ("stop", "2025-01-01T01:00:00Z"),
+        ("stop", "2025-01-02T01:00:00Z"),
+    )
     assert sessions(client) == []
     # A play before the range followed by one in the range: the one in the range is paired.
-    track_all(client, ("play", "2025-01-05T00:00:00Z"), ("stop", "2025-01-05T00:00:07Z"),
-              user_id="u2")
+    track_all(
+        client, ("play", "2025-01-05T00:00:00Z"), ("stop", "2025-01-05T00:00:07Z"), user_id="u2"
+    )
     track_all(client, ("play", "2024-12-20T00:00:00Z"), user_id="u2")
     assert sessions(client) == [day("2025-01-05", 7, 1, 7)]
 
 
 def test_range_is_inclusive_of_both_dates_to_the_microsecond(client):
     # One user per play, each stopped on Jan 20: only the plays inside the range count.
-    for play in ("2025-01-09T23:59:59.999999Z", "2025-01-10T00:00:00Z",
-                 "2025-01-12T23:59:59.999999Z", "2025-01-13T00:00:00Z"):
+    for play in (
+        "2025-01-09T23:59:59.999999Z",
+        "2025-01-10T00:00:00Z",
+        "2025-01-12T23:59:59.999999Z",
+        "2025-01-13T00:00:00Z",
+    ):
         _session(client, play, play, "2025-01-20T00:00:00Z")
     data = sessions(client, "start_date=2025-01-10&end_date=2025-01-12")
-    assert [(row["date"], row["sessionCount"]) for row in data] == [("2025-01-10", 1),
-                                                                     ("2025-01-12", 1)]
+    assert [(row["date"], row["sessionCount"]) for row in data] == [
+        ("2025-01-10", 1),
+        ("2025-01-12", 1),
+    ]
 
 
 def test_weeks_and_months(client):
-    track_all(client,
-              ("play", "2024-12-29T12:00:00Z"), ("stop", "2024-12-29T12:00:10Z"),  # Sunday
-              ("play", "2024-12-30T12:00:00Z"), ("stop", "2024-12-30T12:00:20Z"),  # Monday
-              ("play", "2025-01-05T23:59:59Z"), ("stop", "2025-01-06T00:00:29Z"),  # Sunday
-              ("play", "2026-01-01T12:00:00Z"), ("stop", "2026-01-01T12:01:00Z"))  # Thursday
+    track_all(
+        client,
+        ("play", "2024-12-29T12:00:00Z"),
+        ("stop", "2024-12-29T12:00:10Z"),  # Sunday
+        ("play", "2024-12-30T12:00:00Z"),
+        ("stop", "2024-12-30T12:00:20Z"),  # Monday
+        ("play", "2025-01-05T23:59:59Z"),
+        ("stop", "2025-01-06T00:00:29Z"),  # Sunday
+        ("play", "2026-01-01T12:00:00Z"),
+        ("stop", "2026-01-01T12:01:00Z"),
+    )  # Thursday
     query = "start_date=2024-12-01&end_date=2026-01-31"
     assert sessions(client, query + "&group_by=week") == [
-        day("2024-12-23", 10, 1, 10), day("2024-12-30", 50, 2, 25), day("2025-12-29", 60, 1, 60)]
+        day("2024-12-23", 10, 1, 10),
+        day("2024-12-30", 50, 2, 25),
+        day("2025-12-29", 60, 1, 60),
+    ]
     assert sessions(client, query + "&group_by=month") == [
-        day("2024-12-01", 30, 2, 15), day("2025-01-01", 30, 1, 30), day("2026-01-01", 60, 1, 60)]
+        day("2024-12-01", 30, 2, 15),
+        day("2025-01-01", 30, 1, 30),
+        day("2026-01-01", 60, 1, 60),
+    ]
 
 
 def test_periods_without_sessions_are_left_out(client):
-    track_all(client, ("play", "2025-01-02T10:00:00Z"), ("stop", "2025-01-02T10:00:01Z"),
-              ("play", "2025-01-20T10:00:00Z"), ("stop", "2025-01-20T10:00:02Z"),
-              ("play", "2025-01-10T10:00:00Z"))
+    track_all(
+        client,
+        ("play", "2025-01-02T10:00:00Z"),
+        ("stop", "2025-01-02T10:00:01Z"),
+        ("play", "2025-01-20T10:00:00Z"),
+        ("stop", "2025-01-20T10:00:02Z"),
+        ("play", "2025-01-10T10:00:00Z"),
+    )
     assert sessions(client) == [day("2025-01-02", 1, 1, 1), day("2025-01-20", 2, 1, 2)]
 
 
 # --- durations and rounding ------------------------------------------------------------------
 
-@pytest.mark.parametrize("stop, total", [
-    ("2025-01-10T10:00:00.499Z", 0),
-    ("2025-01-10T10:00:00.500Z", 1),   # half: up (banker's rounding would give 0)
-    ("2025-01-10T10:00:01.499Z", 1),
-    ("2025-01-10T10:00:02.500Z", 3),   # half: up (banker's rounding would give 2)
-    ("2025-01-10T10:00:02.501Z", 3),
-])
+
+@pytest.mark.parametrize(
+    "stop, total",
+    [
+        ("2025-01-10T10:00:00.499Z", 0),
+        ("2025-01-10T10:00:00.500Z", 1),  # half: up (banker's rounding would give 0)
+        ("2025-01-10T10:00:01.499Z", 1),
+        ("2025-01-10T10:00:02.500Z", 3),  # half: up (banker's rounding would give 2)
+        ("2025-01-10T10:00:02.501Z", 3),
+    ],
+)
 def test_total_is_rounded_half_up(client, stop, total):
     _session(client, "u1", "2025-01-10T10:00:00Z", stop)
     assert sessions(client) == [day("2025-01-10", total, 1, total)]
@@ -242,7 +324,8 @@ def test_long_sessions_spanning_days_and_months(client):
     _session(client, "a", "2024-12-31T12:00:00Z", "2025-03-01T12:00:00.5Z")
     expected_seconds = 60 * 86400 + 1  # 60 days and a half second, rounded up
     assert sessions(client, "start_date=2024-12-01&end_date=2024-12-31") == [
-        day("2024-12-31", expected_seconds, 1, expected_seconds)]
+        day("2024-12-31", expected_seconds, 1, expected_seconds)
+    ]
 
 
 def test_durations_are_json_integers(client):

@@ -1,5 +1,6 @@
 """GET /analytics.js in Chromium: a page on another origin tracks events, and each is stored
 exactly once whether the page closes at once or the server is away for a while."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.browser import StaticSite, browser, wait_for  # noqa: F401 (a fixture)
+from tests.browser import StaticSite, wait_for
 from tests.conftest import create_key, stop_process
 
 pytestmark = pytest.mark.live
@@ -25,10 +26,10 @@ def host_page(server_url: str, key: str | None = None) -> str:
 
 def stored(engine) -> list[tuple[str, str, str, dict]]:
     with engine.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT event, user_id, event_id, metadata FROM events ORDER BY id")).all()
-    return [(e, u, i, m if isinstance(m, dict) else json.loads(m or "null"))
-            for e, u, i, m in rows]
+        rows = conn.execute(
+            text("SELECT event, user_id, event_id, metadata FROM events ORDER BY id")
+        ).all()
+    return [(e, u, i, m if isinstance(m, dict) else json.loads(m or "null")) for e, u, i, m in rows]
 
 
 def stored_once(engine, expected: int) -> list:
@@ -54,8 +55,9 @@ def site():
         each.close()
 
 
-def test_fifty_events_of_a_page_closed_at_once_are_stored_once(browser, live_server, app,
-                                                                engine, site):
+def test_fifty_events_of_a_page_closed_at_once_are_stored_once(
+    browser, live_server, app, engine, site
+):
     server = live_server(AUTH_MODE="all")
     shop = site(server.url)
     # An ingest key bound to the page's origin: sent in the query string, checked against
@@ -106,7 +108,9 @@ def test_identify_switches_the_user_id(browser, live_server, engine, site):
                      analytics.track('purchase', {total: 12});
                      analytics.flush()""")
     rows = stored_once(engine, 2)
-    assert {(event, user) for event, user, _, _ in rows} == {("browse", anonymous),
-                                                             ("purchase", "alice")}
+    assert {(event, user) for event, user, _, _ in rows} == {
+        ("browse", anonymous),
+        ("purchase", "alice"),
+    }
     assert page.evaluate("localStorage.getItem('analytics.user_id')") == "alice"
     context.close()

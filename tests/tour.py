@@ -1,5 +1,6 @@
 """The curl tour (examples.sh): run it, read what it printed, and check every answer against the
 contract. Used against gunicorn directly and through nginx with TLS."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 from conftest import ROOT
@@ -57,15 +58,28 @@ class Step:
         return {key: values[-1] for key, values in parse_qs(urlsplit(self.url).query).items()}
 
 
-def run(base_url: str, user_id: str = "user123", env: dict | None = None,
-        ) -> subprocess.CompletedProcess:
+def run(
+    base_url: str,
+    user_id: str = "user123",
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run examples.sh against ``base_url``, as a user would."""
     return subprocess.run(
-        ["sh", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "BASE_URL": base_url, "USER_ID": user_id,
-             # The servers under test are on loopback: never through a proxy of the machine.
-             "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
-             **(env or {})})
+        ["sh", str(SCRIPT)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "BASE_URL": base_url,
+            "USER_ID": user_id,
+            # The servers under test are on loopback: never through a proxy of the machine.
+            "no_proxy": "127.0.0.1,localhost",
+            "NO_PROXY": "127.0.0.1,localhost",
+            **(env or {}),
+        },
+    )
 
 
 def parse(output: str) -> list[Step]:
@@ -85,7 +99,7 @@ def parse(output: str) -> list[Step]:
 
 
 def utc_today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()
 
 
 def check(output: str, base_url: str, user_id: str, today_before: date) -> list[Step]:
@@ -104,9 +118,12 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     today = date.fromisoformat(metrics.query["end_date"])
     assert today_before <= today <= utc_today()
 
-    assert metrics.query == {"start_date": (today - timedelta(days=6)).isoformat(),
-                             "end_date": today.isoformat(), "group_by": "day",
-                             "user_id": user_id}
+    assert metrics.query == {
+        "start_date": (today - timedelta(days=6)).isoformat(),
+        "end_date": today.isoformat(),
+        "group_by": "day",
+        "user_id": user_id,
+    }
     assert metrics.status == 200, metrics.body
     assert metrics.body["status"] == "success"
     rows = metrics.body["data"]
@@ -116,14 +133,21 @@ def check(output: str, base_url: str, user_id: str, today_before: date) -> list[
     assert sum(row.get("play", 0) for row in rows) == 1
     assert sum(row.get("stop", 0) for row in rows) == 1
 
-    assert sessions.query == {"start_date": (today - timedelta(days=29)).isoformat(),
-                              "end_date": today.isoformat(), "group_by": "week"}
+    assert sessions.query == {
+        "start_date": (today - timedelta(days=29)).isoformat(),
+        "end_date": today.isoformat(),
+        "group_by": "week",
+    }
     assert sessions.status == 200, sessions.body
     assert sessions.body["status"] == "success"
     [week] = sessions.body["data"]
     assert date.fromisoformat(week["date"]).isoweekday() == 1  # weeks start on Monday
-    assert week == {"date": week["date"], "totalDuration": SESSION_SECONDS, "sessionCount": 1,
-                    "averageDuration": SESSION_SECONDS}
+    assert week == {
+        "date": week["date"],
+        "totalDuration": SESSION_SECONDS,
+        "sessionCount": 1,
+        "averageDuration": SESSION_SECONDS,
+    }
 
     assert active.query == sessions.query
     assert active.status == 200, active.body
@@ -171,11 +195,10 @@ def check_user_data(steps: list[Step], user_id: str) -> None:
     assert path.startswith(f"/users/{user_id}%2Fguest%20") and path.endswith("/events")
     assert events.status == 200, events.text
     [line] = [json.loads(line) for line in events.text.splitlines() if line]
-    assert list(line) == ["event", "user_id", "timestamp", "metadata", "event_id",
-                          "received_at"]
+    assert list(line) == ["event", "user_id", "timestamp", "metadata", "event_id", "received_at"]
     assert line["event"] == "play" and line["user_id"].startswith(guest_id)
 
-    assert (erased.method, urlsplit(erased.url).path) == ("DELETE", path[:-len("/events")])
+    assert (erased.method, urlsplit(erased.url).path) == ("DELETE", path[: -len("/events")])
     assert (erased.status, erased.body) == (200, {"status": "success", "deleted": 1})
 
 
@@ -197,10 +220,19 @@ def check_event_ids_and_batches(steps: list[Step]) -> None:
     # Three items: one stored, one rejected (by its 0-based index), one repeating the first's
     # event_id. The event_ids are new on every run, so the counts are the same on every run.
     assert batch.status == 200, batch.body
-    assert batch.body == {"status": "success", "accepted": 1, "duplicates": 1,
-                          "rejected": [{"index": 1, "message": TIMESTAMP_MESSAGE}],
-                          "warnings": []}
+    assert batch.body == {
+        "status": "success",
+        "accepted": 1,
+        "duplicates": 1,
+        "rejected": [{"index": 1, "message": TIMESTAMP_MESSAGE}],
+        "warnings": [],
+    }
     # Two NDJSON lines, both stored.
     assert ndjson.status == 200, ndjson.body
-    assert ndjson.body == {"status": "success", "accepted": 2, "duplicates": 0, "rejected": [],
-                           "warnings": []}
+    assert ndjson.body == {
+        "status": "success",
+        "accepted": 2,
+        "duplicates": 0,
+        "rejected": [],
+        "warnings": [],
+    }

@@ -5,6 +5,7 @@ Every aggregate implements ``Aggregate`` and is listed once in ``REGISTRY``; the
 (analytics/writer.py) calls each one on every insert and every delete, and ``rebuild``
 recomputes each from the events. See docs/architecture.md for how to add one.
 """
+
 from __future__ import annotations
 
 import threading

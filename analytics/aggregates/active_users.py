@@ -11,6 +11,7 @@ instead of 2,880 quarter-hour ones; a day in Kathmandu (+05:45), 12 pieces.
 Each user gets a small number, their ordinal, in ``user_ordinals``; ordinals are cut into
 chunks of BITMAP_BITS so that a bitmap row has a fixed size whatever the number of users.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -59,12 +60,17 @@ def pieces_of_bucket(bucket: int) -> list[tuple[int, int]]:
     return [(span, bucket - bucket % span) for span in SPANS]
 
 
-def _bits(active: Iterable[tuple[str, tuple[int, int]]], ordinals: dict[str, int]
-          ) -> list[tuple[int, int, int, int]]:
+def _bits(
+    active: Iterable[tuple[str, tuple[int, int]]], ordinals: dict[str, int]
+) -> list[tuple[int, int, int, int]]:
     """(span, bucket, chunk, bit) of each (user, piece), in key order: bit ``bit`` (0 the
     first, most significant) of chunk ``chunk`` is the user's."""
-    return sorted({(span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
-                   for user_id, (span, bucket) in active})
+    return sorted(
+        {
+            (span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
+            for user_id, (span, bucket) in active
+        }
+    )
 
 
 def _stripes(users: Iterable[str]) -> list[int]:
@@ -82,8 +88,10 @@ class ActiveUsers:
         ordinals = _ordinals_of(conn, users)
         missing = users - ordinals.keys()
         if missing:
-            conn.execute(dialect.insert_ignoring(_ordinals),
-                         [{"user_id": user_id} for user_id in sorted(missing)])
+            conn.execute(
+                dialect.insert_ignoring(_ordinals),
+                [{"user_id": user_id} for user_id in sorted(missing)],
+            )
             ordinals |= _ordinals_of(conn, missing)
         self._set(conn, _touched(events), ordinals)
 
@@ -103,68 +111,98 @@ class ActiveUsers:
         ordinals = _ordinals_of(conn, users)
         # Events written behind the write path (a restore, before rebuild-aggregates) have no
         # ordinal, so no bits to clear.
-        touched = {(user_id, piece) for user_id, piece in _touched(events)
-                   if user_id in ordinals}
+        touched = {(user_id, piece) for user_id, piece in _touched(events) if user_id in ordinals}
         gone = touched - _still_active(conn, touched) if touched else set()
         if gone:
             dialect.clear_bits(conn, _bits(gone, ordinals))
-        conn.execute(delete(_ordinals).where(
-            _ordinals.c.user_id.in_(sorted(users)),
-            ~exists().where(_events.c.user_id == _ordinals.c.user_id)))
+        conn.execute(
+            delete(_ordinals).where(
+                _ordinals.c.user_id.in_(sorted(users)),
+                ~exists().where(_events.c.user_id == _ordinals.c.user_id),
+            )
+        )
 
     def rebuild(self, conn: Connection) -> None:
         dialect = dialects.of(conn)
-        conn.execute(delete(_ordinals).where(
-            ~exists().where(_events.c.user_id == _ordinals.c.user_id)))
-        conn.execute(dialect.insert_ignoring(_ordinals).from_select(
-            ["user_id"], select(_events.c.user_id).distinct()
-            .where(~exists().where(_ordinals.c.user_id == _events.c.user_id))
-            .order_by(_events.c.user_id)))
+        conn.execute(
+            delete(_ordinals).where(~exists().where(_events.c.user_id == _ordinals.c.user_id))
+        )
+        conn.execute(
+            dialect.insert_ignoring(_ordinals).from_select(
+                ["user_id"],
+                select(_events.c.user_id)
+                .distinct()
+                .where(~exists().where(_ordinals.c.user_id == _events.c.user_id))
+                .order_by(_events.c.user_id),
+            )
+        )
         conn.execute(delete(_bitmaps))
         masks: dict[tuple[int, int, int], int] = defaultdict(int)
-        active = (select(_ordinals.c.ordinal, bucket_of(_events.c.occurred_at))
-                  .join_from(_events, _ordinals, _events.c.user_id == _ordinals.c.user_id)
-                  .distinct().execution_options(yield_per=50_000))
+        active = (
+            select(_ordinals.c.ordinal, bucket_of(_events.c.occurred_at))
+            .join_from(_events, _ordinals, _events.c.user_id == _ordinals.c.user_id)
+            .distinct()
+            .execution_options(yield_per=50_000)
+        )
         for ordinal, bucket in conn.execute(active):
             chunk, bit = divmod(ordinal, BITMAP_BITS)
             mask = 1 << (BITMAP_BITS - 1 - bit)
             for span, first in pieces_of_bucket(bucket):
                 masks[(span, first, chunk)] |= mask
         if masks:
-            dialect.put_bitmaps(conn, [(span, bucket, chunk, bits.to_bytes(BITMAP_BYTES, "big"))
-                                       for (span, bucket, chunk), bits in sorted(masks.items())])
+            dialect.put_bitmaps(
+                conn,
+                [
+                    (span, bucket, chunk, bits.to_bytes(BITMAP_BYTES, "big"))
+                    for (span, bucket, chunk), bits in sorted(masks.items())
+                ],
+            )
 
     def fold(self, conn: Connection, before_bucket: int) -> None:
         dialects.of(conn).fold_bits(conn, before_bucket)
 
     @staticmethod
-    def _set(conn: Connection, active: set[tuple[str, tuple[int, int]]],
-             ordinals: dict[str, int]) -> None:
+    def _set(
+        conn: Connection, active: set[tuple[str, tuple[int, int]]], ordinals: dict[str, int]
+    ) -> None:
         if active:
             dialects.of(conn).set_bits(conn, shard_of_writer(conn), _bits(active, ordinals))
 
 
 def _touched(events: Sequence[StoredEvent]) -> set[tuple[str, tuple[int, int]]]:
     """Each (user, piece) that holds one of ``events``."""
-    return {(e.user_id, piece) for e in events
-            for piece in pieces_of_bucket(bucket_of_instant(e.occurred_at))}
+    return {
+        (e.user_id, piece)
+        for e in events
+        for piece in pieces_of_bucket(bucket_of_instant(e.occurred_at))
+    }
 
 
 def _ordinals_of(conn: Connection, users: set[str]) -> dict[str, int]:
-    return dict(conn.execute(select(_ordinals.c.user_id, _ordinals.c.ordinal)
-                             .where(_ordinals.c.user_id.in_(sorted(users)))).all())
+    return dict(
+        conn.execute(
+            select(_ordinals.c.user_id, _ordinals.c.ordinal).where(
+                _ordinals.c.user_id.in_(sorted(users))
+            )
+        ).all()
+    )
 
 
-def _still_active(conn: Connection, touched: set[tuple[str, tuple[int, int]]]
-                  ) -> set[tuple[str, tuple[int, int]]]:
+def _still_active(
+    conn: Connection, touched: set[tuple[str, tuple[int, int]]]
+) -> set[tuple[str, tuple[int, int]]]:
     """The (user, piece) pairs of ``touched`` in which the user still has an event."""
     dialect = dialects.of(conn)
     spans = dialect.spans_source()
     bounds: dict[tuple[str, datetime, datetime], tuple[int, int]] = {}
     for user_id, (span, bucket) in touched:
         bounds[(user_id, bucket_start(bucket), bucket_start(bucket + span))] = (span, bucket)
-    remaining = select(spans.c.user_id, spans.c.lo, spans.c.hi).where(exists().where(
-        _events.c.user_id == spans.c.user_id, _events.c.occurred_at >= spans.c.lo,
-        _events.c.occurred_at < spans.c.hi))
+    remaining = select(spans.c.user_id, spans.c.lo, spans.c.hi).where(
+        exists().where(
+            _events.c.user_id == spans.c.user_id,
+            _events.c.occurred_at >= spans.c.lo,
+            _events.c.occurred_at < spans.c.hi,
+        )
+    )
     found = conn.execute(remaining, {"spans": dialect.spans_json(list(bounds))}).all()
     return {(user_id, bounds[(user_id, lo, hi)]) for user_id, lo, hi in found}

@@ -1,4 +1,5 @@
 """Events per quarter-hour bucket and name: answers /metrics for all users in any time zone."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -31,10 +32,14 @@ class EventCounts:
     def rebuild(self, conn: Connection) -> None:
         conn.execute(delete(_table))
         bucket = bucket_of(_events.c.occurred_at)
-        conn.execute(insert(_table).from_select(
-            ["bucket", "event", "shard", "n"],
-            select(bucket, _events.c.event, literal(0), func.count())
-            .group_by(bucket, _events.c.event)))
+        conn.execute(
+            insert(_table).from_select(
+                ["bucket", "event", "shard", "n"],
+                select(bucket, _events.c.event, literal(0), func.count()).group_by(
+                    bucket, _events.c.event
+                ),
+            )
+        )
 
     def fold(self, conn: Connection, before_bucket: int) -> None:
         dialects.of(conn).fold_totals(conn, _table, _KEYS, ("n",), before_bucket)

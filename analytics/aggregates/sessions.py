@@ -9,26 +9,33 @@ After events of a user change between timestamps lo and hi, only pairs whose pla
 the first one strictly after hi (or without end). The window's sessions are deleted and paired
 again from the events; the differences go to the per-bucket totals. See docs/architecture.md.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, and_, delete, func, insert, literal, select
 
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
 from analytics.dialects import bucket_of, microseconds_between
-from analytics.models import (PLAY_OR_STOP, Event, PlayStopSession, SessionBucket,
-                              UTCDateTime, is_play_or_stop)
+from analytics.models import (
+    PLAY_OR_STOP,
+    Event,
+    PlayStopSession,
+    SessionBucket,
+    UTCDateTime,
+    is_play_or_stop,
+)
 from analytics.rows import StoredEvent
 
 _events = Event.__table__
 _sessions = PlayStopSession.__table__
 _totals = SessionBucket.__table__
 _TOTALS = ("sessions", "total_us")
-_END_OF_TIME = datetime.max.replace(tzinfo=timezone.utc)
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 _COLUMNS = ["play_id", "stop_id", "user_id", "play_at", "bucket", "duration_us"]
 
 
@@ -39,21 +46,34 @@ def pairs(windows=None):
     e = _events
     in_order = dict(partition_by=e.c.user_id, order_by=(e.c.occurred_at, e.c.id))
     sequence = select(
-        e.c.id, e.c.user_id, e.c.event, e.c.occurred_at,
+        e.c.id,
+        e.c.user_id,
+        e.c.event,
+        e.c.occurred_at,
         func.lead(e.c.id).over(**in_order).label("next_id"),
         func.lead(e.c.event).over(**in_order).label("next_event"),
         func.lead(e.c.occurred_at).over(**in_order).label("next_at"),
     ).where(is_play_or_stop(e))
     if windows is not None:
         # The window's last event is read too: it may be the stop of the last play inside.
-        sequence = sequence.add_columns(windows.c.hi).join(windows, and_(
-            e.c.user_id == windows.c.user_id, e.c.occurred_at >= windows.c.lo,
-            e.c.occurred_at <= windows.c.hi))
+        sequence = sequence.add_columns(windows.c.hi).join(
+            windows,
+            and_(
+                e.c.user_id == windows.c.user_id,
+                e.c.occurred_at >= windows.c.lo,
+                e.c.occurred_at <= windows.c.hi,
+            ),
+        )
     sequence = sequence.subquery("sequence")
     s = sequence.c
-    found = select(s.id, s.next_id, s.user_id, s.occurred_at, bucket_of(s.occurred_at),
-                   microseconds_between(s.occurred_at, s.next_at)
-                   ).where(s.event == "play", s.next_event == "stop")
+    found = select(
+        s.id,
+        s.next_id,
+        s.user_id,
+        s.occurred_at,
+        bucket_of(s.occurred_at),
+        microseconds_between(s.occurred_at, s.next_at),
+    ).where(s.event == "play", s.next_event == "stop")
     if windows is not None:
         found = found.where(s.occurred_at < s.hi)
     return found
@@ -73,10 +93,14 @@ class Sessions:
         conn.execute(delete(_totals))
         conn.execute(delete(_sessions))
         conn.execute(insert(_sessions).from_select(_COLUMNS, pairs()))
-        conn.execute(insert(_totals).from_select(
-            ["bucket", "shard", "sessions", "total_us"],
-            select(_sessions.c.bucket, literal(0), func.count(), func.sum(_sessions.c.duration_us))
-            .group_by(_sessions.c.bucket)))
+        conn.execute(
+            insert(_totals).from_select(
+                ["bucket", "shard", "sessions", "total_us"],
+                select(
+                    _sessions.c.bucket, literal(0), func.count(), func.sum(_sessions.c.duration_us)
+                ).group_by(_sessions.c.bucket),
+            )
+        )
 
     def _repair(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         spans: dict[str, list] = {}
@@ -89,23 +113,25 @@ class Sessions:
         dialect = dialects.of(conn)
         dialect.lock_users(conn, set(spans))
         statements = _statements(dialect)
-        parameters = {"spans": dialect.spans_json(
-            [(user, lo, hi) for user, (lo, hi) in sorted(spans.items())])}
+        parameters = {
+            "spans": dialect.spans_json(
+                [(user, lo, hi) for user, (lo, hi) in sorted(spans.items())]
+            )
+        }
         deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         for sign, statement in ((-1, statements.delete), (1, statements.insert)):
             for bucket, duration in conn.execute(statement, parameters):
                 deltas[bucket][0] += sign
                 deltas[bucket][1] += sign * duration
         shard = shard_of_writer(conn)
-        rows = [(bucket, shard, n, total) for bucket, (n, total) in sorted(deltas.items())
-                if n or total]
+        rows = [
+            (bucket, shard, n, total) for bucket, (n, total) in sorted(deltas.items()) if n or total
+        ]
         if rows:
-            dialect.add_totals(conn, _totals, rows, keys=("bucket", "shard"),
-                               totals=_TOTALS)
+            dialect.add_totals(conn, _totals, rows, keys=("bucket", "shard"), totals=_TOTALS)
 
     def fold(self, conn: Connection, before_bucket: int) -> None:
-        dialects.of(conn).fold_totals(conn, _totals, ("bucket", "shard"), _TOTALS,
-                                      before_bucket)
+        dialects.of(conn).fold_totals(conn, _totals, ("bucket", "shard"), _TOTALS, before_bucket)
 
 
 class _Statements:
@@ -121,25 +147,48 @@ class _Statements:
         spans = dialect.spans_source()
 
         def neighbour(compare, order):
-            return (select(e.c.occurred_at)
-                    .where(e.c.user_id == spans.c.user_id, is_play_or_stop(e),
-                           compare(e.c.occurred_at))
-                    .order_by(order(e.c.occurred_at)).limit(1).scalar_subquery())
+            return (
+                select(e.c.occurred_at)
+                .where(e.c.user_id == spans.c.user_id, is_play_or_stop(e), compare(e.c.occurred_at))
+                .order_by(order(e.c.occurred_at))
+                .limit(1)
+                .scalar_subquery()
+            )
 
         before = neighbour(lambda at: at < spans.c.lo, lambda at: at.desc())
         after = neighbour(lambda at: at > spans.c.hi, lambda at: at.asc())
         # A window without end ends at the end of time: both bounds are then index bounds.
-        windows = select(spans.c.user_id, func.coalesce(before, spans.c.lo).label("lo"),
-                         func.coalesce(after, literal(_END_OF_TIME, UTCDateTime())).label("hi")
-                         ).cte("windows").prefix_with("MATERIALIZED")
+        windows = (
+            select(
+                spans.c.user_id,
+                func.coalesce(before, spans.c.lo).label("lo"),
+                func.coalesce(after, literal(_END_OF_TIME, UTCDateTime())).label("hi"),
+            )
+            .cte("windows")
+            .prefix_with("MATERIALIZED")
+        )
         s, doomed = _sessions, _sessions.alias("doomed")
-        self.delete = (delete(s).where(s.c.play_id.in_(
-            select(doomed.c.play_id).select_from(windows).join(doomed, and_(
-                doomed.c.user_id == windows.c.user_id, doomed.c.play_at >= windows.c.lo,
-                doomed.c.play_at < windows.c.hi))))
-            .returning(s.c.bucket, s.c.duration_us))
-        self.insert = (insert(s).from_select(_COLUMNS, pairs(windows))
-                       .returning(s.c.bucket, s.c.duration_us))
+        self.delete = (
+            delete(s)
+            .where(
+                s.c.play_id.in_(
+                    select(doomed.c.play_id)
+                    .select_from(windows)
+                    .join(
+                        doomed,
+                        and_(
+                            doomed.c.user_id == windows.c.user_id,
+                            doomed.c.play_at >= windows.c.lo,
+                            doomed.c.play_at < windows.c.hi,
+                        ),
+                    )
+                )
+            )
+            .returning(s.c.bucket, s.c.duration_us)
+        )
+        self.insert = (
+            insert(s).from_select(_COLUMNS, pairs(windows)).returning(s.c.bucket, s.c.duration_us)
+        )
 
 
 _STATEMENTS: dict[str, _Statements] = {}

@@ -1,4 +1,5 @@
 """GET /active-users: how many distinct users did anything, per hour, day, week or month."""
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
@@ -16,6 +17,8 @@ bp = Blueprint("active_users", __name__)
 @failure_message("Failed to fetch active users")
 def active_users():
     query = load_period_query(request.args, "/active-users", refused=("user_id",))
-    data = [{"date": label, "users": users}
-            for label, users in answer(lambda: reports.active_users(get_session(), query))]
+    data = [
+        {"date": label, "users": users}
+        for label, users in answer(lambda: reports.active_users(get_session(), query))
+    ]
     return jsonify({"status": "success", "data": data})

@@ -3,6 +3,7 @@
 Each event follows the POST /track rules. Invalid events are reported by position and skipped;
 the valid ones are stored in one transaction, committed before the answer is sent.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
@@ -64,8 +65,9 @@ def _json_items(body: bytes) -> list:
         raise APIError(400, repeated_field(name), errors={name: [repeated_field(name)]})
     events = document.get("events")
     if not isinstance(events, list):
-        raise APIError(400, NOT_A_BATCH,
-                       errors={"events": ["events is required and must be a list of events"]})
+        raise APIError(
+            400, NOT_A_BATCH, errors={"events": ["events is required and must be a list of events"]}
+        )
     # The items are checked one by one below; the rest of the object is checked here, because
     # no string anywhere in a request may contain U+0000.
     path = find_nul({key: value for key, value in document.items() if key != "events"})
@@ -94,23 +96,33 @@ def read_batch() -> tuple[list, bool]:
 @failure_message("Failed to log events")
 def track_batch():
     items, nul_free = read_batch()
-    checked = validation.check_events(enumerate(items), now=utcnow(), nul_free=nul_free,
-                                metadata_limit=current_app.config["METADATA_MAX_BYTES"])
+    checked = validation.check_events(
+        enumerate(items),
+        now=utcnow(),
+        nul_free=nul_free,
+        metadata_limit=current_app.config["METADATA_MAX_BYTES"],
+    )
     rejected = [{"index": index, "message": message} for index, message in checked.rejected]
     if not checked.prepared:
-        raise APIError(400, "Every event in the batch was rejected; nothing was stored",
-                       errors={f"events[{index}]": [message]
-                               for index, message in checked.rejected})
+        raise APIError(
+            400,
+            "Every event in the batch was rejected; nothing was stored",
+            errors={f"events[{index}]": [message] for index, message in checked.rejected},
+        )
 
     stored = writer.store_events(get_session(), [event.row for _, event in checked.prepared])
-    warnings = [{"index": index, "warnings": event.warnings}
-                for (index, event), was_stored in zip(checked.prepared, stored)
-                if was_stored and event.warnings]
+    warnings = [
+        {"index": index, "warnings": event.warnings}
+        for (index, event), was_stored in zip(checked.prepared, stored)
+        if was_stored and event.warnings
+    ]
     accepted = sum(stored)
-    return jsonify({
-        "status": "success",
-        "accepted": accepted,
-        "duplicates": len(stored) - accepted,
-        "rejected": rejected,
-        "warnings": warnings,
-    })
+    return jsonify(
+        {
+            "status": "success",
+            "accepted": accepted,
+            "duplicates": len(stored) - accepted,
+            "rejected": rejected,
+            "warnings": warnings,
+        }
+    )

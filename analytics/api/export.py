@@ -1,4 +1,5 @@
 """GET /events: the stored events of a range, oldest first, streamed as NDJSON or CSV."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
@@ -14,8 +15,9 @@ bp = Blueprint("export", __name__)
 def streamed(chosen: export.EventFilter, fmt: str) -> Response:
     """The export of the chosen events as a streamed response (the query has started and
     answered before this returns, so a database failure is still a JSON error)."""
-    response = Response(export.export_chunks(get_engine(), chosen, fmt),
-                        content_type=export.MEDIA_TYPES[fmt])
+    response = Response(
+        export.export_chunks(get_engine(), chosen, fmt), content_type=export.MEDIA_TYPES[fmt]
+    )
     # nginx passes each chunk on as it comes instead of buffering the export to disk.
     response.headers["X-Accel-Buffering"] = "no"
     return response
@@ -26,6 +28,7 @@ def streamed(chosen: export.EventFilter, fmt: str) -> Response:
 def events():
     query = load_events_query(request.args)
     start, end = export.local_range(query["start_date"], query["end_date"], query["tz"])
-    chosen = export.EventFilter(start=start, end=end, events=query["event"],
-                                user_id=query.get("user_id"))
+    chosen = export.EventFilter(
+        start=start, end=end, events=query["event"], user_id=query.get("user_id")
+    )
     return streamed(chosen, query["format"])

@@ -1,4 +1,5 @@
 """GET /health: whether the database answers."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
@@ -16,8 +17,10 @@ def health():
         ping(get_session())
     except SQLAlchemyError as exc:
         close_session()
-        current_app.logger.warning("health check: database unavailable (%s)",
-                                   exc.__class__.__name__)
-        return error_response(503, "Database unavailable",
-                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        current_app.logger.warning(
+            "health check: database unavailable (%s)", exc.__class__.__name__
+        )
+        return error_response(
+            503, "Database unavailable", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
     return jsonify({"status": "ok"})

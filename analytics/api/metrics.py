@@ -1,4 +1,5 @@
 """GET /metrics: how many events of each name happened per hour, day, week or month."""
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request

@@ -5,6 +5,7 @@ dashboard asks for a read key itself when the API needs one.
 Their assets are files of this package (analytics/static, served at /static/...), so nothing
 is loaded from another host; the Content-Security-Policy makes the browser hold to that.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, send_from_directory
@@ -12,13 +13,14 @@ from flask import Blueprint, current_app, send_from_directory
 bp = Blueprint("pages", __name__)
 
 # Everything from this server only (the tracker's own page is another site's, so it is left out).
-CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; "
-                           "base-uri 'self'; frame-ancestors 'none'; form-action 'self'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+)
 
 
 def _page(path: str):
-    response = send_from_directory(current_app.static_folder, path, mimetype="text/html",
-                                   max_age=0)
+    response = send_from_directory(current_app.static_folder, path, mimetype="text/html", max_age=0)
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
@@ -37,7 +39,11 @@ def docs():
 @bp.get("/analytics.js")
 def tracker():
     # Cached for an hour: pages load it on every visit, and a new version may wait that long.
-    response = send_from_directory(current_app.static_folder, "tracker/analytics.min.js",
-                                   mimetype="text/javascript", max_age=3600)
+    response = send_from_directory(
+        current_app.static_folder,
+        "tracker/analytics.min.js",
+        mimetype="text/javascript",
+        max_age=3600,
+    )
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -1,5 +1,6 @@
 """The query string of the per-period endpoints, validated into a reports.PeriodQuery, and
 that of the export (GET /events)."""
+
 from __future__ import annotations
 
 from marshmallow import ValidationError
@@ -8,8 +9,13 @@ from werkzeug.datastructures import MultiDict
 from analytics.errors import APIError
 from analytics.periods import WEEKDAYS
 from analytics.reports import PeriodQuery
-from analytics.schemas import (NOT_EXPORT_PARAMETERS, EventsQuerySchema, PeriodQuerySchema,
-                               not_a_parameter, period_query_error)
+from analytics.schemas import (
+    NOT_EXPORT_PARAMETERS,
+    EventsQuerySchema,
+    PeriodQuerySchema,
+    not_a_parameter,
+    period_query_error,
+)
 
 _schema = PeriodQuerySchema()
 _events_schema = EventsQuerySchema(exclude=NOT_EXPORT_PARAMETERS)
@@ -28,8 +34,7 @@ def _load(schema, args: MultiDict) -> dict:
         raise APIError(400, message, errors=errors) from None
 
 
-def load_period_query(args: MultiDict, endpoint: str, refused: tuple[str, ...] = ()
-                      ) -> PeriodQuery:
+def load_period_query(args: MultiDict, endpoint: str, refused: tuple[str, ...] = ()) -> PeriodQuery:
     """The validated query of ``endpoint``; APIError 400 with the contract's message (the first
     that applies, see schemas.PERIOD_QUERY_PRECEDENCE). ``refused``: parameters that this
     endpoint does not take, reported after every other problem."""
@@ -39,10 +44,15 @@ def load_period_query(args: MultiDict, endpoint: str, refused: tuple[str, ...] =
             message = not_a_parameter(name, endpoint)
             raise APIError(400, message, errors={name: [message]})
     return PeriodQuery(
-        start=loaded["start_date"], end=loaded["end_date"], group_by=loaded["group_by"],
-        tz=loaded["tz"], week_start=WEEKDAYS.index(loaded["week_start"].lower()),
-        events=tuple(dict.fromkeys(loaded.get("event", ()))), user_id=loaded.get("user_id"),
-        fill_zero=loaded["fill"] == "zero")
+        start=loaded["start_date"],
+        end=loaded["end_date"],
+        group_by=loaded["group_by"],
+        tz=loaded["tz"],
+        week_start=WEEKDAYS.index(loaded["week_start"].lower()),
+        events=tuple(dict.fromkeys(loaded.get("event", ()))),
+        user_id=loaded.get("user_id"),
+        fill_zero=loaded["fill"] == "zero",
+    )
 
 
 def load_events_query(args: MultiDict) -> dict:

@@ -1,4 +1,5 @@
 """GET /sessions: play/stop sessions per period of their play: count, total and average."""
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request

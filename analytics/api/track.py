@@ -1,4 +1,5 @@
 """POST /track: store one event (once, when it carries an event_id)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
@@ -25,14 +26,16 @@ def load_event(body: dict) -> dict:
 @failure_message("Failed to log event")
 def track():
     data = load_event(read_json_object(request, current_app.config["MAX_CONTENT_LENGTH"]))
-    prepared = prepare_event(data, now=utcnow(),
-                             metadata_limit=current_app.config["METADATA_MAX_BYTES"])
+    prepared = prepare_event(
+        data, now=utcnow(), metadata_limit=current_app.config["METADATA_MAX_BYTES"]
+    )
     try:
         stored = store_event(current_app._get_current_object(), prepared.row)
     except NoResult:
         current_app.logger.warning("POST /track answered 503: no result from the writer")
-        raise APIError(503, "Failed to log event",
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        raise APIError(
+            503, "Failed to log event", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from None
     body = {"status": "success", "message": "Event logged."}
     if not stored:
         # Already stored by an earlier request: the warnings that request got describe the

@@ -1,6 +1,7 @@
 """A user's data on request: DELETE /users/<user_id> erases every event of the user, and
 GET /users/<user_id>/events streams them. ``<user_id>`` is percent-encoded (``/`` as ``%2F``,
 see encoded_paths.py)."""
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,12 @@ def erase(user_id: str):
     # The record of an erasure: when, on whose authority, how much. Never the user's id or
     # events, which would keep in the logs what was just erased.
     key = current_access().key
-    log.info("erasure: %d events of one user deleted at %s by key %s", deleted,
-             utcnow().isoformat(timespec="seconds").replace("+00:00", "Z"),
-             key.name if key is not None else "(none: AUTH_MODE lets admin requests in without)")
+    log.info(
+        "erasure: %d events of one user deleted at %s by key %s",
+        deleted,
+        utcnow().isoformat(timespec="seconds").replace("+00:00", "Z"),
+        key.name if key is not None else "(none: AUTH_MODE lets admin requests in without)",
+    )
     return jsonify({"status": "success", "deleted": deleted})
 
 

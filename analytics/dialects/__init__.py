@@ -12,6 +12,7 @@ Two kinds of things live here:
 
 Nothing outside this package names a database. See docs/architecture.md.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -88,8 +89,10 @@ class compact_json_text(FunctionElement):
 @compiles(utc_text)
 @compiles(compact_json_text)
 def _unsupported(element, compiler, **kw):
-    raise CompileError(f"{type(element).__name__} is not implemented for the "
-                       f"{compiler.dialect.name} dialect (see analytics/dialects/)")
+    raise CompileError(
+        f"{type(element).__name__} is not implemented for the "
+        f"{compiler.dialect.name} dialect (see analytics/dialects/)"
+    )
 
 
 def arguments(element, compiler, **kw) -> list[str]:
@@ -122,7 +125,8 @@ def is_lock_timeout(exc: BaseException) -> bool:
     if isinstance(exc, LockTimeout):
         return True
     return isinstance(exc, DBAPIError) and any(
-        dialect.is_lock_timeout(exc) for dialect in _DIALECTS.values())
+        dialect.is_lock_timeout(exc) for dialect in _DIALECTS.values()
+    )
 
 
 class Dialect(Protocol):
@@ -150,13 +154,25 @@ class Dialect(Protocol):
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         """Make other writers wait for these tables until the transaction ends."""
 
-    def add_totals(self, conn: Connection, table, rows: list[tuple], keys: tuple[str, ...],
-                   totals: tuple[str, ...]) -> None:
+    def add_totals(
+        self,
+        conn: Connection,
+        table,
+        rows: list[tuple],
+        keys: tuple[str, ...],
+        totals: tuple[str, ...],
+    ) -> None:
         """Insert ``rows`` (values of ``keys`` then ``totals``, in key order) into ``table``,
         or add their totals to the rows with the same keys already there."""
 
-    def fold_totals(self, conn: Connection, table, keys: tuple[str, ...],
-                    totals: tuple[str, ...], before_bucket: int) -> None:
+    def fold_totals(
+        self,
+        conn: Connection,
+        table,
+        keys: tuple[str, ...],
+        totals: tuple[str, ...],
+        before_bucket: int,
+    ) -> None:
         """Add the rows of ``table`` for buckets before ``before_bucket`` into one row per key
         (shard 0), where writers spread them over shards."""
 
@@ -170,8 +186,7 @@ class Dialect(Protocol):
     def insert_ignoring(self, table):
         """An INSERT into ``table`` that skips rows whose unique keys are taken."""
 
-    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]
-                 ) -> None:
+    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
         """Set each (span, bucket, chunk, bit) of user_bitmaps in ``shard`` (in key order)."""
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
@@ -184,8 +199,9 @@ class Dialect(Protocol):
     def fold_bits(self, conn: Connection, before_bucket: int) -> None:
         """OR the shards of user_bitmaps before ``before_bucket`` into shard 0."""
 
-    def count_users(self, conn: Connection, pieces: list[tuple[int, int, int]]
-                    ) -> list[tuple[int, int]]:
+    def count_users(
+        self, conn: Connection, pieces: list[tuple[int, int, int]]
+    ) -> list[tuple[int, int]]:
         """(period, bits set in the union of its bitmaps) for (span, bucket, period) pieces."""
 
     def spans_source(self):
@@ -210,8 +226,9 @@ def of(bind: Connection | Engine) -> Dialect:
     try:
         return _DIALECTS[name]
     except KeyError:
-        raise NotImplementedError(f"the {name} database is not supported "
-                                  f"(see analytics/dialects/)") from None
+        raise NotImplementedError(
+            f"the {name} database is not supported (see analytics/dialects/)"
+        ) from None
 
 
 from analytics.dialects import postgresql, sqlite  # noqa: E402,F401  (registers both)

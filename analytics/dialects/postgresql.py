@@ -1,5 +1,6 @@
 """PostgreSQL: binary COPY for batches, advisory locks per user, totals added from one JSON
 parameter, and the SQL constructs of analytics.dialects."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,15 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (arguments, bucket_of, compact_json_text,
-                                microseconds_between, period_index, register,
-                                utc_text)
+from analytics.dialects import (
+    arguments,
+    bucket_of,
+    compact_json_text,
+    microseconds_between,
+    period_index,
+    register,
+    utc_text,
+)
 from analytics.models import BITMAP_BITS, Event, UTCDateTime
 from analytics.rows import EventRow
 
@@ -51,8 +58,9 @@ _JSON_SPACES = r"""'("(?:[^"\\]|\\.)*")|([,:]) '"""
 @compiles(compact_json_text, "postgresql")
 def _compact_json_text(element, compiler, **kw):
     [document] = arguments(element, compiler, **kw)
-    return (f"nullif(regexp_replace(CAST({document} AS TEXT), {_JSON_SPACES}, '\\1\\2', 'g'), "
-            f"'null')")
+    return (
+        f"nullif(regexp_replace(CAST({document} AS TEXT), {_JSON_SPACES}, '\\1\\2', 'g'), 'null')"
+    )
 
 
 @compiles(period_index, "postgresql")
@@ -79,8 +87,10 @@ _IDS = """
                  FROM generate_series(1, (%(n)s + seqincrement - 1) / seqincrement))
     FROM pg_sequence WHERE seqrelid = CAST(pg_get_serial_sequence('events', 'id') AS regclass)
 """
-_COPY = ("COPY incoming_events (id, event, user_id, occurred_at, received_at, metadata, "
-         "event_id) FROM STDIN (FORMAT BINARY)")
+_COPY = (
+    "COPY incoming_events (id, event, user_id, occurred_at, received_at, metadata, "
+    "event_id) FROM STDIN (FORMAT BINARY)"
+)
 _COPY_TYPES = ("int8", "varchar", "varchar", "timestamptz", "timestamptz", "text", "varchar")
 # Rows staged earlier in the same transaction have smaller ids: "id >= first" leaves them out.
 # The ids that went in come back only when some did not. Rows go in ordered by their dedupe
@@ -103,10 +113,11 @@ _FEW_ROWS = 20
 
 def _few_statement():
     insert = postgresql.insert(_events).values(
-        metadata=cast(bindparam("metadata_json", type_=String), postgresql.JSONB))
-    return (insert.on_conflict_do_nothing(index_elements=["user_id", "event_id"])
-            .returning(_events.c.id, _events.c.user_id, _events.c.event_id,
-                       _events.c.occurred_at, _events.c.event))
+        metadata=cast(bindparam("metadata_json", type_=String), postgresql.JSONB)
+    )
+    return insert.on_conflict_do_nothing(index_elements=["user_id", "event_id"]).returning(
+        _events.c.id, _events.c.user_id, _events.c.event_id, _events.c.occurred_at, _events.c.event
+    )
 
 
 class PostgreSQL:
@@ -135,17 +146,30 @@ class PostgreSQL:
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         conn.exec_driver_sql(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
 
-    def add_totals(self, conn: Connection, table, rows: list[tuple], keys: tuple[str, ...],
-                   totals: tuple[str, ...]) -> None:
+    def add_totals(
+        self,
+        conn: Connection,
+        table,
+        rows: list[tuple],
+        keys: tuple[str, ...],
+        totals: tuple[str, ...],
+    ) -> None:
         statement = _TOTALS.get(table.name)
         if statement is None:
             statement = _TOTALS[table.name] = _totals_statement(conn, table, keys, totals)
         # One array a column: psycopg writes them in C.
-        conn.exec_driver_sql(statement, {f"c{i}": list(column)
-                                         for i, column in enumerate(zip(*rows))})
+        conn.exec_driver_sql(
+            statement, {f"c{i}": list(column) for i, column in enumerate(zip(*rows))}
+        )
 
-    def fold_totals(self, conn: Connection, table, keys: tuple[str, ...],
-                    totals: tuple[str, ...], before_bucket: int) -> None:
+    def fold_totals(
+        self,
+        conn: Connection,
+        table,
+        keys: tuple[str, ...],
+        totals: tuple[str, ...],
+        before_bucket: int,
+    ) -> None:
         others = [key for key in keys if key not in ("bucket", "shard")]
         grouped = ", ".join(["bucket", *others])
         sums = ", ".join(f"sum({name})" for name in totals)
@@ -156,7 +180,8 @@ class PostgreSQL:
             f"INSERT INTO {table.name} ({grouped}, shard, {', '.join(totals)}) "
             f"SELECT {grouped}, 0, {sums} FROM moved GROUP BY {grouped} ORDER BY {grouped} "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}",
-            {"before": before_bucket})
+            {"before": before_bucket},
+        )
 
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         return {"bounds": bounds}
@@ -166,13 +191,13 @@ class PostgreSQL:
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         conn.exec_driver_sql(
             f"SELECT {function}({_STRIPE_CLASS}, s) FROM unnest(CAST(%(s)s AS int[])) AS s",
-            {"s": sorted(stripes)})
+            {"s": sorted(stripes)},
+        )
 
     def insert_ignoring(self, table):
         return postgresql.insert(table).on_conflict_do_nothing()
 
-    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]
-                 ) -> None:
+    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(_SET_BITS, {"shard": shard, **_bit_arrays(bits)})
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
@@ -180,40 +205,57 @@ class PostgreSQL:
 
     def put_bitmaps(self, conn: Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
         for start in range(0, len(rows), 10_000):
-            span, bucket, chunk, bits = zip(*rows[start:start + 10_000])
-            conn.exec_driver_sql(_PUT_BITMAPS, {
-                "span": list(span), "bucket": list(bucket), "chunk": list(chunk),
-                "bits": ["x" + value.hex() for value in bits]})
+            span, bucket, chunk, bits = zip(*rows[start : start + 10_000])
+            conn.exec_driver_sql(
+                _PUT_BITMAPS,
+                {
+                    "span": list(span),
+                    "bucket": list(bucket),
+                    "chunk": list(chunk),
+                    "bits": ["x" + value.hex() for value in bits],
+                },
+            )
 
     def fold_bits(self, conn: Connection, before_bucket: int) -> None:
         conn.exec_driver_sql(_FOLD_BITS, {"before": before_bucket})
 
-    def count_users(self, conn: Connection, pieces: list[tuple[int, int, int]]
-                    ) -> list[tuple[int, int]]:
+    def count_users(
+        self, conn: Connection, pieces: list[tuple[int, int, int]]
+    ) -> list[tuple[int, int]]:
         spans, buckets, periods = (list(column) for column in zip(*pieces))
         # The union sorts a bitmap row per piece and chunk: in memory, not spilled to disk.
         conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-        return conn.exec_driver_sql(_COUNT_USERS, {"span": spans, "bucket": buckets,
-                                                   "period": periods}).all()
+        return conn.exec_driver_sql(
+            _COUNT_USERS, {"span": spans, "bucket": buckets, "period": periods}
+        ).all()
 
     def spans_source(self):
-        return text(
-            "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:spans AS json)) "
-            "AS w(user_id varchar, lo timestamptz, hi timestamptz)"
-        ).columns(column("user_id", String), column("lo", UTCDateTime()),
-                  column("hi", UTCDateTime())).subquery("spans")
+        return (
+            text(
+                "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:spans AS json)) "
+                "AS w(user_id varchar, lo timestamptz, hi timestamptz)"
+            )
+            .columns(
+                column("user_id", String), column("lo", UTCDateTime()), column("hi", UTCDateTime())
+            )
+            .subquery("spans")
+        )
 
     def spans_json(self, spans: Sequence[tuple[str, datetime, datetime]]) -> str:
-        return json.dumps([{"user_id": user_id, "lo": lo.isoformat(),
-                            "hi": hi.isoformat() if hi else None}
-                           for user_id, lo, hi in spans])
+        return json.dumps(
+            [
+                {"user_id": user_id, "lo": lo.isoformat(), "hi": hi.isoformat() if hi else None}
+                for user_id, lo, hi in spans
+            ]
+        )
 
 
 # lock_not_available (lock_timeout) and query_canceled (statement_timeout): the statement gave
 # up waiting; the server is there and busy.
 _GAVE_UP_WAITING = frozenset({"55P03", "57014"})
 _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
-    func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k"))
+    func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k")
+)
 _TOTALS: dict = {}
 
 
@@ -221,21 +263,34 @@ def _totals_statement(conn: Connection, table, keys, totals) -> str:
     # All rows in one statement, in key order, so that concurrent writers lock rows in the
     # same order and never deadlock.
     names = [*keys, *totals]
-    arrays = ", ".join(f"CAST(%(c{i})s AS {table.c[name].type.compile(conn.dialect)}[])"
-                       for i, name in enumerate(names))
+    arrays = ", ".join(
+        f"CAST(%(c{i})s AS {table.c[name].type.compile(conn.dialect)}[])"
+        for i, name in enumerate(names)
+    )
     listed = ", ".join(names)
     added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in totals)
-    return (f"INSERT INTO {table.name} ({listed}) SELECT * FROM unnest({arrays}) "
-            f"AS r({listed}) ORDER BY {', '.join(keys)} "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
+    return (
+        f"INSERT INTO {table.name} ({listed}) SELECT * FROM unnest({arrays}) "
+        f"AS r({listed}) ORDER BY {', '.join(keys)} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}"
+    )
 
 
-def _insert_returning(conn: Connection, statement, rows: Sequence[EventRow]
-                      ) -> list[int | None]:
-    returned = conn.execute(statement, [
-        {"event": r.event, "user_id": r.user_id, "occurred_at": r.occurred_at,
-         "received_at": r.received_at, "metadata_json": r.metadata_json,
-         "event_id": r.event_id} for r in rows]).all()
+def _insert_returning(conn: Connection, statement, rows: Sequence[EventRow]) -> list[int | None]:
+    returned = conn.execute(
+        statement,
+        [
+            {
+                "event": r.event,
+                "user_id": r.user_id,
+                "occurred_at": r.occurred_at,
+                "received_at": r.received_at,
+                "metadata_json": r.metadata_json,
+                "event_id": r.event_id,
+            }
+            for r in rows
+        ],
+    ).all()
     # Rows with an event_id are told apart by it; the others all went in, and each is given
     # the id of a returned row with its own user, time and name (the smallest first).
     by_key: dict[tuple, list[int]] = {}
@@ -255,20 +310,34 @@ def _insert_copy(conn: Connection, rows: Sequence[EventRow]) -> list[int | None]
     if not staged:
         conn.exec_driver_sql(_STAGING)
     # Ascending, given in batch order: ties between equal timestamps are broken by arrival.
-    ids = [first + offset for first in sorted(blocks) for offset in range(step)][:len(rows)]
+    ids = [first + offset for first in sorted(blocks) for offset in range(step)][: len(rows)]
     cursor = conn.connection.driver_connection.cursor()
     try:
         with cursor.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)
             for id_, r in zip(ids, rows):
-                copy.write_row((id_, r.event, r.user_id, r.occurred_at, r.received_at,
-                                r.metadata_json, r.event_id))
+                copy.write_row(
+                    (
+                        id_,
+                        r.event,
+                        r.user_id,
+                        r.occurred_at,
+                        r.received_at,
+                        r.metadata_json,
+                        r.event_id,
+                    )
+                )
     except conn.dialect.loaded_dbapi.Error as exc:
         # Presented as SQLAlchemy's error, so callers tell an unreachable database from a
         # failing one the same way as for every other statement.
-        raise DBAPIError.instance(_COPY, None, exc, conn.dialect.loaded_dbapi.Error,
-                                  connection_invalidated=bool(cursor.connection.closed),
-                                  dialect=conn.dialect) from None
+        raise DBAPIError.instance(
+            _COPY,
+            None,
+            exc,
+            conn.dialect.loaded_dbapi.Error,
+            connection_invalidated=bool(cursor.connection.closed),
+            dialect=conn.dialect,
+        ) from None
     finally:
         cursor.close()
     went_in = conn.exec_driver_sql(_MOVE, {"first": ids[0], "n": len(rows)}).scalar()
@@ -338,12 +407,14 @@ _COUNT_USERS = """
 
 
 def _bit_arrays(bits: list[tuple[int, int, int, int]]) -> dict:
-    return {name: list(values) for name, values in zip(("span", "bucket", "chunk", "bit"),
-                                                       zip(*bits))}
+    return {
+        name: list(values) for name, values in zip(("span", "bucket", "chunk", "bit"), zip(*bits))
+    }
 
 
-def engine_arguments(connect_timeout: int, statement_timeout_ms: int,
-                     lock_wait_ms: int | None = None) -> dict:
+def engine_arguments(
+    connect_timeout: int, statement_timeout_ms: int, lock_wait_ms: int | None = None
+) -> dict:
     """create_engine's connect_args for this service."""
     # JIT compilation of short aggregate queries costs more than it saves.
     options = ["-c jit=off"]

@@ -1,5 +1,6 @@
 """SQLite: one writer at a time through a lock file, the driver's executemany for inserts,
 and the SQL constructs of analytics.dialects."""
+
 from __future__ import annotations
 
 import bisect
@@ -20,9 +21,18 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 
-from analytics.dialects import (DEFAULT_LOCK_WAIT_MS, LockTimeout, arguments, bucket_of,
-                                compact_json_text, lock_wait_seconds, microseconds_between,
-                                period_index, register, utc_text)
+from analytics.dialects import (
+    DEFAULT_LOCK_WAIT_MS,
+    LockTimeout,
+    arguments,
+    bucket_of,
+    compact_json_text,
+    lock_wait_seconds,
+    microseconds_between,
+    period_index,
+    register,
+    utc_text,
+)
 from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UTCDateTime, sqlite_timestamp
 from analytics.rows import EventRow
 
@@ -80,8 +90,10 @@ class SQLite:
     name = "sqlite"
     spreads_writers = False  # one writer at a time anyway
 
-    _insert = ("INSERT INTO events (event, user_id, occurred_at, received_at, metadata, "
-               "event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, event_id) DO NOTHING")
+    _insert = (
+        "INSERT INTO events (event, user_id, occurred_at, received_at, metadata, "
+        "event_id) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, event_id) DO NOTHING"
+    )
 
     @contextlib.contextmanager
     def writer_turn(self, engine: Engine) -> Iterator[None]:
@@ -110,8 +122,16 @@ class SQLite:
             received = stamps.get(r.received_at)
             if received is None:
                 received = stamps[r.received_at] = sqlite_timestamp(r.received_at)
-            values.append((r.event, r.user_id, sqlite_timestamp(r.occurred_at), received,
-                           r.metadata_json, r.event_id))
+            values.append(
+                (
+                    r.event,
+                    r.user_id,
+                    sqlite_timestamp(r.occurred_at),
+                    received,
+                    r.metadata_json,
+                    r.event_id,
+                )
+            )
         # The driver's executemany steps one prepared statement in C. It cannot RETURN, so the
         # new rows are found by rowid: the transaction holds the write lock, and each new row
         # gets the next rowid after the largest, so they are the last ``inserted`` rowids.
@@ -126,9 +146,12 @@ class SQLite:
             return list(range(last - inserted + 1, last + 1))
         # Some were duplicates (only rows with an event_id can be): the rows that went in are
         # in the order of ``rows``, so walk both.
-        went_in = iter(conn.exec_driver_sql(
-            "SELECT id, user_id, event_id FROM events WHERE id > ? ORDER BY id",
-            (last - inserted,)).all())
+        went_in = iter(
+            conn.exec_driver_sql(
+                "SELECT id, user_id, event_id FROM events WHERE id > ? ORDER BY id",
+                (last - inserted,),
+            ).all()
+        )
         ids: list[int | None] = []
         following = next(went_in, None)
         for r in rows:
@@ -145,29 +168,41 @@ class SQLite:
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         pass  # the write transaction already excludes every other writer
 
-    def add_totals(self, conn: Connection, table, rows: list[tuple], keys: tuple[str, ...],
-                   totals: tuple[str, ...]) -> None:
+    def add_totals(
+        self,
+        conn: Connection,
+        table,
+        rows: list[tuple],
+        keys: tuple[str, ...],
+        totals: tuple[str, ...],
+    ) -> None:
         names = (*keys, *totals)
         statement = _TOTALS.get(table.name)
         if statement is None:
-            added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}"
-                              for name in totals)
+            added = ", ".join(f"{name} = {table.name}.{name} + excluded.{name}" for name in totals)
             statement = _TOTALS[table.name] = (
                 f"INSERT INTO {table.name} ({', '.join(names)}) "
                 f"VALUES ({', '.join('?' * len(names))}) "
-                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}")
+                f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {added}"
+            )
         conn.exec_driver_sql(statement, rows)  # the driver's executemany, stepped in C
 
-    def fold_totals(self, conn: Connection, table, keys: tuple[str, ...],
-                    totals: tuple[str, ...], before_bucket: int) -> None:
+    def fold_totals(
+        self,
+        conn: Connection,
+        table,
+        keys: tuple[str, ...],
+        totals: tuple[str, ...],
+        before_bucket: int,
+    ) -> None:
         pass  # every writer adds to shard 0
 
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
         # Registered on this connection for the statement about to run on it (a connection
         # serves one thread at a time).
         conn.connection.driver_connection.create_function(
-            "period_index", 1, functools.partial(bisect.bisect_right, bounds),
-            deterministic=True)
+            "period_index", 1, functools.partial(bisect.bisect_right, bounds), deterministic=True
+        )
         return {}
 
     def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
@@ -176,47 +211,62 @@ class SQLite:
     def insert_ignoring(self, table):
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]
-                 ) -> None:
+    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(
             "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (span, bucket, chunk, shard) DO UPDATE "
             "SET bits = bits_or(user_bitmaps.bits, excluded.bits)",
-            [(span, bucket, chunk, shard, mask) for span, bucket, chunk, mask in _masks(bits)])
+            [(span, bucket, chunk, shard, mask) for span, bucket, chunk, mask in _masks(bits)],
+        )
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(
             "UPDATE user_bitmaps SET bits = bits_and_not(bits, ?) "
             "WHERE span = ? AND bucket = ? AND chunk = ?",
-            [(mask, span, bucket, chunk) for span, bucket, chunk, mask in _masks(bits)])
+            [(mask, span, bucket, chunk) for span, bucket, chunk, mask in _masks(bits)],
+        )
 
     def put_bitmaps(self, conn: Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
-        conn.exec_driver_sql("INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) "
-                             "VALUES (?, ?, ?, 0, ?)", rows)
+        conn.exec_driver_sql(
+            "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, 0, ?)",
+            rows,
+        )
 
     def fold_bits(self, conn: Connection, before_bucket: int) -> None:
         pass  # every writer sets bits in shard 0
 
-    def count_users(self, conn: Connection, pieces: list[tuple[int, int, int]]
-                    ) -> list[tuple[int, int]]:
+    def count_users(
+        self, conn: Connection, pieces: list[tuple[int, int, int]]
+    ) -> list[tuple[int, int]]:
         return conn.exec_driver_sql(
             "SELECT period, sum(n) FROM ("
             "  SELECT json_extract(p.value, '$[2]') AS period, bits_count(bits_union(b.bits)) AS n"
             "  FROM json_each(?) AS p JOIN user_bitmaps AS b"
             "    ON b.span = json_extract(p.value, '$[0]')"
             "   AND b.bucket = json_extract(p.value, '$[1]')"
-            "  GROUP BY 1, b.chunk) GROUP BY period", (json.dumps(pieces),)).all()
+            "  GROUP BY 1, b.chunk) GROUP BY period",
+            (json.dumps(pieces),),
+        ).all()
 
     def spans_source(self):
-        return text(
-            "SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS lo, "
-            "json_extract(value, '$[2]') AS hi FROM json_each(:spans)"
-        ).columns(column("user_id", String), column("lo", UTCDateTime()),
-                  column("hi", UTCDateTime())).subquery("spans")
+        return (
+            text(
+                "SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS lo, "
+                "json_extract(value, '$[2]') AS hi FROM json_each(:spans)"
+            )
+            .columns(
+                column("user_id", String), column("lo", UTCDateTime()), column("hi", UTCDateTime())
+            )
+            .subquery("spans")
+        )
 
     def spans_json(self, spans: Sequence[tuple[str, datetime, datetime | None]]) -> str:
-        return json.dumps([[user_id, sqlite_timestamp(lo), sqlite_timestamp(hi) if hi else None]
-                           for user_id, lo, hi in spans])
+        return json.dumps(
+            [
+                [user_id, sqlite_timestamp(lo), sqlite_timestamp(hi) if hi else None]
+                for user_id, lo, hi in spans
+            ]
+        )
 
 
 _TOTALS: dict = {}
@@ -232,8 +282,12 @@ def make_engine(url, busy_timeout_s: int, lock_wait_ms: int = DEFAULT_LOCK_WAIT_
         except OSError:
             pass  # reported as an unreachable database on first use
     timeout = max(busy_timeout_s, 30)
-    engine = create_engine(url, connect_args={"timeout": timeout}, hide_parameters=True,
-                           execution_options={"lock_wait_ms": lock_wait_ms})
+    engine = create_engine(
+        url,
+        connect_args={"timeout": timeout},
+        hide_parameters=True,
+        execution_options={"lock_wait_ms": lock_wait_ms},
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
@@ -291,11 +345,14 @@ def _register_bitmap_functions(dbapi_connection, _record) -> None:
     if not isinstance(dbapi_connection, sqlite3.Connection):
         return
     dbapi_connection.create_function(
-        "bits_or", 2, lambda a, b: _blob(_bits(a) | _bits(b)), deterministic=True)
+        "bits_or", 2, lambda a, b: _blob(_bits(a) | _bits(b)), deterministic=True
+    )
     dbapi_connection.create_function(
-        "bits_and_not", 2, lambda a, b: _blob(_bits(a) & ~_bits(b)), deterministic=True)
+        "bits_and_not", 2, lambda a, b: _blob(_bits(a) & ~_bits(b)), deterministic=True
+    )
     dbapi_connection.create_function(
-        "bits_count", 1, lambda blob: _bits(blob).bit_count(), deterministic=True)
+        "bits_count", 1, lambda blob: _bits(blob).bit_count(), deterministic=True
+    )
     dbapi_connection.create_aggregate("bits_union", 1, _BitsUnion)
 
 
@@ -321,8 +378,9 @@ def _take_turn(engine: Engine, seconds: float):
 
 
 def _turn_timeout(seconds: float) -> LockTimeout:
-    return LockTimeout(f"another writer held the database for over {seconds:g} s",
-                       whole_database=True)
+    return LockTimeout(
+        f"another writer held the database for over {seconds:g} s", whole_database=True
+    )
 
 
 class _GaveUp(Exception):

@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-28
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -31,8 +32,11 @@ def upgrade() -> None:
     op.create_index("ix_events_occurred_at_event", "events", ["occurred_at", "event"])
     op.create_index("ix_events_user_id_occurred_at", "events", ["user_id", "occurred_at"])
     op.create_index(
-        "ix_events_play_stop", "events", ["user_id", "occurred_at", "id"],
-        postgresql_where=sa.text(PLAY_STOP), sqlite_where=sa.text(PLAY_STOP),
+        "ix_events_play_stop",
+        "events",
+        ["user_id", "occurred_at", "id"],
+        postgresql_where=sa.text(PLAY_STOP),
+        sqlite_where=sa.text(PLAY_STOP),
     )
     op.create_index("ix_events_received_at", "events", ["received_at"])
 

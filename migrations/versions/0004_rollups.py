@@ -4,6 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-28
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -39,20 +40,26 @@ def upgrade() -> None:
 def fill_statements(dialect: str) -> list[str]:
     """The SQL that counts the stored events and sessions per UTC day, as of this revision."""
     if dialect == "postgresql":
+
         def day(ts):
             return f"CAST(({ts}) AT TIME ZONE 'UTC' AS DATE)"
 
         def microseconds(start, end):
             return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
     else:
+
         def day(ts):
             return f"substr({ts}, 1, 10)"
 
         def microseconds(start, end):
             def epoch(ts):
-                return (f"(CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER) * 1000000"
-                        f" + CAST(substr({ts}, 21, 6) AS INTEGER))")
+                return (
+                    f"(CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER) * 1000000"
+                    f" + CAST(substr({ts}, 21, 6) AS INTEGER))"
+                )
+
             return f"({epoch(end)} - {epoch(start)})"
+
     return [
         f"INSERT INTO event_counts (day, event, shard, n) "
         f"SELECT {day('occurred_at')}, event, id % 16, count(*) FROM events GROUP BY 1, 2, 3",

@@ -10,6 +10,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-28
 """
+
 from alembic import op
 
 revision = "0005"
@@ -23,8 +24,10 @@ ID_BLOCK = 1000
 def _set_increment(step: int) -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(f"DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY {step}', "
-               f"pg_get_serial_sequence('events', 'id')); END $$")
+    op.execute(
+        f"DO $$ BEGIN EXECUTE format('ALTER SEQUENCE %s INCREMENT BY {step}', "
+        f"pg_get_serial_sequence('events', 'id')); END $$"
+    )
 
 
 def upgrade() -> None:

@@ -9,6 +9,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-01
 """
+
 import importlib.util
 from pathlib import Path
 
@@ -27,11 +28,13 @@ UTCDateTime = sa.DateTime(timezone=True)
 def _expressions(dialect: str):
     """(bucket of a timestamp, microseconds between two) in this database's SQL."""
     if dialect == "postgresql":
+
         def bucket(ts):
             return f"CAST(floor(floor(EXTRACT(EPOCH FROM {ts})) / 900) AS INTEGER)"
 
         def microseconds(start, end):
             return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
+
         return bucket, microseconds
 
     def seconds(ts):
@@ -43,7 +46,9 @@ def _expressions(dialect: str):
     def microseconds(start, end):
         def epoch(ts):
             return f"({seconds(ts)} * 1000000 + CAST(substr({ts}, 21, 6) AS INTEGER))"
+
         return f"({epoch(end)} - {epoch(start)})"
+
     return bucket, microseconds
 
 
@@ -76,8 +81,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("bucket", "shard", name=op.f("pk_session_buckets")),
     )
     bucket, microseconds = _expressions(op.get_bind().dialect.name)
-    op.execute(f"INSERT INTO event_buckets (bucket, event, shard, n) "
-               f"SELECT {bucket('occurred_at')}, event, 0, count(*) FROM events GROUP BY 1, 2")
+    op.execute(
+        f"INSERT INTO event_buckets (bucket, event, shard, n) "
+        f"SELECT {bucket('occurred_at')}, event, 0, count(*) FROM events GROUP BY 1, 2"
+    )
     op.execute(
         f"INSERT INTO sessions (play_id, stop_id, user_id, play_at, bucket, duration_us) "
         f"SELECT id, next_id, user_id, occurred_at, {bucket('occurred_at')}, "
@@ -87,9 +94,12 @@ def upgrade() -> None:
         f"lead(event) OVER (PARTITION BY user_id ORDER BY occurred_at, id) AS next_event, "
         f"lead(occurred_at) OVER (PARTITION BY user_id ORDER BY occurred_at, id) AS next_at "
         f"FROM events WHERE event IN ('play', 'stop')) AS sequence "
-        f"WHERE event = 'play' AND next_event = 'stop'")
-    op.execute("INSERT INTO session_buckets (bucket, shard, sessions, total_us) "
-               "SELECT bucket, 0, count(*), sum(duration_us) FROM sessions GROUP BY bucket")
+        f"WHERE event = 'play' AND next_event = 'stop'"
+    )
+    op.execute(
+        "INSERT INTO session_buckets (bucket, shard, sessions, total_us) "
+        "SELECT bucket, 0, count(*), sum(duration_us) FROM sessions GROUP BY bucket"
+    )
     op.drop_table("event_counts")
     op.drop_table("session_counts")
     op.drop_index("ix_events_occurred_at_event", table_name="events")
@@ -115,7 +125,8 @@ def downgrade() -> None:
     )
     # Revision 0004's own frozen fill, loaded from its file beside this one.
     spec = importlib.util.spec_from_file_location(
-        "revision_0004", Path(__file__).with_name("0004_rollups.py"))
+        "revision_0004", Path(__file__).with_name("0004_rollups.py")
+    )
     revision_0004 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(revision_0004)
     for statement in revision_0004.fill_statements(op.get_bind().dialect.name):

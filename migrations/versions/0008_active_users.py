@@ -8,6 +8,7 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-02
 """
+
 from collections import defaultdict
 
 import sqlalchemy as sa
@@ -24,8 +25,8 @@ SPANS = (1, 4, 24, 96)
 BUCKET_SQL = {
     "postgresql": "CAST(floor(floor(EXTRACT(EPOCH FROM e.occurred_at)) / 900) AS INTEGER)",
     "sqlite": "((CAST(strftime('%s', substr(e.occurred_at, 1, 19)) AS INTEGER) - "
-              "((CAST(strftime('%s', substr(e.occurred_at, 1, 19)) AS INTEGER) % 900) + 900)"
-              " % 900) / 900)",
+    "((CAST(strftime('%s', substr(e.occurred_at, 1, 19)) AS INTEGER) % 900) + 900)"
+    " % 900) / 900)",
 }
 
 
@@ -49,28 +50,33 @@ def upgrade() -> None:
         sa.Column("bits", bits_type, nullable=False),
         sa.PrimaryKeyConstraint("span", "bucket", "chunk", "shard", name="pk_user_bitmaps"),
     )
-    conn.exec_driver_sql("INSERT INTO user_ordinals (user_id) "
-                         "SELECT DISTINCT user_id FROM events ORDER BY user_id")
+    conn.exec_driver_sql(
+        "INSERT INTO user_ordinals (user_id) SELECT DISTINCT user_id FROM events ORDER BY user_id"
+    )
     masks = defaultdict(int)
     active = conn.exec_driver_sql(
         f"SELECT DISTINCT o.ordinal, {BUCKET_SQL[name]} FROM events AS e "
-        f"JOIN user_ordinals AS o ON o.user_id = e.user_id")
+        f"JOIN user_ordinals AS o ON o.user_id = e.user_id"
+    )
     for ordinal, bucket in active:
         chunk, bit = divmod(ordinal, BITS)
         for span in SPANS:
             masks[(span, bucket - bucket % span, chunk)] |= 1 << (BITS - 1 - bit)
-    rows = [{"span": span, "bucket": bucket, "chunk": chunk,
-             "bits": bits.to_bytes(BITS // 8, "big")}
-            for (span, bucket, chunk), bits in sorted(masks.items())]
+    rows = [
+        {"span": span, "bucket": bucket, "chunk": chunk, "bits": bits.to_bytes(BITS // 8, "big")}
+        for (span, bucket, chunk), bits in sorted(masks.items())
+    ]
     if name == "postgresql":
         for row in rows:
             row["bits"] = "x" + row["bits"].hex()
-        statement = sa.text(f"INSERT INTO user_bitmaps VALUES "
-                            f"(:span, :bucket, :chunk, 0, CAST(:bits AS bit({BITS})))")
+        statement = sa.text(
+            f"INSERT INTO user_bitmaps VALUES "
+            f"(:span, :bucket, :chunk, 0, CAST(:bits AS bit({BITS})))"
+        )
     else:
         statement = sa.text("INSERT INTO user_bitmaps VALUES (:span, :bucket, :chunk, 0, :bits)")
     for start in range(0, len(rows), 10_000):
-        conn.execute(statement, rows[start:start + 10_000])
+        conn.execute(statement, rows[start : start + 10_000])
 
 
 def downgrade() -> None:
