@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install migrate serve test
+.PHONY: install migrate serve test lint
 
 install: $(VENV)/.installed
 
@@ -20,3 +20,9 @@ serve: migrate
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# ruff's lint and format check over the repository, and mypy over the package.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
