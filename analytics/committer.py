@@ -75,10 +75,10 @@ class GroupCommitter:
     def _start(self) -> None:
         # After a fork (gunicorn's workers) the parent's thread does not exist: start one per
         # process, on first use (and again should it ever have stopped).
-        if self._pid == os.getpid() and self._thread.is_alive():
+        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
             return
         with self._lock:
-            if self._pid != os.getpid() or not self._thread.is_alive():
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()
                 self._thread = threading.Thread(target=self._run, name="track-writer", daemon=True)
@@ -132,4 +132,5 @@ def init_app(app: Flask) -> None:
 
 def store_event(app: Flask, row: EventRow) -> bool:
     """Store one event through the app's group committer."""
-    return app.extensions[EXTENSION_KEY].store(row)
+    committer: GroupCommitter = app.extensions[EXTENSION_KEY]
+    return committer.store(row)

@@ -67,17 +67,19 @@ def init_app(app: Flask) -> None:
 
 
 def get_engine() -> Engine:
-    return current_app.extensions[EXTENSION_KEY]["engine"]
+    engine: Engine = current_app.extensions[EXTENSION_KEY]["engine"]
+    return engine
 
 
 def get_session() -> Session:
     """The Session of the current application context, opened on first use."""
     if "db_session" not in g:
         g.db_session = current_app.extensions[EXTENSION_KEY]["sessionmaker"]()
-    return g.db_session
+    session: Session = g.db_session
+    return session
 
 
-def close_session(_exc=None) -> None:
+def close_session(_exc: BaseException | None = None) -> None:
     session = g.pop("db_session", None)
     if session is not None:
         session.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from time import sleep
 
-from sqlalchemy import Engine, exists, select
+from sqlalchemy import Engine, Select, exists, select
 
 from analytics import retention, writer
 from analytics.models import Event, utcnow
@@ -23,7 +23,7 @@ PACE = 0.25
 LOCKED_RETRY_S = 0.05
 
 
-def _user_ids(user_id: str, batch_size: int):
+def _user_ids(user_id: str, batch_size: int) -> Select[int]:
     # The oldest first, by the (user_id, occurred_at) index. SKIP LOCKED as in the purge: a
     # concurrent purge or erasure holding some rows never makes this one wait, nor deadlock.
     return (
@@ -37,9 +37,9 @@ def _user_ids(user_id: str, batch_size: int):
 
 def _has_events_from_before(engine: Engine, user_id: str, began: datetime) -> bool:
     with engine.connect() as conn:
-        return conn.scalar(
+        return conn.execute(
             select(exists().where(Event.user_id == user_id, Event.received_at <= began))
-        )
+        ).scalar_one()
 
 
 def erase_user(

@@ -12,14 +12,15 @@ import json
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Engine, Select, or_, select
+from sqlalchemy import Engine, Row, Select, or_, select
 
 from analytics.dialects import compact_json_text, utc_text
-from analytics.models import Event
+from analytics.models import Event, table_of
 from analytics.periods import EPOCH, bucket_start, local_periods
 
 FORMATS = ("ndjson", "csv")
@@ -30,7 +31,7 @@ CSV_HEADER = ("timestamp", "event", "user_id", "event_id", "received_at", "metad
 # round trip is paid rarely.
 ROWS_PER_CHUNK = 2000
 
-_events = Event.__table__
+_events = table_of(Event)
 # The columns in CSV_HEADER order, as text (None: absent).
 _COLUMNS = (
     utc_text(_events.c.occurred_at),
@@ -97,7 +98,7 @@ def select_events(chosen: EventFilter) -> Select:
     return statement
 
 
-def fetch_rows(engine: Engine, statement: Select) -> Iterator[list[tuple]]:
+def fetch_rows(engine: Engine, statement: Select[Any]) -> Generator[Sequence[Row[Any]]]:
     """The statement's rows, ROWS_PER_CHUNK at a time, from a server-side cursor. The
     connection is returned when the iterator is exhausted or closed."""
     with engine.connect() as conn:
@@ -191,7 +192,7 @@ class _ReadAhead:
         except BaseException as exc:  # handed to the reader of the batches
             self._offer(exc)
 
-    def _offer(self, item) -> bool:
+    def _offer(self, item: object) -> bool:
         """Queue ``item`` once there is room; False when the batches were closed meanwhile."""
         while not self._stop.is_set():
             try:

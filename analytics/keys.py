@@ -18,7 +18,7 @@ from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from analytics.models import AccessKey
+from analytics.models import AccessKey, table_of
 
 SECRET_PREFIX = "ak_"
 SECRET_BYTES = 20
@@ -165,7 +165,7 @@ def revoke_key(session: Session, name: str, now: datetime) -> AccessKey:
 def record_use(conn: Connection, key_id: int, now: datetime, interval: timedelta) -> bool:
     """Set the key's last-use time to ``now`` unless it was set less than ``interval`` ago (by
     any process); whether a row was written."""
-    table = AccessKey.__table__
+    table = table_of(AccessKey)
     result = conn.execute(
         update(table)
         .where(

@@ -4,6 +4,7 @@ types that keep time in UTC."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -15,14 +16,16 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
     literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import BIT, JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -40,7 +43,7 @@ PLAY_OR_STOP = ("play", "stop")
 PLAY_OR_STOP_SQL = "event IN ('play', 'stop')"
 
 
-def is_play_or_stop(table):
+def is_play_or_stop(table: Any) -> Any:
     """``table.event IN ('play', 'stop')``, written with literals."""
     return table.c.event.in_([literal_column(f"'{name}'", String) for name in PLAY_OR_STOP])
 
@@ -54,7 +57,7 @@ class UTCDateTime(TypeDecorator):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -62,7 +65,7 @@ class UTCDateTime(TypeDecorator):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -90,6 +93,11 @@ JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's Table, typed as one (``__table__`` is declared as any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 class Event(Base):
@@ -186,18 +194,18 @@ class Bitmap(TypeDecorator):
     impl = LargeBinary
     cache_ok = True
 
-    def load_dialect_impl(self, dialect):
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "postgresql":
             return dialect.type_descriptor(BIT(BITMAP_BITS))
         return dialect.type_descriptor(LargeBinary())
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: bytes | None, dialect: Dialect) -> bytes | str | None:
         if value is None or dialect.name != "postgresql":
             return value
         return "x" + value.hex()  # bit's input syntax for hexadecimal
 
-    def process_result_value(self, value, dialect):
-        if value is None or dialect.name != "postgresql":
+    def process_result_value(self, value: bytes | str | None, dialect: Dialect) -> bytes | None:
+        if value is None or not isinstance(value, str):
             return value
         return int(value, 2).to_bytes(BITMAP_BYTES, "big")
 

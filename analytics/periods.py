@@ -80,9 +80,11 @@ def _offset_text(offset: timedelta) -> str:
 
 def _offset_at(zone: ZoneInfo, at: datetime) -> timedelta:
     try:
-        return at.astimezone(zone).utcoffset()
+        offset = at.astimezone(zone).utcoffset()
     except OverflowError:  # local time before year 1 or after 9999: the zone's first rule
-        return zone.utcoffset(at.replace(tzinfo=None))
+        offset = zone.utcoffset(at.replace(tzinfo=None))
+    assert offset is not None  # a ZoneInfo knows the offset of every instant
+    return offset
 
 
 def _constant_offsets(

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from analytics import dialects
 from analytics.aggregates.active_users import pieces as active_user_pieces
 from analytics.dialects import bucket_of, period_index
-from analytics.models import Event, EventBucket, PlayStopSession, SessionBucket
+from analytics.models import Event, EventBucket, PlayStopSession, SessionBucket, table_of
 from analytics.periods import Periods, bucket_start, local_periods
 
 # fill=zero lists every period of the range: beyond this many, the answer is refused rather
@@ -67,10 +67,10 @@ def _day_beside(day: date, step: int) -> date:
         return day
 
 
-_buckets = EventBucket.__table__
-_session_buckets = SessionBucket.__table__
-_sessions = PlayStopSession.__table__
-_events = Event.__table__
+_buckets = table_of(EventBucket)
+_session_buckets = table_of(SessionBucket)
+_sessions = table_of(PlayStopSession)
+_events = table_of(Event)
 _DATA_SPAN = select(func.min(_buckets.c.bucket), func.max(_buckets.c.bucket))
 _LO, _HI, _BOUNDS = bindparam("lo"), bindparam("hi"), bindparam("bounds")
 _FIRST, _STEP = bindparam("first", type_=Integer), bindparam("step", type_=Integer)

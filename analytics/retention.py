@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from time import monotonic, sleep
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Select, func, select
 
 from analytics import writer
 from analytics.models import Event
@@ -51,12 +51,12 @@ def format_cutoff(cutoff: datetime) -> str:
 def count_expired(engine: Engine, cutoff: datetime) -> int:
     """How many stored events were received strictly before ``cutoff``."""
     with engine.connect() as conn:
-        return conn.scalar(
+        return conn.execute(
             select(func.count()).select_from(Event).where(Event.received_at < cutoff)
-        )
+        ).scalar_one()
 
 
-def _expired_ids(cutoff: datetime, batch_size: int):
+def _expired_ids(cutoff: datetime, batch_size: int) -> Select[int]:
     # Oldest first, by the received_at index. On PostgreSQL, FOR UPDATE SKIP LOCKED gives
     # concurrent purges disjoint batches instead of making one wait for the other's rows and
     # then find them gone; SQLite ignores it, and serialises writers by its database lock.

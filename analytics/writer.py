@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from analytics import dialects
 from analytics.aggregates import REGISTRY
-from analytics.models import Event
+from analytics.models import Event, table_of
 from analytics.rows import EventRow, StoredEvent
 
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction lost a race with
@@ -35,7 +35,7 @@ from analytics.rows import EventRow, StoredEvent
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 ATTEMPTS = 4
 
-_events = Event.__table__
+_events = table_of(Event)
 T = TypeVar("T")
 
 
@@ -65,6 +65,7 @@ def store_events(session: Session, rows: Sequence[EventRow]) -> list[bool]:
         return stored
     todo = [rows[position] for position in positions]
     engine = session.get_bind()
+    assert isinstance(engine, Engine)  # sessions of this app are bound to its engine
     dialect = dialects.of(engine)
 
     def transaction() -> list[int | None]:
@@ -83,8 +84,8 @@ def store_events(session: Session, rows: Sequence[EventRow]) -> list[bool]:
     return stored
 
 
-def _insert(conn: Connection, dialect, rows: list[EventRow]) -> list[int | None]:
-    ids = dialect.insert_events(conn, rows)
+def _insert(conn: Connection, dialect: dialects.Dialect, rows: list[EventRow]) -> list[int | None]:
+    ids: list[int | None] = dialect.insert_events(conn, rows)
     added = [
         StoredEvent(row.occurred_at, id_, row.event, row.user_id)
         for row, id_ in zip(rows, ids)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, delete, exists, select
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
 from analytics.dialects import bucket_of
-from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UserBitmap, UserOrdinal
+from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UserBitmap, UserOrdinal, table_of
 from analytics.periods import bucket_of as bucket_of_instant
 from analytics.periods import bucket_start
 from analytics.rows import StoredEvent
@@ -36,9 +36,9 @@ SPANS = (1, 4, 24, 96)
 # shared and exclusive (see on_delete).
 STRIPES = 64
 
-_events = Event.__table__
-_ordinals = UserOrdinal.__table__
-_bitmaps = UserBitmap.__table__
+_events = table_of(Event)
+_ordinals = table_of(UserOrdinal)
+_bitmaps = table_of(UserBitmap)
 
 
 def pieces(lo: int, hi: int) -> list[tuple[int, int]]:
@@ -79,7 +79,7 @@ def _stripes(users: Iterable[str]) -> list[int]:
 
 class ActiveUsers:
     name = "active_users"
-    tables = ("user_ordinals", "user_bitmaps")
+    tables: tuple[str, ...] = ("user_ordinals", "user_bitmaps")
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         dialect = dialects.of(conn)

@@ -10,18 +10,18 @@ from sqlalchemy import Connection, delete, func, insert, literal, select
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
 from analytics.dialects import bucket_of
-from analytics.models import Event, EventBucket
+from analytics.models import Event, EventBucket, table_of
 from analytics.periods import bucket_of as bucket_of_instant
 from analytics.rows import StoredEvent
 
-_events = Event.__table__
-_table = EventBucket.__table__
+_events = table_of(Event)
+_table = table_of(EventBucket)
 _KEYS = ("bucket", "event", "shard")
 
 
 class EventCounts:
     name = "event_counts"
-    tables = ("event_buckets",)
+    tables: tuple[str, ...] = ("event_buckets",)
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         self._add(conn, events, 1)

@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal, select
+from sqlalchemy import Connection, Select, and_, delete, func, insert, literal, select
+from sqlalchemy.sql.selectable import FromClause
 
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
@@ -28,35 +30,36 @@ from analytics.models import (
     SessionBucket,
     UTCDateTime,
     is_play_or_stop,
+    table_of,
 )
 from analytics.rows import StoredEvent
 
-_events = Event.__table__
-_sessions = PlayStopSession.__table__
-_totals = SessionBucket.__table__
+_events = table_of(Event)
+_sessions = table_of(PlayStopSession)
+_totals = table_of(SessionBucket)
 _TOTALS = ("sessions", "total_us")
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 _COLUMNS = ["play_id", "stop_id", "user_id", "play_at", "bucket", "duration_us"]
 
 
-def pairs(windows=None):
+def pairs(windows: FromClause | None = None) -> Select[Any]:
     """The sessions as rows of _COLUMNS: of every user, or (``windows``: a selectable of
     user_id, lo, hi) only those whose play lies in [lo, hi) of its user's window, read from
     its events in [lo, hi]."""
     e = _events
-    in_order = dict(partition_by=e.c.user_id, order_by=(e.c.occurred_at, e.c.id))
-    sequence = select(
+    by, order = e.c.user_id, (e.c.occurred_at, e.c.id)
+    events = select(
         e.c.id,
         e.c.user_id,
         e.c.event,
         e.c.occurred_at,
-        func.lead(e.c.id).over(**in_order).label("next_id"),
-        func.lead(e.c.event).over(**in_order).label("next_event"),
-        func.lead(e.c.occurred_at).over(**in_order).label("next_at"),
+        func.lead(e.c.id).over(partition_by=by, order_by=order).label("next_id"),
+        func.lead(e.c.event).over(partition_by=by, order_by=order).label("next_event"),
+        func.lead(e.c.occurred_at).over(partition_by=by, order_by=order).label("next_at"),
     ).where(is_play_or_stop(e))
     if windows is not None:
         # The window's last event is read too: it may be the stop of the last play inside.
-        sequence = sequence.add_columns(windows.c.hi).join(
+        events = events.add_columns(windows.c.hi).join(
             windows,
             and_(
                 e.c.user_id == windows.c.user_id,
@@ -64,7 +67,7 @@ def pairs(windows=None):
                 e.c.occurred_at <= windows.c.hi,
             ),
         )
-    sequence = sequence.subquery("sequence")
+    sequence = events.subquery("sequence")
     s = sequence.c
     found = select(
         s.id,
@@ -81,7 +84,7 @@ def pairs(windows=None):
 
 class Sessions:
     name = "sessions"
-    tables = ("sessions", "session_buckets")
+    tables: tuple[str, ...] = ("sessions", "session_buckets")
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         self._repair(conn, events)
@@ -142,11 +145,11 @@ class _Statements:
     materialised: each window's probes run once, not again for every event joined to it.
     """
 
-    def __init__(self, dialect):
+    def __init__(self, dialect: dialects.Dialect) -> None:
         e = _events
         spans = dialect.spans_source()
 
-        def neighbour(compare, order):
+        def neighbour(compare: Any, order: Any) -> Any:
             return (
                 select(e.c.occurred_at)
                 .where(e.c.user_id == spans.c.user_id, is_play_or_stop(e), compare(e.c.occurred_at))
@@ -194,7 +197,7 @@ class _Statements:
 _STATEMENTS: dict[str, _Statements] = {}
 
 
-def _statements(dialect) -> _Statements:
+def _statements(dialect: dialects.Dialect) -> _Statements:
     if dialect.name not in _STATEMENTS:
         _STATEMENTS[dialect.name] = _Statements(dialect)
     return _STATEMENTS[dialect.name]

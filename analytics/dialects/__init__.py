@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Connection, Engine, Integer, String
+from sqlalchemy import BigInteger, Connection, Engine, Insert, Integer, String, Table
 from sqlalchemy.exc import CompileError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.selectable import Subquery
 
 from analytics.rows import EventRow
 
@@ -37,7 +39,7 @@ class bucket_of(FunctionElement):
     inherit_cache = True
     name = "bucket_of"
 
-    def __init__(self, timestamp: ColumnElement):
+    def __init__(self, timestamp: ColumnElement[Any]):
         super().__init__(timestamp)
 
 
@@ -48,7 +50,7 @@ class microseconds_between(FunctionElement):
     inherit_cache = True
     name = "microseconds_between"
 
-    def __init__(self, start: ColumnElement, end: ColumnElement):
+    def __init__(self, start: ColumnElement[Any], end: ColumnElement[Any]):
         super().__init__(start, end)
 
 
@@ -61,7 +63,7 @@ class period_index(FunctionElement):
     inherit_cache = True
     name = "period_index"
 
-    def __init__(self, bucket: ColumnElement, bounds: ColumnElement):
+    def __init__(self, bucket: ColumnElement[Any], bounds: ColumnElement[Any]):
         super().__init__(bucket, bounds)
 
 
@@ -88,14 +90,14 @@ class compact_json_text(FunctionElement):
 @compiles(period_index)
 @compiles(utc_text)
 @compiles(compact_json_text)
-def _unsupported(element, compiler, **kw):
+def _unsupported(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     raise CompileError(
         f"{type(element).__name__} is not implemented for the "
         f"{compiler.dialect.name} dialect (see analytics/dialects/)"
     )
 
 
-def arguments(element, compiler, **kw) -> list[str]:
+def arguments(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> list[str]:
     """The compiled SQL of a construct's arguments."""
     return [compiler.process(argument, **kw) for argument in element.clauses]
 
@@ -116,7 +118,8 @@ class LockTimeout(SQLAlchemyError):
 
 def lock_wait_seconds(engine: Engine) -> float:
     """How long a write on this engine waits for a lock (its ``lock_wait_ms`` option)."""
-    return engine.get_execution_options().get("lock_wait_ms", DEFAULT_LOCK_WAIT_MS) / 1000
+    wait_ms: int = engine.get_execution_options().get("lock_wait_ms", DEFAULT_LOCK_WAIT_MS)
+    return wait_ms / 1000
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -157,8 +160,8 @@ class Dialect(Protocol):
     def add_totals(
         self,
         conn: Connection,
-        table,
-        rows: list[tuple],
+        table: Table,
+        rows: list[tuple[Any, ...]],
         keys: tuple[str, ...],
         totals: tuple[str, ...],
     ) -> None:
@@ -168,7 +171,7 @@ class Dialect(Protocol):
     def fold_totals(
         self,
         conn: Connection,
-        table,
+        table: Table,
         keys: tuple[str, ...],
         totals: tuple[str, ...],
         before_bucket: int,
@@ -176,14 +179,14 @@ class Dialect(Protocol):
         """Add the rows of ``table`` for buckets before ``before_bucket`` into one row per key
         (shard 0), where writers spread them over shards."""
 
-    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
+    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict[str, Any]:
         """Make ``period_index`` use ``bounds`` in the next statement on ``conn``: the
         parameters to pass it (its ``bounds`` parameter, or nothing)."""
 
     def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
         """Take these stripes of users, shared or exclusive, until the transaction ends."""
 
-    def insert_ignoring(self, table):
+    def insert_ignoring(self, table: Table) -> Insert:
         """An INSERT into ``table`` that skips rows whose unique keys are taken."""
 
     def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
@@ -204,7 +207,7 @@ class Dialect(Protocol):
     ) -> list[tuple[int, int]]:
         """(period, bits set in the union of its bitmaps) for (span, bucket, period) pieces."""
 
-    def spans_source(self):
+    def spans_source(self) -> Subquery:
         """A selectable of (user_id, lo, hi) rows read from the JSON parameter ``:spans``
         that ``spans_json`` writes."""
 

@@ -7,12 +7,30 @@ import contextlib
 import json
 import zlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, String, bindparam, cast, column, func, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    String,
+    Table,
+    bindparam,
+    cast,
+    column,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import ReturningInsert
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.selectable import Subquery
 
 from analytics.dialects import (
     arguments,
@@ -23,14 +41,14 @@ from analytics.dialects import (
     register,
     utc_text,
 )
-from analytics.models import BITMAP_BITS, Event, UTCDateTime
+from analytics.models import BITMAP_BITS, Event, UTCDateTime, table_of
 from analytics.rows import EventRow
 
-_events = Event.__table__
+_events = table_of(Event)
 
 
 @compiles(bucket_of, "postgresql")
-def _bucket_of(element, compiler, **kw):
+def _bucket_of(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     [timestamp] = arguments(element, compiler, **kw)
     # Whole seconds first: numeric division keeps only so many decimals, and a fraction just
     # under a bucket edge would round up to it.
@@ -38,14 +56,14 @@ def _bucket_of(element, compiler, **kw):
 
 
 @compiles(microseconds_between, "postgresql")
-def _microseconds_between(element, compiler, **kw):
+def _microseconds_between(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     start, end = arguments(element, compiler, **kw)
     # The interval of two timestamptz values has no month part, so its epoch is exact.
     return f"CAST(EXTRACT(EPOCH FROM ({end}) - ({start})) * 1000000 AS BIGINT)"
 
 
 @compiles(utc_text, "postgresql")
-def _utc_text(element, compiler, **kw):
+def _utc_text(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     [timestamp] = arguments(element, compiler, **kw)
     return f"to_char(({timestamp}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
 
@@ -56,7 +74,7 @@ _JSON_SPACES = r"""'("(?:[^"\\]|\\.)*")|([,:]) '"""
 
 
 @compiles(compact_json_text, "postgresql")
-def _compact_json_text(element, compiler, **kw):
+def _compact_json_text(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     [document] = arguments(element, compiler, **kw)
     return (
         f"nullif(regexp_replace(CAST({document} AS TEXT), {_JSON_SPACES}, '\\1\\2', 'g'), 'null')"
@@ -64,7 +82,7 @@ def _compact_json_text(element, compiler, **kw):
 
 
 @compiles(period_index, "postgresql")
-def _period_index(element, compiler, **kw):
+def _period_index(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     bucket, bounds = arguments(element, compiler, **kw)
     return f"width_bucket({bucket}, CAST({bounds} AS integer[]))"
 
@@ -111,7 +129,7 @@ _MOVE = """
 _FEW_ROWS = 20
 
 
-def _few_statement():
+def _few_statement() -> ReturningInsert[Any]:
     insert = postgresql.insert(_events).values(
         metadata=cast(bindparam("metadata_json", type_=String), postgresql.JSONB)
     )
@@ -124,10 +142,10 @@ class PostgreSQL:
     name = "postgresql"
     spreads_writers = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._few = _few_statement()
 
-    def writer_turn(self, engine: Engine):
+    def writer_turn(self, engine: Engine) -> AbstractContextManager[None]:
         return contextlib.nullcontext()  # row locks and the unique constraint suffice
 
     def is_lock_timeout(self, exc: DBAPIError) -> bool:
@@ -149,8 +167,8 @@ class PostgreSQL:
     def add_totals(
         self,
         conn: Connection,
-        table,
-        rows: list[tuple],
+        table: Table,
+        rows: list[tuple[Any, ...]],
         keys: tuple[str, ...],
         totals: tuple[str, ...],
     ) -> None:
@@ -165,7 +183,7 @@ class PostgreSQL:
     def fold_totals(
         self,
         conn: Connection,
-        table,
+        table: Table,
         keys: tuple[str, ...],
         totals: tuple[str, ...],
         before_bucket: int,
@@ -183,7 +201,7 @@ class PostgreSQL:
             {"before": before_bucket},
         )
 
-    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
+    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict[str, Any]:
         return {"bounds": bounds}
 
     def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
@@ -194,7 +212,7 @@ class PostgreSQL:
             {"s": sorted(stripes)},
         )
 
-    def insert_ignoring(self, table):
+    def insert_ignoring(self, table: Table) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
 
     def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
@@ -225,11 +243,12 @@ class PostgreSQL:
         spans, buckets, periods = (list(column) for column in zip(*pieces))
         # The union sorts a bitmap row per piece and chunk: in memory, not spilled to disk.
         conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-        return conn.exec_driver_sql(
+        counted = conn.exec_driver_sql(
             _COUNT_USERS, {"span": spans, "bucket": buckets, "period": periods}
-        ).all()
+        )
+        return [(period, n) for period, n in counted]
 
-    def spans_source(self):
+    def spans_source(self) -> Subquery:
         return (
             text(
                 "SELECT user_id, lo, hi FROM json_to_recordset(CAST(:spans AS json)) "
@@ -256,10 +275,12 @@ _GAVE_UP_WAITING = frozenset({"55P03", "57014"})
 _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
     func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k")
 )
-_TOTALS: dict = {}
+_TOTALS: dict[str, str] = {}
 
 
-def _totals_statement(conn: Connection, table, keys, totals) -> str:
+def _totals_statement(
+    conn: Connection, table: Table, keys: tuple[str, ...], totals: tuple[str, ...]
+) -> str:
     # All rows in one statement, in key order, so that concurrent writers lock rows in the
     # same order and never deadlock.
     names = [*keys, *totals]
@@ -276,7 +297,9 @@ def _totals_statement(conn: Connection, table, keys, totals) -> str:
     )
 
 
-def _insert_returning(conn: Connection, statement, rows: Sequence[EventRow]) -> list[int | None]:
+def _insert_returning(
+    conn: Connection, statement: ReturningInsert[Any], rows: Sequence[EventRow]
+) -> list[int | None]:
     returned = conn.execute(
         statement,
         [
@@ -293,7 +316,7 @@ def _insert_returning(conn: Connection, statement, rows: Sequence[EventRow]) -> 
     ).all()
     # Rows with an event_id are told apart by it; the others all went in, and each is given
     # the id of a returned row with its own user, time and name (the smallest first).
-    by_key: dict[tuple, list[int]] = {}
+    by_key: dict[tuple[Any, ...], list[int]] = {}
     for id_, user_id, event_id, occurred_at, event in sorted(returned, reverse=True):
         key = (user_id, event_id) if event_id is not None else (user_id, occurred_at, event)
         by_key.setdefault(key, []).append(id_)
@@ -311,7 +334,9 @@ def _insert_copy(conn: Connection, rows: Sequence[EventRow]) -> list[int | None]
         conn.exec_driver_sql(_STAGING)
     # Ascending, given in batch order: ties between equal timestamps are broken by arrival.
     ids = [first + offset for first in sorted(blocks) for offset in range(step)][: len(rows)]
-    cursor = conn.connection.driver_connection.cursor()
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a live connection, checked out by this transaction
+    cursor = driver.cursor()
     try:
         with cursor.copy(_COPY) as copy:
             copy.set_types(_COPY_TYPES)

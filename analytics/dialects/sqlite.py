@@ -15,11 +15,26 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, String, column, create_engine, event, text
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Insert,
+    String,
+    Table,
+    column,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.selectable import Subquery
 
 from analytics.dialects import (
     DEFAULT_LOCK_WAIT_MS,
@@ -33,10 +48,17 @@ from analytics.dialects import (
     register,
     utc_text,
 )
-from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UTCDateTime, sqlite_timestamp
+from analytics.models import (
+    BITMAP_BITS,
+    BITMAP_BYTES,
+    Event,
+    UTCDateTime,
+    sqlite_timestamp,
+    table_of,
+)
 from analytics.rows import EventRow
 
-_events = Event.__table__
+_events = table_of(Event)
 # Result codes of a statement that found the database locked and gave up waiting.
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
@@ -47,7 +69,7 @@ def _epoch_seconds(timestamp: str) -> str:
 
 
 @compiles(bucket_of, "sqlite")
-def _bucket_of(element, compiler, **kw):
+def _bucket_of(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     [timestamp] = arguments(element, compiler, **kw)
     seconds = _epoch_seconds(timestamp)
     # Integer division truncates toward zero: step back one for instants before 1970.
@@ -55,7 +77,7 @@ def _bucket_of(element, compiler, **kw):
 
 
 @compiles(microseconds_between, "sqlite")
-def _microseconds_between(element, compiler, **kw):
+def _microseconds_between(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     start, end = arguments(element, compiler, **kw)
 
     def micro(ts: str) -> str:
@@ -65,7 +87,7 @@ def _microseconds_between(element, compiler, **kw):
 
 
 @compiles(period_index, "sqlite")
-def _period_index(element, compiler, **kw):
+def _period_index(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     # The bounds are not a parameter here: bind_bounds gives the function its own copy (a
     # parameter would be copied into Python again for every row).
     bucket = compiler.process(element.clauses.clauses[0], **kw)
@@ -73,14 +95,14 @@ def _period_index(element, compiler, **kw):
 
 
 @compiles(utc_text, "sqlite")
-def _utc_text(element, compiler, **kw):
+def _utc_text(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     # Stored as this very text (models.sqlite_timestamp).
     [timestamp] = arguments(element, compiler, **kw)
     return timestamp
 
 
 @compiles(compact_json_text, "sqlite")
-def _compact_json_text(element, compiler, **kw):
+def _compact_json_text(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     # json() writes the stored text minified; a JSON null is absent metadata.
     [document] = arguments(element, compiler, **kw)
     return f"nullif(json({document}), 'null')"
@@ -117,7 +139,7 @@ class SQLite:
 
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         stamps: dict[datetime, str] = {}  # received_at is most often one value for a batch
-        values = []
+        values: list[tuple[Any, ...]] = []
         for r in rows:
             received = stamps.get(r.received_at)
             if received is None:
@@ -135,13 +157,13 @@ class SQLite:
         # The driver's executemany steps one prepared statement in C. It cannot RETURN, so the
         # new rows are found by rowid: the transaction holds the write lock, and each new row
         # gets the next rowid after the largest, so they are the last ``inserted`` rowids.
-        driver = conn.connection.driver_connection
+        driver = _driver(conn)
         before = driver.total_changes
         conn.exec_driver_sql(self._insert, values)
         inserted = driver.total_changes - before
         if not inserted:
             return [None] * len(rows)
-        last = conn.exec_driver_sql("SELECT max(id) FROM events").scalar()
+        last: int = conn.exec_driver_sql("SELECT max(id) FROM events").scalar_one()
         if inserted == len(rows):
             return list(range(last - inserted + 1, last + 1))
         # Some were duplicates (only rows with an event_id can be): the rows that went in are
@@ -171,8 +193,8 @@ class SQLite:
     def add_totals(
         self,
         conn: Connection,
-        table,
-        rows: list[tuple],
+        table: Table,
+        rows: list[tuple[Any, ...]],
         keys: tuple[str, ...],
         totals: tuple[str, ...],
     ) -> None:
@@ -190,17 +212,17 @@ class SQLite:
     def fold_totals(
         self,
         conn: Connection,
-        table,
+        table: Table,
         keys: tuple[str, ...],
         totals: tuple[str, ...],
         before_bucket: int,
     ) -> None:
         pass  # every writer adds to shard 0
 
-    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict:
+    def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict[str, Any]:
         # Registered on this connection for the statement about to run on it (a connection
         # serves one thread at a time).
-        conn.connection.driver_connection.create_function(
+        _driver(conn).create_function(
             "period_index", 1, functools.partial(bisect.bisect_right, bounds), deterministic=True
         )
         return {}
@@ -208,7 +230,7 @@ class SQLite:
     def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
         pass  # the write transaction already excludes every other writer
 
-    def insert_ignoring(self, table):
+    def insert_ignoring(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
 
     def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
@@ -238,7 +260,7 @@ class SQLite:
     def count_users(
         self, conn: Connection, pieces: list[tuple[int, int, int]]
     ) -> list[tuple[int, int]]:
-        return conn.exec_driver_sql(
+        counted = conn.exec_driver_sql(
             "SELECT period, sum(n) FROM ("
             "  SELECT json_extract(p.value, '$[2]') AS period, bits_count(bits_union(b.bits)) AS n"
             "  FROM json_each(?) AS p JOIN user_bitmaps AS b"
@@ -246,9 +268,10 @@ class SQLite:
             "   AND b.bucket = json_extract(p.value, '$[1]')"
             "  GROUP BY 1, b.chunk) GROUP BY period",
             (json.dumps(pieces),),
-        ).all()
+        )
+        return [(period, n) for period, n in counted]
 
-    def spans_source(self):
+    def spans_source(self) -> Subquery:
         return (
             text(
                 "SELECT json_extract(value, '$[0]') AS user_id, json_extract(value, '$[1]') AS lo, "
@@ -269,10 +292,16 @@ class SQLite:
         )
 
 
-_TOTALS: dict = {}
+_TOTALS: dict[str, str] = {}
 
 
-def make_engine(url, busy_timeout_s: int, lock_wait_ms: int = DEFAULT_LOCK_WAIT_MS) -> Engine:
+def _driver(conn: Connection) -> sqlite3.Connection:
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)  # checked out by this transaction
+    return driver
+
+
+def make_engine(url: URL, busy_timeout_s: int, lock_wait_ms: int = DEFAULT_LOCK_WAIT_MS) -> Engine:
     """An engine for a SQLite file: WAL, a busy timeout, the bound on the writer turn, and the
     period_index function."""
     database = url.database
@@ -290,7 +319,7 @@ def make_engine(url, busy_timeout_s: int, lock_wait_ms: int = DEFAULT_LOCK_WAIT_
     )
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         # SQLAlchemy emits BEGIN itself (the driver's implicit transactions are unreliable);
         # WAL lets readers run beside the writer.
         dbapi_connection.isolation_level = None
@@ -302,7 +331,7 @@ def make_engine(url, busy_timeout_s: int, lock_wait_ms: int = DEFAULT_LOCK_WAIT_
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection):
+    def _on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get("immediate")
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -320,7 +349,7 @@ def _blob(bits: int) -> bytes:
 
 
 class _BitsUnion:
-    def __init__(self):
+    def __init__(self) -> None:
         self.bits = 0
 
     def step(self, blob: bytes) -> None:
@@ -340,7 +369,7 @@ def _masks(bits: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, b
 
 
 @event.listens_for(Engine, "connect")
-def _register_bitmap_functions(dbapi_connection, _record) -> None:
+def _register_bitmap_functions(dbapi_connection: object, _record: object) -> None:
     # On every SQLite connection of every engine (the service's, the migrations', a script's).
     if not isinstance(dbapi_connection, sqlite3.Connection):
         return
@@ -353,10 +382,11 @@ def _register_bitmap_functions(dbapi_connection, _record) -> None:
     dbapi_connection.create_function(
         "bits_count", 1, lambda blob: _bits(blob).bit_count(), deterministic=True
     )
-    dbapi_connection.create_aggregate("bits_union", 1, _BitsUnion)
+    # typeshed declares aggregates over integers only.
+    dbapi_connection.create_aggregate("bits_union", 1, _BitsUnion)  # type: ignore[arg-type]
 
 
-def _take_turn(engine: Engine, seconds: float):
+def _take_turn(engine: Engine, seconds: float) -> _Turn | None:
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
@@ -400,46 +430,50 @@ def _lock_file(descriptor: int, in_process: threading.Lock, deadline: float) -> 
     except BlockingIOError:
         pass
     guard = threading.Lock()
-    state = {"had": False, "abandoned": False, "error": None}
+    had, abandoned = False, False
+    error: BaseException | None = None
     done = threading.Event()
 
-    def wait_in_flock():
+    def wait_in_flock() -> None:
+        nonlocal had, error
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            state["error"] = exc
+            error = exc
         with guard:
-            if not state["abandoned"]:
-                state["had"] = state["error"] is None
+            if not abandoned:
+                had = error is None
                 done.set()
                 return
-        if state["error"] is None:
+        if error is None:
             fcntl.flock(descriptor, fcntl.LOCK_UN)
         in_process.release()
 
     threading.Thread(target=wait_in_flock, name="sqlite-writer-turn", daemon=True).start()
     done.wait(max(0.0, deadline - time.monotonic()))
     with guard:
-        if state["had"]:
+        if had:
             return
-        if state["error"] is not None:
-            raise state["error"]
-        state["abandoned"] = True
+        if error is not None:
+            raise error
+        abandoned = True
     raise _GaveUp()
 
 
-def _give_turn(turn) -> None:
+def _give_turn(turn: _Turn | None) -> None:
     if turn is not None:
         in_process, descriptor = turn
         fcntl.flock(descriptor, fcntl.LOCK_UN)
         in_process.release()
 
 
-_writer_locks: dict[tuple[int, str], tuple[threading.Lock, int]] = {}
+# This process's lock for a database and an open descriptor of its lock file.
+_Turn = tuple[threading.Lock, int]
+_writer_locks: dict[tuple[int, str], _Turn] = {}
 _writer_locks_guard = threading.Lock()
 
 
-def _writer_lock(path: str) -> tuple[threading.Lock, int] | None:
+def _writer_lock(path: str) -> _Turn | None:
     """This process's lock for ``path`` and an open descriptor of the file, opened once per
     process (flock locks belong to an open file, which a forked child would share)."""
     key = (os.getpid(), path)
