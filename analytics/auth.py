@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -99,7 +100,7 @@ class KeyRing:
     cache, and the anonymous rate limit bounds how often they cost a query.
     """
 
-    def __init__(self, engine: Engine, clock=time.monotonic):
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.clock = clock
         self._entries: dict[str, tuple[KeyRecord, float]] = {}
@@ -110,6 +111,7 @@ class KeyRing:
         digest = hash_secret(secret)
         now = self.clock()
         entry = self._entries.get(digest)
+        key: KeyRecord | None
         if entry is not None and entry[1] > now:
             key = entry[0]
         else:
@@ -139,12 +141,14 @@ class KeyRing:
 
 
 def keyring(app: Flask | None = None) -> KeyRing:
-    return (app or current_app).extensions[EXTENSION_KEY]
+    ring: KeyRing = (app or current_app).extensions[EXTENSION_KEY]
+    return ring
 
 
 def current_access() -> Access:
     """What the current request needs and presented (PUBLIC before it was identified)."""
-    return g.get("access", PUBLIC)
+    access: Access = g.get("access", PUBLIC)
+    return access
 
 
 def _presented_secret(scope: str) -> str | None:

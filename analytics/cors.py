@@ -7,7 +7,7 @@ configured in an extension that echoes only the headers a preflight happens to a
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Content-Encoding, Authorization, X-Requested-With"
@@ -23,7 +23,7 @@ EXPOSE_HEADERS = (
 
 def init_app(app: Flask) -> None:
     @app.before_request
-    def _preflight():
+    def _preflight() -> Response | None:
         # Flask routes OPTIONS on every known path; unknown paths still get a JSON 404.
         if request.method == "OPTIONS" and request.url_rule is not None:
             response = app.response_class(status=204)
@@ -35,7 +35,7 @@ def init_app(app: Flask) -> None:
         return None
 
     @app.after_request
-    def _allow_origin(response):
+    def _allow_origin(response: Response) -> Response:
         origin = request.headers.get("Origin")
         if origin and request.path in ECHO_ORIGIN_PATHS:
             # A beacon of a JSON Blob, or a fetch with credentials, is refused by browsers

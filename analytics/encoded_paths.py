@@ -9,7 +9,12 @@ and the view decodes the id itself (``decode_segment``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 from analytics.errors import APIError
 
@@ -19,10 +24,10 @@ PREFIXES = ("/users/",)
 class EncodedIds:
     """WSGI middleware: PATH_INFO of the paths under PREFIXES is the raw, still encoded path."""
 
-    def __init__(self, app):
+    def __init__(self, app: WSGIApplication) -> None:
         self.app = app
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         if raw and path.startswith(PREFIXES):

@@ -24,6 +24,7 @@ from datetime import datetime
 from functools import partial
 from typing import BinaryIO
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -99,7 +100,7 @@ class _CountingLines:
         self._lines = iter(stream)
         self.count = 0
 
-    def __iter__(self):
+    def __iter__(self) -> _CountingLines:
         return self
 
     def __next__(self) -> str:
@@ -145,7 +146,9 @@ def read_csv(stream: BinaryIO) -> Iterator[Line]:
         yield Line(number, _csv_item(values, columns, wanted))
 
 
-def _csv_item(values: list[str], columns: list[str], wanted: list[tuple[int, str]]):
+def _csv_item(
+    values: list[str], columns: list[str], wanted: list[tuple[int, str]]
+) -> dict[str, str] | validation.Unreadable:
     if len(values) != len(columns):
         return validation.Unreadable(f"Expected {len(columns)} columns, found {len(values)}")
     if _has_surrogates(values):
@@ -321,7 +324,7 @@ class _InOrder:
         self.on_chunk(self.summary)
 
 
-def writers_for(engine) -> int:
+def writers_for(engine: Engine) -> int:
     """How many chunks an Importer writes at once: two on PostgreSQL, where one chunk's events
     go in while the previous one's sessions are paired (they wait for each other only on the
     users they share, and their totals go to different shards); one on SQLite, which lets

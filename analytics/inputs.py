@@ -8,6 +8,7 @@ import json
 import math
 import re
 import zlib
+from typing import Any, NoReturn
 
 from flask import Flask, Request, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -26,7 +27,7 @@ def is_json_mimetype(mimetype: str) -> bool:
     )
 
 
-def _refuse_constant(name: str):
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
@@ -42,18 +43,22 @@ class RepeatedKeys(dict):
     appearance); as a dict it holds each name's last value."""
 
     __slots__ = ("repeated",)
+    repeated: list[str]
 
 
-def _json_object(pairs: list) -> dict:
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # The names are counted here because the dict built from them no longer shows a repeat.
     document = dict(pairs)
     if len(document) == len(pairs):
         return document
-    seen: set = set()
+    seen: set[str] = set()
+    names = []
+    for name, _ in pairs:
+        if name in seen:
+            names.append(name)
+        seen.add(name)
     repeated = RepeatedKeys(document)
-    repeated.repeated = list(
-        dict.fromkeys(name for name, _ in pairs if name in seen or seen.add(name))
-    )
+    repeated.repeated = list(dict.fromkeys(names))
     return repeated
 
 
@@ -65,7 +70,7 @@ _STRICT_DECODER = json.JSONDecoder(
 )
 
 
-def loads_strict(data: bytes | str):
+def loads_strict(data: bytes | str) -> Any:
     """json.loads without NaN/Infinity and without numbers that overflow a double.
 
     Raises APIError 400 on anything that is not one JSON document.
@@ -153,7 +158,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         raise APIError(400, "Request body is not valid gzip data") from None
 
 
-def read_json_body(request: Request, limit: int):
+def read_json_body(request: Request, limit: int) -> Any:
     """The request body as parsed JSON, or an APIError (415 wrong type, 400 malformed, 413)."""
     if not is_json_mimetype(request.mimetype):
         raise APIError(415, "Content-Type must be application/json")
@@ -169,7 +174,7 @@ def read_json_object(request: Request, limit: int) -> dict:
 
 def init_app(app: Flask) -> None:
     @app.before_request
-    def _refuse_nul_in_query():
+    def _refuse_nul_in_query() -> None:
         for key, value in request.args.items(multi=True):
             if "\x00" in key or "\x00" in value:
                 name = key.replace("\x00", "") or "query"

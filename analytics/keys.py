@@ -13,8 +13,9 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, Row, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -85,7 +86,7 @@ def check_origin(origin: str) -> str:
     return origin.strip().lower()
 
 
-def _record(row) -> KeyRecord:
+def _record(row: Row[*tuple[Any, ...]]) -> KeyRecord:
     return KeyRecord(
         id=row.id,
         name=row.name,

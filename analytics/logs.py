@@ -16,7 +16,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from flask import Flask, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 from flask.logging import default_handler
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -82,13 +82,13 @@ def init_app(app: Flask) -> None:
     access = logging.getLogger(ACCESS_LOGGER)
 
     @app.before_request
-    def _start():
+    def _start() -> None:
         sent = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         g.request_started = time.monotonic()
 
     @app.after_request
-    def _finish(response):
+    def _finish(response: Response) -> Response:
         request_id = g.get("request_id")
         if request_id is None:  # refused before _start ran
             return response

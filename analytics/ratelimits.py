@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 
@@ -138,7 +138,7 @@ def _check() -> None:
         raise APIError(429, EXCEEDED)
 
 
-def _add_headers(response):
+def _add_headers(response: Response) -> Response:
     count: Count | None = g.pop("rate_count", None)
     if count is not None:
         response.headers["RateLimit-Limit"] = str(count.limit)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
-from sqlalchemy import BigInteger, Integer, bindparam, cast, func, literal, or_, select
+from sqlalchemy import BigInteger, Integer, Select, bindparam, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from analytics import dialects
 from analytics.aggregates.active_users import pieces as active_user_pieces
@@ -72,11 +74,15 @@ _session_buckets = table_of(SessionBucket)
 _sessions = table_of(PlayStopSession)
 _events = table_of(Event)
 _DATA_SPAN = select(func.min(_buckets.c.bucket), func.max(_buckets.c.bucket))
-_LO, _HI, _BOUNDS = bindparam("lo"), bindparam("hi"), bindparam("bounds")
+_LO: BindParameter[Any] = bindparam("lo")
+_HI: BindParameter[Any] = bindparam("hi")
+_BOUNDS: BindParameter[Any] = bindparam("bounds")
 _FIRST, _STEP = bindparam("first", type_=Integer), bindparam("step", type_=Integer)
 
 
-def _grouped(rows_with_bucket, keys: tuple[str, ...], sums: tuple[str, ...], regular: bool):
+def _grouped(
+    rows_with_bucket: Select[Any], keys: tuple[str, ...], sums: tuple[str, ...], regular: bool
+) -> Select[Any]:
     """``SELECT period, sum(...) ... GROUP BY period`` over a select whose first column is a
     bucket: the period is the bucket's run (1-based) among :bounds, or, when the runs are
     ``regular`` (all :step buckets long, from :first), arithmetic that gives the same index."""
@@ -94,7 +100,7 @@ def _grouped(rows_with_bucket, keys: tuple[str, ...], sums: tuple[str, ...], reg
     )
 
 
-def _all_users_metrics(with_events: bool, regular: bool):
+def _all_users_metrics(with_events: bool, regular: bool) -> Select[Any]:
     rows = select(_buckets.c.bucket, _buckets.c.event, _buckets.c.n).where(
         _buckets.c.bucket >= _LO, _buckets.c.bucket < _HI
     )
@@ -103,7 +109,7 @@ def _all_users_metrics(with_events: bool, regular: bool):
     return _grouped(rows, ("event",), ("n",), regular)
 
 
-def _user_metrics(with_events: bool, regular: bool):
+def _user_metrics(with_events: bool, regular: bool) -> Select[Any]:
     rows = select(
         bucket_of(_events.c.occurred_at).label("bucket"), _events.c.event, literal(1).label("n")
     ).where(
@@ -116,7 +122,7 @@ def _user_metrics(with_events: bool, regular: bool):
     return _grouped(rows, ("event",), ("n",), regular)
 
 
-def _filtered_active_users(regular: bool):
+def _filtered_active_users(regular: bool) -> Select[Any]:
     """Distinct users per run of buckets, from the events themselves: the bitmaps do not keep
     event names."""
     rows = select(bucket_of(_events.c.occurred_at).label("bucket"), _events.c.user_id).where(
@@ -132,13 +138,13 @@ def _filtered_active_users(regular: bool):
     return select(period, func.count(inner.c.user_id.distinct())).group_by(period)
 
 
-def _all_users_sessions(regular: bool):
+def _all_users_sessions(regular: bool) -> Select[Any]:
     t = _session_buckets
     rows = select(t.c.bucket, t.c.sessions, t.c.total_us).where(t.c.bucket >= _LO, t.c.bucket < _HI)
     return _grouped(rows, (), ("sessions", "total_us"), regular)
 
 
-def _user_sessions(regular: bool):
+def _user_sessions(regular: bool) -> Select[Any]:
     t = _sessions
     rows = select(
         t.c.bucket, literal(1).label("sessions"), t.c.duration_us.label("total_us")
@@ -162,9 +168,12 @@ _SESSIONS = {
 _ACTIVE_USERS = {regular: _filtered_active_users(regular) for regular in (False, True)}
 
 
-def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time: bool) -> dict:
+def _parameters(
+    session: Session, query: PeriodQuery, periods: Periods, by_time: bool
+) -> dict[str, Any]:
     lo, hi = periods.first_bucket, periods.end_bucket
     conn = session.connection()
+    parameters: dict[str, Any]
     if periods.step:
         parameters = {"first": lo, "step": periods.step}
     else:
@@ -180,7 +189,9 @@ def _parameters(session: Session, query: PeriodQuery, periods: Periods, by_time:
     return parameters
 
 
-def statement_for(session: Session, query: PeriodQuery, endpoint: str, periods: Periods):
+def statement_for(
+    session: Session, query: PeriodQuery, endpoint: str, periods: Periods
+) -> tuple[Select[Any], dict[str, Any]]:
     """The statement and parameters that answer ``endpoint`` ("/metrics" or "/sessions")."""
     by_user, regular = query.user_id is not None, bool(periods.step)
     statement = (
@@ -197,7 +208,7 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
     periods = query_periods(session, query)
     if periods is None:
         return []
-    counts: dict[str, Counter] = defaultdict(Counter)
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
     label_of = periods.label_of_index
     for index, event, n in session.execute(*statement_for(session, query, "/metrics", periods)):
         label = label_of[index]
@@ -223,7 +234,9 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
             totals[label][0] += n
             totals[label][1] += total
     return [
-        (label, *totals[label]) for label in periods.labels if query.fill_zero or totals[label][0]
+        (label, totals[label][0], totals[label][1])
+        for label in periods.labels
+        if query.fill_zero or totals[label][0]
     ]
 
 
@@ -277,5 +290,5 @@ def _filtered_active_users_per_label(
                 select(func.count(_events.c.user_id.distinct())).where(
                     during, _events.c.event.in_(query.events)
                 )
-            ).scalar()
+            ).scalar_one()
     return users

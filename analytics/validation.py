@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from marshmallow import ValidationError
 
@@ -41,7 +42,7 @@ class InvalidEvent(Exception):
         self.errors = errors
 
 
-def load_event(item, nul_free: bool = False) -> dict:
+def load_event(item: object, nul_free: bool = False) -> dict[str, Any]:
     """Validate one incoming event by the POST /track rules; InvalidEvent when it fails.
     ``nul_free`` as for ``schemas.quick_load_event``."""
     loaded = quick_load_event(item, nul_free)
@@ -52,9 +53,10 @@ def load_event(item, nul_free: bool = False) -> dict:
     if not isinstance(item, dict):
         raise InvalidEvent(NOT_AN_OBJECT)
     try:
-        return _schema.load(item)
+        checked: dict[str, Any] = _schema.load(item)
+        return checked
     except ValidationError as exc:
-        errors = ordered_errors(_schema, exc.messages)
+        errors = ordered_errors(_schema, exc.messages_dict)
         raise InvalidEvent(validation_message(errors), errors) from None
 
 
