@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from analytics import reports
 from analytics.api.metrics import answer
@@ -15,7 +15,7 @@ bp = Blueprint("active_users", __name__)
 
 @bp.get("/active-users")
 @failure_message("Failed to fetch active users")
-def active_users():
+def active_users() -> Response:
     query = load_period_query(request.args, "/active-users", refused=("user_id",))
     data = [
         {"date": label, "users": users}

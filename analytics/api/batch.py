@@ -6,7 +6,9 @@ the valid ones are stored in one transaction, committed before the answer is sen
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from analytics import validation, writer
 from analytics.db import get_session
@@ -21,7 +23,7 @@ NDJSON_MIMETYPES = ("application/x-ndjson", "application/ndjson")
 NOT_A_BATCH = 'Request body must be a JSON object with an "events" list'
 
 
-def _nonblank_lines(body: bytes):
+def _nonblank_lines(body: bytes) -> Iterator[bytes]:
     """The non-blank lines, one at a time, so that a reader can stop early."""
     start, size = 0, len(body)
     while start < size:
@@ -38,7 +40,7 @@ def _ndjson_items(body: bytes, limit: int) -> list:
     """The non-blank lines, each parsed as JSON or marked unreadable (its index still counts).
     Lines are counted before any is parsed, and counting stops past ``limit`` (413): a body of
     many tiny lines costs no parsing."""
-    lines = []
+    lines: list[bytes] = []
     for line in _nonblank_lines(body):
         if len(lines) == limit:
             raise too_many_events(limit)
@@ -94,7 +96,7 @@ def read_batch() -> tuple[list, bool]:
 
 @bp.post("/track/batch")
 @failure_message("Failed to log events")
-def track_batch():
+def track_batch() -> Response:
     items, nul_free = read_batch()
     checked = validation.check_events(
         enumerate(items),

@@ -25,7 +25,7 @@ def streamed(chosen: export.EventFilter, fmt: str) -> Response:
 
 @bp.get("/events")
 @failure_message("Failed to export events")
-def events():
+def events() -> Response:
     query = load_events_query(request.args)
     start, end = export.local_range(query["start_date"], query["end_date"], query["tz"])
     chosen = export.EventFilter(

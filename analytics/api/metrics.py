@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import Blueprint, Response, jsonify, request
 
 from analytics import reports
 from analytics.api.query import load_period_query
@@ -10,9 +13,10 @@ from analytics.db import get_session
 from analytics.errors import APIError, failure_message
 
 bp = Blueprint("metrics", __name__)
+T = TypeVar("T")
 
 
-def answer(rows):
+def answer(rows: Callable[[], T]) -> T:
     """Run a report; a refused fill=zero is a 400."""
     try:
         return rows()
@@ -22,7 +26,7 @@ def answer(rows):
 
 @bp.get("/metrics")
 @failure_message("Failed to fetch metrics")
-def metrics():
+def metrics() -> Response:
     query = load_period_query(request.args, "/metrics")
     data = []
     for label, counts in answer(lambda: reports.metrics(get_session(), query)):

@@ -8,7 +8,7 @@ is loaded from another host; the Content-Security-Policy makes the browser hold 
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, send_from_directory
+from flask import Blueprint, Response, current_app, send_from_directory
 
 bp = Blueprint("pages", __name__)
 
@@ -19,28 +19,34 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def _page(path: str):
-    response = send_from_directory(current_app.static_folder, path, mimetype="text/html", max_age=0)
+def _static_folder() -> str:
+    folder = current_app.static_folder
+    assert folder is not None  # the package's static folder, set by create_app
+    return folder
+
+
+def _page(path: str) -> Response:
+    response = send_from_directory(_static_folder(), path, mimetype="text/html", max_age=0)
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 
 
 @bp.get("/dashboard")
-def dashboard():
+def dashboard() -> Response:
     return _page("dashboard/index.html")
 
 
 @bp.get("/docs")
-def docs():
+def docs() -> Response:
     return _page("docs/index.html")
 
 
 @bp.get("/analytics.js")
-def tracker():
+def tracker() -> Response:
     # Cached for an hour: pages load it on every visit, and a new version may wait that long.
     response = send_from_directory(
-        current_app.static_folder,
+        _static_folder(),
         "tracker/analytics.min.js",
         mimetype="text/javascript",
         max_age=3600,

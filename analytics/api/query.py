@@ -3,7 +3,9 @@ that of the export (GET /events)."""
 
 from __future__ import annotations
 
-from marshmallow import ValidationError
+from typing import Any
+
+from marshmallow import Schema, ValidationError
 from werkzeug.datastructures import MultiDict
 
 from analytics.errors import APIError
@@ -21,16 +23,17 @@ _schema = PeriodQuerySchema()
 _events_schema = EventsQuerySchema(exclude=NOT_EXPORT_PARAMETERS)
 
 
-def _load(schema, args: MultiDict) -> dict:
+def _load(schema: Schema, args: MultiDict[str, str]) -> dict[str, Any]:
     """``args`` validated by ``schema``; APIError 400 with the message that comes first (see
     schemas.PERIOD_QUERY_PRECEDENCE)."""
-    data = args.to_dict()  # the first value of each parameter ...
+    data: dict[str, str | list[str]] = dict(args.to_dict())  # the first value of each ...
     if "event" in args:
         data["event"] = args.getlist("event")  # ... but every event
     try:
-        return schema.load(data)
+        loaded: dict[str, Any] = schema.load(data)
+        return loaded
     except ValidationError as exc:
-        message, errors = period_query_error(exc.messages)
+        message, errors = period_query_error(exc.messages_dict)
         raise APIError(400, message, errors=errors) from None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from analytics import reports
 from analytics.api.metrics import answer
@@ -26,7 +26,7 @@ def seconds_half_up(microseconds: int, count: int = 1) -> int:
 
 @bp.get("/sessions")
 @failure_message("Failed to fetch session metrics")
-def sessions():
+def sessions() -> Response:
     query = load_period_query(request.args, "/sessions", refused=("event",))
     data = [
         {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from analytics import validation
 from analytics.committer import NoResult, store_event
@@ -24,19 +24,21 @@ def load_event(body: dict) -> dict:
 
 @bp.post("/track")
 @failure_message("Failed to log event")
-def track():
+def track() -> Response:
     data = load_event(read_json_object(request, current_app.config["MAX_CONTENT_LENGTH"]))
     prepared = prepare_event(
         data, now=utcnow(), metadata_limit=current_app.config["METADATA_MAX_BYTES"]
     )
     try:
-        stored = store_event(current_app._get_current_object(), prepared.row)
+        # The app itself, not the context's proxy: the committer's thread has no context.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        stored = store_event(app, prepared.row)
     except NoResult:
         current_app.logger.warning("POST /track answered 503: no result from the writer")
         raise APIError(
             503, "Failed to log event", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
         ) from None
-    body = {"status": "success", "message": "Event logged."}
+    body: dict[str, object] = {"status": "success", "message": "Event logged."}
     if not stored:
         # Already stored by an earlier request: the warnings that request got describe the
         # stored event; this one changed nothing, so it reports none.

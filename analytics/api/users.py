@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 
 from analytics import erasure, export
 from analytics.api.export import streamed
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @bp.delete("/users/<user_id>")
 @failure_message("Failed to delete the user's events")
-def erase(user_id: str):
+def erase(user_id: str) -> Response:
     user_id = decode_segment("user_id", user_id)
     deleted = erasure.erase_user(get_engine(), user_id)
     # The record of an erasure: when, on whose authority, how much. Never the user's id or
@@ -39,6 +39,6 @@ def erase(user_id: str):
 
 @bp.get("/users/<user_id>/events")
 @failure_message("Failed to export the user's events")
-def user_events(user_id: str):
+def user_events(user_id: str) -> Response:
     chosen = export.EventFilter(user_id=decode_segment("user_id", user_id))
     return streamed(chosen, "ndjson")
