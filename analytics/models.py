@@ -120,7 +120,8 @@ class Event(Base):
         # so concurrent retries store an event once. Scoped by user_id so that the constraint
         # stays enforceable when the table is distributed by user. Also the ON CONFLICT target.
         UniqueConstraint("user_id", "event_id"),
-        # /metrics?user_id= and /sessions?user_id=: one user's events in time order.
+        # One user's events in time order: /metrics?user_id=, a user's export and erasure,
+        # and the active-user check of a delete.
         Index("ix_events_user_id_occurred_at", "user_id", "occurred_at"),
         # Session pairing: each user's play/stop sequence in (timestamp, arrival) order, the
         # window's PARTITION BY / ORDER BY, answered from the index alone.

@@ -21,7 +21,7 @@ from analytics import writer
 from analytics.models import Event
 
 # Events deleted per transaction. SQLite has one write lock, which the API's writes wait for
-# while a batch holds it, so its batches are smaller (about 20 ms each on a 1M-event table).
+# while a batch holds it, so its batches are smaller (bench/scale.py measures the purge).
 DEFAULT_BATCH_SIZES = {"sqlite": 200}
 DEFAULT_BATCH_SIZE = 1000
 # After each batch the purge rests as long as the batch took, times this: it is maintenance,
