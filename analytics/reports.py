@@ -1,5 +1,6 @@
-"""Reading the answers of /metrics and /sessions: the aggregates summed per local period for
-all users, or one user's own rows. Plain functions of a Session: no Flask, no commit."""
+"""Reading the answers of /metrics, /sessions and /active-users: the aggregates summed (or,
+for active users, united) per local period for all users, or one user's own rows. Plain
+functions of a Session: no Flask, no commit."""
 
 from __future__ import annotations
 
