@@ -281,7 +281,7 @@ def rebuild_aggregates() -> None:
 @command
 @click.group("keys")
 def keys_group() -> None:
-    """Create, list and revoke access keys (see the README's "Securing a deployment")."""
+    """Create, list and revoke access keys (see deploy/README.md, "Access keys")."""
 
 
 def _check_option(check):

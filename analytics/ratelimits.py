@@ -12,7 +12,7 @@ Rates are parsed, and counted in memory, by ``limits``, the library under flask-
 flask-limiter itself is not used on the request path: it asks its storage three times per
 request (the count, then the count and expiry again for the headers), which took
 Redis-backed requests to under half the throughput of unlimited ones; here one script call
-both counts and says when the window ends (docs/benchmarks.md).
+both counts and says when the window ends (docs/decisions.md).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ class TrackEventSchema(Schema):
     event = name_field(
         "event",
         metadata={
-            "description": 'Event name, e.g. "play". "date" is reserved.',
+            "description": '"date" is reserved: it labels the periods of /metrics.',
             "example": "play",
             "not": {"enum": ["date"]},
         },
@@ -190,9 +190,10 @@ class TrackEventSchema(Schema):
         validate=_not_too_deep,
         error_messages={"invalid": "metadata must be a JSON object"},
         metadata={
-            "description": "Any JSON object, nested at most 64 levels deep (the object "
-            "is level 1). Over 4096 bytes (compact UTF-8 JSON) it is "
-            "replaced by a truncation notice.",
+            # The size limit is a setting: the OpenAPI document adds it (api/openapi.py).
+            "description": f"Any JSON object, nested at most {METADATA_MAX_LEVELS} levels deep "
+            "(the object is level 1; each object or array inside adds one). A key given twice "
+            "keeps its last value.",
             "example": {"song_id": "song456", "device": "mobile"},
         },
     )
@@ -331,11 +332,10 @@ class TrackBatchSchema(Schema):
             }
         ),
         required=True,
+        # maxItems is a setting (BATCH_MAX_EVENTS): the OpenAPI document adds it.
         metadata={
             "minItems": 1,
-            "maxItems": 1000,
-            "description": "1 to BATCH_MAX_EVENTS (1000 by default) events. A batch in which "
-            "every event is rejected is a 400 and stores nothing.",
+            "description": "A batch in which every event is rejected is a 400 and stores nothing.",
         },
     )
 
@@ -349,7 +349,9 @@ class BatchRejectedSchema(Schema):
 
 
 class BatchWarningsSchema(Schema):
-    index = fields.Integer(required=True)
+    index = fields.Integer(
+        required=True, metadata={"description": "0-based position in events, as in rejected."}
+    )
     warnings = fields.List(
         fields.String(),
         required=True,
@@ -624,7 +626,8 @@ class MetricsRowSchema(Schema):
     date = fields.String(
         required=True,
         metadata={
-            "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01.",
+            "description": "The period's label: YYYY-MM-DD for a day, the first day of a week "
+            "or YYYY-MM-01 for a month, YYYY-MM-DDTHH:00+HH:MM for an hour.",
             "example": "2025-01-01",
         },
     )
@@ -644,8 +647,7 @@ class SessionsRowSchema(Schema):
     date = fields.String(
         required=True,
         metadata={
-            "description": "YYYY-MM-DD: the day, the Monday of the ISO week, or YYYY-MM-01 of the "
-            "sessions' plays.",
+            "description": "The label of the period of the sessions' plays, as in GET /metrics.",
             "example": "2025-01-01",
         },
     )
@@ -746,7 +748,9 @@ class ExportedEventSchema(Schema):
     metadata = fields.Dict(
         required=True, allow_none=True, metadata={"description": "As stored; null when absent."}
     )
-    event_id = fields.String(required=True, allow_none=True, metadata={"example": None})
+    event_id = fields.String(
+        required=True, allow_none=True, metadata={"description": "As sent; null when absent."}
+    )
     received_at = fields.String(
         required=True,
         metadata={

@@ -21,6 +21,7 @@ bp = Blueprint("batch", __name__)
 
 NDJSON_MIMETYPES = ("application/x-ndjson", "application/ndjson")
 NOT_A_BATCH = 'Request body must be a JSON object with an "events" list'
+ALL_REJECTED = "Every event in the batch was rejected; nothing was stored"
 
 
 def _nonblank_lines(body: bytes) -> Iterator[bytes]:
@@ -108,7 +109,7 @@ def track_batch() -> Response:
     if not checked.prepared:
         raise APIError(
             400,
-            "Every event in the batch was rejected; nothing was stored",
+            ALL_REJECTED,
             errors={f"events[{index}]": [message] for index, message in checked.rejected},
         )
 
