@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import re
 import zoneinfo
+from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 from marshmallow import (
     EXCLUDE,
@@ -29,7 +31,7 @@ METADATA_MAX_LEVELS = 64
 METADATA_TOO_DEEP = f"metadata is nested too deeply (at most {METADATA_MAX_LEVELS} levels)"
 
 
-def has_nul(value) -> bool:
+def has_nul(value: object) -> bool:
     """Whether any string (key or value) in a parsed JSON document contains U+0000."""
     # Iterative: a document may be nested deeper than Python's recursion allows.
     stack = [value]
@@ -55,13 +57,13 @@ def json_text_is_nul_free(text: bytes) -> bool:
     return b"\\u0000" not in text
 
 
-def find_nul(value, path: str = "") -> str | None:
+def find_nul(value: object, path: str = "") -> str | None:
     """The path of the first string (key or value) that contains U+0000, or None."""
     if not has_nul(value):
         return None  # the common case, without building a path for every value
     # Entries: (node, its path, the path of the object holding it, its key there). Children
     # are pushed in reverse so that they are looked at in document order.
-    stack: list[tuple] = [(value, path, "", None)]
+    stack: list[tuple[Any, str, str, str | None]] = [(value, path, "", None)]
     while stack:
         node, where, parent, key = stack.pop()
         if key is not None and "\x00" in key:
@@ -87,10 +89,10 @@ def find_nul(value, path: str = "") -> str | None:
     return None
 
 
-def nested_deeper_than(value, levels: int) -> bool:
+def nested_deeper_than(value: object, levels: int) -> bool:
     """Whether a JSON object or array holds containers more than ``levels`` deep (the value
     itself is level 1, each object or array inside adds one)."""
-    stack = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > levels:
@@ -110,7 +112,7 @@ def repeated_field(name: str) -> str:
     return f"{name} must be given only once"
 
 
-def _not_blank(name: str):
+def _not_blank(name: str) -> Callable[[str], None]:
     def check(value: str) -> None:
         if not value.strip():
             raise ValidationError(f"{name} must contain at least one non-whitespace character")
@@ -124,7 +126,7 @@ NO_NUL_PATTERN = "^[^\\u0000]*$"
 NAME_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
 
 
-def name_field(name: str, **kwargs) -> fields.String:
+def name_field(name: str, **kwargs: Any) -> fields.String:
     """A required, non-blank string of at most 255 characters (event names, user ids)."""
     kwargs["metadata"] = {"minLength": 1, "pattern": NAME_PATTERN, **kwargs.get("metadata", {})}
     return fields.String(
@@ -147,7 +149,7 @@ def name_field(name: str, **kwargs) -> fields.String:
 class Timestamp(fields.Field):
     """An ISO 8601 date and time with optional offset (UTC when absent), as an aware datetime."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if not isinstance(value, str):
             raise ValidationError(
                 "timestamp must be a string in ISO 8601 format, e.g. 2025-01-18T14:30:00Z"
@@ -217,13 +219,13 @@ class TrackEventSchema(Schema):
     )
 
     @pre_load
-    def refuse_repeated_fields(self, data, **kwargs):
+    def refuse_repeated_fields(self, data: Any, **kwargs: Any) -> Any:
         if isinstance(data, RepeatedKeys):
             raise ValidationError({name: [repeated_field(name)] for name in data.repeated})
         return data
 
     @pre_load
-    def refuse_nul(self, data, **kwargs):
+    def refuse_nul(self, data: Any, **kwargs: Any) -> Any:
         path = find_nul(data)
         if path is not None:
             top = path.split(".")[0].split("[")[0]
@@ -231,17 +233,19 @@ class TrackEventSchema(Schema):
         return data
 
     @validates("event")
-    def event_not_reserved(self, value, **kwargs):
+    def event_not_reserved(self, value: str, **kwargs: Any) -> None:
         if value == "date":
             raise ValidationError('event "date" is reserved')
 
     @post_load(pass_original=True)
-    def keep_raw_timestamp(self, data, original, **kwargs):
+    def keep_raw_timestamp(
+        self, data: dict[str, Any], original: dict[str, Any], **kwargs: Any
+    ) -> dict[str, Any]:
         data["raw_timestamp"] = original.get("timestamp")
         return data
 
 
-def quick_load_event(item, nul_free: bool = False) -> dict | None:
+def quick_load_event(item: object, nul_free: bool = False) -> dict[str, Any] | None:
     """What ``TrackEventSchema().load(item)`` returns, for an item that plainly follows every
     rule; None when anything needs a closer look (the schema then decides, and words the error).
     ``nul_free``: the caller knows that no string in the item contains U+0000 (see
@@ -408,7 +412,7 @@ def validation_message(messages: dict) -> str:
     """One sentence from marshmallow's {field: [messages]} (nested dicts flattened)."""
     flat: list[str] = []
 
-    def walk(value):
+    def walk(value: object) -> None:
         if isinstance(value, dict):
             for item in value.values():
                 walk(item)
@@ -485,7 +489,7 @@ class QueryDate(fields.Date):
         "invalid": INVALID_DATE,
     }
 
-    def _deserialize(self, value, attr, data, **kwargs):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if value == "":
             raise self.make_error("required")
         if not isinstance(value, str) or not _DATE_TEXT.fullmatch(value):
@@ -582,13 +586,13 @@ class PeriodQuerySchema(Schema):
     )
 
     @pre_load
-    def empty_user_id_means_all(self, data, **kwargs):
+    def empty_user_id_means_all(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         if data.get("user_id") == "":
             data = {key: value for key, value in data.items() if key != "user_id"}
         return data
 
     @validates_schema(skip_on_field_errors=False)
-    def start_not_after_end(self, data, **kwargs):
+    def start_not_after_end(self, data: dict[str, Any], **kwargs: Any) -> None:
         start, end = data.get("start_date"), data.get("end_date")
         if start is not None and end is not None and start > end:
             raise ValidationError(DATES_OUT_OF_ORDER, field_name="start_date")
@@ -605,13 +609,13 @@ def period_query_error(messages: dict) -> tuple[str, dict[str, list[str]]]:
     return validation_message(messages), messages
 
 
-def _flat(found) -> list[str]:
+def _flat(found: object) -> list[str]:
     """The messages of a field, those of a list's items included."""
     if isinstance(found, dict):
         return [message for item in found.values() for message in _flat(item)]
     if isinstance(found, list):
         return [message for item in found for message in _flat(item)]
-    return [found]
+    return [str(found)]
 
 
 class MetricsRowSchema(Schema):

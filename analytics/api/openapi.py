@@ -16,7 +16,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from analytics import auth, ratelimits, reports, schemas
 from analytics.api.batch import ALL_REJECTED, NOT_A_BATCH
@@ -688,7 +688,7 @@ def _export_paths(spec: APISpec) -> None:
 
 
 @bp.get("/openapi.json")
-def openapi_document():
+def openapi_document() -> Response:
     if "openapi" not in current_app.extensions:
         current_app.extensions["openapi"] = add_security(
             build_spec(current_app.config).to_dict(), current_app.config["AUTH_MODE"]
@@ -880,7 +880,7 @@ def add_security(document: dict, auth_mode: str) -> dict:
             if scope is None:
                 operation["security"] = []
                 continue
-            accepted = [{"bearerKey": []}]
+            accepted: list[dict[str, list[str]]] = [{"bearerKey": []}]
             if scope == auth.INGEST:
                 accepted.append({"queryKey": []})
             if scope not in auth.REQUIRED_IN_MODE[auth_mode]:
