@@ -17,10 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from analytics import importer, keys, retention, writer
 from analytics.aggregates import REGISTRY
+from analytics.config import parse_rate
 from analytics.db import get_engine, get_session, ping
 from analytics.models import utcnow
 from analytics.periods import bucket_of
-from config import parse_rate
 
 COMMANDS: list = []
 
