@@ -153,10 +153,14 @@ def _database_failure(exc: SQLAlchemyError) -> str:
     return _failure_text(*importer.describe_error(exc))
 
 
+# A command that works wherever the package is installed (alembic needs the checkout's ini).
+MIGRATE_HINT = "run flask --app analytics migrate"
+
+
 def _failure_text(kind: str, reason: str) -> str:
     where = get_engine().url.render_as_string(hide_password=True)
     if kind == "missing-table":
-        return f"no events table in the database at {where} (run alembic upgrade head): {reason}"
+        return f"no events table in the database at {where} ({MIGRATE_HINT}): {reason}"
     if kind == "unreachable":
         return f"cannot reach the database at {where}: {reason}"
     return f"database error at {where}: {reason}"
@@ -350,7 +354,7 @@ def _keys_failure(exc: SQLAlchemyError) -> str:
     kind, reason = importer.describe_error(exc)
     if kind == "missing-table":
         where = get_engine().url.render_as_string(hide_password=True)
-        return f"no keys table in the database at {where} (run alembic upgrade head): {reason}"
+        return f"no keys table in the database at {where} ({MIGRATE_HINT}): {reason}"
     return _failure_text(kind, reason)
 
 
@@ -412,7 +416,7 @@ def keys_list() -> None:
     except SQLAlchemyError as exc:
         raise click.ClickException(_keys_failure(exc)) from None
     if not rows:
-        click.echo("No keys. Create one with: flask --app wsgi keys create NAME --scope read")
+        click.echo("No keys. Create one with: flask --app analytics keys create NAME --scope read")
         return
     table = [("NAME", "SCOPES", "ORIGINS", "RATE", "CREATED", "LAST USED", "STATUS")]
     for key in rows:

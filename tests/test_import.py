@@ -335,7 +335,7 @@ def test_a_database_without_tables_stops_the_import_clearly(backend, tmp_path, r
     assert result.exit_code == 1, result.output
     assert "stopped before anything was committed" in result.output
     assert "Error: no events table in the database at " in result.output
-    assert "(run alembic upgrade head)" in result.output
+    assert "(run flask --app analytics migrate)" in result.output
     assert "Traceback" not in result.output
 
 
