@@ -294,10 +294,11 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
     def fail_second_chunk(session, rows):
         calls["n"] += 1
         if any(row.event_id == "id4" for row in rows):  # the second chunk (lines 5 to 8)
-            # What a lost connection looks like to the importer.
+            # What a lost connection looks like to the importer: SQLAlchemy found it dead.
             from sqlalchemy.exc import OperationalError
 
-            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+            lost = Exception("server closed the connection")
+            raise OperationalError("INSERT", {}, lost, connection_invalidated=True)
         return original(session, rows)
 
     importer.writer.store_events = fail_second_chunk
