@@ -1,5 +1,6 @@
-"""WSGI entry point: ``gunicorn wsgi:app`` and ``flask --app wsgi ...``."""
+"""WSGI entry point from the project's root: ``gunicorn wsgi:app`` and ``flask --app wsgi ...``
+(installed elsewhere: ``gunicorn analytics.wsgi:app``, ``flask --app analytics ...``)."""
 
-from analytics import create_app
+from analytics.wsgi import app
 
-app = create_app()
+__all__ = ["app"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from config import load_config
+from analytics.config import load_config
 
 
 def create_app(test_config: dict | None = None) -> Flask:

@@ -1,26 +1,30 @@
-"""``flask --app wsgi <command>``: operator commands, registered on the app in init_app."""
+"""``flask --app analytics <command>`` (``flask --app wsgi <command>`` from the project's root):
+operator commands, registered on the app in init_app."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import stat
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
 import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from analytics import importer, keys, retention, writer
 from analytics.aggregates import REGISTRY
+from analytics.config import parse_rate
 from analytics.db import get_engine, get_session, ping
 from analytics.models import utcnow
 from analytics.periods import bucket_of
-from config import parse_rate
 
 COMMANDS: list = []
 
@@ -34,6 +38,52 @@ def command(func):
 def init_app(app: Flask) -> None:
     for cmd in COMMANDS:
         app.cli.add_command(cmd)
+
+
+@command
+@click.command("migrate")
+@with_appcontext
+def migrate() -> None:
+    """Create the tables, or upgrade them to this version's schema (alembic upgrade head).
+
+    Runs the migrations the package carries, so it works from any folder, with no alembic.ini.
+    Safe to repeat: a database already up to date is left as it is.
+    """
+    # Alembic's own log (set up at import, then each step) gives way to the lines below.
+    with _quiet("alembic"):
+        _migrate(current_app.config["DATABASE_URL"])
+
+
+def _migrate(url: str) -> None:
+    # Imported here: the other commands have no use for alembic.
+    from analytics import migrations
+
+    where = make_url(url).render_as_string(hide_password=True)
+    target = migrations.head()
+    try:
+        before = migrations.current(url)
+        if before == target:
+            click.echo(f"The database at {where} is up to date (revision {target})")
+            return
+        # A line before a migration that may take long (0008 reads every event).
+        click.echo(f"Upgrading the database at {where} from {before or 'empty'} to {target}")
+        migrations.upgrade(url)
+        after = migrations.current(url)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(_database_failure(exc)) from None
+    click.echo(f"The database at {where} is at revision {after}")
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only warnings and errors from this logger while the block runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @command
@@ -103,10 +153,14 @@ def _database_failure(exc: SQLAlchemyError) -> str:
     return _failure_text(*importer.describe_error(exc))
 
 
+# A command that works wherever the package is installed (alembic needs the checkout's ini).
+MIGRATE_HINT = "run flask --app analytics migrate"
+
+
 def _failure_text(kind: str, reason: str) -> str:
     where = get_engine().url.render_as_string(hide_password=True)
     if kind == "missing-table":
-        return f"no events table in the database at {where} (run alembic upgrade head): {reason}"
+        return f"no events table in the database at {where} ({MIGRATE_HINT}): {reason}"
     if kind == "unreachable":
         return f"cannot reach the database at {where}: {reason}"
     return f"database error at {where}: {reason}"
@@ -300,7 +354,7 @@ def _keys_failure(exc: SQLAlchemyError) -> str:
     kind, reason = importer.describe_error(exc)
     if kind == "missing-table":
         where = get_engine().url.render_as_string(hide_password=True)
-        return f"no keys table in the database at {where} (run alembic upgrade head): {reason}"
+        return f"no keys table in the database at {where} ({MIGRATE_HINT}): {reason}"
     return _failure_text(kind, reason)
 
 
@@ -362,7 +416,7 @@ def keys_list() -> None:
     except SQLAlchemyError as exc:
         raise click.ClickException(_keys_failure(exc)) from None
     if not rows:
-        click.echo("No keys. Create one with: flask --app wsgi keys create NAME --scope read")
+        click.echo("No keys. Create one with: flask --app analytics keys create NAME --scope read")
         return
     table = [("NAME", "SCOPES", "ORIGINS", "RATE", "CREATED", "LAST USED", "STATUS")]
     for key in rows:

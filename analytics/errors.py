@@ -70,17 +70,16 @@ def _rollback() -> None:
 def is_unreachable(exc: BaseException) -> bool:
     """Whether a database error means the database cannot be reached (as opposed to a bug, or
     to a statement that gave up waiting for a lock: the database is there, and busy)."""
-    from analytics.dialects import is_lock_timeout
+    from analytics import dialects
 
-    if is_lock_timeout(exc):
+    if dialects.is_lock_timeout(exc):
         return False
     if isinstance(exc, (DisconnectionError, PoolTimeoutError)):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        # OperationalError / InterfaceError: connection refused, server gone, database locked.
-        return type(exc).__name__ in ("OperationalError", "InterfaceError")
+        # SQLAlchemy found the connection dead, or the driver's own error type and code say
+        # the database is out of reach (not every OperationalError does: see the dialects).
+        return exc.connection_invalidated or dialects.is_unreachable(exc)
     return False
 
 

@@ -13,4 +13,4 @@ aggregates.REGISTRY = writer.REGISTRY = tuple(
     aggregate for aggregate in aggregates.REGISTRY if aggregate.name not in _without
 )
 
-from wsgi import app  # noqa: E402,F401
+from analytics.wsgi import app  # noqa: E402,F401

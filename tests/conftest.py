@@ -25,7 +25,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from analytics import create_app
+from analytics import create_app, migrations
 from analytics.models import Base
 
 # The browser fixture, for the tests that drive Chromium.
@@ -40,11 +40,8 @@ REDIS_REQUIRED = os.environ.get("ANALYTICS_TEST_REDIS", "").lower() == "required
 
 
 def alembic_config(url: str) -> AlembicConfig:
-    cfg = AlembicConfig(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    return cfg
+    """The configuration ``flask --app analytics migrate`` runs the package's migrations with."""
+    return migrations.alembic_config(url)
 
 
 def migrate(url: str, revision: str = "head") -> None:

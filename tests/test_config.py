@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from config import ConfigError, default_database_url, load_config
+from analytics.config import ConfigError, default_database_url, load_config
 
 
 def test_defaults():
@@ -21,6 +21,18 @@ def test_defaults():
     assert cfg.BATCH_MAX_EVENTS == 1000
     assert cfg.LOG_LEVEL == "INFO"
     assert cfg.TRUSTED_PROXIES == 0
+
+
+def test_the_default_database_is_in_the_working_folder(tmp_path, monkeypatch):
+    """Not beside the code: an installed package sits in a site-packages folder."""
+    monkeypatch.chdir(tmp_path)
+    assert load_config({}).DATABASE_URL == f"sqlite:///{tmp_path / 'data' / 'analytics.db'}"
+
+
+def test_the_roots_config_is_the_packages():
+    import config
+
+    assert (config.load_config, config.ConfigError) == (load_config, ConfigError)
 
 
 def test_values_are_read_from_the_environment():

@@ -24,8 +24,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analytics import create_app
+from analytics.config import load_config
 from analytics.models import Event
-from config import load_config
 
 pytest.register_assert_rewrite("tour")
 import tour  # noqa: E402  (after the registration, so that its asserts explain themselves)
@@ -69,8 +69,9 @@ def test_environment_example_is_a_valid_production_configuration():
     assert settings.AUTH_MODE == "reads"
     assert settings.RATE_LIMIT_ANONYMOUS == "120/minute"
     assert settings.RATE_LIMIT_STORAGE_URL.startswith("redis://")
-    # Every name in the example is a setting the app or gunicorn.conf.py reads.
-    sources = (ROOT / "config.py").read_text() + (ROOT / "gunicorn.conf.py").read_text()
+    # Every name in the example is a setting the app or gunicorn reads.
+    package = ROOT / "analytics"
+    sources = (package / "config.py").read_text() + (package / "gunicorn_conf.py").read_text()
     assert [name for name in values if f'"{name}"' not in sources] == []
 
 

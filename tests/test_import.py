@@ -294,10 +294,11 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
     def fail_second_chunk(session, rows):
         calls["n"] += 1
         if any(row.event_id == "id4" for row in rows):  # the second chunk (lines 5 to 8)
-            # What a lost connection looks like to the importer.
+            # What a lost connection looks like to the importer: SQLAlchemy found it dead.
             from sqlalchemy.exc import OperationalError
 
-            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+            lost = Exception("server closed the connection")
+            raise OperationalError("INSERT", {}, lost, connection_invalidated=True)
         return original(session, rows)
 
     importer.writer.store_events = fail_second_chunk
@@ -335,7 +336,7 @@ def test_a_database_without_tables_stops_the_import_clearly(backend, tmp_path, r
     assert result.exit_code == 1, result.output
     assert "stopped before anything was committed" in result.output
     assert "Error: no events table in the database at " in result.output
-    assert "(run alembic upgrade head)" in result.output
+    assert "(run flask --app analytics migrate)" in result.output
     assert "Traceback" not in result.output
 
 

@@ -154,4 +154,4 @@ def test_an_unmigrated_database_is_named(tmp_path):
     done = run_flask(url, "keys", "list")
     assert done.returncode == 1
     assert "no keys table in the database" in done.stderr
-    assert "alembic upgrade head" in done.stderr
+    assert "(run flask --app analytics migrate)" in done.stderr

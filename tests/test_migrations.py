@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from conftest import alembic_config
+from conftest import ROOT, alembic_config, create_postgres_database, run_flask, unreachable_url
 from sqlalchemy import create_engine, inspect
 
+from analytics import create_app
 from analytics.models import Base
+
+
+def head() -> str:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current(url: str) -> str | None:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+    engine.dispose()
+    return revision
 
 
 def test_models_and_migrations_agree(database_url):
@@ -131,3 +148,60 @@ def test_migrations_run_without_the_services_timeouts(tmp_path, monkeypatch):
         options.get("statement_timeout_ms") == 0 and options.get("lock_wait_ms") == 0
         for options in made
     )
+
+
+def test_the_migrate_command_creates_the_schema_then_leaves_it(backend, tmp_path, request):
+    """``flask --app analytics migrate`` runs the package's own history; run again, it finds
+    nothing to do."""
+    if backend == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'm.db'}", (lambda: None)
+    else:
+        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
+    try:
+        app = create_app({"TESTING": True, "DATABASE_URL": url})
+        runner = app.test_cli_runner()
+        first = runner.invoke(args=["migrate"])
+        second = runner.invoke(args=["migrate"])
+        app.extensions["analytics.db"]["engine"].dispose()
+        assert current(url) == head()
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+        engine.dispose()
+    finally:
+        drop()
+    assert first.exit_code == 0, first.output
+    assert f"from empty to {head()}" in first.output
+    assert f"is at revision {head()}" in first.output
+    assert second.exit_code == 0, second.output
+    assert f"is up to date (revision {head()})" in second.output
+
+
+def test_the_migrate_command_names_an_unreachable_database(backend, tmp_path):
+    app = create_app({"TESTING": True, "DATABASE_URL": unreachable_url(backend, tmp_path)})
+    result = app.test_cli_runner().invoke(args=["migrate"])
+    app.extensions["analytics.db"]["engine"].dispose()
+    assert result.exit_code == 1, result.output
+    assert "Error: cannot reach the database at " in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_projects_root_commands_run_the_same_history(tmp_path):
+    """From a checkout, ``alembic upgrade head`` (alembic.ini) and ``flask --app wsgi migrate``
+    both run the migrations inside the package."""
+    by_alembic = f"sqlite:///{tmp_path / 'alembic.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": by_alembic},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"-> {head()}" in done.stderr  # alembic.ini's logging names each step
+    by_flask = f"sqlite:///{tmp_path / 'flask.db'}"
+    done = run_flask(by_flask, "migrate")
+    assert done.returncode == 0, done.stderr
+    assert current(by_alembic) == current(by_flask) == head()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import socket
 import threading
 
-from conftest import empty_tables, migrate
+import pytest
+from conftest import create_postgres_database, empty_tables, migrate, unreachable_url
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from analytics import create_app
+from analytics.errors import is_unreachable
 
 
 class SwitchableProxy:
@@ -141,3 +145,53 @@ def test_unreachable_database_never_leaks_details():
     response = app.test_client().post("/track", json=EVENT)
     assert_unavailable(response, "Failed to log event")
     assert b"s3cret" not in response.data and b"127.0.0.1" not in response.data
+
+
+# --- what counts as an outage ---------------------------------------------------------------
+
+
+def driver_error(url: str, *statements: str) -> DBAPIError:
+    """What SQLAlchemy raises when connecting to ``url`` and running ``statements``."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    except DBAPIError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    pytest.fail(f"{statements} ran without an error")
+
+
+def test_a_statement_the_database_refuses_is_not_an_outage(backend, database_url):
+    """The drivers raise OperationalError for some statements a live database refuses: a
+    missing table or bad SQL on SQLite, an object in the wrong state on PostgreSQL."""
+    refused = [["SELECT * FROM no_such_table"], ["SELEC 1"]]
+    if backend == "postgresql":
+        refused.append(["CREATE TEMPORARY SEQUENCE s", "SELECT currval('s')"])  # 55000
+    for statements in refused:
+        exc = driver_error(database_url, *statements)
+        assert not is_unreachable(exc), (statements, repr(exc.orig))
+
+
+def test_a_database_out_of_reach_is_unreachable(backend, tmp_path):
+    assert is_unreachable(driver_error(unreachable_url(backend, tmp_path), "SELECT 1"))
+
+
+def test_a_database_without_tables_is_an_error_not_an_outage(backend, tmp_path, request):
+    """No Retry-After for a database nobody migrated (waiting will not fix it), alike on both
+    databases."""
+    if backend == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'empty.db'}", (lambda: None)
+    else:
+        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
+    app = create_app({"TESTING": True, "DATABASE_URL": url})
+    try:
+        response = app.test_client().get("/metrics?start_date=2025-01-01&end_date=2025-01-01")
+    finally:
+        app.extensions["analytics.db"]["engine"].dispose()
+        drop()
+    assert response.status_code == 500, response.get_data(as_text=True)
+    assert response.get_json() == {"status": "error", "message": "Failed to fetch metrics"}
+    assert "Retry-After" not in response.headers

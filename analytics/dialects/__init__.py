@@ -132,6 +132,15 @@ def is_lock_timeout(exc: BaseException) -> bool:
     )
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a driver's error says the database cannot be reached at all (no connection,
+    a server shutting down or out of resources, a database file that cannot be opened), as
+    opposed to a statement it refused."""
+    return isinstance(exc, DBAPIError) and any(
+        dialect.is_unreachable(exc) for dialect in _DIALECTS.values()
+    )
+
+
 class Dialect(Protocol):
     """What the write path and the aggregates need from a database."""
 
@@ -146,6 +155,10 @@ class Dialect(Protocol):
 
     def is_lock_timeout(self, exc: DBAPIError) -> bool:
         """Whether this database's error says a statement gave up waiting for a lock."""
+
+    def is_unreachable(self, exc: DBAPIError) -> bool:
+        """Whether this database's driver raised ``exc.orig`` because the database cannot be
+        reached; False for another driver's errors."""
 
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         """Insert rows (no two with the same dedupe key), skipping those already stored; for

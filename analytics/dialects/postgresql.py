@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -151,6 +152,15 @@ class PostgreSQL:
     def is_lock_timeout(self, exc: DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) in _GAVE_UP_WAITING
 
+    def is_unreachable(self, exc: DBAPIError) -> bool:
+        error = exc.orig
+        if isinstance(error, psycopg.InterfaceError):  # the connection is closed or lost
+            return True
+        if not isinstance(error, psycopg.OperationalError):
+            return False
+        # No SQLSTATE: the client could not connect, or lost the server before an answer.
+        return error.sqlstate is None or error.sqlstate.startswith(_SERVER_UNAVAILABLE)
+
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         if len(rows) < _FEW_ROWS:
             return _insert_returning(conn, self._few, rows)
@@ -272,6 +282,10 @@ class PostgreSQL:
 # lock_not_available (lock_timeout) and query_canceled (statement_timeout): the statement gave
 # up waiting; the server is there and busy.
 _GAVE_UP_WAITING = frozenset({"55P03", "57014"})
+# SQLSTATEs of a server that cannot serve the session: a connection exception, too few
+# resources (connections, memory, disk), a shutdown or dropped database, a system error. The
+# other OperationalErrors (e.g. 55000, an object not in the state a statement needs) are not.
+_SERVER_UNAVAILABLE = ("08", "53", "57P", "58")
 _LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
     func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k")
 )

@@ -61,6 +61,9 @@ from analytics.rows import EventRow
 _events = table_of(Event)
 # Result codes of a statement that found the database locked and gave up waiting.
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# Result codes of a database file that cannot be opened, read or written (SQLITE_IOERR,
+# SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB): SQLite's unreachable database.
+_FILE_UNUSABLE = frozenset({10, 13, 14, 26})
 
 
 def _epoch_seconds(timestamp: str) -> str:
@@ -136,6 +139,13 @@ class SQLite:
     def is_lock_timeout(self, exc: DBAPIError) -> bool:
         code = getattr(exc.orig, "sqlite_errorcode", None)
         return code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+    def is_unreachable(self, exc: DBAPIError) -> bool:
+        # sqlite3 raises OperationalError for a missing table or a syntax error too: only the
+        # result code tells a file that cannot be used. None for the module's own errors.
+        error = exc.orig
+        code = error.sqlite_errorcode if isinstance(error, sqlite3.Error) else None
+        return code is not None and code & 0xFF in _FILE_UNUSABLE
 
     def insert_events(self, conn: Connection, rows: Sequence[EventRow]) -> list[int | None]:
         stamps: dict[datetime, str] = {}  # received_at is most often one value for a batch

@@ -5,13 +5,14 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import Connection
 
+from analytics.config import database_url
 from analytics.db import make_engine
 from analytics.models import Base
-from config import database_url
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
@@ -45,7 +46,7 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
-def _run(connection) -> None:
+def _run(connection: Connection) -> None:
     # Batch mode lets ALTER-style migrations run on SQLite (which rebuilds the table).
     context.configure(
         connection=connection,
