@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask
 
 from analytics.config import load_config
 
 
-def create_app(test_config: dict | None = None) -> Flask:
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the WSGI application from the environment, overridden by ``test_config``."""
     app = Flask(__name__)
     app.config.from_mapping(load_config().as_dict())
     if test_config:
         app.config.from_mapping(test_config)
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # the default provider has it
 
     configure_logging(app)
     register_extensions(app)
@@ -42,10 +44,13 @@ def register_extensions(app: Flask) -> None:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         n = app.config["TRUSTED_PROXIES"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+        # Flask documents wrapping wsgi_app this way; typeshed declares it a method.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n
+        )
     from analytics.encoded_paths import EncodedIds
 
-    app.wsgi_app = EncodedIds(app.wsgi_app)  # ids with "/" in /users/<user_id>
+    app.wsgi_app = EncodedIds(app.wsgi_app)  # type: ignore[method-assign]  # ids with "/"
 
 
 def register_blueprints(app: Flask) -> None:

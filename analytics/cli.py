@@ -9,9 +9,10 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import BinaryIO, TypeVar, cast
 
 import click
 from flask import Flask, current_app
@@ -26,10 +27,12 @@ from analytics.db import get_engine, get_session, ping
 from analytics.models import utcnow
 from analytics.periods import bucket_of
 
-COMMANDS: list = []
+T = TypeVar("T")
+C = TypeVar("C", bound=click.Command)
+COMMANDS: list[click.Command] = []
 
 
-def command(func):
+def command(func: C) -> C:
     """Register a click command defined below on every app."""
     COMMANDS.append(func)
     return func
@@ -236,7 +239,7 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
         if size is not None and sys.stdout.isatty():
             bar = stack.enter_context(click.progressbar(length=size, label=f"Importing {source}"))
 
-        def on_chunk(_summary) -> None:
+        def on_chunk(_summary: object) -> None:
             if bar is not None:
                 bar.update(raw.tell() - bar.pos)
 
@@ -245,7 +248,7 @@ def import_command(source: str, fmt: str | None, chunk_size: int, report: str | 
             session,
             cfg["METADATA_MAX_BYTES"],
             chunk_size=chunk_size,
-            writers=importer.writers_for(session.get_bind()),
+            writers=importer.writers_for(get_engine()),
             on_rejected=on_rejected,
             on_chunk=on_chunk,
         )
@@ -295,18 +298,20 @@ IMPORT_REJECTED_SHOWN = 20
 IMPORT_EXIT_REJECTED = 3
 
 
-def _open_source(source: str, stack: ExitStack):
+def _open_source(source: str, stack: ExitStack) -> tuple[BinaryIO, BinaryIO]:
     """(the file as opened, the binary stream of its lines): they differ for .gz files."""
     try:
-        raw = stack.enter_context(click.open_file(source, "rb"))  # "-": standard input
+        raw = cast(
+            BinaryIO, stack.enter_context(click.open_file(source, "rb"))
+        )  # "-": standard input
     except OSError as exc:
         raise click.ClickException(f"cannot read {source}: {exc.strerror or exc}") from None
     if source.lower().endswith(".gz"):
-        return raw, stack.enter_context(gzip.open(raw, "rb"))
+        return raw, cast(BinaryIO, stack.enter_context(gzip.open(raw, "rb")))
     return raw, raw
 
 
-def _file_size(raw) -> int | None:
+def _file_size(raw: BinaryIO) -> int | None:
     """The size of a regular file (for the progress bar); None for pipes and terminals."""
     try:
         info = os.fstat(raw.fileno())
@@ -338,8 +343,10 @@ def keys_group() -> None:
     """Create, list and revoke access keys (see deploy/README.md, "Access keys")."""
 
 
-def _check_option(check):
-    def callback(_ctx, _param, values):
+def _check_option(check: Callable[[str], T]) -> Callable[..., T | list[T] | None]:
+    def callback(
+        _ctx: object, _param: object, values: str | tuple[str, ...] | None
+    ) -> T | list[T] | None:
         try:
             if isinstance(values, tuple):
                 return [check(value) for value in values]
@@ -403,7 +410,7 @@ def keys_create(name: str, scopes: tuple[str, ...], origins: list[str], rate: st
     click.echo(secret)
 
 
-def _when(moment) -> str:
+def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "never"
 
 

@@ -3,10 +3,15 @@ makes."""
 
 from __future__ import annotations
 
-from flask import Flask, current_app, jsonify, request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
+
+View = TypeVar("View", bound=Callable[..., Any])
 
 RETRY_AFTER_SECONDS = 5
 
@@ -24,7 +29,11 @@ class APIError(Exception):
     """An error to answer with the envelope: raise it from anywhere inside a request."""
 
     def __init__(
-        self, status: int, message: str, errors: dict | None = None, headers: dict | None = None
+        self,
+        status: int,
+        message: str,
+        errors: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -34,9 +43,12 @@ class APIError(Exception):
 
 
 def error_response(
-    status: int, message: str, errors: dict | None = None, headers: dict | None = None
-):
-    body = {"status": "error", "message": message}
+    status: int,
+    message: str,
+    errors: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"status": "error", "message": message}
     if errors:
         body["errors"] = errors
     response = jsonify(body)
@@ -46,11 +58,11 @@ def error_response(
     return response
 
 
-def failure_message(message: str):
+def failure_message(message: str) -> Callable[[View], View]:
     """Name what a view answers when the database fails it ("Failed to log event", ...)."""
 
-    def decorate(view):
-        view.failure_message = message
+    def decorate(view: View) -> View:
+        view.failure_message = message  # type: ignore[attr-defined]
         return view
 
     return decorate
@@ -85,11 +97,11 @@ def is_unreachable(exc: BaseException) -> bool:
 
 def init_app(app: Flask) -> None:
     @app.errorhandler(APIError)
-    def _api_error(exc: APIError):
+    def _api_error(exc: APIError) -> Response:
         return error_response(exc.status, exc.message, exc.errors, exc.headers)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = HTTP_MESSAGES.get(status, exc.name)
         if status == 413:
@@ -100,7 +112,7 @@ def init_app(app: Flask) -> None:
         return error_response(status, message, headers=headers)
 
     @app.errorhandler(SQLAlchemyError)
-    def _database_error(exc: SQLAlchemyError):
+    def _database_error(exc: SQLAlchemyError) -> Response:
         from analytics.dialects import is_lock_timeout
 
         _rollback()
@@ -119,7 +131,7 @@ def init_app(app: Flask) -> None:
         return error_response(500, message)
 
     @app.errorhandler(Exception)
-    def _unexpected_error(exc: Exception):
+    def _unexpected_error(exc: Exception) -> Response:
         _rollback()
         current_app.logger.error("unhandled error", exc_info=exc)
         return error_response(500, _view_failure_message(HTTP_MESSAGES[500]))
