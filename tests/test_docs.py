@@ -87,9 +87,9 @@ def test_the_tour_answers_as_the_readme_says(app, client):
 
 
 def environment_variables() -> set[str]:
-    """Every variable config.py and gunicorn.conf.py read."""
-    config = (ROOT / "config.py").read_text()
-    gunicorn = (ROOT / "gunicorn.conf.py").read_text()
+    """Every variable the settings and gunicorn's settings read."""
+    config = (ROOT / "analytics" / "config.py").read_text()
+    gunicorn = (ROOT / "analytics" / "gunicorn_conf.py").read_text()
     names = set(re.findall(r'(?:environ\.get\(|\(\s*environ,\s*)"([A-Z][A-Z0-9_]*)"', config))
     names |= set(re.findall(r'environ\.get\("([A-Z][A-Z0-9_]*)"', gunicorn))
     return names
