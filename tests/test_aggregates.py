@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -16,7 +15,6 @@ from sqlalchemy.orm import Session
 from analytics import aggregates as registry_module
 from analytics import dialects, retention, writer
 from analytics.models import (
-    BITMAP_BITS,
     Event,
     EventBucket,
     PlayStopSession,
@@ -26,53 +24,10 @@ from analytics.models import (
     sqlite_timestamp,
 )
 from analytics.periods import bucket_of
+from tests.helpers import aggregates, assert_exact, rebuilt
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 DAY0 = bucket_of(START) // 96
-
-
-def aggregates(engine) -> tuple[dict, dict, set, dict]:
-    """Event counts per bucket and name and session totals per bucket, summed over shards,
-    without zero rows, the session rows (play id, stop id, duration), and the users active in
-    each piece of the active-user bitmaps (span, bucket), without empty ones."""
-    with Session(engine) as session:
-        users = dict(
-            (o, u) for u, o in session.execute(select(UserOrdinal.user_id, UserOrdinal.ordinal))
-        )
-        active: dict = defaultdict(set)
-        for row in session.execute(select(UserBitmap)).scalars():
-            bits = format(int.from_bytes(row.bits, "big"), f"0{BITMAP_BITS}b")
-            for bit in (i for i, b in enumerate(bits) if b == "1"):
-                # A set bit of an ordinal no user holds would be counted: a KeyError.
-                active[(row.span, row.bucket)].add(users[row.chunk * BITMAP_BITS + bit])
-        counts: Counter = Counter()
-        for row in session.execute(select(EventBucket)).scalars():
-            counts[(row.bucket, row.event)] += row.n
-        totals: dict = {}
-        for row in session.execute(select(SessionBucket)).scalars():
-            n, total = totals.get(row.bucket, (0, 0))
-            totals[row.bucket] = (n + row.sessions, total + row.total_us)
-        pairs = {
-            (row.play_id, row.stop_id, row.duration_us)
-            for row in session.execute(select(PlayStopSession)).scalars()
-        }
-    return (+counts, {k: v for k, v in totals.items() if v != (0, 0)}, pairs, dict(active))
-
-
-def rebuilt(engine) -> tuple[dict, dict, set, dict]:
-    writer.rebuild_aggregates(engine)
-    return aggregates(engine)
-
-
-def assert_exact(engine):
-    incremental = aggregates(engine)
-    with Session(engine) as session:
-        # Every user with an event has an ordinal, and no one else keeps one.
-        assert set(session.scalars(select(UserOrdinal.user_id))) == set(
-            session.scalars(select(Event.user_id).distinct())
-        )
-    assert incremental == rebuilt(engine)
-    return incremental
 
 
 def per_day(totals: dict) -> dict:

@@ -6,21 +6,25 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import create_key
 from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from analytics import auth
-from analytics.models import AccessKey, Event, EventBucket
+from analytics.models import AccessKey, EventBucket
+from tests.helpers import (
+    assert_error,
+    bearer,
+    close_app,
+    count_events,
+    create_key,
+    create_key_with_flask,
+    run_flask,
+)
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 SESSIONS = "/sessions?start_date=2025-01-01&end_date=2025-01-31"
 EVENT = {"event": "play", "user_id": "u1", "timestamp": "2025-01-02T10:00:00Z"}
 BATCH = {"events": [EVENT, {**EVENT, "event": "stop"}]}
-
-
-def bearer(secret: str) -> dict:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def track(client, headers=None, path="/track"):
@@ -30,9 +34,7 @@ def track(client, headers=None, path="/track"):
 def assert_refused(response, status: int, message: str) -> None:
     """The contract's refusal: the status, exactly this envelope, the challenge on a 401 and
     the CORS header."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    assert response.get_json() == {"status": "error", "message": message}
+    assert assert_error(response, status, message) == {"status": "error", "message": message}
     origin = response.request.headers.get("Origin")
     ingest = response.request.path in ("/track", "/track/batch")
     assert response.headers["Access-Control-Allow-Origin"] == (
@@ -40,11 +42,6 @@ def assert_refused(response, status: int, message: str) -> None:
     )  # ingest echoes the Origin
     if status == 401:
         assert response.headers["WWW-Authenticate"] == "Bearer"
-
-
-def stored_events(engine) -> int:
-    with Session(engine) as session:
-        return session.scalar(select(func.count()).select_from(Event))
 
 
 # --- What each mode needs ---------------------------------------------------------------------
@@ -75,7 +72,7 @@ def test_all_mode_needs_a_key_for_everything_but_health_and_the_document(make_ap
     assert_refused(client.get(METRICS), 401, "API key required")
     assert client.get("/health").status_code == 200
     assert client.get("/openapi.json").status_code == 200
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
 
 
 def test_the_keyed_requests_are_answered_as_without_keys(make_app):
@@ -110,9 +107,7 @@ def test_preflights_never_need_a_key(make_app, path):
 
 def test_unknown_paths_stay_404(make_app):
     client = make_app(AUTH_MODE="all").test_client()
-    response = client.get("/nothing-here")
-    assert response.status_code == 404
-    assert response.get_json()["message"] == "Not found"
+    assert_error(client.get("/nothing-here"), 404, "Not found")
 
 
 # --- Keys presented ---------------------------------------------------------------------------
@@ -127,7 +122,7 @@ def test_a_key_in_the_header_is_checked_in_every_mode(make_app, engine, mode):
     assert_refused(client.get(METRICS, headers=bearer(wrong)), 401, "Invalid API key")
     assert_refused(track(client, bearer(wrong)), 401, "Invalid API key")
     assert_refused(track(client, bearer("")), 401, "Invalid API key")
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
 
 
 def test_a_revoked_key_is_refused(make_app, engine):
@@ -138,7 +133,7 @@ def test_a_revoked_key_is_refused(make_app, engine):
     client = app.test_client()
     assert_refused(client.get(METRICS, headers=bearer(secret)), 401, "Invalid API key")
     assert_refused(track(client, bearer(secret)), 401, "Invalid API key")
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
 
 
 @pytest.mark.parametrize("mode", ["open", "reads", "all"])
@@ -216,7 +211,7 @@ def test_ingest_takes_the_key_from_the_query_string(make_app, engine):
     assert response.status_code == 200, response.get_json()
     assert client.post(f"/track/batch?key={secret}", json=BATCH).status_code == 200
     assert_refused(client.post("/track?key=ak_nope", json=EVENT), 401, "Invalid API key")
-    assert stored_events(engine) == 3
+    assert count_events(engine) == 3
 
 
 def test_no_other_scope_is_taken_from_the_query_string(make_app):
@@ -256,7 +251,7 @@ def test_origin_bound_keys(make_app, engine):
         "Origin not allowed for this API key",
     )
     assert_refused(send("http://shop.example"), 403, "Origin not allowed for this API key")
-    assert stored_events(engine) == 4
+    assert count_events(engine) == 4
 
 
 # --- A refused request stores nothing and reveals nothing -------------------------------------
@@ -274,7 +269,7 @@ def test_refused_requests_store_nothing(make_app, engine):
         assert (
             track(client, {**bearer(bound), "Origin": "https://b.example"}, path).status_code == 403
         )
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
 
@@ -293,10 +288,10 @@ def test_a_refused_read_reveals_nothing(make_app):
 # --- Storage ----------------------------------------------------------------------------------
 
 
-def test_keys_survive_a_restart(make_app, database_url):
+def test_keys_survive_a_restart(make_app):
     first = make_app(AUTH_MODE="reads")
     secret = create_key(first, "lasting", "read")
-    first.extensions["analytics.db"]["engine"].dispose()
+    close_app(first)
     restarted = make_app(AUTH_MODE="reads")
     assert restarted.test_client().get(METRICS, headers=bearer(secret)).status_code == 200
 
@@ -425,8 +420,6 @@ def test_keys_reach_every_worker(live_server, database_url):
     import http.client
     import time
 
-    from conftest import run_flask
-
     server = live_server(workers=2, AUTH_MODE="reads")
 
     def statuses(secret: str, count: int = 40) -> set[int]:
@@ -438,9 +431,7 @@ def test_keys_reach_every_worker(live_server, database_url):
             connection.close()
         return found
 
-    created = run_flask(database_url, "keys", "create", "live", "--scope", "read")
-    assert created.returncode == 0, created.stderr
-    secret = created.stdout.splitlines()[-1]
+    secret = create_key_with_flask(database_url, "live", "--scope", "read")
     assert statuses(secret) == {200}
 
     assert run_flask(database_url, "keys", "revoke", "live").returncode == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analytics import create_app
+from tests.helpers import assert_error
 
 
 def test_unknown_path_is_json_404(client):
@@ -65,9 +65,7 @@ def test_preflight_without_request_headers_still_lists_allowed_headers(client):
 
 
 def test_options_on_unknown_path_is_404(client):
-    response = client.options("/nope")
-    assert response.status_code == 404
-    assert response.get_json()["status"] == "error"
+    assert_error(client.options("/nope"), 404, "Not found")
 
 
 def test_cors_on_success_and_client_errors(client):
@@ -81,15 +79,10 @@ def test_cors_on_success_and_client_errors(client):
 
 @pytest.mark.parametrize("query", ["a=%00", "x%00y=1", "user_id=ab%00c"])
 def test_nul_in_query_string_is_400(client, query):
-    response = client.get(f"/health?{query}")
-    assert response.status_code == 400
-    body = response.get_json()
-    assert body["status"] == "error" and "NUL" in body["message"]
+    assert "NUL" in assert_error(client.get(f"/health?{query}"), 400)["message"]
 
 
-def test_unexpected_error_is_json_500_without_internals(database_url):
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
-
+def test_unexpected_error_is_json_500_without_internals(app):
     @app.get("/boom")
     def boom():
         raise RuntimeError("secret internal detail /srv/app/analytics/x.py")
@@ -100,7 +93,6 @@ def test_unexpected_error_is_json_500_without_internals(database_url):
     assert response.get_json() == {"status": "error", "message": "Internal server error"}
     assert b"secret" not in response.data and b"Traceback" not in response.data
     assert response.headers["Access-Control-Allow-Origin"] == "*"
-    app.extensions["analytics.db"]["engine"].dispose()
 
 
 def test_database_bug_is_500_with_endpoint_message(app, client, monkeypatch):

@@ -10,8 +10,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from tests.browser import watched_page
-from tests.conftest import create_key
+from tests.helpers import create_key, watched_page
 
 pytestmark = pytest.mark.live
 

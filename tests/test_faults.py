@@ -25,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
 import pytest
-from conftest import LiveServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from tests.helpers import LiveServer
 
 pytestmark = pytest.mark.live
 

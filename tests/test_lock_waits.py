@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from test_track import SUCCESS, stored
 
 from analytics.errors import is_unreachable
+from tests.helpers import SUCCESS, assert_error, stored
 
 LOCK_WAIT_MS = 500
 # The answer is due after the wait; what is added covers a loaded machine, not the wait.
@@ -41,8 +41,8 @@ def timed(call):
 
 
 def assert_busy(response, message: str):
-    assert response.status_code == 503, response.get_data(as_text=True)
-    assert response.get_json() == {"status": "error", "message": message}
+    """The contract's 503 for a wait past its bound: the message and a Retry-After."""
+    assert assert_error(response, 503, message) == {"status": "error", "message": message}
     assert int(response.headers["Retry-After"]) > 0
 
 

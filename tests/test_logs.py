@@ -9,7 +9,8 @@ import json
 import time
 
 import pytest
-from conftest import LiveServer, run_flask
+
+from tests.helpers import LiveServer, create_key_with_flask
 
 pytestmark = pytest.mark.live
 
@@ -71,9 +72,7 @@ def test_an_error_is_logged_once_without_the_events_data(tableless_server):
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_json_access_log_with_request_id_and_key_name(live_server, database_url):
-    secret = run_flask(database_url, "keys", "create", "beacon-key", "--scope", "ingest")
-    assert secret.returncode == 0, secret.stderr
-    key = secret.stdout.splitlines()[-1]
+    key = create_key_with_flask(database_url, "beacon-key", "--scope", "ingest")
     server = live_server(
         workers=1, LOG_FORMAT="json", LOG_LEVEL="info", GUNICORN_ACCESS_LOG="-", AUTH_MODE="all"
     )

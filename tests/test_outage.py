@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 
-from conftest import empty_tables, migrate
+import pytest
 from sqlalchemy.engine import make_url
 
-from analytics import create_app
+from tests.helpers import assert_error, count_events, migrate
 
 
 class SwitchableProxy:
@@ -78,8 +78,8 @@ class SwitchableProxy:
 
 
 def assert_unavailable(response, message):
-    assert response.status_code == 503, response.get_data(as_text=True)
-    assert response.get_json() == {"status": "error", "message": message}
+    """The contract's 503: the message, a Retry-After and the CORS header."""
+    assert assert_error(response, 503, message) == {"status": "error", "message": message}
     assert int(response.headers["Retry-After"]) > 0
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
@@ -87,12 +87,12 @@ def assert_unavailable(response, message):
 EVENT = {"event": "play", "user_id": "u"}
 
 
-def test_postgres_outage_and_recovery(request):
-    url = make_url(request.getfixturevalue("postgresql_url"))
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_postgres_outage_and_recovery(app_factory, database_url, engine):
+    url = make_url(database_url)
     proxy = SwitchableProxy(url.host or "127.0.0.1", url.port or 5432)
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    app = create_app({"TESTING": True, "DATABASE_URL": proxied, "DB_CONNECT_TIMEOUT": 2})
-    client = app.test_client()
+    client = app_factory(proxied, DB_CONNECT_TIMEOUT=2).test_client()
     try:
         assert client.post("/track", json=EVENT).status_code == 200
 
@@ -104,25 +104,16 @@ def test_postgres_outage_and_recovery(request):
         assert client.get("/health").status_code == 200
         assert client.post("/track", json=EVENT).status_code == 200
     finally:
-        app.extensions["analytics.db"]["engine"].dispose()
         proxy.close()
-
     # Exactly the two accepted events were stored; the refused one left nothing behind.
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 2
-    engine.dispose()
-    empty_tables(url)
+    assert count_events(engine) == 2
 
 
-def test_sqlite_outage_and_recovery(tmp_path):
+def test_sqlite_outage_and_recovery(app_factory, tmp_path):
     blocker = tmp_path / "data"
     blocker.write_text("a file where the database folder should be")
     url = f"sqlite:///{blocker / 'analytics.db'}"
-    app = create_app({"TESTING": True, "DATABASE_URL": url})
-    client = app.test_client()
+    client = app_factory(url).test_client()
 
     assert_unavailable(client.post("/track", json=EVENT), "Failed to log event")
     assert_unavailable(client.get("/health"), "Database unavailable")
@@ -132,12 +123,11 @@ def test_sqlite_outage_and_recovery(tmp_path):
     migrate(url)
     assert client.get("/health").status_code == 200
     assert client.post("/track", json=EVENT).status_code == 200
-    app.extensions["analytics.db"]["engine"].dispose()
 
 
-def test_unreachable_database_never_leaks_details():
+def test_unreachable_database_never_leaks_details(app_factory):
     url = "postgresql+psycopg://nobody:s3cret@127.0.0.1:1/none"
-    app = create_app({"TESTING": True, "DATABASE_URL": url, "DB_CONNECT_TIMEOUT": 1})
+    app = app_factory(url, DB_CONNECT_TIMEOUT=1)
     response = app.test_client().post("/track", json=EVENT)
     assert_unavailable(response, "Failed to log event")
     assert b"s3cret" not in response.data and b"127.0.0.1" not in response.data

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_metrics import get_data, track
+
+from tests.helpers import get_data, track
 
 JANUARY = "start_date=2025-01-01&end_date=2025-01-31"
 

@@ -9,8 +9,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.browser import StaticSite, wait_for
-from tests.conftest import create_key, stop_process
+from tests.helpers import StaticSite, create_key, stop_process, wait_for
 
 pytestmark = pytest.mark.live
 
