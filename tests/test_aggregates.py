@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -194,17 +195,22 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
         for e in random_events(rng, 400, users=3)
     ]
     done = threading.Event()
+    deleted = []
 
     def erase():
         while not done.is_set():
             # Half of a day of u0's (its day and UTC-day pieces keep other events), all of u1's.
-            writer.delete_events(
-                engine,
-                select(Event.id).where(
-                    Event.user_id == "u0", Event.occurred_at < START + timedelta(hours=12)
-                ),
+            deleted.append(
+                writer.delete_events(
+                    engine,
+                    select(Event.id).where(
+                        Event.user_id == "u0", Event.occurred_at < START + timedelta(hours=12)
+                    ),
+                )
             )
-            writer.delete_events(engine, select(Event.id).where(Event.user_id == "u1"))
+            deleted.append(
+                writer.delete_events(engine, select(Event.id).where(Event.user_id == "u1"))
+            )
 
     eraser = threading.Thread(target=erase)
     eraser.start()
@@ -213,7 +219,14 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     finally:
         done.set()
         eraser.join()
-    assert_exact(engine)
+    assert sum(deleted) > 0  # the deletes did run beside the writers
+    counts = assert_exact(engine)[0]
+    # Nothing of u2's was deleted: every one of its events is stored and counted.
+    sent_u2 = Counter(e["event"] for e in events if e["user_id"] == "u2")
+    with Session(engine) as session:
+        stored_u2 = Counter(session.scalars(select(Event.event).where(Event.user_id == "u2")))
+    assert stored_u2 == sent_u2 and sum(sent_u2.values()) > 0
+    assert sum(counts.values()) == len(stored_ids(engine))
 
 
 def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(
@@ -278,8 +291,10 @@ def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(
 def test_rebuild_from_scratch_matches(client, engine):
     rng = random.Random(9)
     for event in random_events(rng, 100):
-        client.post("/track", json=event)
+        assert client.post("/track", json=event).status_code == 200
     before = aggregates(engine)
+    counts, sessions, pairs, active = before
+    assert sum(counts.values()) == 100 and sessions and pairs and active  # something to rebuild
     with Session(engine) as session:
         for table in (EventBucket, PlayStopSession, SessionBucket, UserBitmap, UserOrdinal):
             session.execute(delete(table))

@@ -47,18 +47,20 @@ def assert_refused(response, status: int, message: str) -> None:
 # --- What each mode needs ---------------------------------------------------------------------
 
 
-def test_open_mode_needs_no_key(make_app):
+def test_open_mode_needs_no_key(make_app, engine):
     client = make_app(AUTH_MODE="open").test_client()
     assert track(client).status_code == 200
     assert track(client, path="/track/batch").status_code == 200
-    assert client.get(METRICS).status_code == 200
+    assert count_events(engine) == 3
+    assert client.get(METRICS).get_json()["data"] == [{"date": "2025-01-02", "play": 2, "stop": 1}]
     assert client.get(SESSIONS).status_code == 200
 
 
-def test_reads_mode_needs_a_key_for_reads_only(make_app):
+def test_reads_mode_needs_a_key_for_reads_only(make_app, engine):
     client = make_app(AUTH_MODE="reads").test_client()
     assert track(client).status_code == 200
     assert track(client, path="/track/batch").status_code == 200
+    assert count_events(engine) == 3
     assert_refused(client.get(METRICS), 401, "API key required")
     assert_refused(client.get(SESSIONS), 401, "API key required")
     assert client.get("/health").status_code == 200
@@ -137,7 +139,7 @@ def test_a_revoked_key_is_refused(make_app, engine):
 
 
 @pytest.mark.parametrize("mode", ["open", "reads", "all"])
-def test_scopes(make_app, mode):
+def test_scopes(make_app, engine, mode):
     app = make_app(AUTH_MODE=mode)
     ingest = create_key(app, "ingest", "ingest")
     read = create_key(app, "read", "read")
@@ -164,6 +166,7 @@ def test_scopes(make_app, mode):
     for secret in (both, admin):
         assert track(client, bearer(secret)).status_code == 200
         assert client.get(METRICS, headers=bearer(secret)).status_code == 200
+    assert count_events(engine) == 5  # ingest's event and batch, then one each of both, admin
 
 
 def test_paths_without_a_scope_of_their_own_need_admin():
@@ -181,10 +184,11 @@ def test_every_route_has_its_scope(app):
     assert routes <= set(auth.PATH_SCOPES)
 
 
-def test_other_authorization_schemes_are_not_keys(make_app):
+def test_other_authorization_schemes_are_not_keys(make_app, engine):
     client = make_app(AUTH_MODE="reads").test_client()
     basic = {"Authorization": "Basic dXNlcjpwYXNz"}  # e.g. from a password-protected proxy
     assert track(client, basic).status_code == 200
+    assert count_events(engine) == 1
     assert_refused(client.get(METRICS, headers=basic), 401, "API key required")
     assert (
         client.get(
@@ -277,8 +281,13 @@ def test_refused_requests_store_nothing(make_app, engine):
 def test_a_refused_read_reveals_nothing(make_app):
     app = make_app(AUTH_MODE="reads")
     ingest = create_key(app, "ingest", "ingest")
+    reader = create_key(app, "reader", "read")
     client = app.test_client()
     assert track(client, bearer(ingest)).status_code == 200
+    # There is something to reveal: a key that may read sees it.
+    assert "play" in client.get(f"{METRICS}&user_id=u1", headers=bearer(reader)).get_data(
+        as_text=True
+    )
     for headers in ({}, bearer("ak_wrong"), bearer(ingest)):
         response = client.get(f"{METRICS}&user_id=u1", headers=headers)
         assert set(response.get_json()) == {"status", "message"}

@@ -303,6 +303,11 @@ def test_event_ids_are_scoped_by_user(client, engine):
         ],
     )
     assert response.get_json() == success(accepted=3)
+    assert [(row.user_id, row.event_id) for row in stored(engine)] == [
+        ("a", "x"),
+        ("b", "x"),
+        ("a", "X"),
+    ]
 
 
 def test_events_without_event_id_are_never_deduplicated(client, engine):
@@ -353,6 +358,7 @@ def test_a_body_that_is_not_a_batch_is_400(client, engine, body):
 )
 def test_malformed_json_is_400(client, engine, body):
     assert_error(batch(client, body=body), 400, message="Malformed JSON in request body")
+    assert stored(engine) == []
 
 
 def test_unpaired_surrogates_are_refused_not_a_server_error(client, engine):
@@ -396,6 +402,7 @@ def test_a_batch_where_every_event_is_rejected_is_400_and_stores_nothing(client,
 def test_unknown_top_level_fields_are_ignored(client, engine):
     body = json.dumps({"events": [ev(1)], "sent_at": "now", "client": {"v": 2}})
     assert batch(client, body=body).get_json() == success(accepted=1)
+    assert [row.occurred_at.second for row in stored(engine)] == [1]
 
 
 def test_nul_in_the_rest_of_the_body_is_refused(client, engine):
@@ -410,6 +417,7 @@ def test_nul_in_the_rest_of_the_body_is_refused(client, engine):
 )
 def test_json_like_content_types_are_parsed(client, engine, content_type):
     assert batch(client, [ev(1)], content_type=content_type).get_json() == success(accepted=1)
+    assert [row.occurred_at.second for row in stored(engine)] == [1]
 
 
 @pytest.mark.parametrize(
@@ -445,6 +453,7 @@ def test_the_cap_is_configurable_and_counts_ndjson_lines(make_app, engine):
     assert batch(
         client, body=ndjson(ev(1), "", ev(2), "", ev(3), ""), content_type=NDJSON
     ).get_json() == success(accepted=3)
+    assert len(stored(engine)) == 3
 
 
 def test_a_body_over_the_size_limit_is_413(client, engine):
@@ -479,12 +488,14 @@ def test_ndjson_bad_lines_are_rejected_by_their_index_among_non_blank_lines(clie
         (6, "user_id is required"),
         (7, "Event must be a JSON object"),
     ]
+    assert [row.occurred_at.second for row in stored(engine)] == [0, 4]
 
 
 def test_ndjson_with_crlf_line_ends_and_a_charset(client, engine):
     body = ndjson(ev(0), ev(1)).replace("\n", "\r\n") + "\r\n"
     response = batch(client, body=body, content_type="application/x-ndjson; charset=utf-8")
     assert response.get_json() == success(accepted=2)
+    assert [row.occurred_at.second for row in stored(engine)] == [0, 1]
 
 
 def test_ndjson_line_that_is_a_whole_batch_object_is_just_a_bad_event(client, engine):
@@ -493,6 +504,7 @@ def test_ndjson_line_that_is_a_whole_batch_object_is_just_a_bad_event(client, en
     assert response.get_json()["rejected"] == [
         {"index": 0, "message": ("event is required; user_id is required")}
     ]
+    assert [row.occurred_at.second for row in stored(engine)] == [1]
 
 
 # --- gzip -----------------------------------------------------------------------------------------
@@ -542,6 +554,7 @@ def test_a_gzip_bomb_is_refused_without_inflating_it(client, engine, mebibytes, 
         tracemalloc.stop()
     assert_error(response, 413)
     assert peak < 16 * 1024 * 1024
+    assert stored(engine) == []
 
 
 @pytest.mark.parametrize(
@@ -558,6 +571,7 @@ def test_a_body_that_is_not_gzip_is_400(client, engine, data, message):
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert_error(response, 400, message=message)
+    assert stored(engine) == []
 
 
 def test_concatenated_gzip_members_are_one_body(client, engine):
@@ -568,6 +582,7 @@ def test_concatenated_gzip_members_are_one_body(client, engine):
         "/track/batch", data=data, headers={"Content-Type": NDJSON, "Content-Encoding": "GZIP"}
     )
     assert response.get_json() == success(accepted=2)
+    assert [row.occurred_at.second for row in stored(engine)] == [0, 1]
 
 
 @pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "gzip, br"])
@@ -641,6 +656,7 @@ def test_a_database_failure_mid_batch_stores_nothing(client, engine, backend, si
     # (on PostgreSQL the staging table, whose creation was rolled back, is created again).
     again = [ev(0, event_id="a"), ev(1)] + [ev(i % 60, event_id=f"r{i}") for i in range(2, size)]
     assert batch(client, again).get_json() == success(accepted=size)
+    assert len(stored(engine)) == size
 
 
 def test_an_unreachable_database_is_503_with_retry_after(app_factory, backend, tmp_path):
@@ -820,7 +836,9 @@ def test_the_readme_example_answers_as_documented(client, engine):
         if line.startswith("# ") or line.startswith("#  ")
     )
     response = batch(client, body=sent)
-    assert response.get_json() == json.loads(documented)
+    answer = json.loads(documented)
+    assert response.get_json() == answer
+    assert len(stored(engine)) == answer["accepted"] > 0
 
 
 # --- edges: nesting depth and fields given twice, item by item ----------------------------------

@@ -101,7 +101,7 @@ def test_an_event_the_database_refuses_fails_only_its_own_request(app, engine, m
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_each_worker_process_starts_its_own_writer(app, client, monkeypatch):
+def test_each_worker_process_starts_its_own_writer(app, client, engine, monkeypatch):
     """A forked worker inherits the parent's committer but not its thread: the first event in
     the new process starts one there."""
     assert post(client, event("u0")).status_code == 200
@@ -111,6 +111,7 @@ def test_each_worker_process_starts_its_own_writer(app, client, monkeypatch):
     assert post(client, event("u1")).status_code == 200
     after = {thread.ident for thread in threading.enumerate() if thread.name == "track-writer"}
     assert len(after - before) == 1
+    assert [row.user_id for row in stored(engine)] == ["u0", "u1"]  # written by the new one
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import assert_error
+from tests.helpers import assert_error, count_events
 
 
 def test_unknown_path_is_json_404(client):
@@ -68,13 +68,14 @@ def test_options_on_unknown_path_is_404(client):
     assert_error(client.options("/nope"), 404, "Not found")
 
 
-def test_cors_on_success_and_client_errors(client):
+def test_cors_on_success_and_client_errors(client, engine):
     ok = client.post("/track", json={"event": "e", "user_id": "u"})
     bad = client.post("/track", json={"event": "e"})
     unsupported = client.post("/track", data="x", content_type="text/html")
     for response in (ok, bad, unsupported):
         assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert (ok.status_code, bad.status_code, unsupported.status_code) == (200, 400, 415)
+    assert count_events(engine) == 1
 
 
 @pytest.mark.parametrize("query", ["a=%00", "x%00y=1", "user_id=ab%00c"])
@@ -95,7 +96,7 @@ def test_unexpected_error_is_json_500_without_internals(app):
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
-def test_database_bug_is_500_with_endpoint_message(app, client, monkeypatch):
+def test_database_bug_is_500_with_endpoint_message(app, client, engine, monkeypatch):
     from sqlalchemy.exc import ProgrammingError
 
     import analytics.committer as committer
@@ -111,6 +112,7 @@ def test_database_bug_is_500_with_endpoint_message(app, client, monkeypatch):
     # The worker keeps serving.
     monkeypatch.undo()
     assert client.post("/track", json={"event": "e", "user_id": "u"}).status_code == 200
+    assert count_events(engine) == 1
 
 
 def test_health_is_ok_when_database_answers(client):

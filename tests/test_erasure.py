@@ -72,10 +72,12 @@ def test_every_event_of_the_user_goes_and_the_answers_follow(client, engine):
     assert_exact(engine)  # the erased user's ordinal is gone too
 
 
-def test_an_unknown_user_is_zero(client):
+def test_an_unknown_user_is_zero(client, engine):
+    play_and_stop(client, "somebody", 2)
     response = client.delete("/users/nobody")
     assert response.status_code == 200
     assert response.get_json() == {"status": "success", "deleted": 0}
+    assert count_of(engine, "somebody") == 2  # nobody else's events went
 
 
 def test_event_ids_may_be_used_again_afterwards(client):
@@ -93,11 +95,13 @@ def test_event_ids_may_be_used_again_afterwards(client):
     assert client.get(METRICS).get_json()["data"] == [{"date": "2025-01-02", "play": 1}]
 
 
-def test_a_slash_in_a_path_is_not_part_of_an_id(client):
+def test_a_slash_in_a_path_is_not_part_of_an_id(client, engine):
     track_event(client, event="play", user_id="a/b", timestamp="2025-01-02T00:00:00Z")
     assert_error(client.delete("/users/a/b"), 404)
     assert_error(client.delete("/users/a/events"), 405)  # the GET of user "a"
+    assert count_of(engine, "a/b") == 1
     assert client.delete("/users/a%2Fb").get_json()["deleted"] == 1
+    assert count_of(engine, "a/b") == 0
 
 
 def test_an_id_that_is_not_utf8_or_holds_nul_is_refused(client):

@@ -85,6 +85,7 @@ def test_event_ids_of_1_to_128_characters_are_accepted(client, engine, event_id)
     assert post(client, play(event_id=event_id)).get_json() == SUCCESS
     assert stored(engine)[0].event_id == event_id
     assert post(client, play(event_id=event_id)).get_json() == DUPLICATE
+    assert len(stored(engine)) == 1
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,7 @@ def test_a_held_writer_turn_is_503_in_time_and_reads_go_on(bounded_app, foreign_
     foreign_writer.wait(timeout=10)
     response, _ = timed(lambda: client.post("/track", json={"event": "play", "user_id": "u"}))
     assert response.get_json() == SUCCESS
+    assert len(stored(engine)) == 1
 
 
 def test_a_user_locked_elsewhere_fails_only_that_users_event(

@@ -6,6 +6,7 @@ import socket
 import threading
 
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from tests.helpers import assert_error, count_events, migrate
@@ -123,6 +124,12 @@ def test_sqlite_outage_and_recovery(app_factory, tmp_path):
     migrate(url)
     assert client.get("/health").status_code == 200
     assert client.post("/track", json=EVENT).status_code == 200
+    # The event of the 200 is stored, the refused one is not.
+    engine = create_engine(url)
+    try:
+        assert count_events(engine) == 1
+    finally:
+        engine.dispose()
 
 
 def test_unreachable_database_never_leaks_details(app_factory):

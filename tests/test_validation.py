@@ -112,12 +112,20 @@ def schema_answer(item):
         return None
 
 
-@settings(max_examples=3000, deadline=None)
-@given(st.one_of(items(), json_values))
-def test_quick_path_accepts_only_what_the_schema_accepts_and_loads_the_same(item):
-    quick = quick_load_event(item)
-    if quick is not None:
-        assert quick == schema_answer(item)
+def test_quick_path_accepts_only_what_the_schema_accepts_and_loads_the_same():
+    accepted = []
+
+    @settings(max_examples=3000, deadline=None)
+    @given(st.one_of(items(), json_values))
+    def agrees(item):
+        quick = quick_load_event(item)
+        if quick is not None:
+            accepted.append(item)
+            assert quick == schema_answer(item)
+
+    agrees()
+    # Some of the items took the quick path: the comparison above did happen.
+    assert len(accepted) >= 10
 
 
 @pytest.mark.parametrize(
