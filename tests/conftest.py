@@ -3,6 +3,8 @@
 PostgreSQL is found at TEST_POSTGRES_URL (default: the local server, database ``test``). When it
 cannot be reached, its half of the suite is skipped with a reason, unless
 ANALYTICS_TEST_POSTGRES=required, which turns that into a failure (CI sets it).
+ANALYTICS_TEST_BACKENDS (default ``sqlite,postgresql``) narrows the backends a run covers:
+``sqlite`` alone skips every test that needs PostgreSQL (``make test-fast``).
 
 Redis, for the rate limits shared between processes, is found at TEST_REDIS_URL (default the
 local server); the same rule applies with ANALYTICS_TEST_REDIS=required.
@@ -41,7 +43,16 @@ from tests.helpers import (  # noqa: E402
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_REQUIRED = os.environ.get("ANALYTICS_TEST_POSTGRES", "").lower() == "required"
-BACKENDS = ("sqlite", "postgresql")
+ALL_BACKENDS = ("sqlite", "postgresql")
+BACKENDS = tuple(
+    name.strip()
+    for name in os.environ.get("ANALYTICS_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",")
+    if name.strip()
+)
+if not BACKENDS or set(BACKENDS) - set(ALL_BACKENDS):
+    raise pytest.UsageError(
+        f"ANALYTICS_TEST_BACKENDS must list some of {', '.join(ALL_BACKENDS)}, not {BACKENDS}"
+    )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_REQUIRED = os.environ.get("ANALYTICS_TEST_REDIS", "").lower() == "required"
 
@@ -70,6 +81,8 @@ def _postgres_unreachable(url: str) -> str | None:
 @pytest.fixture(scope="session")
 def postgres_server_url():
     """The URL of the PostgreSQL server's maintenance database, or a skip."""
+    if "postgresql" not in BACKENDS:
+        pytest.skip("PostgreSQL is not among ANALYTICS_TEST_BACKENDS")
     require_service(
         "PostgreSQL",
         make_url(PG_URL).render_as_string(),

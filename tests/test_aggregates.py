@@ -170,6 +170,7 @@ def post_in_parallel(port: int, events: list[dict], clients: int) -> None:
         list(pool.map(send, [events[i::clients] for i in range(clients)]))
 
 
+@pytest.mark.live
 def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
     server = live_server(workers=4)
     rng = random.Random(5)
@@ -180,6 +181,7 @@ def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
     assert sum(counts.values()) == 600
 
 
+@pytest.mark.live
 def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exact(
     live_server, engine
 ):
@@ -324,6 +326,7 @@ def test_rebuild_command_repairs_counts_changed_behind_the_api(app, client, engi
     ]
 
 
+@pytest.mark.live
 def test_read_your_writes_under_concurrent_ingest(live_server):
     """Once POST /track has answered 200, every later query includes the event."""
     import http.client

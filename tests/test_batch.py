@@ -797,6 +797,7 @@ def test_every_batch_is_sent_by_several_clients():
 
 
 @pytest.mark.live
+@pytest.mark.slow
 def test_concurrent_clients_sending_the_same_batches_store_each_event_once(live_server, engine):
     server = live_server(workers=4)
     context = multiprocessing.get_context("spawn")

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, select
 from analytics.models import Event
 from tests.helpers import LiveServer, StaticSite, empty_tables, wait_for
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 PAGE = "<!doctype html><title>analytics beacon test</title>"
 

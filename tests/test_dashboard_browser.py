@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import create_key, watched_page
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 START, END = "2025-03-27", "2025-04-02"  # across Europe's change of clocks (2025-03-30)
 

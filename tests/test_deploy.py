@@ -348,10 +348,10 @@ def nginx(gunicorn, tmp_path):
 
 
 def behind_nginx(test):
-    """Mark a test of nginx in front of gunicorn: live, and on PostgreSQL only (what the
-    deployment runs on) instead of conftest's two backends."""
+    """Mark a test of nginx in front of gunicorn: end-to-end, live, and on PostgreSQL only (what
+    the deployment runs on) instead of conftest's two backends."""
     test = pytest.mark.parametrize("backend", ["postgresql"])(test)
-    return pytest.mark.live(test)
+    return pytest.mark.e2e(pytest.mark.live(test))
 
 
 def request(

@@ -14,7 +14,7 @@ from analytics.models import Event
 from tests import tour
 from tests.helpers import TRUNCATED_WARNING, create_key_with_flask, free_port, require_tool
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.e2e]
 
 
 @pytest.fixture(autouse=True)

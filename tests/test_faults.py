@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 
 from tests.helpers import LiveServer
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 CLIENTS = 4
 GIVE_UP_SECONDS = 90

@@ -12,8 +12,6 @@ import pytest
 
 from tests.helpers import LiveServer, create_key_with_flask
 
-pytestmark = pytest.mark.live
-
 SECRET_USER = "user-7f3a9c-secret"
 SECRET_EVENT = "event-b81d44-secret"
 
@@ -55,6 +53,7 @@ def tableless_server(tmp_path):
     server.stop()
 
 
+@pytest.mark.live
 def test_an_error_is_logged_once_without_the_events_data(tableless_server):
     response = send(
         tableless_server,
@@ -70,6 +69,7 @@ def test_an_error_is_logged_once_without_the_events_data(tableless_server):
         assert secret not in text, text
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_json_access_log_with_request_id_and_key_name(live_server, database_url):
     key = create_key_with_flask(database_url, "beacon-key", "--scope", "ingest")

@@ -106,6 +106,7 @@ def run_newman(base_url: str, report, *env_vars: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.live
+@pytest.mark.e2e
 def test_newman_runs_the_collection_green(live_server, tmp_path):
     server = live_server(workers=1)
     report = tmp_path / "newman.json"
@@ -115,6 +116,7 @@ def test_newman_runs_the_collection_green(live_server, tmp_path):
 
 
 @pytest.mark.live
+@pytest.mark.e2e
 def test_newman_runs_the_collection_green_with_a_key(live_server, database_url, tmp_path):
     server = live_server(workers=1, AUTH_MODE="all")
     secret = create_key_with_flask(
