@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install migrate serve test lint
+.PHONY: install migrate serve test test-fast lint
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ serve: migrate
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The quick loop while working: SQLite only, without gunicorn, nginx, browsers or long runs.
+test-fast: install
+	ANALYTICS_TEST_BACKENDS=sqlite $(BIN)/pytest -q -m "not live and not e2e and not slow" $(PYTEST_ARGS)
 
 # ruff's lint and format check over the repository, and mypy over the package.
 lint: install

@@ -53,10 +53,12 @@ class GroupCommitter:
     def __init__(self, app: Flask, wait_seconds: float):
         self._app = app
         self._wait_seconds = wait_seconds
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
+        # Every writer started, with the queue it reads, so that close() can stop them all.
+        self._started: list[tuple[threading.Thread, queue.SimpleQueue[_Pending | None]]] = []
 
     def store(self, row: EventRow) -> bool:
         """Store one event and commit; whether it was stored (False: a duplicate). Raises what
@@ -81,19 +83,41 @@ class GroupCommitter:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()
-                self._thread = threading.Thread(target=self._run, name="track-writer", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._queue,), name="track-writer", daemon=True
+                )
                 self._thread.start()
+                self._started.append((self._thread, self._queue))
                 self._pid = os.getpid()
 
-    def _run(self) -> None:
-        incoming = self._queue
-        while True:
-            group = [incoming.get()]
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop this process's writers once they have written what waits for them (a stopped
+        committer starts a writer again on the next store)."""
+        with self._lock:
+            started, self._started = self._started, []
+            self._pid = None
+        for thread, incoming in started:
+            if thread.is_alive():
+                incoming.put(None)  # the writer's signal to stop
+        for thread, _ in started:
+            thread.join(timeout)
+
+    def _run(self, incoming: queue.SimpleQueue[_Pending | None]) -> None:
+        stopping = False
+        while not stopping:
+            first = incoming.get()
+            if first is None:
+                return
+            group = [first]
             while len(group) < MAX_GROUP:
                 try:
-                    group.append(incoming.get_nowait())
+                    pending = incoming.get_nowait()
                 except queue.Empty:
                     break
+                if pending is None:
+                    stopping = True  # after this group
+                    break
+                group.append(pending)
             try:
                 self._write(group)
             except BaseException:  # noqa: BLE001 - the group's requests get NoResult

@@ -78,13 +78,20 @@ class Counter:
         self._redis_down_until = 0.0
         self._lock = threading.Lock()
         self._script = None
+        self._client: redis.Redis | None = None
         if not storage_url.startswith("memory"):
-            client = redis.Redis.from_url(
+            self._client = redis.Redis.from_url(
                 storage_url,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
-            self._script = client.register_script(COUNT_SCRIPT)
+            self._script = self._client.register_script(COUNT_SCRIPT)
+
+    def close(self) -> None:
+        """Close the Redis connections and stop the memory store's expiry timer."""
+        self.memory.timer.cancel()
+        if self._client is not None:
+            self._client.close()
 
     def hit(self, rate: str, bucket: str) -> Count:
         """Count one request of ``bucket`` against each limit of ``rate``."""

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from conftest import LiveServer, migrate  # noqa: E402
+from tests.helpers import LiveServer, migrate  # noqa: E402
 
 CLIENTS = 8
 EVENTS = 1000

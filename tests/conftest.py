@@ -3,49 +3,61 @@
 PostgreSQL is found at TEST_POSTGRES_URL (default: the local server, database ``test``). When it
 cannot be reached, its half of the suite is skipped with a reason, unless
 ANALYTICS_TEST_POSTGRES=required, which turns that into a failure (CI sets it).
+ANALYTICS_TEST_BACKENDS (default ``sqlite,postgresql``) narrows the backends a run covers:
+``sqlite`` alone skips every test that needs PostgreSQL (``make test-fast``).
 
 Redis, for the rate limits shared between processes, is found at TEST_REDIS_URL (default the
 local server); the same rule applies with ANALYTICS_TEST_REDIS=required.
+
+Every app a test makes comes from ``app_factory`` (or ``make_app``, ``app``), which closes it
+afterwards: its writer thread, its rate-limit storage and its connections. A test that leaves a
+writer thread running fails at teardown.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
+import threading
 import uuid
-from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from analytics import create_app, migrations
-from analytics.models import Base
+# The helpers' asserts explain themselves like the tests' own.
+pytest.register_assert_rewrite("tests.helpers", "tests.tour")
 
-# The browser fixture, for the tests that drive Chromium.
-pytest_plugins = ["tests.browser"]
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from analytics import create_app  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    CHROMIUM,
+    E2E_REQUIRED,
+    LiveServer,
+    close_app,
+    create_postgres_database,
+    empty_tables,
+    migrate,
+    require_service,
+    require_tool,
+)
+
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PG_REQUIRED = os.environ.get("ANALYTICS_TEST_POSTGRES", "").lower() == "required"
-BACKENDS = ("sqlite", "postgresql")
+ALL_BACKENDS = ("sqlite", "postgresql")
+BACKENDS = tuple(
+    name.strip()
+    for name in os.environ.get("ANALYTICS_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",")
+    if name.strip()
+)
+if not BACKENDS or set(BACKENDS) - set(ALL_BACKENDS):
+    raise pytest.UsageError(
+        f"ANALYTICS_TEST_BACKENDS must list some of {', '.join(ALL_BACKENDS)}, not {BACKENDS}"
+    )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_REQUIRED = os.environ.get("ANALYTICS_TEST_REDIS", "").lower() == "required"
 
 
-def alembic_config(url: str) -> AlembicConfig:
-    """The configuration ``flask --app analytics migrate`` runs the package's migrations with."""
-    return migrations.alembic_config(url)
-
-
-def migrate(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+# --- databases -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +81,8 @@ def _postgres_unreachable(url: str) -> str | None:
 @pytest.fixture(scope="session")
 def postgres_server_url():
     """The URL of the PostgreSQL server's maintenance database, or a skip."""
+    if "postgresql" not in BACKENDS:
+        pytest.skip("PostgreSQL is not among ANALYTICS_TEST_BACKENDS")
     require_service(
         "PostgreSQL",
         make_url(PG_URL).render_as_string(),
@@ -79,49 +93,12 @@ def postgres_server_url():
     return PG_URL
 
 
-def require_service(
-    name: str, where: str, problem: str | None, required: bool, variable: str
-) -> None:
-    """Skip the test, with the reason, when a service the test needs is not reachable; fail
-    instead when ``variable`` says the service is required (CI)."""
-    if problem:
-        message = f"{name} not reachable at {where} ({problem})"
-        if required:
-            pytest.fail(f"{message} and {variable}=required", pytrace=False)
-        pytest.skip(message)
-
-
-def create_postgres_database(server_url: str) -> tuple[str, callable]:
-    """A new empty database on the server; returns its URL and a function that drops it."""
-    name = f"analytics_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop():
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
-
-
 @pytest.fixture(scope="session")
 def postgresql_url(postgres_server_url):
     url, drop = create_postgres_database(postgres_server_url)
     migrate(url)
     yield url
     drop()
-
-
-def empty_tables(url: str) -> None:
-    """Delete every row of every table of the models (events and the aggregates)."""
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
-    engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -138,10 +115,53 @@ def database_url(request, backend) -> str:
 
 
 @pytest.fixture
-def app(database_url):
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
-    yield app
-    app.extensions["analytics.db"]["engine"].dispose()
+def scratch_database(request, backend, tmp_path) -> str:
+    """Another database of the current backend, empty and not migrated, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'scratch.db'}"
+        return
+    url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
+    yield url
+    drop()
+
+
+@pytest.fixture
+def engine(database_url):
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+# --- apps ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_factory():
+    """``app_factory(database_url, AUTH_MODE="all", ...)``: an app on that database with these
+    settings, closed after the test. Each has its own rate-limit counts, in Redis too (a prefix
+    of its own)."""
+    apps = []
+
+    def make(database_url: str, **config):
+        config.setdefault("RATE_LIMIT_KEY_PREFIX", f"test-{uuid.uuid4().hex[:12]}")
+        app = create_app({"TESTING": True, "DATABASE_URL": database_url, **config})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        close_app(app)
+
+
+@pytest.fixture
+def make_app(app_factory, database_url):
+    """``make_app(AUTH_MODE="all", ...)``: an app on the test database with these settings."""
+    return lambda **config: app_factory(database_url, **config)
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture
@@ -150,33 +170,25 @@ def client(app):
 
 
 @pytest.fixture
-def make_app(database_url):
-    """``make_app(AUTH_MODE="all", ...)``: an app on the test database with these settings.
-    Each has its own rate-limit counts, in Redis too (a prefix of its own)."""
-    apps = []
-
-    def make(**config):
-        config.setdefault("RATE_LIMIT_KEY_PREFIX", f"test-{uuid.uuid4().hex[:12]}")
-        app = create_app({"TESTING": True, "DATABASE_URL": database_url, **config})
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["analytics.db"]["engine"].dispose()
+def runner(app):
+    return app.test_cli_runner()
 
 
-def create_key(
-    app, name: str, *scopes: str, origins: tuple[str, ...] = (), rate: str | None = None
-) -> str:
-    """``flask keys create`` on ``app``; the secret it printed on its last line."""
-    args = ["keys", "create", name]
-    args += [part for scope in scopes for part in ("--scope", scope)]
-    args += [part for origin in origins for part in ("--origin", origin)]
-    args += ["--rate", rate] if rate else []
-    result = app.test_cli_runner().invoke(args=args)
-    assert result.exit_code == 0, result.output
-    return result.output.splitlines()[-1]
+@pytest.fixture(autouse=True)
+def no_writer_thread_left():
+    """Fail the test that leaves a writer thread running: an app made without the fixtures
+    above, which nothing closes."""
+    before = set(threading.enumerate())
+    yield
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread.name == "track-writer" and thread not in before
+    ]
+    assert left == [], "a writer thread outlived its test (make apps with app_factory)"
+
+
+# --- services ------------------------------------------------------------------------------------
 
 
 def _redis_unreachable(url: str) -> str | None:
@@ -201,85 +213,6 @@ def redis_url():
 
 
 @pytest.fixture
-def runner(app):
-    return app.test_cli_runner()
-
-
-@pytest.fixture
-def engine(database_url):
-    engine = create_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LiveServer:
-    """gunicorn serving wsgi:app from this checkout, in a subprocess."""
-
-    def __init__(self, database_url: str, workers: int = 2, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "GUNICORN_BIND": f"127.0.0.1:{self.port}",
-            "WEB_CONCURRENCY": str(workers),
-            "LOG_LEVEL": "warning",
-            "GUNICORN_ACCESS_LOG": "off",
-            **(env or {}),
-        }
-        self.process: subprocess.Popen | None = None
-        self.log = tempfile.TemporaryFile()
-
-    def start(self, timeout: float = 30) -> LiveServer:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "wsgi:app"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("gunicorn exited: " + self.output())
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("gunicorn did not start listening in time")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.log.close()
-
-    def workers(self) -> list[int]:
-        """The process ids of this server's workers (the master's children)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue  # a process that ended meanwhile
-                if int(fields[1]) == self.process.pid:
-                    found.append(int(entry.name))
-        return found
-
-    def output(self) -> str:
-        """What gunicorn has written so far (error log; the access log is off)."""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-
-@pytest.fixture
 def live_server(database_url):
     """Start gunicorn on the test database: ``live_server(workers=4)``; stopped afterwards."""
     servers: list[LiveServer] = []
@@ -294,67 +227,20 @@ def live_server(database_url):
         server.stop()
 
 
-def run_in_terminal(args: list[str], database_url: str, timeout: float = 120) -> str:
-    """Run ``flask --app wsgi <args>`` with a pseudo-terminal as stdout and stderr (so that it
-    shows what an operator at a terminal sees) and return what it printed; assert exit 0."""
-    import pty
-
-    controller, terminal = pty.openpty()
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium (Debian's, driven by Playwright; never Playwright's own download) for the
+    module's tests; each test opens its own context or page."""
+    require_tool("chromium", CHROMIUM, install="apt-get install chromium")
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
-            stdin=subprocess.DEVNULL,
-            stdout=terminal,
-            stderr=terminal,
-        )
-        os.close(terminal)
-        output = b""
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:  # the terminal closes when the process exits
-                break
-            if not chunk:
-                break
-            output += chunk
-        assert process.wait(timeout=timeout) == 0, output
-    finally:
-        os.close(controller)
-    return output.decode()
-
-
-def run_flask(
-    database_url: str, *args: str, text: bool = True, **kwargs
-) -> subprocess.CompletedProcess:
-    """``flask --app wsgi ...`` as an operator runs it, from the project root."""
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", *args],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=text,
-        timeout=120,
-        **kwargs,
-    )
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    """Terminate a server started by a test, killing it if it does not stop in 15 s."""
-    if process and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def unreachable_url(backend: str, tmp_path) -> str:
-    """A database URL of the backend that no database answers."""
-    if backend == "sqlite":
-        blocker = tmp_path / "not-a-directory"
-        blocker.write_text("a file where the database's folder should be")
-        return f"sqlite:///{blocker / 'analytics.db'}"
-    return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/analytics"
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if E2E_REQUIRED:
+            pytest.fail(
+                "playwright is not installed and ANALYTICS_TEST_E2E=required", pytrace=False
+            )
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield chromium
+        chromium.close()

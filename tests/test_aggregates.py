@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from analytics import aggregates as registry_module
 from analytics import dialects, retention, writer
 from analytics.models import (
-    BITMAP_BITS,
     Event,
     EventBucket,
     PlayStopSession,
@@ -26,53 +25,10 @@ from analytics.models import (
     sqlite_timestamp,
 )
 from analytics.periods import bucket_of
+from tests.helpers import aggregates, assert_exact, rebuilt
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 DAY0 = bucket_of(START) // 96
-
-
-def aggregates(engine) -> tuple[dict, dict, set, dict]:
-    """Event counts per bucket and name and session totals per bucket, summed over shards,
-    without zero rows, the session rows (play id, stop id, duration), and the users active in
-    each piece of the active-user bitmaps (span, bucket), without empty ones."""
-    with Session(engine) as session:
-        users = dict(
-            (o, u) for u, o in session.execute(select(UserOrdinal.user_id, UserOrdinal.ordinal))
-        )
-        active: dict = defaultdict(set)
-        for row in session.execute(select(UserBitmap)).scalars():
-            bits = format(int.from_bytes(row.bits, "big"), f"0{BITMAP_BITS}b")
-            for bit in (i for i, b in enumerate(bits) if b == "1"):
-                # A set bit of an ordinal no user holds would be counted: a KeyError.
-                active[(row.span, row.bucket)].add(users[row.chunk * BITMAP_BITS + bit])
-        counts: Counter = Counter()
-        for row in session.execute(select(EventBucket)).scalars():
-            counts[(row.bucket, row.event)] += row.n
-        totals: dict = {}
-        for row in session.execute(select(SessionBucket)).scalars():
-            n, total = totals.get(row.bucket, (0, 0))
-            totals[row.bucket] = (n + row.sessions, total + row.total_us)
-        pairs = {
-            (row.play_id, row.stop_id, row.duration_us)
-            for row in session.execute(select(PlayStopSession)).scalars()
-        }
-    return (+counts, {k: v for k, v in totals.items() if v != (0, 0)}, pairs, dict(active))
-
-
-def rebuilt(engine) -> tuple[dict, dict, set, dict]:
-    writer.rebuild_aggregates(engine)
-    return aggregates(engine)
-
-
-def assert_exact(engine):
-    incremental = aggregates(engine)
-    with Session(engine) as session:
-        # Every user with an event has an ordinal, and no one else keeps one.
-        assert set(session.scalars(select(UserOrdinal.user_id))) == set(
-            session.scalars(select(Event.user_id).distinct())
-        )
-    assert incremental == rebuilt(engine)
-    return incremental
 
 
 def per_day(totals: dict) -> dict:
@@ -214,6 +170,7 @@ def post_in_parallel(port: int, events: list[dict], clients: int) -> None:
         list(pool.map(send, [events[i::clients] for i in range(clients)]))
 
 
+@pytest.mark.live
 def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
     server = live_server(workers=4)
     rng = random.Random(5)
@@ -224,6 +181,7 @@ def test_concurrent_writers_keep_aggregates_exact(live_server, engine):
     assert sum(counts.values()) == 600
 
 
+@pytest.mark.live
 def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exact(
     live_server, engine
 ):
@@ -239,17 +197,22 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
         for e in random_events(rng, 400, users=3)
     ]
     done = threading.Event()
+    deleted = []
 
     def erase():
         while not done.is_set():
             # Half of a day of u0's (its day and UTC-day pieces keep other events), all of u1's.
-            writer.delete_events(
-                engine,
-                select(Event.id).where(
-                    Event.user_id == "u0", Event.occurred_at < START + timedelta(hours=12)
-                ),
+            deleted.append(
+                writer.delete_events(
+                    engine,
+                    select(Event.id).where(
+                        Event.user_id == "u0", Event.occurred_at < START + timedelta(hours=12)
+                    ),
+                )
             )
-            writer.delete_events(engine, select(Event.id).where(Event.user_id == "u1"))
+            deleted.append(
+                writer.delete_events(engine, select(Event.id).where(Event.user_id == "u1"))
+            )
 
     eraser = threading.Thread(target=erase)
     eraser.start()
@@ -258,7 +221,14 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     finally:
         done.set()
         eraser.join()
-    assert_exact(engine)
+    assert sum(deleted) > 0  # the deletes did run beside the writers
+    counts = assert_exact(engine)[0]
+    # Nothing of u2's was deleted: every one of its events is stored and counted.
+    sent_u2 = Counter(e["event"] for e in events if e["user_id"] == "u2")
+    with Session(engine) as session:
+        stored_u2 = Counter(session.scalars(select(Event.event).where(Event.user_id == "u2")))
+    assert stored_u2 == sent_u2 and sum(sent_u2.values()) > 0
+    assert sum(counts.values()) == len(stored_ids(engine))
 
 
 def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(
@@ -323,8 +293,10 @@ def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(
 def test_rebuild_from_scratch_matches(client, engine):
     rng = random.Random(9)
     for event in random_events(rng, 100):
-        client.post("/track", json=event)
+        assert client.post("/track", json=event).status_code == 200
     before = aggregates(engine)
+    counts, sessions, pairs, active = before
+    assert sum(counts.values()) == 100 and sessions and pairs and active  # something to rebuild
     with Session(engine) as session:
         for table in (EventBucket, PlayStopSession, SessionBucket, UserBitmap, UserOrdinal):
             session.execute(delete(table))
@@ -354,6 +326,7 @@ def test_rebuild_command_repairs_counts_changed_behind_the_api(app, client, engi
     ]
 
 
+@pytest.mark.live
 def test_read_your_writes_under_concurrent_ingest(live_server):
     """Once POST /track has answered 200, every later query includes the event."""
     import http.client

@@ -6,9 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from conftest import ROOT
-
 from analytics.api.openapi import BATCH_ANSWER, BATCH_EXAMPLE
+from tests.helpers import ROOT
 
 REGENERATE = ".venv/bin/python tools/api_reference.py > docs/api.md"
 

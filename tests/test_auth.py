@@ -6,21 +6,25 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import create_key
 from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from analytics import auth
-from analytics.models import AccessKey, Event, EventBucket
+from analytics.models import AccessKey, EventBucket
+from tests.helpers import (
+    assert_error,
+    bearer,
+    close_app,
+    count_events,
+    create_key,
+    create_key_with_flask,
+    run_flask,
+)
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 SESSIONS = "/sessions?start_date=2025-01-01&end_date=2025-01-31"
 EVENT = {"event": "play", "user_id": "u1", "timestamp": "2025-01-02T10:00:00Z"}
 BATCH = {"events": [EVENT, {**EVENT, "event": "stop"}]}
-
-
-def bearer(secret: str) -> dict:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def track(client, headers=None, path="/track"):
@@ -30,9 +34,7 @@ def track(client, headers=None, path="/track"):
 def assert_refused(response, status: int, message: str) -> None:
     """The contract's refusal: the status, exactly this envelope, the challenge on a 401 and
     the CORS header."""
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    assert response.get_json() == {"status": "error", "message": message}
+    assert assert_error(response, status, message) == {"status": "error", "message": message}
     origin = response.request.headers.get("Origin")
     ingest = response.request.path in ("/track", "/track/batch")
     assert response.headers["Access-Control-Allow-Origin"] == (
@@ -42,26 +44,23 @@ def assert_refused(response, status: int, message: str) -> None:
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-def stored_events(engine) -> int:
-    with Session(engine) as session:
-        return session.scalar(select(func.count()).select_from(Event))
-
-
 # --- What each mode needs ---------------------------------------------------------------------
 
 
-def test_open_mode_needs_no_key(make_app):
+def test_open_mode_needs_no_key(make_app, engine):
     client = make_app(AUTH_MODE="open").test_client()
     assert track(client).status_code == 200
     assert track(client, path="/track/batch").status_code == 200
-    assert client.get(METRICS).status_code == 200
+    assert count_events(engine) == 3
+    assert client.get(METRICS).get_json()["data"] == [{"date": "2025-01-02", "play": 2, "stop": 1}]
     assert client.get(SESSIONS).status_code == 200
 
 
-def test_reads_mode_needs_a_key_for_reads_only(make_app):
+def test_reads_mode_needs_a_key_for_reads_only(make_app, engine):
     client = make_app(AUTH_MODE="reads").test_client()
     assert track(client).status_code == 200
     assert track(client, path="/track/batch").status_code == 200
+    assert count_events(engine) == 3
     assert_refused(client.get(METRICS), 401, "API key required")
     assert_refused(client.get(SESSIONS), 401, "API key required")
     assert client.get("/health").status_code == 200
@@ -75,7 +74,7 @@ def test_all_mode_needs_a_key_for_everything_but_health_and_the_document(make_ap
     assert_refused(client.get(METRICS), 401, "API key required")
     assert client.get("/health").status_code == 200
     assert client.get("/openapi.json").status_code == 200
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
 
 
 def test_the_keyed_requests_are_answered_as_without_keys(make_app):
@@ -110,9 +109,7 @@ def test_preflights_never_need_a_key(make_app, path):
 
 def test_unknown_paths_stay_404(make_app):
     client = make_app(AUTH_MODE="all").test_client()
-    response = client.get("/nothing-here")
-    assert response.status_code == 404
-    assert response.get_json()["message"] == "Not found"
+    assert_error(client.get("/nothing-here"), 404, "Not found")
 
 
 # --- Keys presented ---------------------------------------------------------------------------
@@ -127,7 +124,7 @@ def test_a_key_in_the_header_is_checked_in_every_mode(make_app, engine, mode):
     assert_refused(client.get(METRICS, headers=bearer(wrong)), 401, "Invalid API key")
     assert_refused(track(client, bearer(wrong)), 401, "Invalid API key")
     assert_refused(track(client, bearer("")), 401, "Invalid API key")
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
 
 
 def test_a_revoked_key_is_refused(make_app, engine):
@@ -138,11 +135,11 @@ def test_a_revoked_key_is_refused(make_app, engine):
     client = app.test_client()
     assert_refused(client.get(METRICS, headers=bearer(secret)), 401, "Invalid API key")
     assert_refused(track(client, bearer(secret)), 401, "Invalid API key")
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
 
 
 @pytest.mark.parametrize("mode", ["open", "reads", "all"])
-def test_scopes(make_app, mode):
+def test_scopes(make_app, engine, mode):
     app = make_app(AUTH_MODE=mode)
     ingest = create_key(app, "ingest", "ingest")
     read = create_key(app, "read", "read")
@@ -169,6 +166,7 @@ def test_scopes(make_app, mode):
     for secret in (both, admin):
         assert track(client, bearer(secret)).status_code == 200
         assert client.get(METRICS, headers=bearer(secret)).status_code == 200
+    assert count_events(engine) == 5  # ingest's event and batch, then one each of both, admin
 
 
 def test_paths_without_a_scope_of_their_own_need_admin():
@@ -186,10 +184,11 @@ def test_every_route_has_its_scope(app):
     assert routes <= set(auth.PATH_SCOPES)
 
 
-def test_other_authorization_schemes_are_not_keys(make_app):
+def test_other_authorization_schemes_are_not_keys(make_app, engine):
     client = make_app(AUTH_MODE="reads").test_client()
     basic = {"Authorization": "Basic dXNlcjpwYXNz"}  # e.g. from a password-protected proxy
     assert track(client, basic).status_code == 200
+    assert count_events(engine) == 1
     assert_refused(client.get(METRICS, headers=basic), 401, "API key required")
     assert (
         client.get(
@@ -216,7 +215,7 @@ def test_ingest_takes_the_key_from_the_query_string(make_app, engine):
     assert response.status_code == 200, response.get_json()
     assert client.post(f"/track/batch?key={secret}", json=BATCH).status_code == 200
     assert_refused(client.post("/track?key=ak_nope", json=EVENT), 401, "Invalid API key")
-    assert stored_events(engine) == 3
+    assert count_events(engine) == 3
 
 
 def test_no_other_scope_is_taken_from_the_query_string(make_app):
@@ -256,7 +255,7 @@ def test_origin_bound_keys(make_app, engine):
         "Origin not allowed for this API key",
     )
     assert_refused(send("http://shop.example"), 403, "Origin not allowed for this API key")
-    assert stored_events(engine) == 4
+    assert count_events(engine) == 4
 
 
 # --- A refused request stores nothing and reveals nothing -------------------------------------
@@ -274,7 +273,7 @@ def test_refused_requests_store_nothing(make_app, engine):
         assert (
             track(client, {**bearer(bound), "Origin": "https://b.example"}, path).status_code == 403
         )
-    assert stored_events(engine) == 0
+    assert count_events(engine) == 0
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
 
@@ -282,8 +281,13 @@ def test_refused_requests_store_nothing(make_app, engine):
 def test_a_refused_read_reveals_nothing(make_app):
     app = make_app(AUTH_MODE="reads")
     ingest = create_key(app, "ingest", "ingest")
+    reader = create_key(app, "reader", "read")
     client = app.test_client()
     assert track(client, bearer(ingest)).status_code == 200
+    # There is something to reveal: a key that may read sees it.
+    assert "play" in client.get(f"{METRICS}&user_id=u1", headers=bearer(reader)).get_data(
+        as_text=True
+    )
     for headers in ({}, bearer("ak_wrong"), bearer(ingest)):
         response = client.get(f"{METRICS}&user_id=u1", headers=headers)
         assert set(response.get_json()) == {"status", "message"}
@@ -293,10 +297,10 @@ def test_a_refused_read_reveals_nothing(make_app):
 # --- Storage ----------------------------------------------------------------------------------
 
 
-def test_keys_survive_a_restart(make_app, database_url):
+def test_keys_survive_a_restart(make_app):
     first = make_app(AUTH_MODE="reads")
     secret = create_key(first, "lasting", "read")
-    first.extensions["analytics.db"]["engine"].dispose()
+    close_app(first)
     restarted = make_app(AUTH_MODE="reads")
     assert restarted.test_client().get(METRICS, headers=bearer(secret)).status_code == 200
 
@@ -425,8 +429,6 @@ def test_keys_reach_every_worker(live_server, database_url):
     import http.client
     import time
 
-    from conftest import run_flask
-
     server = live_server(workers=2, AUTH_MODE="reads")
 
     def statuses(secret: str, count: int = 40) -> set[int]:
@@ -438,9 +440,7 @@ def test_keys_reach_every_worker(live_server, database_url):
             connection.close()
         return found
 
-    created = run_flask(database_url, "keys", "create", "live", "--scope", "read")
-    assert created.returncode == 0, created.stderr
-    secret = created.stdout.splitlines()[-1]
+    secret = create_key_with_flask(database_url, "live", "--scope", "read")
     assert statuses(secret) == {200}
 
     assert run_flask(database_url, "keys", "revoke", "live").returncode == 0

@@ -5,21 +5,15 @@ Access-Control-Allow-Origin: *, so the ingest endpoints echo the Origin."""
 
 from __future__ import annotations
 
-import http.server
-import threading
-import time
-
 import pytest
-from conftest import LiveServer, empty_tables
-from e2e import require_tool
 from sqlalchemy import create_engine, select
 
 from analytics.models import Event
+from tests.helpers import LiveServer, StaticSite, empty_tables, wait_for
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-PAGE = b"<!doctype html><title>analytics beacon test</title>"
+PAGE = "<!doctype html><title>analytics beacon test</title>"
 
 
 @pytest.fixture(scope="module")
@@ -31,51 +25,28 @@ def api(sqlite_url):
 
 
 @pytest.fixture(scope="module")
-def page_origin():
+def page(browser):
     """A page served from http://localhost:<port>: another origin than the API's 127.0.0.1."""
-
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the name http.server calls
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://localhost:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def page(page_origin):
-    require_tool("chromium", CHROMIUM, install="apt-get install chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        page = browser.new_page()
-        page.goto(page_origin)
-        yield page
-        browser.close()
+    site = StaticSite(PAGE)
+    page = browser.new_page()
+    page.goto(site.url)
+    yield page
+    page.close()
+    site.close()
 
 
 def stored_users(sqlite_url, wanted: set[str], timeout: float = 15) -> set[str]:
-    """The user_ids of ``wanted`` that are stored, waiting for a beacon's late delivery."""
+    """The user_ids of ``wanted`` once they are all stored, waiting for a beacon's late
+    delivery."""
     engine = create_engine(sqlite_url)
-    deadline = time.monotonic() + timeout
+
+    def found() -> set[str]:
+        with engine.connect() as conn:
+            users = set(conn.scalars(select(Event.user_id).where(Event.user_id.in_(wanted))))
+        return users if users == wanted else set()
+
     try:
-        while True:
-            with engine.connect() as conn:
-                found = set(conn.scalars(select(Event.user_id).where(Event.user_id.in_(wanted))))
-            if found == wanted or time.monotonic() > deadline:
-                return found
-            time.sleep(0.2)
+        return wait_for(found, timeout=timeout)
     finally:
         engine.dispose()
 

@@ -9,11 +9,9 @@ import time
 
 import pytest
 from sqlalchemy.exc import ProgrammingError
-from test_track import SUCCESS, post, stored
 
 import analytics.committer as committer
-
-DUPLICATE = {**SUCCESS, "duplicate": True}
+from tests.helpers import DUPLICATE, SUCCESS, post, stored
 
 
 class HeldWriter:
@@ -103,7 +101,7 @@ def test_an_event_the_database_refuses_fails_only_its_own_request(app, engine, m
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_each_worker_process_starts_its_own_writer(app, client, monkeypatch):
+def test_each_worker_process_starts_its_own_writer(app, client, engine, monkeypatch):
     """A forked worker inherits the parent's committer but not its thread: the first event in
     the new process starts one there."""
     assert post(client, event("u0")).status_code == 200
@@ -113,6 +111,7 @@ def test_each_worker_process_starts_its_own_writer(app, client, monkeypatch):
     assert post(client, event("u1")).status_code == 200
     after = {thread.ident for thread in threading.enumerate() if thread.name == "track-writer"}
     assert len(after - before) == 1
+    assert [row.user_id for row in stored(engine)] == ["u0", "u1"]  # written by the new one
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -166,10 +165,8 @@ def test_a_writer_that_stops_without_a_result_is_never_a_success(app, engine, mo
     assert [row.user_id for row in stored(engine)] == ["u1"]
 
 
-def test_a_request_waits_for_its_commit_only_so_long(database_url, engine, monkeypatch):
-    from analytics import create_app
-
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "TRACK_WAIT_SECONDS": 1})
+def test_a_request_waits_for_its_commit_only_so_long(make_app, engine, monkeypatch):
+    app = make_app(TRACK_WAIT_SECONDS=1)
     release = threading.Event()
     real = committer.store_events
 
@@ -189,5 +186,17 @@ def test_a_request_waits_for_its_commit_only_so_long(database_url, engine, monke
         deadline = time.monotonic() + 10
         while not stored(engine) and time.monotonic() < deadline:
             time.sleep(0.05)
-        app.extensions["analytics.db"]["engine"].dispose()
     assert [row.user_id for row in stored(engine)] == ["u0"]
+
+
+def test_close_stops_the_writer_after_what_waits_and_a_new_event_starts_another(app, engine):
+    """What the fixtures do after each test: the writer stores what it was handed, then ends;
+    the committer starts a writer again when it is next needed."""
+    writer = app.extensions[committer.EXTENSION_KEY]
+    assert post(app.test_client(), event("u0")).get_json() == SUCCESS
+    first = writer._thread
+    writer.close()
+    assert not first.is_alive()
+    assert post(app.test_client(), event("u1")).get_json() == SUCCESS
+    assert writer._thread is not first and writer._thread.is_alive()
+    assert [row.user_id for row in stored(engine)] == ["u0", "u1"]

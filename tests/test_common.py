@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analytics import create_app
+from tests.helpers import assert_error, count_events
 
 
 def test_unknown_path_is_json_404(client):
@@ -65,31 +65,25 @@ def test_preflight_without_request_headers_still_lists_allowed_headers(client):
 
 
 def test_options_on_unknown_path_is_404(client):
-    response = client.options("/nope")
-    assert response.status_code == 404
-    assert response.get_json()["status"] == "error"
+    assert_error(client.options("/nope"), 404, "Not found")
 
 
-def test_cors_on_success_and_client_errors(client):
+def test_cors_on_success_and_client_errors(client, engine):
     ok = client.post("/track", json={"event": "e", "user_id": "u"})
     bad = client.post("/track", json={"event": "e"})
     unsupported = client.post("/track", data="x", content_type="text/html")
     for response in (ok, bad, unsupported):
         assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert (ok.status_code, bad.status_code, unsupported.status_code) == (200, 400, 415)
+    assert count_events(engine) == 1
 
 
 @pytest.mark.parametrize("query", ["a=%00", "x%00y=1", "user_id=ab%00c"])
 def test_nul_in_query_string_is_400(client, query):
-    response = client.get(f"/health?{query}")
-    assert response.status_code == 400
-    body = response.get_json()
-    assert body["status"] == "error" and "NUL" in body["message"]
+    assert "NUL" in assert_error(client.get(f"/health?{query}"), 400)["message"]
 
 
-def test_unexpected_error_is_json_500_without_internals(database_url):
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
-
+def test_unexpected_error_is_json_500_without_internals(app):
     @app.get("/boom")
     def boom():
         raise RuntimeError("secret internal detail /srv/app/analytics/x.py")
@@ -100,10 +94,9 @@ def test_unexpected_error_is_json_500_without_internals(database_url):
     assert response.get_json() == {"status": "error", "message": "Internal server error"}
     assert b"secret" not in response.data and b"Traceback" not in response.data
     assert response.headers["Access-Control-Allow-Origin"] == "*"
-    app.extensions["analytics.db"]["engine"].dispose()
 
 
-def test_database_bug_is_500_with_endpoint_message(app, client, monkeypatch):
+def test_database_bug_is_500_with_endpoint_message(app, client, engine, monkeypatch):
     from sqlalchemy.exc import ProgrammingError
 
     import analytics.committer as committer
@@ -119,6 +112,7 @@ def test_database_bug_is_500_with_endpoint_message(app, client, monkeypatch):
     # The worker keeps serving.
     monkeypatch.undo()
     assert client.post("/track", json={"event": "e", "user_id": "u"}).status_code == 200
+    assert count_events(engine) == 1
 
 
 def test_health_is_ok_when_database_answers(client):

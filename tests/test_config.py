@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
 
 from analytics.config import ConfigError, default_database_url, load_config
+from tests.helpers import ROOT
 
 
 def test_defaults():

@@ -18,17 +18,21 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import ROOT, free_port, run_flask, stop_process
-from e2e import require_tool
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from analytics import create_app
 from analytics.config import load_config
 from analytics.models import Event
-
-pytest.register_assert_rewrite("tour")
-import tour  # noqa: E402  (after the registration, so that its asserts explain themselves)
+from tests import tour
+from tests.helpers import (
+    ROOT,
+    TRUNCATED_WARNING,
+    count_events,
+    create_key_with_flask,
+    free_port,
+    require_tool,
+    stop_process,
+)
 
 DEPLOY = ROOT / "deploy"
 SITE = DEPLOY / "nginx" / "analytics.conf"
@@ -143,10 +147,10 @@ def test_units_run_the_documented_commands_with_the_environment_file():
         (1, ["https://analytics.example.com/", "203.0.113.9"]),
     ],
 )
-def test_app_trusts_forwarded_headers_only_when_told(trusted, expected):
+def test_app_trusts_forwarded_headers_only_when_told(app_factory, trusted, expected):
     from flask import request as seen
 
-    app = create_app({"TESTING": True, "DATABASE_URL": "sqlite://", "TRUSTED_PROXIES": trusted})
+    app = app_factory("sqlite://", TRUSTED_PROXIES=trusted)
     app.add_url_rule("/seen", view_func=lambda: [seen.url_root, seen.remote_addr])
     response = app.test_client().get(
         "/seen",
@@ -335,12 +339,6 @@ def gunicorn(live_server):
     )
 
 
-def create_key(database_url: str, name: str, *options: str) -> str:
-    done = run_flask(database_url, "keys", "create", name, *options)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.splitlines()[-1]
-
-
 @pytest.fixture
 def nginx(gunicorn, tmp_path):
     binary = require_tool("nginx", install="apt-get install nginx")
@@ -350,8 +348,11 @@ def nginx(gunicorn, tmp_path):
     server.stop()
 
 
-# The deployment runs on PostgreSQL; these tests override conftest's two backends.
-e2e = pytest.mark.parametrize("backend", ["postgresql"])
+def behind_nginx(test):
+    """Mark a test of nginx in front of gunicorn: end-to-end, live, and on PostgreSQL only (what
+    the deployment runs on) instead of conftest's two backends."""
+    test = pytest.mark.parametrize("backend", ["postgresql"])(test)
+    return pytest.mark.e2e(pytest.mark.live(test))
 
 
 def request(
@@ -366,12 +367,11 @@ def request(
         connection.close()
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_curl_tour_over_https(nginx, database_url):
     require_tool("curl", install="apt-get install curl")
     today = tour.utc_today()
-    secret = create_key(
+    secret = create_key_with_flask(
         database_url, "tour", "--scope", "ingest", "--scope", "read", "--scope", "admin"
     )
     done = tour.run(
@@ -383,8 +383,7 @@ def test_curl_tour_over_https(nginx, database_url):
     tour.check(done.stdout, nginx.https_url, "tls-user", today)
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_plain_http_is_redirected_to_https(nginx, engine):
     response, _ = request(nginx.http(), "GET", "/metrics?start_date=2025-01-01&end_date=2025-01-31")
     assert response.status in (301, 308)
@@ -402,12 +401,9 @@ def test_plain_http_is_redirected_to_https(nginx, engine):
     )
     assert response.status == 308
     assert response.headers["Location"] == "https://127.0.0.1/track"
-    with Session(engine) as session:
-        assert session.scalar(select(func.count()).select_from(Event)) == 0
+    assert count_events(engine) == 0
 
 
-@e2e
-@pytest.mark.live
 def seen_by_the_app(gunicorn, request_id: str) -> dict:
     """The JSON access line of a request: the scheme and host the app saw."""
     deadline = time.monotonic() + 10
@@ -419,6 +415,7 @@ def seen_by_the_app(gunicorn, request_id: str) -> dict:
     raise AssertionError(f"no access line for {request_id}:\n{gunicorn.output()}")
 
 
+@behind_nginx
 def test_app_sees_the_clients_scheme_and_host(nginx, gunicorn):
     # A client's own X-Forwarded-* headers are replaced by nginx's, not believed.
     response, body = request(
@@ -446,8 +443,7 @@ def test_app_sees_the_clients_scheme_and_host(nginx, gunicorn):
     assert f"{seen['scheme']}://{seen['host']}" == gunicorn.url
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_body_limit_answers_like_the_app(nginx, gunicorn, engine):
     limit = load_config({}).MAX_CONTENT_LENGTH
     prefix = b'{"event": "upload", "user_id": "big", "metadata": {"blob": "'
@@ -470,7 +466,7 @@ def test_body_limit_answers_like_the_app(nginx, gunicorn, engine):
     # Exactly at the limit, the body goes through nginx (buffered to disk) to the app.
     response, body = request(nginx.https(), "POST", "/track", body_of(limit), headers)
     assert response.status == 200, body
-    assert json.loads(body)["warnings"] == ["Metadata truncated due to size limit"]
+    assert json.loads(body)["warnings"] == [TRUNCATED_WARNING]
     with Session(engine) as session:
         assert session.scalar(select(Event.user_id)) == "big"
 
@@ -478,8 +474,7 @@ def test_body_limit_answers_like_the_app(nginx, gunicorn, engine):
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_keyed_read_through_nginx(nginx, database_url):
     response, body = request(nginx.https(), "GET", METRICS)
     assert response.status == 401
@@ -487,7 +482,7 @@ def test_keyed_read_through_nginx(nginx, database_url):
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
-    secret = create_key(database_url, "reader", "--scope", "read")
+    secret = create_key_with_flask(database_url, "reader", "--scope", "read")
     response, body = request(
         nginx.https(), "GET", METRICS, headers={"Authorization": f"Bearer {secret}"}
     )
@@ -500,10 +495,9 @@ def test_keyed_read_through_nginx(nginx, database_url):
 ODD_USER_IDS = ['a/b c?d#e%f "é" 漢', "/leading", "a//b", "..", "trailing/", "+&=;"]
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_percent_encoded_user_ids_through_nginx(nginx, database_url):
-    secret = create_key(database_url, "dpo", "--scope", "admin")
+    secret = create_key_with_flask(database_url, "dpo", "--scope", "admin")
     admin = {"Authorization": f"Bearer {secret}"}
     for user_id in [*ODD_USER_IDS, "a", "a/b"]:
         response, body = request(
@@ -529,10 +523,9 @@ def test_percent_encoded_user_ids_through_nginx(nginx, database_url):
     assert [json.loads(line)["user_id"] for line in body.decode().splitlines()] == ["a/b"]
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_the_apps_rate_limits_through_nginx(nginx, database_url):
-    secret = create_key(database_url, "metered", "--scope", "read", "--rate", "2/minute")
+    secret = create_key_with_flask(database_url, "metered", "--scope", "read", "--rate", "2/minute")
     headers = {"Authorization": f"Bearer {secret}"}
     for _ in range(2):
         response, _body = request(nginx.https(), "GET", METRICS, headers=headers)
@@ -580,8 +573,7 @@ def kept_alive_statuses(nginx, path: str, count: int, stop_at: int | None = None
     return statuses, response, body
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_nginx_refuses_a_flood_with_the_apis_429(nginx):
     # Health checks and the document are not counted: many more than the burst all pass.
     for path in ("/health", "/openapi.json"):
@@ -630,8 +622,7 @@ def raw_exchange(nginx, data: bytes) -> tuple[int, dict, bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_errors_nginx_produces_are_json(nginx, tmp_path):
     # 400: a request nginx cannot read (HTTP/1.1 without Host).
     status, headers, body = raw_exchange(nginx, b"GET /health HTTP/1.1\r\n\r\n")
@@ -689,8 +680,7 @@ class SlowClient:
             pass
 
 
-@e2e
-@pytest.mark.live
+@behind_nginx
 def test_a_hundred_slow_clients_do_not_stop_a_normal_one(nginx, engine):
     slow = [SlowClient(nginx) for _ in range(100)]
     try:
@@ -734,5 +724,4 @@ def test_a_hundred_slow_clients_do_not_stop_a_normal_one(nginx, engine):
     finally:
         for client in slow:
             client.close()
-    with Session(engine) as session:
-        assert session.scalar(select(func.count()).select_from(Event)) == 10
+    assert count_events(engine) == 10

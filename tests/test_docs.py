@@ -8,7 +8,7 @@ import re
 import shlex
 from urllib.parse import urlsplit
 
-from conftest import ROOT, create_key
+from tests.helpers import ROOT, create_key
 
 README = (ROOT / "README.md").read_text()
 DOCUMENTS = [

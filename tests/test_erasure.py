@@ -1,6 +1,6 @@
 """DELETE /users/<user_id>: every event of the user goes, from /metrics, /sessions and
-/active-users too, in
-paced batches; the answer counts them; the erasure is logged without the user's data."""
+/active-users too, in paced batches; the answer counts them; the erasure is logged without the
+user's data."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import threading
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
-from conftest import create_key
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from test_aggregates import assert_exact
 
 from analytics import erasure, retention, writer
 from analytics.models import Event
 from analytics.rows import EventRow
+from tests.helpers import assert_error, assert_exact, bearer, create_key, track_event
 
 ODD_USER = 'a/b c?d#e%f "é" 漢'
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
@@ -24,21 +23,15 @@ SESSIONS = "/sessions?start_date=2025-01-01&end_date=2025-01-31"
 ACTIVE_USERS = "/active-users?start_date=2025-01-01&end_date=2025-01-31"
 
 
-def track(client, **event) -> dict:
-    response = client.post("/track", json=event)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
 def play_and_stop(client, user: str, day: int, event_id: str | None = None) -> None:
-    track(
+    track_event(
         client,
         event="play",
         user_id=user,
         timestamp=f"2025-01-{day:02d}T10:00:00Z",
         event_id=event_id,
     )
-    track(client, event="stop", user_id=user, timestamp=f"2025-01-{day:02d}T10:01:00Z")
+    track_event(client, event="stop", user_id=user, timestamp=f"2025-01-{day:02d}T10:01:00Z")
 
 
 def count_of(engine, user: str) -> int:
@@ -49,7 +42,7 @@ def count_of(engine, user: str) -> int:
 def test_every_event_of_the_user_goes_and_the_answers_follow(client, engine):
     play_and_stop(client, ODD_USER, 2, event_id="p1")
     play_and_stop(client, ODD_USER, 3)
-    track(client, event="purchase", user_id=ODD_USER, timestamp="2025-01-03T11:00:00Z")
+    track_event(client, event="purchase", user_id=ODD_USER, timestamp="2025-01-03T11:00:00Z")
     play_and_stop(client, "keep", 3)
     play_and_stop(client, "a", 2)  # a prefix of the erased id, and ...
     play_and_stop(client, "a/b", 2)  # ... what the id would be if %2F were decoded early
@@ -79,10 +72,12 @@ def test_every_event_of_the_user_goes_and_the_answers_follow(client, engine):
     assert_exact(engine)  # the erased user's ordinal is gone too
 
 
-def test_an_unknown_user_is_zero(client):
+def test_an_unknown_user_is_zero(client, engine):
+    play_and_stop(client, "somebody", 2)
     response = client.delete("/users/nobody")
     assert response.status_code == 200
     assert response.get_json() == {"status": "success", "deleted": 0}
+    assert count_of(engine, "somebody") == 2  # nobody else's events went
 
 
 def test_event_ids_may_be_used_again_afterwards(client):
@@ -92,19 +87,21 @@ def test_event_ids_may_be_used_again_afterwards(client):
         "timestamp": "2025-01-02T00:00:00Z",
         "event_id": "e-1",
     }
-    track(client, **event)
-    assert track(client, **event).get("duplicate") is True
+    track_event(client, **event)
+    assert track_event(client, **event).get("duplicate") is True
     assert client.delete("/users/u").get_json()["deleted"] == 1
 
-    assert "duplicate" not in track(client, **event)
+    assert "duplicate" not in track_event(client, **event)
     assert client.get(METRICS).get_json()["data"] == [{"date": "2025-01-02", "play": 1}]
 
 
-def test_a_slash_in_a_path_is_not_part_of_an_id(client):
-    track(client, event="play", user_id="a/b", timestamp="2025-01-02T00:00:00Z")
-    assert client.delete("/users/a/b").status_code == 404
-    assert client.delete("/users/a/events").status_code == 405  # the GET of user "a"
+def test_a_slash_in_a_path_is_not_part_of_an_id(client, engine):
+    track_event(client, event="play", user_id="a/b", timestamp="2025-01-02T00:00:00Z")
+    assert_error(client.delete("/users/a/b"), 404)
+    assert_error(client.delete("/users/a/events"), 405)  # the GET of user "a"
+    assert count_of(engine, "a/b") == 1
     assert client.delete("/users/a%2Fb").get_json()["deleted"] == 1
+    assert count_of(engine, "a/b") == 0
 
 
 def test_an_id_that_is_not_utf8_or_holds_nul_is_refused(client):
@@ -113,8 +110,7 @@ def test_an_id_that_is_not_utf8_or_holds_nul_is_refused(client):
         ("/users/a%00b", "user_id must not contain NUL (U+0000) characters"),
     ):
         for response in (client.delete(path), client.get(path + "/events")):
-            assert response.status_code == 400
-            assert response.get_json() == {"status": "error", "message": message}
+            assert assert_error(response, 400, message) == {"status": "error", "message": message}
 
 
 def test_erasure_goes_in_paced_batches_each_through_the_write_path(engine, monkeypatch):
@@ -199,7 +195,7 @@ def test_an_erasure_needs_admin_and_is_logged_with_the_key_but_not_the_user(make
     client = app.test_client()
     reader = create_key(app, "reader", "read")
     admin = create_key(app, "dpo-key", "admin")
-    track(
+    track_event(
         client,
         event="play",
         user_id="secret-user",
@@ -207,14 +203,13 @@ def test_an_erasure_needs_admin_and_is_logged_with_the_key_but_not_the_user(make
         metadata={"email": "x@example.com"},
     )
 
-    assert client.delete("/users/secret-user").status_code == 401
-    refused = client.delete("/users/secret-user", headers={"Authorization": f"Bearer {reader}"})
-    assert refused.status_code == 403
-    assert refused.get_json()["message"] == "This API key does not allow admin"
+    assert_error(client.delete("/users/secret-user"), 401, "API key required")
+    refused = client.delete("/users/secret-user", headers=bearer(reader))
+    assert_error(refused, 403, "This API key does not allow admin")
     assert not [r for r in caplog.records if "erasure" in r.getMessage()]
 
     with caplog.at_level(logging.INFO):
-        response = client.delete("/users/secret-user", headers={"Authorization": f"Bearer {admin}"})
+        response = client.delete("/users/secret-user", headers=bearer(admin))
     assert response.get_json() == {"status": "success", "deleted": 1}
     [record] = [r for r in caplog.records if "erasure" in r.getMessage()]
     text = record.getMessage()

@@ -7,17 +7,14 @@ import sys
 from datetime import timedelta
 
 import pytest
-from conftest import free_port, run_flask
-from e2e import require_tool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from analytics.models import Event
+from tests import tour
+from tests.helpers import TRUNCATED_WARNING, create_key_with_flask, free_port, require_tool
 
-pytest.register_assert_rewrite("tour")
-import tour  # noqa: E402  (after the registration, so that its asserts explain themselves)
-
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.e2e]
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +64,7 @@ def test_every_answer_of_the_tour(live_server, engine):
     assert stop.occurred_at - play.occurred_at == timedelta(seconds=tour.SESSION_SECONDS)
     assert play.meta == {"song_id": "song456", "device": "mobile", "platform": "ios"}
     [large] = stored(engine, "profile_update")
-    assert large.meta["warning"] == tour.TRUNCATED_WARNING
+    assert large.meta["warning"] == TRUNCATED_WARNING
     assert large.meta["originalSize"] > 4096
     # The event sent twice with one event_id is stored once; so is the batch's repeated item.
     # Every event_id carries the run's epoch seconds, so another run would store them again.
@@ -83,27 +80,15 @@ def test_every_answer_of_the_tour(live_server, engine):
 
 def test_the_tour_with_a_key_on_a_server_that_needs_one(live_server, database_url):
     server = live_server(workers=1, AUTH_MODE="all")
-    created = run_flask(
-        database_url,
-        "keys",
-        "create",
-        "tour",
-        "--scope",
-        "ingest",
-        "--scope",
-        "read",
-        "--scope",
-        "admin",
+    secret = create_key_with_flask(
+        database_url, "tour", "--scope", "ingest", "--scope", "read", "--scope", "admin"
     )
-    assert created.returncode == 0, created.stderr
     today = tour.utc_today()
 
     refused = tour.parse(tour.run(server.url, user_id="keyless").stdout)
     assert {(step.status, step.body["message"]) for step in refused} == {(401, "API key required")}
 
-    done = tour.run(
-        server.url, user_id="keyed", env={"ANALYTICS_KEY": created.stdout.splitlines()[-1]}
-    )
+    done = tour.run(server.url, user_id="keyed", env={"ANALYTICS_KEY": secret})
     assert done.returncode == 0, done.stderr
     tour.check(done.stdout, server.url, "keyed", today)
 

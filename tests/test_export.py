@@ -10,20 +10,22 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
-from conftest import create_key, create_postgres_database, migrate, unreachable_url
 from sqlalchemy import update
 
-from analytics import create_app, export
+from analytics import export
 from analytics.models import Event
+from tests.helpers import (
+    assert_error,
+    bearer,
+    create_key,
+    migrate,
+    track_event,
+    unreachable_url,
+)
 
 EVENTS = "/events?start_date=2025-01-01&end_date=2025-01-31"
 FIELDS = ["event", "user_id", "timestamp", "metadata", "event_id", "received_at"]
 ODD_USER = 'a/b c?d#e%f "é" 漢, ok'
-
-
-def track(client, **event):
-    response = client.post("/track", json=event)
-    assert response.status_code == 200, response.get_json()
 
 
 def ndjson(response) -> list[dict]:
@@ -47,7 +49,7 @@ def export_time(text: str):
 
 
 def test_each_line_has_the_contracts_fields_and_formats(client, engine):
-    track(
+    track_event(
         client,
         event="play",
         user_id="u1",
@@ -55,7 +57,7 @@ def test_each_line_has_the_contracts_fields_and_formats(client, engine):
         metadata={"song": "s1", "n": [1, 2], "ü": "x, y: z"},
         event_id="e1",
     )
-    track(client, event="stop", user_id="u1", timestamp="2025-01-18T14:31:00.25+01:00")
+    track_event(client, event="stop", user_id="u1", timestamp="2025-01-18T14:31:00.25+01:00")
     received(engine, "2025-01-20T00:00:00.5Z")
 
     lines = ndjson(client.get(EVENTS))
@@ -82,19 +84,19 @@ def test_each_line_has_the_contracts_fields_and_formats(client, engine):
 
 
 def test_sub_millisecond_digits_are_kept_so_that_nothing_stored_is_lost(client):
-    track(client, event="play", user_id="u", timestamp="2025-01-18T14:30:00.123456Z")
+    track_event(client, event="play", user_id="u", timestamp="2025-01-18T14:30:00.123456Z")
     [line] = ndjson(client.get(EVENTS))
     assert line["timestamp"] == "2025-01-18T14:30:00.123456Z"
 
 
 def test_oldest_first_then_by_arrival(client):
     for n, second in enumerate([30, 10, 10, 20, 10]):
-        track(client, event=f"e{n}", user_id="u", timestamp=f"2025-01-05T00:00:{second:02d}Z")
+        track_event(client, event=f"e{n}", user_id="u", timestamp=f"2025-01-05T00:00:{second:02d}Z")
     assert [line["event"] for line in ndjson(client.get(EVENTS))] == ["e1", "e2", "e4", "e3", "e0"]
 
 
 def test_csv_is_rfc_4180_with_the_exact_header(client, engine):
-    track(
+    track_event(
         client,
         event="play",
         user_id='say "hi", then\nleave',
@@ -102,7 +104,7 @@ def test_csv_is_rfc_4180_with_the_exact_header(client, engine):
         metadata={"a": 'q"uote', "b": [1, {"c": None}]},
         event_id="x,1",
     )
-    track(client, event="stop", user_id="plain", timestamp="2025-01-03T00:00:00Z")
+    track_event(client, event="stop", user_id="plain", timestamp="2025-01-03T00:00:00Z")
     received(engine, "2025-01-04T00:00:00Z")
 
     response = client.get(EVENTS + "&format=csv")
@@ -132,7 +134,9 @@ def test_csv_is_rfc_4180_with_the_exact_header(client, engine):
 
 def test_metadata_in_csv_is_compact_json_whatever_its_strings_hold(client):
     metadata = {"k, x": 'v: y\\" , z', "n": [1, 2.5, {"a": None}], "é": "\u0001\n", "e": {}}
-    track(client, event="play", user_id="u", timestamp="2025-01-02T00:00:00Z", metadata=metadata)
+    track_event(
+        client, event="play", user_id="u", timestamp="2025-01-02T00:00:00Z", metadata=metadata
+    )
     [_, row] = list(
         csv.reader(
             io.StringIO(client.get(EVENTS + "&format=csv").get_data(as_text=True), newline="")
@@ -151,7 +155,7 @@ def test_the_range_filters_and_zone(client):
         ("2025-02-01T00:00:00Z", "play", "u2"),
         ("2025-01-15T00:00:00Z", "pause", "u1"),
     ]:
-        track(client, event=name, user_id=user, timestamp=at)
+        track_event(client, event=name, user_id=user, timestamp=at)
 
     def stamps(query: str) -> list[str]:
         return [line["timestamp"] for line in ndjson(client.get(EVENTS + query))]
@@ -178,7 +182,7 @@ def test_the_range_filters_and_zone(client):
 
 
 def test_ranges_to_the_ends_of_the_calendar(client):
-    track(client, event="play", user_id="u", timestamp="2025-01-02T12:00:00Z")
+    track_event(client, event="play", user_id="u", timestamp="2025-01-02T12:00:00Z")
     for tz in ("UTC", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
         for start, end, expected in [
             ("0001-01-01", "9999-12-31", 1),
@@ -194,7 +198,7 @@ def test_ranges_to_the_ends_of_the_calendar(client):
 
 def test_a_local_day_that_a_zone_skipped_holds_nothing(client):
     # Samoa went from 29 to 31 December 2011: no instant has the local date 2011-12-30.
-    track(client, event="play", user_id="u", timestamp="2011-12-30T09:59:59Z")  # 29th, 23:59
+    track_event(client, event="play", user_id="u", timestamp="2011-12-30T09:59:59Z")  # 29th, 23:59
     day = "/events?start_date=2011-12-30&end_date=2011-12-30&tz=Pacific/Apia"
     assert ndjson(client.get(day)) == []
     assert (
@@ -240,11 +244,7 @@ def test_a_local_day_that_a_zone_skipped_holds_nothing(client):
     ],
 )
 def test_invalid_queries_get_the_contracts_message(client, query, message):
-    response = client.get("/events" + query)
-    assert response.status_code == 400
-    assert response.mimetype == "application/json"
-    assert response.get_json()["message"] == message
-    assert response.get_json()["status"] == "error"
+    assert_error(client.get("/events" + query), 400, message)
 
 
 def test_an_empty_range_is_an_empty_body_and_csv_still_has_its_header(client):
@@ -255,7 +255,7 @@ def test_an_empty_range_is_an_empty_body_and_csv_still_has_its_header(client):
 
 def test_the_export_streams_from_an_open_cursor_in_chunks(app, client, engine, monkeypatch):
     for second in range(9):
-        track(client, event="play", user_id="u", timestamp=f"2025-01-02T00:00:{second:02d}Z")
+        track_event(client, event="play", user_id="u", timestamp=f"2025-01-02T00:00:{second:02d}Z")
     monkeypatch.setattr(export, "ROWS_PER_CHUNK", 2)
     pool = app.extensions["analytics.db"]["engine"].pool
 
@@ -274,7 +274,7 @@ def test_the_export_streams_from_an_open_cursor_in_chunks(app, client, engine, m
 
 def test_a_client_that_goes_away_gives_the_connection_back(app, client, monkeypatch):
     for second in range(9):
-        track(client, event="play", user_id="u", timestamp=f"2025-01-02T00:00:{second:02d}Z")
+        track_event(client, event="play", user_id="u", timestamp=f"2025-01-02T00:00:{second:02d}Z")
     monkeypatch.setattr(export, "ROWS_PER_CHUNK", 2)
     response = client.get(EVENTS, buffered=False)
     next(iter(response.response))
@@ -282,21 +282,22 @@ def test_a_client_that_goes_away_gives_the_connection_back(app, client, monkeypa
     assert app.extensions["analytics.db"]["engine"].pool.checkedout() == 0
 
 
-def test_a_database_that_fails_is_a_json_error(backend, tmp_path):
-    app = create_app({"TESTING": True, "DATABASE_URL": unreachable_url(backend, tmp_path)})
+def test_a_database_that_fails_is_a_json_error(app_factory, backend, tmp_path):
+    app = app_factory(unreachable_url(backend, tmp_path))
     for path in (EVENTS, "/users/u/events"):
-        response = app.test_client().get(path)
-        assert response.status_code == 503
-        assert response.mimetype == "application/json"
-        assert response.get_json()["message"].startswith("Failed to export")
-    app.extensions["analytics.db"]["engine"].dispose()
+        body = assert_error(app.test_client().get(path), 503)
+        assert body["message"].startswith("Failed to export")
 
 
 def test_a_users_events_oldest_first_with_any_characters_in_the_id(client, engine):
-    track(client, event="stop", user_id=ODD_USER, timestamp="2025-01-03T00:00:00Z", event_id="2")
-    track(client, event="play", user_id=ODD_USER, timestamp="2021-06-01T00:00:00Z", event_id="1")
-    track(client, event="play", user_id="a", timestamp="2025-01-03T00:00:00Z")
-    track(client, event="play", user_id="a/b c?d", timestamp="2025-01-03T00:00:00Z")
+    track_event(
+        client, event="stop", user_id=ODD_USER, timestamp="2025-01-03T00:00:00Z", event_id="2"
+    )
+    track_event(
+        client, event="play", user_id=ODD_USER, timestamp="2021-06-01T00:00:00Z", event_id="1"
+    )
+    track_event(client, event="play", user_id="a", timestamp="2025-01-03T00:00:00Z")
+    track_event(client, event="play", user_id="a/b c?d", timestamp="2025-01-03T00:00:00Z")
 
     lines = ndjson(client.get(f"/users/{quote(ODD_USER, safe='')}/events"))
 
@@ -315,33 +316,18 @@ def test_reads_and_admin_keys(make_app):
     reader = create_key(app, "reader", "read")
     admin = create_key(app, "admin", "admin")
 
-    assert client.get(EVENTS).status_code == 401
-    assert client.get(EVENTS, headers={"Authorization": f"Bearer {reader}"}).status_code == 200
-    assert client.get(EVENTS, headers={"Authorization": f"Bearer {admin}"}).status_code == 200
-    refused = client.get("/users/u/events", headers={"Authorization": f"Bearer {reader}"})
-    assert refused.status_code == 403
-    assert refused.get_json()["message"] == "This API key does not allow admin"
-    assert (
-        client.get("/users/u/events", headers={"Authorization": f"Bearer {admin}"}).status_code
-        == 200
+    assert_error(client.get(EVENTS), 401, "API key required")
+    assert client.get(EVENTS, headers=bearer(reader)).status_code == 200
+    assert client.get(EVENTS, headers=bearer(admin)).status_code == 200
+    assert_error(
+        client.get("/users/u/events", headers=bearer(reader)),
+        403,
+        "This API key does not allow admin",
     )
+    assert client.get("/users/u/events", headers=bearer(admin)).status_code == 200
 
 
 # --- The round trip ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def empty_database_url(backend, tmp_path, request):
-    """Another migrated, empty database of the current backend."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'imported.db'}"
-        migrate(url)
-        yield url
-        return
-    url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
-    migrate(url)
-    yield url
-    drop()
 
 
 def answers(client) -> list:
@@ -377,20 +363,23 @@ def varied_events(client) -> None:
         ("purchase", "u1", "2024-12-31T23:00:00Z", None, {}),
     ]
     for name, user, at, event_id, metadata in events:
-        track(client, event=name, user_id=user, timestamp=at, event_id=event_id, metadata=metadata)
+        track_event(
+            client, event=name, user_id=user, timestamp=at, event_id=event_id, metadata=metadata
+        )
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
 def test_an_export_imported_into_an_empty_database_gives_the_same_answers(
-    client, empty_database_url, tmp_path, fmt
+    client, app_factory, scratch_database, tmp_path, fmt
 ):
+    migrate(scratch_database)
     varied_events(client)
     exported = client.get(f"/events?start_date=2000-01-01&end_date=2099-12-31&format={fmt}")
     assert exported.status_code == 200
     source = tmp_path / f"export.{fmt}"
     source.write_bytes(exported.data)
 
-    imported = create_app({"TESTING": True, "DATABASE_URL": empty_database_url})
+    imported = app_factory(scratch_database)
     result = imported.test_cli_runner().invoke(args=["import", str(source)])
     assert result.exit_code == 0, result.output
     assert "10 accepted, 0 duplicates, 0 rejected" in result.output
@@ -402,7 +391,6 @@ def test_an_export_imported_into_an_empty_database_gives_the_same_answers(
         again.get(f"/events?start_date=2000-01-01&end_date=2099-12-31&format={fmt}").data
         == exported.data
     )
-    imported.extensions["analytics.db"]["engine"].dispose()
 
 
 def test_import_keeps_received_at_refuses_a_bad_one_and_never_takes_a_later_one(

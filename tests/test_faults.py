@@ -25,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
 import pytest
-from conftest import LiveServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-pytestmark = pytest.mark.live
+from tests.helpers import LiveServer
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 CLIENTS = 4
 GIVE_UP_SECONDS = 90
@@ -125,15 +126,18 @@ def run_clients(port_of, per_client: int, during) -> list[dict]:
 
 def test_workers_killed_with_sigkill_lose_and_double_nothing(live_server, database_url):
     server = live_server(workers=2)
+    killed = []
 
     def kill_workers():
         for _ in range(3):
             time.sleep(1.0)
             workers = server.workers()
             if workers:
-                os.kill(random.choice(workers), signal.SIGKILL)
+                killed.append(random.choice(workers))
+                os.kill(killed[-1], signal.SIGKILL)
 
     events = run_clients(lambda: server.port, 120, kill_workers)
+    assert killed  # the fault did happen while the clients sent
     assert_stored_exactly_once(database_url, events)
 
 
@@ -165,23 +169,27 @@ def test_server_connections_terminated_by_postgresql(live_server, database_url, 
         pytest.skip("pg_terminate_backend")
     server = live_server(workers=2)
     admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    terminated = []
 
     def terminate():
         # Only the backends of this test's own database, which only this test's server uses.
         for _ in range(4):
             time.sleep(0.7)
             with admin.connect() as conn:
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
+                terminated.extend(
+                    conn.execute(
+                        text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    ).scalars()
                 )
 
     try:
         events = run_clients(lambda: server.port, 120, terminate)
     finally:
         admin.dispose()
+    assert any(terminated)  # the server's connections were cut while the clients sent
     assert_stored_exactly_once(database_url, events)
 
 
@@ -369,6 +377,9 @@ def test_batches_of_the_same_events_in_different_orders_never_deadlock(
 
             with ThreadPoolExecutor(CLIENTS) as pool:
                 list(pool.map(client, range(CLIENTS)))
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT count(*) FROM events")).scalar()
     finally:
         engine.dispose()
     assert retried == []
+    assert stored == 6 * SHARED_EVENTS  # each event once, whichever client's copy won

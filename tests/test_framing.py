@@ -7,10 +7,9 @@ import json
 import socket
 
 import pytest
-from conftest import LiveServer, empty_tables
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine
 
-from analytics.models import Event
+from tests.helpers import LiveServer, count_events, empty_tables
 
 pytestmark = pytest.mark.live
 
@@ -29,11 +28,7 @@ def server(sqlite_url):
 def stored_count(sqlite_url):
     engine = create_engine(sqlite_url)
 
-    def count() -> int:
-        with engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(Event)).scalar()
-
-    yield count
+    yield lambda: count_events(engine)
     engine.dispose()
     empty_tables(sqlite_url)
 

@@ -20,6 +20,8 @@ from schemathesis.checks import negative_data_rejection, positive_data_acceptanc
 from analytics.api.openapi import build_spec
 from analytics.schemas import DATES_OUT_OF_ORDER
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = 25
 
 

@@ -8,12 +8,19 @@ from datetime import UTC, datetime
 
 import pytest
 from alembic import command
-from conftest import alembic_config, create_postgres_database, migrate
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
-from test_track import FUTURE_WARNING, SUCCESS, assert_error, post, stored
 
-DUPLICATE = {**SUCCESS, "duplicate": True}
+from tests.helpers import (
+    DUPLICATE,
+    FUTURE_WARNING,
+    SUCCESS,
+    alembic_config,
+    assert_error,
+    migrate,
+    post,
+    stored,
+)
 
 
 def play(**fields) -> dict:
@@ -78,6 +85,7 @@ def test_event_ids_of_1_to_128_characters_are_accepted(client, engine, event_id)
     assert post(client, play(event_id=event_id)).get_json() == SUCCESS
     assert stored(engine)[0].event_id == event_id
     assert post(client, play(event_id=event_id)).get_json() == DUPLICATE
+    assert len(stored(engine)) == 1
 
 
 @pytest.mark.parametrize(
@@ -138,20 +146,9 @@ def test_the_openapi_document_describes_event_id(client):
     assert schema["properties"]["event_id"]["minLength"] == 1
 
 
-@pytest.fixture
-def empty_database(backend, tmp_path, request):
-    """A database of the current backend with nothing in it, dropped afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'upgrade.db'}"
-        return
-    url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
-    yield url
-    drop()
-
-
-def test_adding_event_id_keeps_stored_events_and_indexes(empty_database):
-    migrate(empty_database, "0001")
-    engine = create_engine(empty_database)
+def test_adding_event_id_keeps_stored_events_and_indexes(scratch_database):
+    migrate(scratch_database, "0001")
+    engine = create_engine(scratch_database)
     try:
         with engine.begin() as conn:
             conn.execute(
@@ -162,7 +159,7 @@ def test_adding_event_id_keeps_stored_events_and_indexes(empty_database):
                 {"meta": json.dumps({"k": "v"})},
             )
             indexes_before = {index["name"] for index in inspect(conn).get_indexes("events")}
-        migrate(empty_database, "0002")
+        migrate(scratch_database, "0002")
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT event, user_id, event_id FROM events")).all()
             inspector = inspect(conn)
@@ -177,7 +174,7 @@ def test_adding_event_id_keeps_stored_events_and_indexes(empty_database):
         engine.dispose()
 
 
-def test_id_blocks_migrate_up_and_down(empty_database, backend):
+def test_id_blocks_migrate_up_and_down(scratch_database, backend):
     """0005 makes PostgreSQL's id sequence step by 1000 and its downgrade back by 1; events
     stored before it keep their ids and later ones come after them."""
     if backend != "postgresql":
@@ -186,8 +183,8 @@ def test_id_blocks_migrate_up_and_down(empty_database, backend):
         "SELECT seqincrement FROM pg_sequence "
         "WHERE seqrelid = CAST(pg_get_serial_sequence('events', 'id') AS regclass)"
     )
-    migrate(empty_database, "0004")
-    engine = create_engine(empty_database)
+    migrate(scratch_database, "0004")
+    engine = create_engine(scratch_database)
     try:
         with engine.begin() as conn:
             conn.execute(
@@ -197,7 +194,7 @@ def test_id_blocks_migrate_up_and_down(empty_database, backend):
                 )
             )
             assert conn.execute(step).scalar() == 1
-        migrate(empty_database, "0005")
+        migrate(scratch_database, "0005")
         with engine.begin() as conn:
             assert conn.execute(step).scalar() == 1000
             conn.execute(
@@ -212,7 +209,7 @@ def test_id_blocks_migrate_up_and_down(empty_database, backend):
                 2,
                 1002,
             ]
-        command.downgrade(alembic_config(empty_database), "0004")
+        command.downgrade(alembic_config(scratch_database), "0004")
         with engine.connect() as conn:
             assert conn.execute(step).scalar() == 1
     finally:

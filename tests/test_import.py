@@ -8,13 +8,18 @@ import json
 from concurrent.futures import Future
 
 import pytest
-from conftest import create_postgres_database, run_in_terminal, unreachable_url
-from conftest import run_flask as run_flask_text
 from sqlalchemy import text
-from test_track import FUTURE_WARNING, TRUNCATED_WARNING, _metadata_of_size, stored
 
-from analytics import create_app
 from analytics.importer import ImportSummary, _InOrder
+from tests.helpers import (
+    FUTURE_WARNING,
+    TRUNCATED_WARNING,
+    metadata_of_size,
+    run_in_terminal,
+    stored,
+    unreachable_url,
+)
+from tests.helpers import run_flask as run_flask_text
 
 HEADER = "event,user_id,timestamp,event_id,metadata"
 
@@ -112,7 +117,7 @@ def test_the_report_file_lists_every_rejected_line_and_the_summary(runner, engin
 
 
 def test_rules_are_those_of_track(runner, engine, tmp_path):
-    big = _metadata_of_size(5000)
+    big = metadata_of_size(5000)
     source = write(
         tmp_path / "e.ndjson",
         [
@@ -280,10 +285,9 @@ def test_an_unreachable_database_is_one_clear_line_and_a_failure(backend, tmp_pa
     assert "Traceback" not in done.stderr.decode()
 
 
-def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, tmp_path):
+def test_a_database_lost_midway_keeps_what_was_committed(app, engine, tmp_path, monkeypatch):
     """The database goes away after the first chunk: the import stops with a clear message,
     the first chunk stays stored, and running the import again finishes the job."""
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url})
     source = write(tmp_path / "e.ndjson", [ev(i % 60, event_id=f"id{i}") for i in range(10)])
     calls = {"n": 0}
 
@@ -301,11 +305,9 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
             raise OperationalError("INSERT", {}, lost, connection_invalidated=True)
         return original(session, rows)
 
-    importer.writer.store_events = fail_second_chunk
-    try:
-        result = app.test_cli_runner().invoke(args=["import", source, "--chunk-size", "4"])
-    finally:
-        importer.writer.store_events = original
+    monkeypatch.setattr(importer.writer, "store_events", fail_second_chunk)
+    result = app.test_cli_runner().invoke(args=["import", source, "--chunk-size", "4"])
+    monkeypatch.undo()
     assert result.exit_code == 1
     assert "4 accepted, 0 duplicates, 0 rejected; stopped after line 4" in result.output
     assert "run the same import again to resume" in result.output
@@ -313,26 +315,19 @@ def test_a_database_lost_midway_keeps_what_was_committed(database_url, engine, t
     assert len(stored(engine)) == 4
 
     again = app.test_cli_runner().invoke(args=["import", source, "--chunk-size", "4"])
-    app.extensions["analytics.db"]["engine"].dispose()
     assert again.exit_code == 0, again.output
     assert "6 accepted, 4 duplicates, 0 rejected" in again.output
     assert len(stored(engine)) == 10
 
 
-def test_a_database_without_tables_stops_the_import_clearly(backend, tmp_path, request):
+def test_a_database_without_tables_stops_the_import_clearly(
+    scratch_database, app_factory, tmp_path
+):
     """A database error reaches the operator as one clear line (here: a database nobody ran
     the migrations on)."""
-    if backend == "sqlite":
-        url, drop = f"sqlite:///{tmp_path / 'empty.db'}", (lambda: None)
-    else:
-        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
-    try:
-        app = create_app({"TESTING": True, "DATABASE_URL": url})
-        source = write(tmp_path / "e.ndjson", [ev(i % 60) for i in range(10)])
-        result = app.test_cli_runner().invoke(args=["import", source, "--chunk-size", "4"])
-        app.extensions["analytics.db"]["engine"].dispose()
-    finally:
-        drop()
+    app = app_factory(scratch_database)
+    source = write(tmp_path / "e.ndjson", [ev(i % 60) for i in range(10)])
+    result = app.test_cli_runner().invoke(args=["import", source, "--chunk-size", "4"])
     assert result.exit_code == 1, result.output
     assert "stopped before anything was committed" in result.output
     assert "Error: no events table in the database at " in result.output

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import create_key, run_flask
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from analytics.models import AccessKey
+from tests.helpers import bearer, create_key, run_flask
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 
@@ -59,8 +59,7 @@ def test_list_shows_everything_but_the_secret(app):
         app, "reader", "read", "ingest", origins=("https://a.example",), rate="5000/hour"
     )
     create_key(app, "plain", "admin")
-    headers = {"Authorization": f"Bearer {secret}"}
-    assert app.test_client().get(METRICS, headers=headers).status_code == 200
+    assert app.test_client().get(METRICS, headers=bearer(secret)).status_code == 200
 
     result = app.test_cli_runner().invoke(args=["keys", "list"])
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ from sqlalchemy import text
 CLIENTS = 8
 EVENTS_PER_CLIENT = 500
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 
 def post_events(base_url: str, client_no: int, count: int) -> list[tuple[int, int, str]]:

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from test_track import SUCCESS, stored
 
 from analytics.errors import is_unreachable
+from tests.helpers import SUCCESS, assert_error, stored
 
 LOCK_WAIT_MS = 500
 # The answer is due after the wait; what is added covers a loaded machine, not the wait.
@@ -41,8 +41,8 @@ def timed(call):
 
 
 def assert_busy(response, message: str):
-    assert response.status_code == 503, response.get_data(as_text=True)
-    assert response.get_json() == {"status": "error", "message": message}
+    """The contract's 503 for a wait past its bound: the message and a Retry-After."""
+    assert assert_error(response, 503, message) == {"status": "error", "message": message}
     assert int(response.headers["Retry-After"]) > 0
 
 
@@ -92,6 +92,7 @@ def test_a_held_writer_turn_is_503_in_time_and_reads_go_on(bounded_app, foreign_
     foreign_writer.wait(timeout=10)
     response, _ = timed(lambda: client.post("/track", json={"event": "play", "user_id": "u"}))
     assert response.get_json() == SUCCESS
+    assert len(stored(engine)) == 1
 
 
 def test_a_user_locked_elsewhere_fails_only_that_users_event(

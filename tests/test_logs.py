@@ -9,9 +9,8 @@ import json
 import time
 
 import pytest
-from conftest import LiveServer, run_flask
 
-pytestmark = pytest.mark.live
+from tests.helpers import LiveServer, create_key_with_flask
 
 SECRET_USER = "user-7f3a9c-secret"
 SECRET_EVENT = "event-b81d44-secret"
@@ -54,6 +53,7 @@ def tableless_server(tmp_path):
     server.stop()
 
 
+@pytest.mark.live
 def test_an_error_is_logged_once_without_the_events_data(tableless_server):
     response = send(
         tableless_server,
@@ -70,11 +70,10 @@ def test_an_error_is_logged_once_without_the_events_data(tableless_server):
         assert secret not in text, text
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_json_access_log_with_request_id_and_key_name(live_server, database_url):
-    secret = run_flask(database_url, "keys", "create", "beacon-key", "--scope", "ingest")
-    assert secret.returncode == 0, secret.stderr
-    key = secret.stdout.splitlines()[-1]
+    key = create_key_with_flask(database_url, "beacon-key", "--scope", "ingest")
     server = live_server(
         workers=1, LOG_FORMAT="json", LOG_LEVEL="info", GUNICORN_ACCESS_LOG="-", AUTH_MODE="all"
     )

@@ -10,11 +10,15 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from conftest import ROOT, alembic_config, create_postgres_database, run_flask, unreachable_url
 from sqlalchemy import create_engine, inspect
 
-from analytics import create_app
 from analytics.models import Base
+from tests.helpers import (
+    ROOT,
+    alembic_config,
+    run_flask,
+    unreachable_url,
+)
 
 
 def head() -> str:
@@ -55,27 +59,23 @@ def test_downgrade_and_upgrade_again(tmp_path):
     engine.dispose()
 
 
-def test_the_app_never_creates_tables(tmp_path):
-    from analytics import create_app
-
+def test_the_app_never_creates_tables(app_factory, tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    app = create_app({"TESTING": True, "DATABASE_URL": url})
-    client = app.test_client()
-    client.get("/health")
-    client.post("/track", json={"event": "e", "user_id": "u"})
+    client = app_factory(url).test_client()
+    assert client.get("/health").status_code == 200  # the database answers
+    assert client.post("/track", json={"event": "e", "user_id": "u"}).status_code >= 500
     engine = create_engine(url)
     assert inspect(engine).get_table_names() == []
     engine.dispose()
-    app.extensions["analytics.db"]["engine"].dispose()
 
 
 def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend, tmp_path, request):
     """Events stored at revision 0005 are counted and paired by the upgrade exactly as a
     rebuild would, and survive the downgrade."""
-    from conftest import create_postgres_database
     from sqlalchemy import text
 
     from analytics import writer
+    from tests.helpers import create_postgres_database
 
     if backend == "sqlite":
         url, drop = f"sqlite:///{tmp_path / 'm.db'}", (lambda: None)
@@ -150,27 +150,18 @@ def test_migrations_run_without_the_services_timeouts(tmp_path, monkeypatch):
     )
 
 
-def test_the_migrate_command_creates_the_schema_then_leaves_it(backend, tmp_path, request):
+def test_the_migrate_command_creates_the_schema_then_leaves_it(app_factory, scratch_database):
     """``flask --app analytics migrate`` runs the package's own history; run again, it finds
     nothing to do."""
-    if backend == "sqlite":
-        url, drop = f"sqlite:///{tmp_path / 'm.db'}", (lambda: None)
-    else:
-        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
-    try:
-        app = create_app({"TESTING": True, "DATABASE_URL": url})
-        runner = app.test_cli_runner()
-        first = runner.invoke(args=["migrate"])
-        second = runner.invoke(args=["migrate"])
-        app.extensions["analytics.db"]["engine"].dispose()
-        assert current(url) == head()
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, Base.metadata) == []
-        engine.dispose()
-    finally:
-        drop()
+    runner = app_factory(scratch_database).test_cli_runner()
+    first = runner.invoke(args=["migrate"])
+    second = runner.invoke(args=["migrate"])
+    assert current(scratch_database) == head()
+    engine = create_engine(scratch_database)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
     assert first.exit_code == 0, first.output
     assert f"from empty to {head()}" in first.output
     assert f"is at revision {head()}" in first.output
@@ -178,8 +169,8 @@ def test_the_migrate_command_creates_the_schema_then_leaves_it(backend, tmp_path
     assert f"is up to date (revision {head()})" in second.output
 
 
-def test_the_migrate_command_names_an_unreachable_database(backend, tmp_path):
-    app = create_app({"TESTING": True, "DATABASE_URL": unreachable_url(backend, tmp_path)})
+def test_the_migrate_command_names_an_unreachable_database(app_factory, backend, tmp_path):
+    app = app_factory(unreachable_url(backend, tmp_path))
     result = app.test_cli_runner().invoke(args=["migrate"])
     app.extensions["analytics.db"]["engine"].dispose()
     assert result.exit_code == 1, result.output

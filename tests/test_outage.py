@@ -6,13 +6,12 @@ import socket
 import threading
 
 import pytest
-from conftest import create_postgres_database, empty_tables, migrate, unreachable_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from analytics import create_app
 from analytics.errors import is_unreachable
+from tests.helpers import assert_error, count_events, migrate, unreachable_url
 
 
 class SwitchableProxy:
@@ -82,8 +81,8 @@ class SwitchableProxy:
 
 
 def assert_unavailable(response, message):
-    assert response.status_code == 503, response.get_data(as_text=True)
-    assert response.get_json() == {"status": "error", "message": message}
+    """The contract's 503: the message, a Retry-After and the CORS header."""
+    assert assert_error(response, 503, message) == {"status": "error", "message": message}
     assert int(response.headers["Retry-After"]) > 0
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
@@ -91,12 +90,12 @@ def assert_unavailable(response, message):
 EVENT = {"event": "play", "user_id": "u"}
 
 
-def test_postgres_outage_and_recovery(request):
-    url = make_url(request.getfixturevalue("postgresql_url"))
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_postgres_outage_and_recovery(app_factory, database_url, engine):
+    url = make_url(database_url)
     proxy = SwitchableProxy(url.host or "127.0.0.1", url.port or 5432)
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    app = create_app({"TESTING": True, "DATABASE_URL": proxied, "DB_CONNECT_TIMEOUT": 2})
-    client = app.test_client()
+    client = app_factory(proxied, DB_CONNECT_TIMEOUT=2).test_client()
     try:
         assert client.post("/track", json=EVENT).status_code == 200
 
@@ -108,25 +107,16 @@ def test_postgres_outage_and_recovery(request):
         assert client.get("/health").status_code == 200
         assert client.post("/track", json=EVENT).status_code == 200
     finally:
-        app.extensions["analytics.db"]["engine"].dispose()
         proxy.close()
-
     # Exactly the two accepted events were stored; the refused one left nothing behind.
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        assert conn.execute(text("SELECT count(*) FROM events")).scalar() == 2
-    engine.dispose()
-    empty_tables(url)
+    assert count_events(engine) == 2
 
 
-def test_sqlite_outage_and_recovery(tmp_path):
+def test_sqlite_outage_and_recovery(app_factory, tmp_path):
     blocker = tmp_path / "data"
     blocker.write_text("a file where the database folder should be")
     url = f"sqlite:///{blocker / 'analytics.db'}"
-    app = create_app({"TESTING": True, "DATABASE_URL": url})
-    client = app.test_client()
+    client = app_factory(url).test_client()
 
     assert_unavailable(client.post("/track", json=EVENT), "Failed to log event")
     assert_unavailable(client.get("/health"), "Database unavailable")
@@ -136,12 +126,17 @@ def test_sqlite_outage_and_recovery(tmp_path):
     migrate(url)
     assert client.get("/health").status_code == 200
     assert client.post("/track", json=EVENT).status_code == 200
-    app.extensions["analytics.db"]["engine"].dispose()
+    # The event of the 200 is stored, the refused one is not.
+    engine = create_engine(url)
+    try:
+        assert count_events(engine) == 1
+    finally:
+        engine.dispose()
 
 
-def test_unreachable_database_never_leaks_details():
+def test_unreachable_database_never_leaks_details(app_factory):
     url = "postgresql+psycopg://nobody:s3cret@127.0.0.1:1/none"
-    app = create_app({"TESTING": True, "DATABASE_URL": url, "DB_CONNECT_TIMEOUT": 1})
+    app = app_factory(url, DB_CONNECT_TIMEOUT=1)
     response = app.test_client().post("/track", json=EVENT)
     assert_unavailable(response, "Failed to log event")
     assert b"s3cret" not in response.data and b"127.0.0.1" not in response.data
@@ -179,19 +174,11 @@ def test_a_database_out_of_reach_is_unreachable(backend, tmp_path):
     assert is_unreachable(driver_error(unreachable_url(backend, tmp_path), "SELECT 1"))
 
 
-def test_a_database_without_tables_is_an_error_not_an_outage(backend, tmp_path, request):
+def test_a_database_without_tables_is_an_error_not_an_outage(app_factory, scratch_database):
     """No Retry-After for a database nobody migrated (waiting will not fix it), alike on both
     databases."""
-    if backend == "sqlite":
-        url, drop = f"sqlite:///{tmp_path / 'empty.db'}", (lambda: None)
-    else:
-        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
-    app = create_app({"TESTING": True, "DATABASE_URL": url})
-    try:
-        response = app.test_client().get("/metrics?start_date=2025-01-01&end_date=2025-01-01")
-    finally:
-        app.extensions["analytics.db"]["engine"].dispose()
-        drop()
+    app = app_factory(scratch_database)
+    response = app.test_client().get("/metrics?start_date=2025-01-01&end_date=2025-01-01")
     assert response.status_code == 500, response.get_data(as_text=True)
     assert response.get_json() == {"status": "error", "message": "Failed to fetch metrics"}
     assert "Retry-After" not in response.headers

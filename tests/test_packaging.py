@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, stop_process
+
+from tests.helpers import ROOT, free_port, stop_process
 
 pytestmark = pytest.mark.live
 

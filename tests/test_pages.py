@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, assert_error
 
 STATIC = ROOT / "analytics" / "static"
 PAGES = {"/dashboard": "text/html", "/docs": "text/html", "/analytics.js": "text/javascript"}
@@ -49,9 +49,7 @@ def test_pages_load_only_their_own_files(make_app, path):
 
 def test_static_files_outside_the_folder_are_refused(client):
     assert get(client, "/static/../auth.py").status_code == 404
-    response = get(client, "/static/nothing-here.js")
-    assert response.status_code == 404
-    assert response.get_json() == {"status": "error", "message": "Not found"}
+    assert_error(get(client, "/static/nothing-here.js"), 404, "Not found")
 
 
 def test_the_tracker_is_minified_and_under_3_kb_gzipped(client):

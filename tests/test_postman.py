@@ -9,8 +9,8 @@ import subprocess
 from datetime import date
 
 import pytest
-from conftest import ROOT, run_flask
-from e2e import require_tool
+
+from tests.helpers import ROOT, create_key_with_flask, require_tool
 
 COLLECTION = ROOT / "analytics-api.postman_collection.json"
 NEWMAN = ROOT / "node_modules" / ".bin" / "newman"
@@ -106,6 +106,7 @@ def run_newman(base_url: str, report, *env_vars: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.live
+@pytest.mark.e2e
 def test_newman_runs_the_collection_green(live_server, tmp_path):
     server = live_server(workers=1)
     report = tmp_path / "newman.json"
@@ -115,22 +116,12 @@ def test_newman_runs_the_collection_green(live_server, tmp_path):
 
 
 @pytest.mark.live
+@pytest.mark.e2e
 def test_newman_runs_the_collection_green_with_a_key(live_server, database_url, tmp_path):
     server = live_server(workers=1, AUTH_MODE="all")
-    created = run_flask(
-        database_url,
-        "keys",
-        "create",
-        "postman",
-        "--scope",
-        "ingest",
-        "--scope",
-        "read",
-        "--scope",
-        "admin",
+    secret = create_key_with_flask(
+        database_url, "postman", "--scope", "ingest", "--scope", "read", "--scope", "admin"
     )
-    assert created.returncode == 0, created.stderr
-    secret = created.stdout.splitlines()[-1]
 
     # Without the key every request of the collection is refused...
     refused = tmp_path / "refused.json"

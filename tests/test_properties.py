@@ -38,6 +38,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -632,6 +633,7 @@ def check_endpoints(client, events: list[StoredEvent], query: Query) -> None:
         assert body["data"] == model(events, query_without), (path, query_without)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,

@@ -6,25 +6,12 @@ from __future__ import annotations
 import pytest
 
 from analytics.reports import MAX_FILLED_PERIODS
-
-
-def track(client, event: str, at: str, user_id: str = "u") -> None:
-    response = client.post("/track", json={"event": event, "user_id": user_id, "timestamp": at})
-    assert response.status_code == 200, response.get_json()
-
-
-def data(client, query: str, path: str = "/metrics") -> list[dict]:
-    response = client.get(f"{path}?{query}")
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["data"]
+from tests.helpers import assert_error, get_data, track
 
 
 def error(client, query: str, path: str = "/metrics") -> str:
-    response = client.get(f"{path}?{query}")
-    assert response.status_code == 400
-    body = response.get_json()
-    assert body["status"] == "error"
-    return body["message"]
+    """The message of the 400 that GET ``path?query`` answers."""
+    return assert_error(client.get(f"{path}?{query}"), 400)["message"]
 
 
 def test_days_are_cut_at_local_midnight(client):
@@ -32,16 +19,16 @@ def test_days_are_cut_at_local_midnight(client):
     track(client, "stop", "2025-01-01T23:00:00Z")
     track(client, "view", "2025-01-01T18:14:59Z")  # 23:59:59 local, still the 1st
     query = "start_date=2025-01-01&end_date=2025-01-02"
-    assert data(client, query) == [{"date": "2025-01-01", "play": 1, "stop": 1, "view": 1}]
-    assert data(client, query + "&tz=Asia/Kathmandu") == [
+    assert get_data(client, query) == [{"date": "2025-01-01", "play": 1, "stop": 1, "view": 1}]
+    assert get_data(client, query + "&tz=Asia/Kathmandu") == [
         {"date": "2025-01-01", "view": 1},
         {"date": "2025-01-02", "play": 1, "stop": 1},
     ]
-    assert data(client, query + "&tz=Asia/Kathmandu", "/sessions") == [
+    assert get_data(client, query + "&tz=Asia/Kathmandu", "/sessions") == [
         {"date": "2025-01-02", "totalDuration": 1800, "sessionCount": 1, "averageDuration": 1800}
     ]
     # The range is of local dates: the 1st alone in Kathmandu leaves the 2nd's events out.
-    assert data(client, "start_date=2025-01-01&end_date=2025-01-01&tz=Asia/Kathmandu") == [
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-01&tz=Asia/Kathmandu") == [
         {"date": "2025-01-01", "view": 1}
     ]
 
@@ -51,14 +38,14 @@ def test_hours_label_their_offset_and_the_repeated_hour_appears_twice(client):
     track(client, "a", "2025-10-26T00:30:00Z")  # 02:30 +02:00
     track(client, "b", "2025-10-26T01:30:00Z")  # 02:30 +01:00
     track(client, "c", "2025-10-26T02:30:00Z")  # 03:30 +01:00
-    assert data(
+    assert get_data(
         client, "start_date=2025-10-26&end_date=2025-10-26&group_by=hour&tz=Europe/Berlin"
     ) == [
         {"date": "2025-10-26T02:00+02:00", "a": 1},
         {"date": "2025-10-26T02:00+01:00", "b": 1},
         {"date": "2025-10-26T03:00+01:00", "c": 1},
     ]
-    assert data(client, "start_date=2025-10-26&end_date=2025-10-26&group_by=hour") == [
+    assert get_data(client, "start_date=2025-10-26&end_date=2025-10-26&group_by=hour") == [
         {"date": "2025-10-26T00:00+00:00", "a": 1},
         {"date": "2025-10-26T01:00+00:00", "b": 1},
         {"date": "2025-10-26T02:00+00:00", "c": 1},
@@ -71,7 +58,7 @@ def test_a_day_lasts_23_5_hours_on_lord_howe(client):
     query = (
         "start_date=2025-10-05&end_date=2025-10-05&group_by=hour&fill=zero&tz=Australia/Lord_Howe"
     )
-    labels = [row["date"] for row in data(client, query + "&event=x")]
+    labels = [row["date"] for row in get_data(client, query + "&event=x")]
     assert labels[:4] == [
         "2025-10-05T00:00+10:30",
         "2025-10-05T01:00+10:30",
@@ -85,40 +72,40 @@ def test_week_start_and_its_label(client):
     track(client, "play", "2025-01-04T12:00:00Z")  # a Saturday
     track(client, "play", "2025-01-05T12:00:00Z")  # a Sunday
     query = "start_date=2025-01-01&end_date=2025-01-31&group_by=week"
-    assert data(client, query) == [{"date": "2024-12-30", "play": 2}]
-    assert data(client, query + "&week_start=SUNDAY") == [
+    assert get_data(client, query) == [{"date": "2024-12-30", "play": 2}]
+    assert get_data(client, query + "&week_start=SUNDAY") == [
         {"date": "2024-12-29", "play": 1},
         {"date": "2025-01-05", "play": 1},
     ]
-    assert data(client, query + "&week_start=saturday") == [{"date": "2025-01-04", "play": 2}]
+    assert get_data(client, query + "&week_start=saturday") == [{"date": "2025-01-04", "play": 2}]
 
 
 def test_event_filter_counts_only_the_names_asked_for(client):
     for name in ("play", "stop", "view", "view"):
         track(client, name, "2025-01-01T10:00:00Z")
     query = "start_date=2025-01-01&end_date=2025-01-01"
-    assert data(client, query + "&event=view&event=play") == [
+    assert get_data(client, query + "&event=view&event=play") == [
         {"date": "2025-01-01", "play": 1, "view": 2}
     ]
-    assert data(client, query + "&event=nothing") == []
-    assert data(client, query + "&event=view&user_id=u") == [{"date": "2025-01-01", "view": 2}]
+    assert get_data(client, query + "&event=nothing") == []
+    assert get_data(client, query + "&event=view&user_id=u1") == [{"date": "2025-01-01", "view": 2}]
 
 
 def test_fill_zero_lists_every_period_and_every_name(client):
     track(client, "play", "2025-01-01T10:00:00Z")
     track(client, "stop", "2025-01-03T10:00:00Z")
     query = "start_date=2025-01-01&end_date=2025-01-03&fill=zero"
-    assert data(client, query) == [
+    assert get_data(client, query) == [
         {"date": "2025-01-01", "play": 1, "stop": 0},
         {"date": "2025-01-02", "play": 0, "stop": 0},
         {"date": "2025-01-03", "play": 0, "stop": 1},
     ]
-    assert data(client, query + "&event=play&event=skip") == [
+    assert get_data(client, query + "&event=play&event=skip") == [
         {"date": "2025-01-01", "play": 1, "skip": 0},
         {"date": "2025-01-02", "play": 0, "skip": 0},
         {"date": "2025-01-03", "play": 0, "skip": 0},
     ]
-    assert data(client, query, "/sessions") == [
+    assert get_data(client, query, "/sessions") == [
         {"date": day, "totalDuration": 0, "sessionCount": 0, "averageDuration": 0}
         if day != "2025-01-01"
         else {"date": day, "totalDuration": 172800, "sessionCount": 1, "averageDuration": 172800}
@@ -127,10 +114,12 @@ def test_fill_zero_lists_every_period_and_every_name(client):
     # Weeks overlapping the range appear, labelled by their first day.
     assert [
         row["date"]
-        for row in data(client, "start_date=2025-01-01&end_date=2025-01-14&group_by=week&fill=zero")
+        for row in get_data(
+            client, "start_date=2025-01-01&end_date=2025-01-14&group_by=week&fill=zero"
+        )
     ] == ["2024-12-30", "2025-01-06", "2025-01-13"]
     # Without data at all, fill=zero still lists the periods.
-    assert data(client, "start_date=2024-01-01&end_date=2024-01-02&fill=zero") == [
+    assert get_data(client, "start_date=2024-01-01&end_date=2024-01-02&fill=zero") == [
         {"date": "2024-01-01"},
         {"date": "2024-01-02"},
     ]
@@ -138,7 +127,7 @@ def test_fill_zero_lists_every_period_and_every_name(client):
 
 def test_a_range_of_centuries_costs_what_the_data_costs(client):
     track(client, "play", "2025-01-01T10:00:00Z")
-    assert data(client, "start_date=0001-01-01&end_date=9999-12-31&group_by=hour") == [
+    assert get_data(client, "start_date=0001-01-01&end_date=9999-12-31&group_by=hour") == [
         {"date": "2025-01-01T10:00+00:00", "play": 1}
     ]
     message = error(client, "start_date=0001-01-01&end_date=9999-12-31&fill=zero")
@@ -199,7 +188,7 @@ def test_event_is_not_a_parameter_of_sessions_and_comes_last(client):
 
 def test_events_at_the_first_day_there_is_are_counted(client):
     track(client, "play", "0001-01-01T00:00:00Z")
-    assert data(client, "start_date=0001-01-01&end_date=0001-01-02") == [
+    assert get_data(client, "start_date=0001-01-01&end_date=0001-01-02") == [
         {"date": "0001-01-01", "play": 1}
     ]
 
@@ -209,7 +198,7 @@ def test_the_ends_of_time_in_any_zone(client, tz):
     track(client, "play", "0001-01-01T00:00:00Z")
     track(client, "play", "0001-01-02T12:00:00Z")
     for group_by in ("hour", "day", "week", "month"):
-        rows = data(
+        rows = get_data(
             client, f"start_date=0001-01-01&end_date=9999-12-31&tz={tz}&group_by={group_by}"
         )
         # West of Greenwich the first instant is still the year 0 locally, which has no date.
@@ -220,5 +209,5 @@ def test_the_ends_of_time_in_any_zone(client, tz):
 def test_the_last_day_there_is_in_a_zone_behind_utc(client, path):
     track(client, "play", "9999-12-31T23:00:00Z")  # a future timestamp: stored as now
     query = "start_date=9999-12-31&end_date=9999-12-31&tz=America/Los_Angeles&fill=zero"
-    [period] = data(client, query, path)
+    [period] = get_data(client, query, path)
     assert period["date"] == "9999-12-31"

@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import uuid
 
-from conftest import create_key, free_port
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from analytics.models import Event
+from tests.helpers import assert_error, bearer, count_events, create_key, free_port
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 EVENT = {"event": "play", "user_id": "u1", "timestamp": "2025-01-02T10:00:00Z"}
-
-
-def bearer(secret: str) -> dict:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def limit_headers(response) -> tuple[int, int, int]:
@@ -26,18 +18,13 @@ def limit_headers(response) -> tuple[int, int, int]:
 
 
 def assert_exceeded(response, limit: int, window: int = 60) -> None:
-    assert response.status_code == 429, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    assert response.get_json() == {"status": "error", "message": "Rate limit exceeded"}
+    """The contract's 429: the envelope, Retry-After within the window, no allowance left."""
+    body = assert_error(response, 429, "Rate limit exceeded")
+    assert body == {"status": "error", "message": "Rate limit exceeded"}
     assert response.headers["Access-Control-Allow-Origin"] == "*"
     retry_after = int(response.headers["Retry-After"])
     assert 1 <= retry_after <= window
     assert limit_headers(response)[:2] == (limit, 0)
-
-
-def stored_events(engine) -> int:
-    with Session(engine) as session:
-        return session.scalar(select(func.count()).select_from(Event))
 
 
 def test_a_key_is_held_to_its_rate(make_app):
@@ -123,7 +110,7 @@ def test_a_batch_counts_as_one_request(make_app, engine):
     response = client.post("/track/batch", json={"events": [EVENT] * 50}, headers=bearer(secret))
     assert response.status_code == 200
     assert limit_headers(response)[:2] == (2, 1)
-    assert stored_events(engine) == 50
+    assert count_events(engine) == 50
 
 
 def test_one_allowance_for_every_endpoint(make_app):
@@ -145,7 +132,7 @@ def test_a_limited_request_stores_nothing(make_app, engine):
     response = client.post("/track/batch", json={"events": [EVENT] * 3}, headers=bearer(secret))
     assert_exceeded(response, 1, window=3600)
     assert int(response.headers["Retry-After"]) > 60
-    assert stored_events(engine) == 1
+    assert count_events(engine) == 1
 
 
 def test_off_means_no_anonymous_limit(make_app):
@@ -195,4 +182,4 @@ def test_when_redis_does_not_answer_each_process_counts_alone(make_app, engine):
     assert client.post("/track", json=EVENT).status_code == 200
     assert client.post("/track", json=EVENT).status_code == 200
     assert_exceeded(client.post("/track", json=EVENT), 2)
-    assert stored_events(engine) == 2
+    assert count_events(engine) == 2

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_metrics import get_data, track
+
+from tests.helpers import get_data, track
 
 JANUARY = "start_date=2025-01-01&end_date=2025-01-31"
 
@@ -29,6 +30,16 @@ def _session(client, user: str, play: str, stop: str) -> None:
 
 def day(date: str, total: int, count: int, average: int) -> dict:
     return {"date": date, "totalDuration": total, "sessionCount": count, "averageDuration": average}
+
+
+def stored_names(client) -> dict[str, int]:
+    """The events of January by name, as /metrics counts them."""
+    counts: dict[str, int] = {}
+    for row in get_data(client, JANUARY):
+        for name, n in row.items():
+            if name != "date":
+                counts[name] = counts.get(name, 0) + n
+    return counts
 
 
 # --- the contract's pairing cases ------------------------------------------------------------
@@ -75,11 +86,13 @@ def test_play_stop_stop_is_one_session(client):
 def test_stop_without_play_makes_no_session(client):
     track_all(client, ("stop", "2025-01-10T10:00:00Z"), ("stop", "2025-01-11T10:00:00Z"))
     assert sessions(client) == []
+    assert stored_names(client) == {"stop": 2}  # the stops are there, and pair with nothing
 
 
 def test_play_never_stopped_makes_no_session(client):
     track_all(client, ("play", "2025-01-10T10:00:00Z"), ("pause", "2025-01-10T10:05:00Z"))
     assert sessions(client) == []
+    assert stored_names(client) == {"play": 1, "pause": 1}
 
 
 def test_incomplete_play_does_not_disturb_later_sessions(client):
@@ -114,6 +127,7 @@ def test_event_names_are_exact_and_case_sensitive(client):
         ("stop", "2025-01-10T10:03:00Z"),
     )
     assert sessions(client) == []
+    assert stored_names(client) == {"Play": 1, "STOP": 1, "play ": 1, "stop": 1}
 
 
 def test_users_do_not_pair_with_each_other(client):

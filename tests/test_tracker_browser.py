@@ -9,10 +9,9 @@ import time
 import pytest
 from sqlalchemy import text
 
-from tests.browser import StaticSite, wait_for
-from tests.conftest import create_key, stop_process
+from tests.helpers import StaticSite, create_key, stop_process, wait_for
 
-pytestmark = pytest.mark.live
+pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 SETTLE_SECONDS = 2.0  # how long a late duplicate is given to arrive before counting
 

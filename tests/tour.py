@@ -11,12 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
-from conftest import ROOT
+from tests.helpers import DUPLICATE, ROOT, SUCCESS, TRUNCATED_WARNING
 
 SCRIPT = ROOT / "examples.sh"
-SUCCESS = {"status": "success", "message": "Event logged."}
-TRUNCATED_WARNING = "Metadata truncated due to size limit"
-DUPLICATE = {**SUCCESS, "duplicate": True}
 # The tour's invalid batch item: a timestamp that is a date without a time.
 TIMESTAMP_MESSAGE = "timestamp must be an ISO 8601 date and time, e.g. 2025-01-18T14:30:00Z"
 TITLES = [
