@@ -231,6 +231,59 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     assert sum(counts.values()) == len(stored_ids(engine))
 
 
+def test_a_user_numbered_by_a_concurrent_writer_still_gets_their_bits(
+    backend, database_url, monkeypatch
+):
+    """Two transactions add the first events of one user: the second waits for the first's
+    ordinal, finds it taken when the first commits, and still sets the user's bits."""
+    if backend != "postgresql":
+        pytest.skip("SQLite serialises writers")
+    import threading
+    import time
+
+    from analytics.db import make_engine
+    from analytics.dialects.postgresql import PostgreSQL
+    from analytics.rows import EventRow
+
+    left_out: list[set[str]] = []
+    real = PostgreSQL.number_users_and_set_bits
+
+    def recording(self, conn, shard, active):
+        left_out.append(real(self, conn, shard, active))
+        return left_out[-1]
+
+    monkeypatch.setattr(PostgreSQL, "number_users_and_set_bits", recording)
+    engine = make_engine(database_url, lock_wait_ms=30000)
+    dialect = dialects.of(engine)
+
+    def rows(day: int) -> list[EventRow]:  # views: no session pairing, so no per-user lock
+        at = START + timedelta(days=day)
+        return [
+            EventRow(
+                event="view", user_id="x", occurred_at=at, received_at=at, metadata_json="null"
+            )
+        ]
+
+    def second() -> None:
+        with engine.begin() as conn:
+            writer._insert(conn, dialect, rows(1))
+
+    try:
+        with engine.connect() as first:
+            first.begin()
+            writer._insert(first, dialect, rows(0))
+            waiting = threading.Thread(target=second)
+            waiting.start()
+            time.sleep(1)
+            assert waiting.is_alive()  # on the first's uncommitted ordinal
+            first.commit()
+        waiting.join(30)
+        assert left_out == [set(), {"x"}]
+        assert_exact(engine)
+    finally:
+        engine.dispose()
+
+
 def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(
     backend, database_url, monkeypatch
 ):

@@ -83,17 +83,22 @@ class ActiveUsers:
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         dialect = dialects.of(conn)
-        users = {e.user_id for e in events}
+        touched = _touched(events)
+        users = {user_id for user_id, _ in touched}
+        # Its own statement: the next one's snapshot must see what a deleter that held the
+        # stripes committed (an ordinal it dropped).
         dialect.lock_user_stripes(conn, _stripes(users), exclusive=False)
-        ordinals = _ordinals_of(conn, users)
-        missing = users - ordinals.keys()
-        if missing:
-            conn.execute(
-                dialect.insert_ignoring(_ordinals),
-                [{"user_id": user_id} for user_id in sorted(missing)],
+        left_out = dialect.number_users_and_set_bits(
+            conn,
+            shard_of_writer(conn),
+            sorted((user_id, span, bucket) for user_id, (span, bucket) in touched),
+        )
+        if left_out:  # numbered meanwhile by a concurrent writer, whose ordinals we now see
+            self._set(
+                conn,
+                {pair for pair in touched if pair[0] in left_out},
+                _ordinals_of(conn, left_out),
             )
-            ordinals |= _ordinals_of(conn, missing)
-        self._set(conn, _touched(events), ordinals)
 
     def on_delete(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """Clear the users' bits in every piece that held a deleted event and holds none of

@@ -228,6 +228,15 @@ class PostgreSQL:
     def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(_SET_BITS, {"shard": shard, **_bit_arrays(bits)})
 
+    def number_users_and_set_bits(
+        self, conn: Connection, shard: int, active: list[tuple[str, int, int]]
+    ) -> set[str]:
+        users, spans, buckets = (list(column) for column in zip(*active))
+        left_out = conn.exec_driver_sql(
+            _NUMBER_AND_SET, {"shard": shard, "user": users, "span": spans, "bucket": buckets}
+        )
+        return {user_id for (user_id,) in left_out}
+
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(_CLEAR_BITS, _bit_arrays(bits))
 
@@ -405,6 +414,38 @@ _SET_BITS = f"""
     ON CONFLICT (span, bucket, chunk, shard) DO UPDATE
     SET bits = user_bitmaps.bits | excluded.bits
     WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
+"""
+# One round trip for what a writer does to the bitmaps: number the new users (in user_id order,
+# the order every writer inserts them in), then set every user's bits in key order. The
+# statement's snapshot predates its own inserts, so each user is read either from the insert's
+# RETURNING or from the table, never both; a user another transaction inserted meanwhile is in
+# neither, and is returned for the caller to set.
+_NUMBER_AND_SET = f"""
+    WITH active AS (
+        SELECT * FROM unnest(CAST(%(user)s AS varchar[]), CAST(%(span)s AS smallint[]),
+                             CAST(%(bucket)s AS int[])) AS a(user_id, span, bucket)
+    ), wanted AS (
+        SELECT DISTINCT user_id FROM active
+    ), added AS (
+        INSERT INTO user_ordinals (user_id) SELECT user_id FROM wanted ORDER BY user_id
+        ON CONFLICT (user_id) DO NOTHING RETURNING user_id, ordinal
+    ), numbered AS (
+        SELECT user_id, ordinal FROM added
+        UNION ALL
+        SELECT o.user_id, o.ordinal FROM user_ordinals AS o JOIN wanted USING (user_id)
+    ), masks AS (
+        SELECT a.span, a.bucket, n.ordinal / {BITMAP_BITS} AS chunk,
+               bit_or(set_bit(CAST(0 AS {_BITS}), n.ordinal %% {BITMAP_BITS}, 1)) AS bits
+        FROM active AS a JOIN numbered AS n USING (user_id)
+        GROUP BY a.span, a.bucket, n.ordinal / {BITMAP_BITS}
+    ), stored AS (
+        INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
+        SELECT span, bucket, chunk, %(shard)s, bits FROM masks ORDER BY span, bucket, chunk
+        ON CONFLICT (span, bucket, chunk, shard) DO UPDATE
+        SET bits = user_bitmaps.bits | excluded.bits
+        WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
+    )
+    SELECT user_id FROM wanted WHERE user_id NOT IN (SELECT user_id FROM numbered)
 """
 # An UPDATE joined to the masks would lock rows in the join's order, which a concurrent
 # writer's key order can cross; the locking SELECT takes them in key order first.

@@ -251,6 +251,32 @@ class SQLite:
             [(span, bucket, chunk, shard, mask) for span, bucket, chunk, mask in _masks(bits)],
         )
 
+    def number_users_and_set_bits(
+        self, conn: Connection, shard: int, active: list[tuple[str, int, int]]
+    ) -> set[str]:
+        users = sorted({user_id for user_id, _, _ in active})
+        conn.exec_driver_sql(
+            "INSERT INTO user_ordinals (user_id) VALUES (?) ON CONFLICT (user_id) DO NOTHING",
+            [(user_id,) for user_id in users],
+        )
+        numbered = conn.exec_driver_sql(
+            "SELECT user_id, ordinal FROM user_ordinals "
+            "WHERE user_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(users),),
+        )
+        ordinals: dict[str, int] = {user_id: ordinal for user_id, ordinal in numbered}
+        self.set_bits(
+            conn,
+            shard,
+            sorted(
+                {
+                    (span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
+                    for user_id, span, bucket in active
+                }
+            ),
+        )
+        return set()  # the write transaction excludes every other writer
+
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(
             "UPDATE user_bitmaps SET bits = bits_and_not(bits, ?) "
