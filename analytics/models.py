@@ -3,6 +3,7 @@ types that keep time in UTC."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -213,6 +214,19 @@ class Bitmap(TypeDecorator):
 
 BITMAP_BITS = 2048
 BITMAP_BYTES = BITMAP_BITS // 8
+
+
+def bit_positions(
+    active: Iterable[tuple[str, int, int]], ordinals: dict[str, int]
+) -> list[tuple[int, int, int, int]]:
+    """(span, bucket, chunk, bit) of each (user_id, span, bucket), in key order: bit ``bit``
+    (0 the first, most significant) of chunk ``chunk`` is the user's."""
+    return sorted(
+        {
+            (span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
+            for user_id, span, bucket in active
+        }
+    )
 
 
 class UserOrdinal(Base):

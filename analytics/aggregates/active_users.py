@@ -24,7 +24,15 @@ from sqlalchemy import Connection, delete, exists, select
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
 from analytics.dialects import bucket_of
-from analytics.models import BITMAP_BITS, BITMAP_BYTES, Event, UserBitmap, UserOrdinal, table_of
+from analytics.models import (
+    BITMAP_BITS,
+    BITMAP_BYTES,
+    Event,
+    UserBitmap,
+    UserOrdinal,
+    bit_positions,
+    table_of,
+)
 from analytics.periods import bucket_of as bucket_of_instant
 from analytics.periods import bucket_start
 from analytics.rows import StoredEvent
@@ -63,14 +71,7 @@ def pieces_of_bucket(bucket: int) -> list[tuple[int, int]]:
 def _bits(
     active: Iterable[tuple[str, tuple[int, int]]], ordinals: dict[str, int]
 ) -> list[tuple[int, int, int, int]]:
-    """(span, bucket, chunk, bit) of each (user, piece), in key order: bit ``bit`` (0 the
-    first, most significant) of chunk ``chunk`` is the user's."""
-    return sorted(
-        {
-            (span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
-            for user_id, (span, bucket) in active
-        }
-    )
+    return bit_positions(((user_id, *piece) for user_id, piece in active), ordinals)
 
 
 def _stripes(users: Iterable[str]) -> list[int]:

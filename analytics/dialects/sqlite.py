@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from analytics.models import (
     BITMAP_BYTES,
     Event,
     UTCDateTime,
+    bit_positions,
     sqlite_timestamp,
     table_of,
 )
@@ -254,27 +255,16 @@ class SQLite:
     def number_users_and_set_bits(
         self, conn: Connection, shard: int, active: list[tuple[str, int, int]]
     ) -> set[str]:
-        users = sorted({user_id for user_id, _, _ in active})
-        conn.exec_driver_sql(
-            "INSERT INTO user_ordinals (user_id) VALUES (?) ON CONFLICT (user_id) DO NOTHING",
-            [(user_id,) for user_id in users],
-        )
-        numbered = conn.exec_driver_sql(
-            "SELECT user_id, ordinal FROM user_ordinals "
-            "WHERE user_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(users),),
-        )
-        ordinals: dict[str, int] = {user_id: ordinal for user_id, ordinal in numbered}
-        self.set_bits(
-            conn,
-            shard,
-            sorted(
-                {
-                    (span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
-                    for user_id, span, bucket in active
-                }
-            ),
-        )
+        users = {user_id for user_id, _, _ in active}
+        # Most users are numbered already: looked up first, the rest inserted and read back.
+        ordinals = _ordinals(conn, users)
+        missing = sorted(users - ordinals.keys())
+        if missing:
+            conn.exec_driver_sql(
+                "INSERT INTO user_ordinals (user_id) VALUES (?)", [(u,) for u in missing]
+            )
+            ordinals |= _ordinals(conn, missing)
+        self.set_bits(conn, shard, bit_positions(active, ordinals))
         return set()  # the write transaction excludes every other writer
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
@@ -329,6 +319,15 @@ class SQLite:
 
 
 _TOTALS: dict[str, str] = {}
+
+
+def _ordinals(conn: Connection, users: Iterable[str]) -> dict[str, int]:
+    numbered = conn.exec_driver_sql(
+        "SELECT user_id, ordinal FROM user_ordinals WHERE user_id IN "
+        "(SELECT value FROM json_each(?))",
+        (json.dumps(sorted(users)),),
+    )
+    return {user_id: ordinal for user_id, ordinal in numbered}
 
 
 def _driver(conn: Connection) -> sqlite3.Connection:
