@@ -12,7 +12,8 @@ Rates are parsed, and counted in memory, by ``limits``, the library under flask-
 flask-limiter itself is not used on the request path: it asks its storage three times per
 request (the count, then the count and expiry again for the headers), which took
 Redis-backed requests to under half the throughput of unlimited ones; here one script call
-both counts and says when the window ends (docs/decisions.md).
+both counts and says when the window ends, and the calls of a process's concurrent requests
+share round trips (``RedisCounts``; docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -77,15 +78,15 @@ class Counter:
         self.memory = MemoryStorage()
         self._redis_down_until = 0.0
         self._lock = threading.Lock()
-        self._script = None
         self._client: redis.Redis | None = None
+        self._redis: RedisCounts | None = None
         if not storage_url.startswith("memory"):
             self._client = redis.Redis.from_url(
                 storage_url,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
-            self._script = self._client.register_script(COUNT_SCRIPT)
+            self._redis = RedisCounts(self._client)
 
     def close(self) -> None:
         """Close the Redis connections and stop the memory store's expiry timer."""
@@ -111,10 +112,10 @@ class Counter:
         )
 
     def _count(self, key: str, window: int) -> tuple[int, float]:
-        if self._script is not None and time.monotonic() >= self._redis_down_until:
+        if self._redis is not None and time.monotonic() >= self._redis_down_until:
             try:
-                count, ttl_ms = self._script(keys=[key], args=[window])
-                return int(count), int(ttl_ms) / 1000
+                count, ttl_ms = self._redis.count(key, window)
+                return count, ttl_ms / 1000
             except redis.RedisError as exc:
                 with self._lock:
                     self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
@@ -124,6 +125,88 @@ class Counter:
                 )
         count = self.memory.incr(key, window)
         return count, self.memory.get_expiry(key) - time.time()
+
+
+class _Pending:
+    """One request's count, on its way to Redis: settled with the count and the window's
+    remaining milliseconds, or with the error that kept it from being counted."""
+
+    __slots__ = ("key", "window", "woken", "result", "error")
+
+    def __init__(self, key: str, window: int):
+        self.key, self.window = key, window
+        self.woken = threading.Event()
+        self.result: tuple[int, int] | None = None
+        self.error: BaseException | None = None
+
+
+class RedisCounts:
+    """COUNT_SCRIPT calls of a process's threads, sent together.
+
+    A request that finds no round trip in flight sends its call at once; the calls of
+    requests that arrive meanwhile wait and go together, in one pipeline, when it returns,
+    sent by the first of them. Each call is still its own script run, so every count is as
+    exact as when sent alone; under load a process pays a round trip per group of requests
+    instead of per request (docs/decisions.md).
+    """
+
+    def __init__(self, client: redis.Redis):
+        self._client = client
+        self._sha: str | None = None
+        self._lock = threading.Lock()
+        self._waiting: list[_Pending] = []
+        self._sending = False
+
+    def count(self, key: str, window: int) -> tuple[int, int]:
+        """(count after this request, milliseconds left in its window)."""
+        mine = _Pending(key, window)
+        with self._lock:
+            self._waiting.append(mine)
+            lead = not self._sending
+            self._sending = True
+        if not lead:
+            mine.woken.wait()  # settled by the sender of its group, or told to send it
+        if mine.result is None and mine.error is None:
+            self._send_waiting()
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None
+        return mine.result
+
+    def _send_waiting(self) -> None:
+        """Send every waiting call in one pipeline, settle them, then wake the first call that
+        arrived meanwhile to send the next group (or note that nothing is in flight)."""
+        with self._lock:
+            group, self._waiting = self._waiting, []
+        try:
+            results = self._run(group)
+            for pending, (count, ttl_ms) in zip(group, results, strict=True):
+                pending.result = (int(count), int(ttl_ms))
+        except BaseException as exc:  # every caller of the group learns it, and counts alone
+            for pending in group:
+                pending.error = exc
+        finally:
+            for pending in group:
+                pending.woken.set()
+            with self._lock:
+                if self._waiting:
+                    self._waiting[0].woken.set()
+                else:
+                    self._sending = False
+
+    def _run(self, group: list[_Pending]) -> list[tuple[int, int]]:
+        if self._sha is None:
+            self._sha = self._client.script_load(COUNT_SCRIPT)
+        pipe = self._client.pipeline(transaction=False)
+        for pending in group:
+            pipe.evalsha(self._sha, 1, pending.key, pending.window)
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError:
+            # A Redis restarted or flushed forgets its scripts; a call refused for that was
+            # not run, so the group can be sent again.
+            self._sha = None
+            return self._run(group)
 
 
 def _check() -> None:

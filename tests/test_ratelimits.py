@@ -183,3 +183,74 @@ def test_when_redis_does_not_answer_each_process_counts_alone(make_app, engine):
     assert client.post("/track", json=EVENT).status_code == 200
     assert_exceeded(client.post("/track", json=EVENT), 2)
     assert count_events(engine) == 2
+
+
+def test_concurrent_counts_share_round_trips_and_stay_exact(redis_url):
+    """Calls that arrive while one is in flight go together in the next round trip, and each
+    still gets its own count."""
+    import threading
+
+    import redis
+
+    from analytics.ratelimits import RedisCounts
+
+    client = redis.Redis.from_url(redis_url)
+    counts = RedisCounts(client)
+    key = f"grouped-{uuid.uuid4().hex}"
+    sent: list[int] = []
+    first_in_flight, others_queued = threading.Event(), threading.Event()
+    real_run = counts._run
+
+    def run(group):
+        sent.append(len(group))
+        if len(sent) == 1:
+            first_in_flight.set()
+            assert others_queued.wait(10)
+        return real_run(group)
+
+    counts._run = run
+    results: list[tuple[int, int]] = []
+
+    def call():
+        results.append(counts.count(key, 60))
+
+    first = threading.Thread(target=call)
+    first.start()
+    assert first_in_flight.wait(10)
+    others = [threading.Thread(target=call) for _ in range(7)]
+    for thread in others:
+        thread.start()
+    while len(counts._waiting) < 7:  # every later call waits behind the one in flight
+        threading.Event().wait(0.01)
+    others_queued.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert sent == [1, 7]
+    assert sorted(count for count, _ in results) == list(range(1, 9))
+    assert all(0 < ttl <= 60_000 for _, ttl in results)
+    client.delete(key)
+    client.close()
+
+
+def test_a_group_that_fails_fails_each_of_its_callers_and_the_next_group_goes(redis_url):
+    import redis
+
+    from analytics.ratelimits import RedisCounts
+
+    client = redis.Redis.from_url(redis_url)
+    counts = RedisCounts(client)
+    key = f"failing-{uuid.uuid4().hex}"
+    real_run = counts._run
+    counts._run = lambda group: (_ for _ in ()).throw(redis.ConnectionError("gone"))
+    try:
+        counts.count(key, 60)
+    except redis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("the error did not reach the caller")
+    counts._run = real_run
+    assert counts.count(key, 60)[0] == 1  # nothing in flight is left behind
+    client.script_flush()  # a Redis that forgot the script: loaded again, counted once
+    assert counts.count(key, 60)[0] == 2
+    client.delete(key)
+    client.close()
