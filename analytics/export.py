@@ -121,7 +121,7 @@ _string = json.encoder.encode_basestring  # JSON string literal, non-ASCII kept 
 def ndjson_chunk(rows: list[tuple]) -> bytes:
     """One JSON object a line per row: event, user_id, timestamp, metadata, event_id,
     received_at (absent values as null)."""
-    lines = []
+    lines: list[str] = []
     add = lines.append
     for occurred_at, event, user_id, event_id, received_at, metadata in rows:
         occurred_us, received_us = occurred_at[23:], received_at[23:]
@@ -152,7 +152,7 @@ def csv_header() -> bytes:
 def csv_chunk(rows: list[tuple]) -> bytes:
     """RFC 4180 records with CRLF line ends, in CSV_HEADER order; an absent value is an empty
     field."""
-    records = []
+    records: list[str] = []
     add = records.append
     for occurred_at, event, user_id, event_id, received_at, metadata in rows:
         if event_id is None:
