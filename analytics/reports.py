@@ -4,6 +4,7 @@ functions of a Session: no Flask, no commit."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -15,7 +16,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from analytics import dialects
 from analytics.aggregates.active_users import pieces as active_user_pieces
-from analytics.dialects import bucket_of, period_index
+from analytics.dialects import bucket_of, json_counts, period_index
 from analytics.models import Event, EventBucket, PlayStopSession, SessionBucket, table_of
 from analytics.periods import Periods, bucket_start, local_periods
 
@@ -96,8 +97,17 @@ def _grouped(
     keyed = select(period, *others).subquery("keyed")
     grouped = [keyed.c.period, *(keyed.c[name] for name in keys)]
     # (PostgreSQL sums bigints as numeric, which the driver would make Decimals of.)
-    return select(*grouped, *(cast(func.sum(keyed.c[name]), BigInteger) for name in sums)).group_by(
-        *grouped
+    return select(
+        *grouped, *(cast(func.sum(keyed.c[name]), BigInteger).label(name) for name in sums)
+    ).group_by(*grouped)
+
+
+def _per_period(per_event: Select[Any]) -> Select[Any]:
+    """(period, JSON object of {event: count}) from (period, event, n) rows: one row per period
+    instead of one per period and name, which by the hour is twenty times fewer rows to read."""
+    counted = per_event.subquery("per_event")
+    return select(counted.c.period, json_counts(counted.c.event, counted.c.n)).group_by(
+        counted.c.period
     )
 
 
@@ -107,7 +117,7 @@ def _all_users_metrics(with_events: bool, regular: bool) -> Select[Any]:
     )
     if with_events:
         rows = rows.where(_buckets.c.event.in_(bindparam("events", expanding=True)))
-    return _grouped(rows, ("event",), ("n",), regular)
+    return _per_period(_grouped(rows, ("event",), ("n",), regular))
 
 
 def _user_metrics(with_events: bool, regular: bool) -> Select[Any]:
@@ -120,7 +130,7 @@ def _user_metrics(with_events: bool, regular: bool) -> Select[Any]:
     )
     if with_events:
         rows = rows.where(_events.c.event.in_(bindparam("events", expanding=True)))
-    return _grouped(rows, ("event",), ("n",), regular)
+    return _per_period(_grouped(rows, ("event",), ("n",), regular))
 
 
 def _filtered_active_users(regular: bool) -> Select[Any]:
@@ -209,16 +219,26 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
     periods = query_periods(session, query)
     if periods is None:
         return []
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    rows = session.execute(*statement_for(session, query, "/metrics", periods)).all()
+    counts: dict[str, dict[str, int]] = {}
     label_of = periods.label_of_index
-    for index, event, n in session.execute(*statement_for(session, query, "/metrics", periods)):
+    for index, counted in rows:
         label = label_of[index]
-        if label is not None and n:
-            counts[label][event] += n
+        if label is None:
+            continue
+        named = counts.setdefault(label, {})  # runs of one label (a repeated hour) add up
+        for event, n in json.loads(counted).items():
+            if n:
+                named[event] = named.get(event, 0) + n
+        if not named:
+            del counts[label]
     if not query.fill_zero:
-        return [(label, dict(counts[label])) for label in periods.labels if +counts[label]]
+        return [(label, counts[label]) for label in periods.labels if label in counts]
     names = set(query.events).union(*counts.values())
-    return [(label, {name: counts[label][name] for name in names}) for label in periods.labels]
+    return [
+        (label, {name: counts.get(label, {}).get(name, 0) for name in names})
+        for label in periods.labels
+    ]
 
 
 def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]:
@@ -229,7 +249,9 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
         return []
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     label_of = periods.label_of_index
-    for index, n, total in session.execute(*statement_for(session, query, "/sessions", periods)):
+    for index, n, total in session.execute(
+        *statement_for(session, query, "/sessions", periods)
+    ).all():
         label = label_of[index]
         if label is not None:
             totals[label][0] += n

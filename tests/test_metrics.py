@@ -202,6 +202,9 @@ def test_event_names_are_arbitrary_strings(client):
         "名前",
         "a.b",
         "a\"b",
+        "a\\b",
+        "line\nbreak\ttab\u0001",
+        "🎵 \u2028",
         "x" * 255,
     ]
     for name in names:

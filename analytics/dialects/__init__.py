@@ -85,7 +85,20 @@ class compact_json_text(FunctionElement):
     name = "compact_json_text"
 
 
+class json_counts(FunctionElement):
+    """An aggregate: the group's (name, count) pairs as the text of one JSON object, so that a
+    period's counts come back as one row rather than one per name."""
+
+    type = String()
+    inherit_cache = True
+    name = "json_counts"
+
+    def __init__(self, key: ColumnElement[Any], count: ColumnElement[Any]):
+        super().__init__(key, count)
+
+
 @compiles(bucket_of)
+@compiles(json_counts)
 @compiles(microseconds_between)
 @compiles(period_index)
 @compiles(utc_text)

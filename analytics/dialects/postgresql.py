@@ -37,6 +37,7 @@ from analytics.dialects import (
     arguments,
     bucket_of,
     compact_json_text,
+    json_counts,
     microseconds_between,
     period_index,
     register,
@@ -80,6 +81,12 @@ def _compact_json_text(element: FunctionElement[Any], compiler: SQLCompiler, **k
     return (
         f"nullif(regexp_replace(CAST({document} AS TEXT), {_JSON_SPACES}, '\\1\\2', 'g'), 'null')"
     )
+
+
+@compiles(json_counts, "postgresql")
+def _json_counts(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
+    key, count = arguments(element, compiler, **kw)
+    return f"CAST(json_object_agg({key}, {count}) AS TEXT)"
 
 
 @compiles(period_index, "postgresql")

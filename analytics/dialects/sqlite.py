@@ -42,6 +42,7 @@ from analytics.dialects import (
     arguments,
     bucket_of,
     compact_json_text,
+    json_counts,
     lock_wait_seconds,
     microseconds_between,
     period_index,
@@ -88,6 +89,12 @@ def _microseconds_between(element: FunctionElement[Any], compiler: SQLCompiler, 
         return f"({_epoch_seconds(ts)} * 1000000 + CAST(substr({ts}, 21, 6) AS INTEGER))"
 
     return f"({micro(end)} - {micro(start)})"
+
+
+@compiles(json_counts, "sqlite")
+def _json_counts(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
+    key, count = arguments(element, compiler, **kw)
+    return f"json_group_object({key}, {count})"
 
 
 @compiles(period_index, "sqlite")
