@@ -17,7 +17,10 @@ the project's gunicorn.conf.py then serve the same database:
 
 Each round loads every server in turn with the same wrk run, per endpoint (the order of the
 servers turning from round to round); the figures are medians over the rounds, and each ratio
-the median of the ratios to keys off within the same round.
+the median of the ratios to keys off within the same round. A second table gives the machine's
+busy CPU time per request during each run (every process, ``/proc/stat``) and keys off's
+divided by it: on a shared machine whose throughput swings from round to round, this is the
+steadier reading of what a configuration costs.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.support import ROOT, gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
+from bench.support import (  # noqa: E402
+    ROOT,
+    busy_cpu_seconds,
+    gunicorn,
+    scratch_postgres,
+    scratch_sqlite,
+)
 
 TRACK_SCRIPT = r"""
 wrk.method = "POST"
@@ -91,7 +100,9 @@ def create_key(database_url: str, name: str, *options: str) -> str:
     return done.stdout.splitlines()[-1]
 
 
-def run_wrk(url: str, script: str, duration: int, connections: int) -> float:
+def run_wrk(url: str, script: str, duration: int, connections: int) -> tuple[float, float]:
+    """(requests/s, the machine's busy CPU µs per request) of one wrk run."""
+    busy = busy_cpu_seconds()
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as file:
         file.write(script + DONE)
         file.flush()
@@ -105,7 +116,8 @@ def run_wrk(url: str, script: str, duration: int, connections: int) -> float:
     if errors:
         # A refused or failed request would measure something else than the path under test.
         raise SystemExit(f"{errors} of {requests} requests failed against {url}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    cpu_us = (busy_cpu_seconds() - busy) / requests * 1e6
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), cpu_us
 
 
 def main() -> None:
@@ -155,13 +167,14 @@ def main() -> None:
 
         endpoints = ("POST /track", "GET /metrics")
         rates = {(name, endpoint): [] for name, *_ in servers for endpoint in endpoints}
+        cpu = {(name, endpoint): [] for name, *_ in servers for endpoint in endpoints}
         for round_number in range(args.rounds):
             order = servers[round_number % len(servers) :] + servers[: round_number % len(servers)]
             for endpoint in endpoints:
                 for name, base, scripts in order:
-                    rates[name, endpoint].append(
-                        run_wrk(base, scripts[endpoint], args.duration, args.connections)
-                    )
+                    rate, cpu_us = run_wrk(base, scripts[endpoint], args.duration, args.connections)
+                    rates[name, endpoint].append(rate)
+                    cpu[name, endpoint].append(cpu_us)
             print(
                 f"round {round_number + 1}: "
                 + "; ".join(
@@ -184,6 +197,18 @@ def main() -> None:
         for endpoint in endpoints:
             mine, off = rates[name, endpoint], rates["keys off", endpoint]
             ratio = statistics.median(m / o for m, o in zip(mine, off))
+            cells.append(f"{statistics.median(mine):>12.0f}{ratio:>12.0%}")
+        print(f"{name:<16}" + "".join(cells))
+    # Throughput swings with what else the machine runs; the CPU a request costs (the
+    # server's, the database's, Redis's and wrk's, summed over the cores) much less. On a
+    # machine whose cores are all busy, throughput goes as its inverse.
+    print("\nthe machine's busy CPU per request: µs, and keys off's ÷ this one (medians)")
+    print(f"{'':<16}" + f"{'CPU µs':>12}{'keys off ÷':>12}" * len(endpoints))
+    for name, *_ in servers:
+        cells = []
+        for endpoint in endpoints:
+            mine, off = cpu[name, endpoint], cpu["keys off", endpoint]
+            ratio = statistics.median(o / m for m, o in zip(mine, off))
             cells.append(f"{statistics.median(mine):>12.0f}{ratio:>12.0%}")
         print(f"{name:<16}" + "".join(cells))
 

@@ -107,6 +107,14 @@ def gunicorn(app: str, env: dict | None = None, workers: int | None = None):
             process.wait(timeout=30)
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent working since boot, every core summed (user,
+    nice, system, irq, softirq: not idle, I/O wait or time stolen by other guests)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_rss_mb(master: subprocess.Popen) -> list[float]:
     """Resident memory of each gunicorn worker (children of the master), in MB."""
     children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
