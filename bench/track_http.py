@@ -8,7 +8,9 @@ local one; use --no-postgres to skip it). Starts gunicorn with the project's gun
 serving a trivial Flask JSON endpoint (bench/trivial_app.py), the API on a fresh SQLite database
 and the API on a fresh PostgreSQL database, then loads each in turn with the same wrk run, for
 ``--rounds`` rounds, and prints requests/s, latency and the ratio to the trivial endpoint of the
-same round (medians over the rounds).
+same round (medians over the rounds); then the machine's busy CPU time per request of each
+(every process, from ``/proc/stat``) and the trivial endpoint's divided by it, the steadier
+reading when throughput swings with the machine's other work.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
+from bench.support import (  # noqa: E402
+    busy_cpu_seconds,
+    gunicorn,
+    scratch_postgres,
+    scratch_sqlite,
+    worker_rss_mb,
+)
 
 WRK_SCRIPT = r"""
 wrk.method = "POST"
@@ -49,6 +57,7 @@ end
 
 
 def run_wrk(url: str, duration: int, connections: int) -> dict:
+    busy = busy_cpu_seconds()
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT)
         script.flush()
@@ -62,6 +71,9 @@ def run_wrk(url: str, duration: int, connections: int) -> dict:
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {
         "rps": rate,
+        # The machine's busy CPU per request, every process summed: steadier than req/s on a
+        # machine shared with other work.
+        "cpu_us": (busy_cpu_seconds() - busy) / max(int(requests), 1) * 1e6,
         "requests": int(requests),
         "errors": int(errors),
         "p50_ms": float(p50),
@@ -175,6 +187,10 @@ def main() -> None:
             f"{sum(r['errors'] for r in results):>8}"
             f"{max(r['rss_mb'] for r in results):>15.0f}"
         )
+    print("\nthe machine's busy CPU per request: µs, and the trivial endpoint's ÷ this one")
+    for name, results in runs.items():
+        share = statistics.median(t["cpu_us"] / r["cpu_us"] for r, t in zip(results, trivial))
+        print(f"{name:<26}{statistics.median(r['cpu_us'] for r in results):>9.0f}{share:>11.0%}")
     for name, count in counted.items():
         requests = sum(r["requests"] for r in runs[name])
         print(
