@@ -194,7 +194,7 @@ class RedisCounts:
                 else:
                     self._sending = False
 
-    def _run(self, group: list[_Pending]) -> list[tuple[int, int]]:
+    def _run(self, group: list[_Pending], tries: int = 2) -> list[tuple[int, int]]:
         if self._sha is None:
             self._sha = self._client.script_load(COUNT_SCRIPT)
         pipe = self._client.pipeline(transaction=False)
@@ -204,9 +204,11 @@ class RedisCounts:
             return pipe.execute()
         except redis.exceptions.NoScriptError:
             # A Redis restarted or flushed forgets its scripts; a call refused for that was
-            # not run, so the group can be sent again.
+            # not run, so the group can be sent again, once.
             self._sha = None
-            return self._run(group)
+            if tries == 1:
+                raise
+            return self._run(group, tries - 1)
 
 
 def _check() -> None:
