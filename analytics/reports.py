@@ -220,18 +220,24 @@ def metrics(session: Session, query: PeriodQuery) -> list[tuple[str, dict[str, i
     if periods is None:
         return []
     rows = session.execute(*statement_for(session, query, "/metrics", periods)).all()
+    # The rows' objects parsed as one JSON array: one call, not one per period.
+    objects: list[dict[str, int]] = json.loads(f"[{','.join(text for _, text in rows)}]")
     counts: dict[str, dict[str, int]] = {}
     label_of = periods.label_of_index
-    for index, counted in rows:
+    for (index, _), named in zip(rows, objects):
         label = label_of[index]
         if label is None:
             continue
-        named = counts.setdefault(label, {})  # runs of one label (a repeated hour) add up
-        for event, n in json.loads(counted).items():
-            if n:
-                named[event] = named.get(event, 0) + n
-        if not named:
-            del counts[label]
+        if 0 in named.values():  # the shards of a count added up to nothing
+            named = {event: n for event, n in named.items() if n}
+            if not named:
+                continue
+        if label in counts:  # another run of the same period (an hour repeated)
+            merged = counts[label]
+            for event, n in named.items():
+                merged[event] = merged.get(event, 0) + n
+        else:
+            counts[label] = named
     if not query.fill_zero:
         return [(label, counts[label]) for label in periods.labels if label in counts]
     names = set(query.events).union(*counts.values())
