@@ -92,6 +92,7 @@ def _insert(conn: Connection, dialect: dialects.Dialect, rows: list[EventRow]) -
         if id_ is not None
     ]
     if added:
+        dialect.take_locks(conn, [lock for a in REGISTRY for lock in a.locks(added, False)])
         for aggregate in REGISTRY:
             aggregate.on_insert(conn, added)
     return ids
@@ -105,8 +106,10 @@ def delete_events(engine: Engine, ids: Select) -> int:
         .returning(_events.c.occurred_at, _events.c.id, _events.c.event, _events.c.user_id)
     )
 
+    dialect = dialects.of(engine)
+
     def transaction() -> int:
-        with dialects.of(engine).writer_turn(engine), engine.connect() as conn:
+        with dialect.writer_turn(engine), engine.connect() as conn:
             # On SQLite the write lock is taken at BEGIN, so the read inside the DELETE cannot
             # be outdated by another writer (which SQLite would report as busy without waiting).
             conn = conn.execution_options(immediate=True)
@@ -118,6 +121,9 @@ def delete_events(engine: Engine, ids: Select) -> int:
                     for at, id_, event, user_id in conn.execute(statement)
                 ]
                 if removed:
+                    dialect.take_locks(
+                        conn, [lock for a in REGISTRY for lock in a.locks(removed, True)]
+                    )
                     for aggregate in REGISTRY:
                         aggregate.on_delete(conn, removed)
             return len(removed)

@@ -508,3 +508,16 @@ class StaticSite:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def sessions_lock_key(user_id: str) -> int:
+    """The PostgreSQL advisory-lock key that a write of a play by ``user_id`` waits for: held
+    by a test, it stalls that user's writes alone."""
+    from datetime import UTC, datetime
+
+    from analytics.aggregates.sessions import Sessions
+    from analytics.dialects.postgresql import advisory_key
+    from analytics.rows import StoredEvent
+
+    [lock] = Sessions().locks([StoredEvent(datetime.now(UTC), 1, "play", user_id)], False)
+    return advisory_key(lock)

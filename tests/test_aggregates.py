@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from analytics import aggregates as registry_module
 from analytics import dialects, retention, writer
+from analytics.dialects import Lock
 from analytics.models import (
     Event,
     EventBucket,
@@ -493,18 +494,36 @@ class RecordingAggregate:
         self.deleted: list[int] = []
         self.rebuilds = 0
         self.folds = 0
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def locks(self, events, deleting):
+        self.calls.append(("locks to delete" if deleting else "locks to insert", ids_of(events)))
+        return [Lock(99, 7, exclusive=deleting)]
 
     def on_insert(self, conn, events):
         self.inserted.extend(e.id for e in events)
+        self.calls.append(("insert", ids_of(events)))
 
     def on_delete(self, conn, events):
         self.deleted.extend(e.id for e in events)
+        self.calls.append(("delete", ids_of(events)))
+
+    def asked_for_locks_before_each_hook(self) -> bool:
+        """Whether every hook came right after its locks were asked for, for those events."""
+        asked, hooks = self.calls[::2], self.calls[1::2]
+        return len(asked) == len(hooks) and all(
+            locks == (f"locks to {hook}", events) for locks, (hook, events) in zip(asked, hooks)
+        )
 
     def rebuild(self, conn):
         self.rebuilds += 1
 
     def fold(self, conn, before_bucket):
         self.folds += 1
+
+
+def ids_of(events) -> list[int]:
+    return [e.id for e in events]
 
 
 def stored_ids(engine) -> list[int]:
@@ -541,6 +560,7 @@ def test_a_registered_aggregate_hears_of_every_write_path(
     assert retention.purge_expired(engine, cutoff, batch_size=4, pace=0) == len(ids[::3])
     assert writer.delete_events(engine, select(Event.id).where(Event.id.in_(ids[1:4]))) == 2
     assert sorted(recorder.deleted) == sorted({*ids[::3], *ids[1:4]})
+    assert recorder.asked_for_locks_before_each_hook()
 
     result = app.test_cli_runner().invoke(args=["purge"])
     assert result.exit_code == 0, result.output

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 import uuid
-import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
@@ -28,7 +27,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.helpers import LiveServer
+from tests.helpers import LiveServer, sessions_lock_key
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -220,7 +219,7 @@ def test_a_writer_holding_the_lock_past_the_bound_gets_503_in_time(
     else:
         engine = create_engine(database_url)
         conn = engine.connect()
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(b"stuck")})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": sessions_lock_key("stuck")})
         holder = None
 
         def release():

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from analytics.errors import is_unreachable
-from tests.helpers import SUCCESS, assert_error, stored
+from tests.helpers import SUCCESS, assert_error, sessions_lock_key, stored
 
 LOCK_WAIT_MS = 500
 # The answer is due after the wait; what is added covers a loaded machine, not the wait.
@@ -103,7 +102,7 @@ def test_a_user_locked_elsewhere_fails_only_that_users_event(
     holder = create_engine(database_url)
     with holder.connect() as conn:
         conn.execute(text("BEGIN"))
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(b"stuck")})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": sessions_lock_key("stuck")})
         client = bounded_app.test_client()
         users = ["stuck", *(f"free{n}" for n in range(5))]
         barrier = threading.Barrier(len(users))

@@ -15,6 +15,7 @@ from typing import Protocol
 from sqlalchemy import Connection
 
 from analytics import dialects
+from analytics.dialects import Lock
 from analytics.rows import StoredEvent
 
 # Concurrent writers of the same bucket spread their additions over this many rows (on a
@@ -27,6 +28,11 @@ class Aggregate(Protocol):
 
     name: str
     tables: tuple[str, ...]  # the tables it owns
+
+    def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
+        """What must be held before ``on_insert`` (or, ``deleting``, ``on_delete``) of
+        ``events`` runs, in the order to take them. The writer takes every aggregate's locks,
+        in REGISTRY order, in one statement before calling any hook."""
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """``events`` were just inserted in this transaction (already in the table)."""
@@ -55,7 +61,7 @@ def _registry() -> tuple[Aggregate, ...]:
     from analytics.aggregates.event_counts import EventCounts
     from analytics.aggregates.sessions import Sessions
 
-    # In this order on every path, so that the locks they take are always taken in one order.
+    # In this order on every path, so that their locks are always taken in one order.
     return (EventCounts(), Sessions(), ActiveUsers())
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, delete, exists, select
 
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
-from analytics.dialects import bucket_of
+from analytics.dialects import Lock, bucket_of
 from analytics.models import (
     BITMAP_BITS,
     BITMAP_BYTES,
@@ -43,6 +43,7 @@ SPANS = (1, 4, 24, 96)
 # Writers that add users and deleters that may remove them take these stripes of users,
 # shared and exclusive (see on_delete).
 STRIPES = 64
+LOCK_SPACE = 2  # of the stripes' locks (aggregates.Lock)
 
 _events = table_of(Event)
 _ordinals = table_of(UserOrdinal)
@@ -82,13 +83,16 @@ class ActiveUsers:
     name = "active_users"
     tables: tuple[str, ...] = ("user_ordinals", "user_bitmaps")
 
+    def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
+        """The stripes of the events' users: shared by writers, exclusive for a delete (see
+        on_delete). Taken in a statement before this aggregate's own, whose snapshot must
+        then see what a deleter that held the stripes committed (an ordinal it dropped)."""
+        stripes = _stripes({e.user_id for e in events})
+        return [Lock(LOCK_SPACE, stripe, exclusive=deleting) for stripe in stripes]
+
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         dialect = dialects.of(conn)
         touched = _touched(events)
-        users = {user_id for user_id, _ in touched}
-        # Its own statement: the next one's snapshot must see what a deleter that held the
-        # stripes committed (an ordinal it dropped).
-        dialect.lock_user_stripes(conn, _stripes(users), exclusive=False)
         left_out = dialect.number_users_and_set_bits(
             conn,
             shard_of_writer(conn),
@@ -105,15 +109,14 @@ class ActiveUsers:
         """Clear the users' bits in every piece that held a deleted event and holds none of
         theirs now; drop the ordinals of users left with no event at all.
 
-        The exclusive stripes, taken before anything is read, make writers of these users
-        wait until this transaction ends, so what is read of their events stays true until
-        the bits are cleared, and no writer keeps an ordinal that is dropped here. Clearing
-        only what must go, in one pass in key order, keeps the row locks in the order
-        writers take them.
+        The exclusive stripes (``locks``), taken before anything is read, make writers of
+        these users wait until this transaction ends, so what is read of their events stays
+        true until the bits are cleared, and no writer keeps an ordinal that is dropped here.
+        Clearing only what must go, in one pass in key order, keeps the row locks in the
+        order writers take them.
         """
         dialect = dialects.of(conn)
         users = {e.user_id for e in events}
-        dialect.lock_user_stripes(conn, _stripes(users), exclusive=True)
         ordinals = _ordinals_of(conn, users)
         # Events written behind the write path (a restore, before rebuild-aggregates) have no
         # ordinal, so no bits to clear.

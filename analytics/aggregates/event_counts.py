@@ -9,7 +9,7 @@ from sqlalchemy import Connection, delete, func, insert, literal, select
 
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
-from analytics.dialects import bucket_of
+from analytics.dialects import Lock, bucket_of
 from analytics.models import Event, EventBucket, table_of
 from analytics.periods import bucket_of as bucket_of_instant
 from analytics.rows import StoredEvent
@@ -22,6 +22,9 @@ _KEYS = ("bucket", "event", "shard")
 class EventCounts:
     name = "event_counts"
     tables: tuple[str, ...] = ("event_buckets",)
+
+    def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
+        return []  # counts only add: writers of one bucket wait on its row, if at all
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         self._add(conn, events, 1)

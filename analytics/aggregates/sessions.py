@@ -12,6 +12,7 @@ again from the events; the differences go to the per-bucket totals. See docs/arc
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from sqlalchemy.sql.selectable import FromClause
 
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
-from analytics.dialects import bucket_of, microseconds_between
+from analytics.dialects import Lock, bucket_of, microseconds_between
 from analytics.models import (
     PLAY_OR_STOP,
     Event,
@@ -40,6 +41,7 @@ _totals = table_of(SessionBucket)
 _TOTALS = ("sessions", "total_us")
 _END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 _COLUMNS = ["play_id", "stop_id", "user_id", "play_at", "bucket", "duration_us"]
+LOCK_SPACE = 1  # of the users' locks (aggregates.Lock)
 
 
 def pairs(windows: FromClause | None = None) -> Select[Any]:
@@ -86,6 +88,13 @@ class Sessions:
     name = "sessions"
     tables: tuple[str, ...] = ("sessions", "session_buckets")
 
+    def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
+        """Each user whose play/stop events change, exclusively: two transactions never
+        repair one user's sessions at once. Ascending, one global order, so that two writers
+        never wait for each other in a cycle."""
+        keys = {zlib.crc32(e.user_id.encode("utf-8")) for e in events if e.event in PLAY_OR_STOP}
+        return [Lock(LOCK_SPACE, key, exclusive=True) for key in sorted(keys)]
+
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         self._repair(conn, events)
 
@@ -114,7 +123,6 @@ class Sessions:
         if not spans:
             return
         dialect = dialects.of(conn)
-        dialect.lock_users(conn, set(spans))
         statements = _statements(dialect)
         parameters = {
             "spans": dialect.spans_json(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -154,6 +155,16 @@ def is_unreachable(exc: BaseException) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Lock:
+    """An advisory lock held until the transaction ends: ``key`` (32 bits) in the ``space``
+    of the aggregate that needs it (a small number of its own), exclusive or shared."""
+
+    space: int
+    key: int
+    exclusive: bool
+
+
 class Dialect(Protocol):
     """What the write path and the aggregates need from a database."""
 
@@ -177,8 +188,8 @@ class Dialect(Protocol):
         """Insert rows (no two with the same dedupe key), skipping those already stored; for
         each row its new id, or None when it was a duplicate."""
 
-    def lock_users(self, conn: Connection, users: set[str]) -> None:
-        """Serialise, until the transaction ends, the session pairing of these users."""
+    def take_locks(self, conn: Connection, locks: list[Lock]) -> None:
+        """Take ``locks`` in their order, in one statement, until the transaction ends."""
 
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         """Make other writers wait for these tables until the transaction ends."""
@@ -208,9 +219,6 @@ class Dialect(Protocol):
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict[str, Any]:
         """Make ``period_index`` use ``bounds`` in the next statement on ``conn``: the
         parameters to pass it (its ``bounds`` parameter, or nothing)."""
-
-    def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
-        """Take these stripes of users, shared or exclusive, until the transaction ends."""
 
     def insert_ignoring(self, table: Table) -> Insert:
         """An INSERT into ``table`` that skips rows whose unique keys are taken."""

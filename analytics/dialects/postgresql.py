@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import zlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -21,8 +20,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
-    func,
-    select,
     text,
 )
 from sqlalchemy.dialects import postgresql
@@ -34,6 +31,7 @@ from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.sql.selectable import Subquery
 
 from analytics.dialects import (
+    Lock,
     arguments,
     bucket_of,
     compact_json_text,
@@ -173,10 +171,15 @@ class PostgreSQL:
             return _insert_returning(conn, self._few, rows)
         return _insert_copy(conn, rows)
 
-    def lock_users(self, conn: Connection, users: set[str]) -> None:
-        # Ascending: one global order, so two writers never wait for each other in a cycle.
-        keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in users})
-        conn.execute(_LOCK_USERS, {"keys": keys})
+    def take_locks(self, conn: Connection, locks: list[Lock]) -> None:
+        if locks:
+            conn.exec_driver_sql(
+                _TAKE_LOCKS,
+                {
+                    "key": [advisory_key(lock) for lock in locks],
+                    "exclusive": [lock.exclusive for lock in locks],
+                },
+            )
 
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
         conn.exec_driver_sql(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
@@ -220,14 +223,6 @@ class PostgreSQL:
 
     def bind_bounds(self, conn: Connection, bounds: list[int]) -> dict[str, Any]:
         return {"bounds": bounds}
-
-    def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
-        # Held until the transaction ends; in memory only, so sharing one costs no write.
-        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        conn.exec_driver_sql(
-            f"SELECT {function}({_STRIPE_CLASS}, s) FROM unnest(CAST(%(s)s AS int[])) AS s",
-            {"s": sorted(stripes)},
-        )
 
     def insert_ignoring(self, table: Table) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
@@ -302,9 +297,19 @@ _GAVE_UP_WAITING = frozenset({"55P03", "57014"})
 # resources (connections, memory, disk), a shutdown or dropped database, a system error. The
 # other OperationalErrors (e.g. 55000, an object not in the state a statement needs) are not.
 _SERVER_UNAVAILABLE = ("08", "53", "57P", "58")
-_LOCK_USERS = select(func.pg_advisory_xact_lock(column("k"))).select_from(
-    func.unnest(bindparam("keys", type_=postgresql.ARRAY(postgresql.BIGINT))).alias("k")
-)
+
+
+def advisory_key(lock: Lock) -> int:
+    """The one bigint key PostgreSQL's advisory lock functions take: the lock's space above 32
+    bits, its key below."""
+    return lock.space << 32 | lock.key
+
+
+# unnest gives the rows in the arrays' order, and each row's lock is taken as it comes.
+_TAKE_LOCKS = """
+    SELECT CASE WHEN x THEN pg_advisory_xact_lock(k) ELSE pg_advisory_xact_lock_shared(k) END
+    FROM unnest(CAST(%(key)s AS bigint[]), CAST(%(exclusive)s AS boolean[])) AS l(k, x)
+"""
 _TOTALS: dict[str, str] = {}
 
 
@@ -406,7 +411,6 @@ def _insert_copy(conn: Connection, rows: Sequence[EventRow]) -> list[int | None]
 # totals, so that concurrent writers never wait for each other in a cycle; a bit already set
 # rewrites nothing.
 _BITS = f"bit({BITMAP_BITS})"
-_STRIPE_CLASS = 0x41555352  # the advisory-lock class of user stripes, apart from lock_users
 # The bits travel as positions (a few integers) and become bitmaps in the database.
 _MASKS = f"""
     SELECT span, bucket, chunk, bit_or(set_bit(CAST(0 AS {_BITS}), bit, 1)) AS bits

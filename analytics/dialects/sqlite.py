@@ -38,6 +38,7 @@ from sqlalchemy.sql.selectable import Subquery
 
 from analytics.dialects import (
     DEFAULT_LOCK_WAIT_MS,
+    Lock,
     LockTimeout,
     arguments,
     bucket_of,
@@ -202,7 +203,7 @@ class SQLite:
                 ids.append(None)
         return ids
 
-    def lock_users(self, conn: Connection, users: set[str]) -> None:
+    def take_locks(self, conn: Connection, locks: list[Lock]) -> None:
         pass  # the write transaction already excludes every other writer
 
     def lock_tables(self, conn: Connection, tables: list[str]) -> None:
@@ -244,9 +245,6 @@ class SQLite:
             "period_index", 1, functools.partial(bisect.bisect_right, bounds), deterministic=True
         )
         return {}
-
-    def lock_user_stripes(self, conn: Connection, stripes: list[int], exclusive: bool) -> None:
-        pass  # the write transaction already excludes every other writer
 
     def insert_ignoring(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
