@@ -191,24 +191,23 @@ def main() -> None:
         f"{args.duration} s"
     )
     print(f"{'':<16}" + "".join(f"{endpoint:>24}" for endpoint in endpoints))
-    print(f"{'':<16}" + f"{'req/s':>12}{'vs keys off':>12}" * len(endpoints))
-    for name, *_ in servers:
-        cells = []
-        for endpoint in endpoints:
-            mine, off = rates[name, endpoint], rates["keys off", endpoint]
-            ratio = statistics.median(m / o for m, o in zip(mine, off))
-            cells.append(f"{statistics.median(mine):>12.0f}{ratio:>12.0%}")
-        print(f"{name:<16}" + "".join(cells))
+    table(servers, endpoints, rates, "req/s", "vs keys off", lambda mine, off: mine / off)
     # Throughput swings with what else the machine runs; the CPU a request costs (the
     # server's, the database's, Redis's and wrk's, summed over the cores) much less. On a
     # machine whose cores are all busy, throughput goes as its inverse.
     print("\nthe machine's busy CPU per request: µs, and keys off's ÷ this one (medians)")
-    print(f"{'':<16}" + f"{'CPU µs':>12}{'keys off ÷':>12}" * len(endpoints))
+    table(servers, endpoints, cpu, "CPU µs", "keys off ÷", lambda mine, off: off / mine)
+
+
+def table(servers, endpoints, figures, unit: str, versus: str, ratio_of) -> None:
+    """A row per server: per endpoint the median figure and the median of the rounds' ratios
+    to keys off."""
+    print(f"{'':<16}" + f"{unit:>12}{versus:>12}" * len(endpoints))
     for name, *_ in servers:
         cells = []
         for endpoint in endpoints:
-            mine, off = cpu[name, endpoint], cpu["keys off", endpoint]
-            ratio = statistics.median(o / m for m, o in zip(mine, off))
+            mine, off = figures[name, endpoint], figures["keys off", endpoint]
+            ratio = statistics.median(ratio_of(m, o) for m, o in zip(mine, off))
             cells.append(f"{statistics.median(mine):>12.0f}{ratio:>12.0%}")
         print(f"{name:<16}" + "".join(cells))
 

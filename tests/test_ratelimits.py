@@ -3,8 +3,14 @@ the RateLimit headers, what is never limited, and counts shared through Redis.""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
+import pytest
+import redis
+
+from analytics.ratelimits import RedisCounts
 from tests.helpers import assert_error, bearer, count_events, create_key, free_port
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
@@ -188,12 +194,6 @@ def test_when_redis_does_not_answer_each_process_counts_alone(make_app, engine):
 def test_concurrent_counts_share_round_trips_and_stay_exact(redis_url):
     """Calls that arrive while one is in flight go together in the next round trip, and each
     still gets its own count."""
-    import threading
-
-    import redis
-
-    from analytics.ratelimits import RedisCounts
-
     client = redis.Redis.from_url(redis_url)
     counts = RedisCounts(client)
     key = f"grouped-{uuid.uuid4().hex}"
@@ -220,8 +220,10 @@ def test_concurrent_counts_share_round_trips_and_stay_exact(redis_url):
     others = [threading.Thread(target=call) for _ in range(7)]
     for thread in others:
         thread.start()
+    deadline = time.monotonic() + 10
     while len(counts._waiting) < 7:  # every later call waits behind the one in flight
-        threading.Event().wait(0.01)
+        assert time.monotonic() < deadline, "the later calls did not wait"
+        time.sleep(0.01)
     others_queued.set()
     for thread in [first, *others]:
         thread.join(10)
@@ -233,21 +235,13 @@ def test_concurrent_counts_share_round_trips_and_stay_exact(redis_url):
 
 
 def test_a_group_that_fails_fails_each_of_its_callers_and_the_next_group_goes(redis_url):
-    import redis
-
-    from analytics.ratelimits import RedisCounts
-
     client = redis.Redis.from_url(redis_url)
     counts = RedisCounts(client)
     key = f"failing-{uuid.uuid4().hex}"
     real_run = counts._run
     counts._run = lambda group: (_ for _ in ()).throw(redis.ConnectionError("gone"))
-    try:
+    with pytest.raises(redis.ConnectionError):
         counts.count(key, 60)
-    except redis.ConnectionError:
-        pass
-    else:
-        raise AssertionError("the error did not reach the caller")
     counts._run = real_run
     assert counts.count(key, 60)[0] == 1  # nothing in flight is left behind
     client.script_flush()  # a Redis that forgot the script: loaded again, counted once

@@ -92,8 +92,9 @@ class Sessions:
         """Each user whose play/stop events change, exclusively: two transactions never
         repair one user's sessions at once. Ascending, one global order, so that two writers
         never wait for each other in a cycle."""
-        keys = {zlib.crc32(e.user_id.encode("utf-8")) for e in events if e.event in PLAY_OR_STOP}
-        return [Lock(LOCK_SPACE, key, exclusive=True) for key in sorted(keys)]
+        users = {e.user_id for e in events if e.event in PLAY_OR_STOP}
+        keys = sorted({zlib.crc32(user_id.encode("utf-8")) for user_id in users})
+        return [Lock(LOCK_SPACE, key, exclusive=True) for key in keys]
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         self._repair(conn, events)
