@@ -433,3 +433,38 @@ def test_import_keeps_received_at_refuses_a_bad_one_and_never_takes_a_later_one(
         ).all()
     assert play.received_at == export_time("2025-01-03T00:00:00.250Z")
     assert export_time("2025-01-04T00:00:00Z") < stop.received_at <= datetime.now(UTC)
+
+
+def test_times_keep_their_milliseconds_always_and_microseconds_where_there_are_any():
+    stored = ["2025-01-02 03:04:05.000000", "2025-01-02 03:04:05.120000"]
+    stored += ["2025-01-02 03:04:05.000001", "2025-01-02 03:04:05.100010"]
+    assert export._iso_times(stored) == [
+        "2025-01-02T03:04:05.000Z",
+        "2025-01-02T03:04:05.120Z",
+        "2025-01-02T03:04:05.000001Z",
+        "2025-01-02T03:04:05.100010Z",
+    ]
+
+
+def test_a_chunk_quotes_only_the_csv_fields_that_need_it_and_escapes_each_json_string():
+    at = "2025-01-02 03:04:05.000000"
+    rows = [
+        (at, "plain", "a,b", None, at, None),
+        (at, 'say "hi"', "u", "id\n1", at, '{"k":1}'),
+        (at, "plain", "u", "id", at, "1"),
+    ]
+    t = "2025-01-02T03:04:05.000Z"
+    assert export.csv_chunk(rows).decode() == (
+        f'{t},plain,"a,b",,{t},\r\n'
+        f'{t},"say ""hi""",u,"id\n1",{t},"{{""k"":1}}"\r\n'
+        f"{t},plain,u,id,{t},1\r\n"
+    )
+    lines = export.ndjson_chunk(rows).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"event": e, "user_id": u, "timestamp": t, "metadata": m, "event_id": i, "received_at": t}
+        for e, u, i, m in [
+            ("plain", "a,b", None, None),
+            ('say "hi"', "u", "id\n1", {"k": 1}),
+            ("plain", "u", "id", 1),
+        ]
+    ]
