@@ -1,9 +1,9 @@
 """Reading stored events out, oldest first, as NDJSON lines or CSV records, in flat memory.
 
-The rows come from a server-side cursor (``stream_results``) a few thousand at a time, as rows
-of text (the database writes times as ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC and metadata
-as compact JSON), and each format is one f-string a row: a row costs Python a few string
-operations. Plain functions of an Engine: no Flask.
+The rows come from a server-side cursor a few thousand at a time, as the driver's tuples of
+text (each database writes the times in UTC as cheaply as it can, and metadata as compact
+JSON), and each chunk is formatted column by column, then one f-string a row. Plain functions
+of an Engine: no Flask.
 """
 
 from __future__ import annotations
@@ -126,11 +126,16 @@ _string = json.encoder.encode_basestring  # JSON string literal, non-ASCII kept 
 _NEEDS_QUOTES = re.compile('[",\r\n]').search
 
 
-def _iso_times(stored: Sequence[str]) -> list[str]:
-    """Stored times (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) as ISO 8601 with milliseconds and
-    ``Z``, with the microseconds too where there are any: nothing stored is lost, and a
-    re-import pairs sessions to the microsecond. "000Z" can only be a time's end."""
-    return ("Z\n".join(stored) + "Z").replace(" ", "T").replace("000Z", "Z").split("\n")
+# What a time's text (dialects.utc_text) lacks, by its length, to have six digits of fraction.
+_FRACTION_PADDING = {19: ".000000", 21: "00000", 22: "0000", 23: "000", 24: "00", 25: "0", 26: ""}
+
+
+def _iso_times(texts: Sequence[str]) -> list[str]:
+    """Times as dialects.utc_text writes them, as ISO 8601 with milliseconds and ``Z``, with
+    the microseconds too where there are any: nothing stored is lost, and a re-import pairs
+    sessions to the microsecond. "000Z" can only be a time's end."""
+    padded = "Z\n".join([text + _FRACTION_PADDING[len(text)] for text in texts])
+    return (padded + "Z").replace(" ", "T").replace("000Z", "Z").split("\n")
 
 
 def ndjson_chunk(rows: list[tuple]) -> bytes:

@@ -69,8 +69,9 @@ class period_index(FunctionElement):
 
 
 class utc_text(FunctionElement):
-    """A stored timestamp as text in UTC, ``YYYY-MM-DD HH:MM:SS.ffffff`` (always six digits):
-    SQLite's stored text itself, so that reading it costs nothing there."""
+    """A stored timestamp as text in UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``, where the fraction
+    may lose its trailing zeros (and its point, when it is all zeros): each database's
+    cheapest text of it (SQLite's stored text itself, six digits always)."""
 
     type = String()
     inherit_cache = True

@@ -65,7 +65,9 @@ def _microseconds_between(element: FunctionElement[Any], compiler: SQLCompiler, 
 @compiles(utc_text, "postgresql")
 def _utc_text(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     [timestamp] = arguments(element, compiler, **kw)
-    return f"to_char(({timestamp}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+    # A timestamp's own text (in DateStyle ISO, set for every connection) costs the server a
+    # third of to_char's or of a timestamptz's text, which converts by the session's zone.
+    return f"CAST(({timestamp}) AT TIME ZONE 'UTC' AS TEXT)"
 
 
 # Either a whole JSON string (kept as it is) or a separator with the space jsonb writes after
@@ -508,7 +510,8 @@ def engine_arguments(
 ) -> dict:
     """create_engine's connect_args for this service."""
     # JIT compilation of short aggregate queries costs more than it saves.
-    options = ["-c jit=off"]
+    # Timestamps written as text in ISO form (utc_text counts on it).
+    options = ["-c jit=off", "-c datestyle=ISO"]
     if statement_timeout_ms:
         options.append(f"-c statement_timeout={statement_timeout_ms}")
     if lock_wait_ms:
