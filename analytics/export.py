@@ -106,14 +106,14 @@ def fetch_rows(engine: Engine, statement: Select[Any]) -> Generator[list[tuple]]
         try:
             # SQLAlchemy reads one row ahead (to learn the columns); that row is taken through
             # it, and the rest straight from the driver's cursor: a Row object per row costs
-            # about as much as formatting the row (docs/benchmarks.md).
+            # about as much as formatting the row (docs/decisions.md).
             cursor = result.cursor
             first = [tuple(row) for row in result.fetchmany(1)]
             if not first:
                 return
             yield first + list(cursor.fetchmany(ROWS_PER_CHUNK - 1))
             while rows := cursor.fetchmany(ROWS_PER_CHUNK):
-                yield rows
+                yield list(rows)
         finally:
             result.close()  # the server-side cursor, before its connection goes back
 
@@ -121,7 +121,7 @@ def fetch_rows(engine: Engine, statement: Select[Any]) -> Generator[list[tuple]]
 # The formatters work a chunk's columns before its rows: the times of a whole column are
 # rewritten by three string methods over the column joined into one string, and the names are
 # escaped by a map of a C function, which costs a fraction of the same steps in Python a row at
-# a time (docs/benchmarks.md). Each row is then one f-string.
+# a time (docs/decisions.md). Each row is then one f-string.
 _string = json.encoder.encode_basestring  # JSON string literal, non-ASCII kept as is
 _NEEDS_QUOTES = re.compile('[",\r\n]').search
 
