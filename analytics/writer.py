@@ -92,10 +92,21 @@ def _insert(conn: Connection, dialect: dialects.Dialect, rows: list[EventRow]) -
         if id_ is not None
     ]
     if added:
-        dialect.take_locks(conn, [lock for a in REGISTRY for lock in a.locks(added, False)])
-        for aggregate in REGISTRY:
-            aggregate.on_insert(conn, added)
+        _tell_aggregates(conn, dialect, added, deleting=False)
     return ids
+
+
+def _tell_aggregates(
+    conn: Connection, dialect: dialects.Dialect, events: list[StoredEvent], deleting: bool
+) -> None:
+    """Every aggregate's locks for ``events``, in REGISTRY order and in one statement, then
+    each aggregate's hook, in the same transaction."""
+    dialect.take_locks(conn, [lock for a in REGISTRY for lock in a.locks(events, deleting)])
+    for aggregate in REGISTRY:
+        if deleting:
+            aggregate.on_delete(conn, events)
+        else:
+            aggregate.on_insert(conn, events)
 
 
 def delete_events(engine: Engine, ids: Select) -> int:
@@ -121,11 +132,7 @@ def delete_events(engine: Engine, ids: Select) -> int:
                     for at, id_, event, user_id in conn.execute(statement)
                 ]
                 if removed:
-                    dialect.take_locks(
-                        conn, [lock for a in REGISTRY for lock in a.locks(removed, True)]
-                    )
-                    for aggregate in REGISTRY:
-                        aggregate.on_delete(conn, removed)
+                    _tell_aggregates(conn, dialect, removed, deleting=True)
             return len(removed)
 
     return _run_again_if_it_lost_a_race(transaction)
