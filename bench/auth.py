@@ -19,8 +19,10 @@ Each round loads every server in turn with the same wrk run, per endpoint (the o
 servers turning from round to round); the figures are medians over the rounds, and each ratio
 the median of the ratios to keys off within the same round. A second table gives the machine's
 busy CPU time per request during each run (every process, ``/proc/stat``) and keys off's
-divided by it: on a shared machine whose throughput swings from round to round, this is the
-steadier reading of what a configuration costs.
+divided by it. A third gives the CPU time per request of the service's own processes (the
+gunicorn master and workers, the Redis server, PostgreSQL's processes, from ``/proc/<pid>/stat``)
+and keys off's divided by it: what the other guests of a shared machine do adds to neither
+this time nor the requests, so it is the steadiest reading of what a configuration costs.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ from bench.support import (  # noqa: E402
     ROOT,
     busy_cpu_seconds,
     gunicorn,
+    pids_named,
     scratch_postgres,
     scratch_sqlite,
+    service_cpu_seconds,
 )
 
 TRACK_SCRIPT = r"""
@@ -100,9 +104,12 @@ def create_key(database_url: str, name: str, *options: str) -> str:
     return done.stdout.splitlines()[-1]
 
 
-def run_wrk(url: str, script: str, duration: int, connections: int) -> tuple[float, float]:
-    """(requests/s, the machine's busy CPU µs per request) of one wrk run."""
-    busy = busy_cpu_seconds()
+def run_wrk(
+    url: str, script: str, duration: int, connections: int, roots: list[int]
+) -> tuple[float, float, float]:
+    """(requests/s, the machine's busy CPU µs per request, the CPU µs per request of the
+    processes ``roots`` and their children) of one wrk run."""
+    busy, own = busy_cpu_seconds(), service_cpu_seconds(roots)
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as file:
         file.write(script + DONE)
         file.flush()
@@ -117,7 +124,8 @@ def run_wrk(url: str, script: str, duration: int, connections: int) -> tuple[flo
         # A refused or failed request would measure something else than the path under test.
         raise SystemExit(f"{errors} of {requests} requests failed against {url}:\n{out}")
     cpu_us = (busy_cpu_seconds() - busy) / requests * 1e6
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), cpu_us
+    own_us = (service_cpu_seconds(roots) - own) / requests * 1e6
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), cpu_us, own_us
 
 
 def main() -> None:
@@ -153,7 +161,7 @@ def main() -> None:
         day = datetime.now(UTC).date().isoformat()
         servers = []
         for name, env, secret in configurations:
-            base, _master = stack.enter_context(
+            base, master = stack.enter_context(
                 gunicorn("wsgi:app", env={**common, **env}, workers=args.workers)
             )
             auth = f'wrk.headers["Authorization"] = "Bearer {secret}"' if secret else ""
@@ -161,20 +169,26 @@ def main() -> None:
                 "POST /track": TRACK_SCRIPT.format(auth=auth),
                 "GET /metrics": METRICS_SCRIPT.format(auth=auth, day=day),
             }
+            # Every server's CPU counts Redis's and the database's, whether it uses them or not.
+            roots = [master.pid, *pids_named("redis-server"), *pids_named("postgres")]
             for script in scripts.values():
-                run_wrk(base, script, 1, args.connections)  # warm-up
-            servers.append((name, base, scripts))
+                run_wrk(base, script, 1, args.connections, roots)  # warm-up
+            servers.append((name, base, scripts, roots))
 
         endpoints = ("POST /track", "GET /metrics")
         rates = {(name, endpoint): [] for name, *_ in servers for endpoint in endpoints}
         cpu = {(name, endpoint): [] for name, *_ in servers for endpoint in endpoints}
+        own = {(name, endpoint): [] for name, *_ in servers for endpoint in endpoints}
         for round_number in range(args.rounds):
             order = servers[round_number % len(servers) :] + servers[: round_number % len(servers)]
             for endpoint in endpoints:
-                for name, base, scripts in order:
-                    rate, cpu_us = run_wrk(base, scripts[endpoint], args.duration, args.connections)
+                for name, base, scripts, roots in order:
+                    rate, cpu_us, own_us = run_wrk(
+                        base, scripts[endpoint], args.duration, args.connections, roots
+                    )
                     rates[name, endpoint].append(rate)
                     cpu[name, endpoint].append(cpu_us)
+                    own[name, endpoint].append(own_us)
             print(
                 f"round {round_number + 1}: "
                 + "; ".join(
@@ -197,6 +211,13 @@ def main() -> None:
     # machine whose cores are all busy, throughput goes as its inverse.
     print("\nthe machine's busy CPU per request: µs, and keys off's ÷ this one (medians)")
     table(servers, endpoints, cpu, "CPU µs", "keys off ÷", lambda mine, off: off / mine)
+    # The machine's CPU still counts other guests' work on a shared host; the service's own
+    # processes' does not, and is what bounds its throughput once its cores are all busy.
+    print(
+        "\nthe service's own CPU per request (gunicorn, Redis, PostgreSQL): µs, and keys off's "
+        "÷ this one (medians)"
+    )
+    table(servers, endpoints, own, "CPU µs", "keys off ÷", lambda mine, off: off / mine)
 
 
 def table(servers, endpoints, figures, unit: str, versus: str, ratio_of) -> None:

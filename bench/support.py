@@ -115,6 +115,41 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        found.append(parent)
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def service_cpu_seconds(roots: list[int]) -> float:
+    """CPU time spent by the processes ``roots`` and everything under them (live ones, and
+    children that ended and were reaped): the service's own work, which other guests of a
+    shared machine do not add to."""
+    total = 0
+    for pid in {p for root in roots for p in _descendants(root)}:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            # utime, stime, cutime, cstime: fields 14 to 17, counted after the ")" of the name.
+            total += sum(map(int, stat.rsplit(")", 1)[1].split()[11:15]))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(name: str) -> list[int]:
+    """The processes whose command is ``name`` (redis-server, postgres): whole servers the
+    service's requests make work, so that their CPU is counted with it."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == name:
+                pids.append(int(comm.parent.name))
+    return pids
+
+
 def worker_rss_mb(master: subprocess.Popen) -> list[float]:
     """Resident memory of each gunicorn worker (children of the master), in MB."""
     children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
