@@ -142,17 +142,26 @@ class Event(Base):
     )
 
 
-class EventBucket(Base):
-    """Events per quarter-hour bucket and name (aggregates/event_counts.py)."""
+class EventHour(Base):
+    """Events per name and UTC hour, counted per quarter hour of it (aggregates/event_counts.py):
+    the quarter-hour grain, four buckets to a row."""
 
-    __tablename__ = "event_buckets"
+    __tablename__ = "event_hours"
 
+    # The hour's first bucket (a multiple of QUARTERS): compared with buckets like any other.
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     event: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # Spreads concurrent writers of one bucket and name over several rows; only sums mean
+    # Spreads concurrent writers of one hour and name over several rows; only sums mean
     # anything.
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    n: Mapped[int] = mapped_column(BigInteger)
+    # Events in the hour's buckets bucket, bucket + 1, bucket + 2 and bucket + 3.
+    q0: Mapped[int] = mapped_column(BigInteger)
+    q1: Mapped[int] = mapped_column(BigInteger)
+    q2: Mapped[int] = mapped_column(BigInteger)
+    q3: Mapped[int] = mapped_column(BigInteger)
+
+
+QUARTERS = ("q0", "q1", "q2", "q3")
 
 
 class PlayStopSession(Base):
@@ -250,7 +259,7 @@ class UserBitmap(Base):
     span: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # As in event_buckets: concurrent writers set bits in different rows; reads take the union.
+    # As in event_hours: concurrent writers set bits in different rows; reads take the union.
     shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     bits: Mapped[bytes] = mapped_column(Bitmap)
 

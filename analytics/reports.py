@@ -4,20 +4,33 @@ functions of a Session: no Flask, no commit."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Select, bindparam, cast, func, literal, or_, select
+from sqlalchemy import (
+    BigInteger,
+    CompoundSelect,
+    Integer,
+    Select,
+    bindparam,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
 from analytics import dialects
 from analytics.aggregates.active_users import pieces as active_user_pieces
 from analytics.dialects import bucket_of, json_counts, period_index
-from analytics.models import Event, EventBucket, PlayStopSession, SessionBucket, table_of
+from analytics.models import QUARTERS, Event, EventHour, PlayStopSession, SessionBucket, table_of
 from analytics.periods import Periods, bucket_start, local_periods
 
 # fill=zero lists every period of the range: beyond this many, the answer is refused rather
@@ -71,11 +84,11 @@ def _day_beside(day: date, step: int) -> date:
         return day
 
 
-_buckets = table_of(EventBucket)
+_hours = table_of(EventHour)
 _session_buckets = table_of(SessionBucket)
 _sessions = table_of(PlayStopSession)
 _events = table_of(Event)
-_DATA_SPAN = select(func.min(_buckets.c.bucket), func.max(_buckets.c.bucket))
+_DATA_SPAN = select(func.min(_hours.c.bucket), func.max(_hours.c.bucket))
 _LO: BindParameter[Any] = bindparam("lo")
 _HI: BindParameter[Any] = bindparam("hi")
 _BOUNDS: BindParameter[Any] = bindparam("bounds")
@@ -83,7 +96,10 @@ _FIRST, _STEP = bindparam("first", type_=Integer), bindparam("step", type_=Integ
 
 
 def _grouped(
-    rows_with_bucket: Select[Any], keys: tuple[str, ...], sums: tuple[str, ...], regular: bool
+    rows_with_bucket: Select[Any] | CompoundSelect,
+    keys: tuple[str, ...],
+    sums: tuple[str, ...],
+    regular: bool,
 ) -> Select[Any]:
     """``SELECT period, sum(...) ... GROUP BY period`` over a select whose first column is a
     bucket: the period is the bucket's run (1-based) among :bounds, or, when the runs are
@@ -111,12 +127,29 @@ def _per_period(per_event: Select[Any]) -> Select[Any]:
     )
 
 
-def _all_users_metrics(with_events: bool, regular: bool) -> Select[Any]:
-    rows = select(_buckets.c.bucket, _buckets.c.event, _buckets.c.n).where(
-        _buckets.c.bucket >= _LO, _buckets.c.bucket < _HI
-    )
-    if with_events:
-        rows = rows.where(_buckets.c.event.in_(bindparam("events", expanding=True)))
+@functools.lru_cache(maxsize=64)
+def _all_users_metrics(with_events: bool, regular: bool, cuts: tuple[int, ...]) -> Select[Any]:
+    """(bucket, event, n) from ``event_hours``, each row cut into pieces at the quarters
+    ``cuts`` (0 first) of its hour: the periods' bounds fall on no other quarter, so each
+    piece lies in one period (docs/architecture.md, "The grain")."""
+    t = _hours
+    pieces = []
+    for start, end in zip(cuts, (*cuts[1:], len(QUARTERS))):
+        n = sum((t.c[name] for name in QUARTERS[start + 1 : end]), t.c[QUARTERS[start]])
+        bucket = t.c.bucket + start if start else t.c.bucket
+        in_range = (
+            (t.c.bucket >= _LO - start, t.c.bucket < _HI - start)
+            if start
+            else (
+                t.c.bucket >= _LO,
+                t.c.bucket < _HI,
+            )
+        )
+        piece = select(bucket.label("bucket"), t.c.event, n.label("n")).where(*in_range)
+        if with_events:
+            piece = piece.where(t.c.event.in_(bindparam("events", expanding=True)))
+        pieces.append(piece)
+    rows = pieces[0] if len(pieces) == 1 else union_all(*pieces)
     return _per_period(_grouped(rows, ("event",), ("n",), regular))
 
 
@@ -163,9 +196,8 @@ def _user_sessions(regular: bool) -> Select[Any]:
     return _grouped(rows, (), ("sessions", "total_us"), regular)
 
 
-_METRICS = {
-    (user, filtered, regular): (_user_metrics if user else _all_users_metrics)(filtered, regular)
-    for user in (False, True)
+_USER_METRICS = {
+    (filtered, regular): _user_metrics(filtered, regular)
     for filtered in (False, True)
     for regular in (False, True)
 }
@@ -205,11 +237,14 @@ def statement_for(
 ) -> tuple[Select[Any], dict[str, Any]]:
     """The statement and parameters that answer ``endpoint`` ("/metrics" or "/sessions")."""
     by_user, regular = query.user_id is not None, bool(periods.step)
-    statement = (
-        _METRICS[(by_user, bool(query.events), regular)]
-        if endpoint == "/metrics"
-        else _SESSIONS[(by_user, regular)]
-    )
+    statement: Select[Any]
+    if endpoint != "/metrics":
+        statement = _SESSIONS[(by_user, regular)]
+    elif by_user:
+        statement = _USER_METRICS[(bool(query.events), regular)]
+    else:
+        cuts = sorted({bucket % len(QUARTERS) for bucket in periods.bounds} | {0})
+        statement = _all_users_metrics(bool(query.events), regular, tuple(cuts))
     return statement, _parameters(session, query, periods, by_user)
 
 

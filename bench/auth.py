@@ -170,7 +170,9 @@ def main() -> None:
                 "GET /metrics": METRICS_SCRIPT.format(auth=auth, day=day),
             }
             # Every server's CPU counts Redis's and the database's, whether it uses them or not.
-            roots = [master.pid, *pids_named("redis-server"), *pids_named("postgres")]
+            roots = [master.pid, *pids_named("redis-server")]
+            if args.postgres:
+                roots += pids_named("postgres")
             for script in scripts.values():
                 run_wrk(base, script, 1, args.connections, roots)  # warm-up
             servers.append((name, base, scripts, roots))

@@ -40,7 +40,7 @@ from analytics.models import (
     BITMAP_BITS,
     Base,
     Event,
-    EventBucket,
+    EventHour,
     PlayStopSession,
     SessionBucket,
     UserBitmap,
@@ -175,8 +175,9 @@ def aggregates(engine) -> tuple[dict, dict, set, dict]:
                 # A set bit of an ordinal no user holds would be counted: a KeyError.
                 active[(row.span, row.bucket)].add(users[row.chunk * BITMAP_BITS + bit])
         counts: Counter = Counter()
-        for row in session.execute(select(EventBucket)).scalars():
-            counts[(row.bucket, row.event)] += row.n
+        for row in session.execute(select(EventHour)).scalars():
+            for quarter, n in enumerate((row.q0, row.q1, row.q2, row.q3)):
+                counts[(row.bucket + quarter, row.event)] += n
         totals: dict = {}
         for row in session.execute(select(SessionBucket)).scalars():
             n, total = totals.get(row.bucket, (0, 0))

@@ -18,7 +18,7 @@ from analytics import dialects, retention, writer
 from analytics.dialects import Lock
 from analytics.models import (
     Event,
-    EventBucket,
+    EventHour,
     PlayStopSession,
     SessionBucket,
     UserBitmap,
@@ -352,7 +352,7 @@ def test_rebuild_from_scratch_matches(client, engine):
     counts, sessions, pairs, active = before
     assert sum(counts.values()) == 100 and sessions and pairs and active  # something to rebuild
     with Session(engine) as session:
-        for table in (EventBucket, PlayStopSession, SessionBucket, UserBitmap, UserOrdinal):
+        for table in (EventHour, PlayStopSession, SessionBucket, UserBitmap, UserOrdinal):
             session.execute(delete(table))
         session.commit()
     assert aggregates(engine) == ({}, {}, set(), {})
@@ -603,7 +603,7 @@ def test_an_event_between_a_play_and_its_stop_by_timestamp_tie(client, engine):
 def test_counting_nothing_leaves_no_rows(engine):
     with Session(engine) as session:
         assert writer.store_events(session, []) == []
-        assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
+        assert session.scalar(select(func.count()).select_from(EventHour)) == 0
 
 
 def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(
@@ -626,12 +626,12 @@ def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(
             assert writer.store_events(session, rows) == [True, True]
     before = aggregates(engine)
     with Session(engine) as session:
-        shards = set(session.scalars(select(EventBucket.shard)))
+        shards = set(session.scalars(select(EventHour.shard)))
         bitmap_shards = set(session.scalars(select(UserBitmap.shard)))
     assert len(shards) == len(bitmap_shards) == (2 if backend == "postgresql" else 1)
     writer.fold_aggregates(engine, bucket_of(START) + 1)  # the bucket of the events
     with Session(engine) as session:
-        assert set(session.scalars(select(EventBucket.shard))) == {0}
+        assert set(session.scalars(select(EventHour.shard))) == {0}
         assert set(session.scalars(select(SessionBucket.shard))) == {0}
         assert set(session.scalars(select(UserBitmap.shard))) == {0}
     assert aggregates(engine) == before == rebuilt(engine)

@@ -10,7 +10,7 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
 from analytics import auth
-from analytics.models import AccessKey, EventBucket
+from analytics.models import AccessKey, EventHour
 from tests.helpers import (
     assert_error,
     bearer,
@@ -275,7 +275,7 @@ def test_refused_requests_store_nothing(make_app, engine):
         )
     assert count_events(engine) == 0
     with Session(engine) as session:
-        assert session.scalar(select(func.count()).select_from(EventBucket)) == 0
+        assert session.scalar(select(func.count()).select_from(EventHour)) == 0
 
 
 def test_a_refused_read_reveals_nothing(make_app):

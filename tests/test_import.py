@@ -422,4 +422,4 @@ def test_several_writers_store_everything_and_count_in_file_order(database_url, 
     assert counted == [9, 18, 27, 36, 42, 45, 54, 63, 72, 81, 90, 99, 100]
     assert len(stored(engine)) == 69
     with engine.connect() as conn:  # and the daily totals took each stored event once
-        assert conn.execute(text("SELECT sum(n) FROM event_buckets")).scalar() == 69
+        assert conn.execute(text("SELECT sum(q0 + q1 + q2 + q3) FROM event_hours")).scalar() == 69

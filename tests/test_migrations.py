@@ -90,6 +90,8 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
                 ("play", "2025-01-01 10:00:00"),
                 ("stop", "2025-01-01 10:00:30.250000"),
                 ("view", "2025-01-02 23:59:59"),
+                ("view", "2025-01-02 23:31:00"),  # a second quarter of an hour with events
+                ("view", "1969-12-31 23:50:00"),  # a bucket before 1970: its hour rounds down
                 ("play", "2025-01-03 00:00:00"),
                 ("play", "2025-01-03 00:01:00"),
                 ("stop", "2025-01-03 00:02:00"),
@@ -102,7 +104,7 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
                     {"e": name, "at": at + ("" if "." in at else ".000000")},
                 )
         command.upgrade(cfg, "head")
-        tables = ("event_buckets", "sessions", "session_buckets", "user_ordinals", "user_bitmaps")
+        tables = ("event_hours", "sessions", "session_buckets", "user_ordinals", "user_bitmaps")
 
         def contents():
             with engine.connect() as conn:
@@ -115,16 +117,61 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(backend,
 
         migrated = contents()
         assert [row[-1] for row in migrated["sessions"]] == [30_250_000, 60_000_000]
-        assert sum(row[-1] for row in migrated["event_buckets"]) == 6
+        assert sum(sum(row[-4:]) for row in migrated["event_hours"]) == 8
         assert [row[1] for row in migrated["user_ordinals"]] == ["u"]
-        # Three days, each with a day, six-hour, hour and quarter-hour piece or more.
-        assert len({row[:2] for row in migrated["user_bitmaps"] if row[0] == 96}) == 3
+        # Four days, each with a day, six-hour, hour and quarter-hour piece or more.
+        assert len({row[:2] for row in migrated["user_bitmaps"] if row[0] == 96}) == 4
         writer.rebuild_aggregates(engine)
         assert contents() == migrated
         command.downgrade(cfg, "0005")
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT sum(n) FROM event_counts")).scalar() == 6
+            assert conn.execute(text("SELECT sum(n) FROM event_counts")).scalar() == 8
             assert conn.execute(text("SELECT sum(sessions) FROM session_counts")).scalar() == 2
+    finally:
+        engine.dispose()
+        drop()
+
+
+def test_the_event_hours_migration_moves_every_count_to_its_hour_and_back(
+    backend, tmp_path, request
+):
+    """0010 puts each quarter-hour count in its hour's row and quarter, per shard, for buckets
+    before 1970 too; its downgrade gives back the same counts per bucket."""
+    from sqlalchemy import text
+
+    from tests.helpers import create_postgres_database
+
+    if backend == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'm.db'}", (lambda: None)
+    else:
+        url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
+    cfg = alembic_config(url)
+    engine = create_engine(url)
+    counts = [(-5, "a", 0, 1), (-1, "a", 0, 2), (0, "a", 0, 3), (6, "a", 0, 4), (6, "a", 1, 5)]
+    counts += [(7, "b", 0, 6), (8, "b", 0, 0)]  # a count that added up to nothing
+    try:
+        command.upgrade(cfg, "0009")
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO event_buckets VALUES (:b, :e, :s, :n)"),
+                [dict(zip("besn", row)) for row in counts],
+            )
+        command.upgrade(cfg, "0010")
+        with engine.connect() as conn:
+            hours = sorted(tuple(row) for row in conn.execute(text("SELECT * FROM event_hours")))
+        assert hours == [
+            (-8, "a", 0, 0, 0, 0, 1),
+            (-4, "a", 0, 0, 0, 0, 2),
+            (0, "a", 0, 3, 0, 0, 0),
+            (4, "a", 0, 0, 0, 4, 0),
+            (4, "a", 1, 0, 0, 5, 0),
+            (4, "b", 0, 0, 0, 0, 6),
+            (8, "b", 0, 0, 0, 0, 0),
+        ]
+        command.downgrade(cfg, "0009")
+        with engine.connect() as conn:
+            back = sorted(tuple(row) for row in conn.execute(text("SELECT * FROM event_buckets")))
+        assert back == sorted(row for row in counts if row[-1])
     finally:
         engine.dispose()
         drop()

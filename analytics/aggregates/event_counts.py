@@ -1,27 +1,29 @@
-"""Events per quarter-hour bucket and name: answers /metrics for all users in any time zone."""
+"""Events per quarter-hour bucket and name, four buckets (a UTC hour) to a row: answers
+/metrics for all users in any time zone."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, func, insert, literal, select
+from sqlalchemy import Connection, case, delete, func, insert, literal, literal_column, select
 
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
 from analytics.dialects import Lock, bucket_of
-from analytics.models import Event, EventBucket, table_of
+from analytics.models import QUARTERS, Event, EventHour, table_of
 from analytics.periods import bucket_of as bucket_of_instant
 from analytics.rows import StoredEvent
 
 _events = table_of(Event)
-_table = table_of(EventBucket)
+_table = table_of(EventHour)
 _KEYS = ("bucket", "event", "shard")
+# A bucket's hour (its first bucket) and its quarter in it, for negative buckets too.
+_HOUR_MASK, _QUARTER_MASK = -len(QUARTERS), len(QUARTERS) - 1
 
 
 class EventCounts:
     name = "event_counts"
-    tables: tuple[str, ...] = ("event_buckets",)
+    tables: tuple[str, ...] = ("event_hours",)
 
     def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
         return []  # counts only add: writers of one bucket wait on its row, if at all
@@ -35,22 +37,34 @@ class EventCounts:
     def rebuild(self, conn: Connection) -> None:
         conn.execute(delete(_table))
         bucket = bucket_of(_events.c.occurred_at)
+        # (The mask as SQL text: GROUP BY matches the selected expression only without binds.)
+        hour = bucket.op("&")(literal_column(str(_HOUR_MASK)))
+        quarter = bucket.op("&")(literal_column(str(_QUARTER_MASK)))
         conn.execute(
             insert(_table).from_select(
-                ["bucket", "event", "shard", "n"],
-                select(bucket, _events.c.event, literal(0), func.count()).group_by(
-                    bucket, _events.c.event
-                ),
+                ["bucket", "event", "shard", *QUARTERS],
+                select(
+                    hour,
+                    _events.c.event,
+                    literal(0),
+                    *(func.sum(case((quarter == q, 1), else_=0)) for q in range(len(QUARTERS))),
+                ).group_by(hour, _events.c.event),
             )
         )
 
     def fold(self, conn: Connection, before_bucket: int) -> None:
-        dialects.of(conn).fold_totals(conn, _table, _KEYS, ("n",), before_bucket)
+        dialects.of(conn).fold_totals(conn, _table, _KEYS, QUARTERS, before_bucket)
 
     @staticmethod
     def _add(conn: Connection, events: Sequence[StoredEvent], sign: int) -> None:
-        deltas = Counter((bucket_of_instant(e.occurred_at), e.event) for e in events)
+        deltas: dict[tuple[int, str], list[int]] = {}
+        for e in events:
+            bucket = bucket_of_instant(e.occurred_at)
+            quarters = deltas.setdefault((bucket & _HOUR_MASK, e.event), [0] * len(QUARTERS))
+            quarters[bucket & _QUARTER_MASK] += sign
         shard = shard_of_writer(conn)
-        rows = [(bucket, event, shard, sign * n) for (bucket, event), n in sorted(deltas.items())]
+        rows = [
+            (hour, event, shard, *quarters) for (hour, event), quarters in sorted(deltas.items())
+        ]
         if rows:
-            dialects.of(conn).add_totals(conn, _table, rows, keys=_KEYS, totals=("n",))
+            dialects.of(conn).add_totals(conn, _table, rows, keys=_KEYS, totals=QUARTERS)
