@@ -3,10 +3,10 @@
     .venv/bin/python bench/period_index.py [--rounds 12] [--no-postgres]
 
 Fills `event_hours` of fresh SQLite and PostgreSQL databases with 30 days × 20 event names
-(14,880 rows of four quarter hours), then runs the /metrics statement of `analytics.reports` for hour, day and week in
-Asia/Kathmandu, alternately with the arithmetic form (runs of one length) and with the search
-form (`period_index`), and prints the medians in ms and their ratio. Findings:
-docs/benchmarks.md.
+(14,880 rows of four quarter hours), then runs the /metrics statement of `analytics.reports`
+for hour, day and week in Asia/Kathmandu, alternately with the arithmetic form (runs of one
+length) and with the search form (`period_index`), and prints the medians in ms and their
+ratio. Findings: docs/benchmarks.md.
 """
 
 from __future__ import annotations
