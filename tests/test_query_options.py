@@ -68,6 +68,29 @@ def test_a_day_lasts_23_5_hours_on_lord_howe(client):
     assert len(labels) == 24 and labels[-1] == "2025-10-05T23:00+11:00"
 
 
+def test_hours_that_begin_on_different_quarters_of_a_utc_hour_are_counted_apart(client):
+    # Before Lord Howe's change (15:30Z) its hours begin at half past a UTC hour, after it on
+    # the hour: UTC hour 14 holds parts of local hours 00 and 01, and UTC hour 15 of 01 and 02.
+    for at in ("14:05", "14:20", "14:40", "15:10", "15:35", "16:05"):
+        track(client, "x", f"2025-10-04T{at}:00Z")
+    query = "start_date=2025-10-05&end_date=2025-10-05&tz=Australia/Lord_Howe"
+    assert get_data(client, query + "&group_by=hour") == [
+        {"date": "2025-10-05T00:00+10:30", "x": 2},
+        {"date": "2025-10-05T01:00+10:30", "x": 2},
+        {"date": "2025-10-05T02:00+11:00", "x": 1},
+        {"date": "2025-10-05T03:00+11:00", "x": 1},
+    ]
+    assert get_data(client, query) == [{"date": "2025-10-05", "x": 6}]
+    # Kathmandu's hours begin at a quarter past: 14:05Z is 19:50 local, 14:20Z 20:05.
+    assert get_data(
+        client, "start_date=2025-10-04&end_date=2025-10-04&group_by=hour&tz=Asia/Kathmandu"
+    ) == [
+        {"date": "2025-10-04T19:00+05:45", "x": 1},
+        {"date": "2025-10-04T20:00+05:45", "x": 3},
+        {"date": "2025-10-04T21:00+05:45", "x": 2},
+    ]
+
+
 def test_week_start_and_its_label(client):
     track(client, "play", "2025-01-04T12:00:00Z")  # a Saturday
     track(client, "play", "2025-01-05T12:00:00Z")  # a Sunday
