@@ -55,7 +55,6 @@ from analytics.models import (
     BITMAP_BYTES,
     Event,
     UTCDateTime,
-    bit_positions,
     sqlite_timestamp,
     table_of,
 )
@@ -254,7 +253,7 @@ class SQLite:
             "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (span, bucket, chunk, shard) DO UPDATE "
             "SET bits = bits_or(user_bitmaps.bits, excluded.bits)",
-            [(span, bucket, chunk, shard, mask) for span, bucket, chunk, mask in _masks(bits)],
+            [(*key, shard, _blob(mask)) for key, mask in _masks(bits).items()],
         )
 
     def number_users_and_set_bits(
@@ -269,14 +268,23 @@ class SQLite:
                 "INSERT INTO user_ordinals (user_id) VALUES (?)", [(u,) for u in missing]
             )
             ordinals |= _ordinals(conn, missing)
-        self.set_bits(conn, shard, bit_positions(active, ordinals))
+        # Positions straight from the pairs, neither deduplicated nor sorted: ORing a bit twice
+        # changes nothing.
+        self.set_bits(
+            conn,
+            shard,
+            [
+                (span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
+                for user_id, span, bucket in active
+            ],
+        )
         return set()  # the write transaction excludes every other writer
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(
             "UPDATE user_bitmaps SET bits = bits_and_not(bits, ?) "
             "WHERE span = ? AND bucket = ? AND chunk = ?",
-            [(mask, span, bucket, chunk) for span, bucket, chunk, mask in _masks(bits)],
+            [(_blob(mask), *key) for key, mask in _masks(bits).items()],
         )
 
     def put_bitmaps(self, conn: Connection, rows: list[tuple[int, int, int, bytes]]) -> None:
@@ -399,13 +407,13 @@ class _BitsUnion:
         return _blob(self.bits)
 
 
-def _masks(bits: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, bytes]]:
-    """(span, bucket, chunk, bitmap) rows from (span, bucket, chunk, bit) positions."""
+def _masks(bits: list[tuple[int, int, int, int]]) -> dict[tuple[int, int, int], int]:
+    """The mask of each (span, bucket, chunk) row from (span, bucket, chunk, bit) positions."""
     masks: dict[tuple[int, int, int], int] = {}
     for span, bucket, chunk, bit in bits:
         key = (span, bucket, chunk)
         masks[key] = masks.get(key, 0) | 1 << (BITMAP_BITS - 1 - bit)
-    return [(*key, _blob(mask)) for key, mask in masks.items()]
+    return masks
 
 
 @event.listens_for(Engine, "connect")
