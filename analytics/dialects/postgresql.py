@@ -197,7 +197,7 @@ class PostgreSQL:
         statement = _TOTALS.get(table.name)
         if statement is None:
             statement = _TOTALS[table.name] = _totals_statement(conn, table, keys, totals)
-        # One array a column: psycopg writes them in C.
+        # One array a column, sent in binary like every array parameter here.
         conn.exec_driver_sql(
             statement, {f"c{i}": list(column) for i, column in enumerate(zip(*rows))}
         )
@@ -307,10 +307,13 @@ def advisory_key(lock: Lock) -> int:
     return lock.space << 32 | lock.key
 
 
+# Every array parameter here is binary (%(name)b): psycopg writes a text array in Python,
+# quoting element by element, at about twice the CPU of a binary one (docs/decisions.md).
+
 # unnest gives the rows in the arrays' order, and each row's lock is taken as it comes.
 _TAKE_LOCKS = """
     SELECT CASE WHEN x THEN pg_advisory_xact_lock(k) ELSE pg_advisory_xact_lock_shared(k) END
-    FROM unnest(CAST(%(key)s AS bigint[]), CAST(%(exclusive)s AS boolean[])) AS l(k, x)
+    FROM unnest(CAST(%(key)b AS bigint[]), CAST(%(exclusive)b AS boolean[])) AS l(k, x)
 """
 _TOTALS: dict[str, str] = {}
 
@@ -322,7 +325,7 @@ def _totals_statement(
     # same order and never deadlock.
     names = [*keys, *totals]
     arrays = ", ".join(
-        f"CAST(%(c{i})s AS {table.c[name].type.compile(conn.dialect)}[])"
+        f"CAST(%(c{i})b AS {table.c[name].type.compile(conn.dialect)}[])"
         for i, name in enumerate(names)
     )
     listed = ", ".join(names)
@@ -416,8 +419,8 @@ _BITS = f"bit({BITMAP_BITS})"
 # The bits travel as positions (a few integers) and become bitmaps in the database.
 _MASKS = f"""
     SELECT span, bucket, chunk, bit_or(set_bit(CAST(0 AS {_BITS}), bit, 1)) AS bits
-    FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
-                CAST(%(chunk)s AS int[]), CAST(%(bit)s AS int[])) AS r(span, bucket, chunk, bit)
+    FROM unnest(CAST(%(span)b AS smallint[]), CAST(%(bucket)b AS int[]),
+                CAST(%(chunk)b AS int[]), CAST(%(bit)b AS int[])) AS r(span, bucket, chunk, bit)
     GROUP BY span, bucket, chunk
 """
 _SET_BITS = f"""
@@ -435,8 +438,8 @@ _SET_BITS = f"""
 # neither, and is returned for the caller to set.
 _NUMBER_AND_SET = f"""
     WITH active AS (
-        SELECT * FROM unnest(CAST(%(user)s AS varchar[]), CAST(%(span)s AS smallint[]),
-                             CAST(%(bucket)s AS int[])) AS a(user_id, span, bucket)
+        SELECT * FROM unnest(CAST(%(user)b AS varchar[]), CAST(%(span)b AS smallint[]),
+                             CAST(%(bucket)b AS int[])) AS a(user_id, span, bucket)
     ), wanted AS (
         SELECT DISTINCT user_id FROM active
     ), added AS (
@@ -475,8 +478,8 @@ _CLEAR_BITS = f"""
 _PUT_BITMAPS = f"""
     INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
     SELECT span, bucket, chunk, 0, CAST(bits AS {_BITS})
-    FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
-                CAST(%(chunk)s AS int[]), CAST(%(bits)s AS text[])) AS r(span, bucket, chunk, bits)
+    FROM unnest(CAST(%(span)b AS smallint[]), CAST(%(bucket)b AS int[]),
+                CAST(%(chunk)b AS int[]), CAST(%(bits)b AS text[])) AS r(span, bucket, chunk, bits)
 """
 _FOLD_BITS = """
     WITH moved AS (DELETE FROM user_bitmaps WHERE shard <> 0 AND bucket < %(before)s
@@ -491,8 +494,8 @@ _FOLD_BITS = """
 _COUNT_USERS = """
     SELECT period, CAST(sum(n) AS bigint) FROM (
         SELECT p.period, bit_count(bit_or(b.bits)) AS n
-        FROM unnest(CAST(%(span)s AS smallint[]), CAST(%(bucket)s AS int[]),
-                    CAST(%(period)s AS int[])) AS p(span, bucket, period)
+        FROM unnest(CAST(%(span)b AS smallint[]), CAST(%(bucket)b AS int[]),
+                    CAST(%(period)b AS int[])) AS p(span, bucket, period)
         JOIN user_bitmaps AS b ON b.span = p.span AND b.bucket = p.bucket
         GROUP BY p.period, b.chunk) AS chunks
     GROUP BY period
