@@ -136,16 +136,9 @@ def _all_users_metrics(with_events: bool, regular: bool, cuts: tuple[int, ...]) 
     pieces = []
     for start, end in zip(cuts, (*cuts[1:], len(QUARTERS))):
         n = sum((t.c[name] for name in QUARTERS[start + 1 : end]), t.c[QUARTERS[start]])
-        bucket = t.c.bucket + start if start else t.c.bucket
-        in_range = (
-            (t.c.bucket >= _LO - start, t.c.bucket < _HI - start)
-            if start
-            else (
-                t.c.bucket >= _LO,
-                t.c.bucket < _HI,
-            )
+        piece = select((t.c.bucket + start).label("bucket"), t.c.event, n.label("n")).where(
+            t.c.bucket >= _LO - start, t.c.bucket < _HI - start
         )
-        piece = select(bucket.label("bucket"), t.c.event, n.label("n")).where(*in_range)
         if with_events:
             piece = piece.where(t.c.event.in_(bindparam("events", expanding=True)))
         pieces.append(piece)
