@@ -11,7 +11,10 @@ batches (bench/ingest.py's events: 1,000 users, five names, 20 days) to each in 
 loads each in turn with wrk's single-event POST /track (bench/track_http.py's script, 5,000
 users), emptying the tables in between; every stored row is counted. Prints events/s and
 requests/s per round and the median over rounds of each round's ratio (with / without): the
-cost of the aggregate is 1 minus that ratio.
+cost of the aggregate is 1 minus that ratio. Beside it, the same ratio from the CPU each event
+costs the service's own processes (the gunicorn master and workers, and PostgreSQL's
+processes; ``bench.support.service_cpu_seconds``), without's ÷ with's: other guests of a shared
+machine add nothing to it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import count_rows, empty_table, generate, post_batches  # noqa: E402
-from bench.support import gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
+from bench.support import (  # noqa: E402
+    gunicorn,
+    pids_named,
+    scratch_postgres,
+    scratch_sqlite,
+    service_cpu_seconds,
+)
 from bench.track_http import run_wrk  # noqa: E402
 
 
@@ -59,31 +68,39 @@ def main() -> None:
                 ("without", "bench.app_without:app", {"BENCH_WITHOUT": args.aggregate}),
             ):
                 url = stack.enter_context(scratch())
-                base, _ = stack.enter_context(gunicorn(app, env={"DATABASE_URL": url, **env}))
+                base, master = stack.enter_context(gunicorn(app, env={"DATABASE_URL": url, **env}))
+                # The service's own CPU: the server's processes and, on PostgreSQL, the
+                # database's (both servers share it; the idle one's sessions cost nothing).
+                roots = [master.pid, *(pids_named("postgres") if backend == "PostgreSQL" else [])]
                 post_batches(base, [json.dumps({"events": events[:1]}).encode()] * 8, 4)
                 run_wrk(base, 2, args.connections)  # warm-up
                 time.sleep(1)  # requests wrk gave up on at its deadline are still answered
                 empty_table(url)
-                servers[label] = (base, url)
-            ratios = {"batch": [], "track": []}
+                servers[label] = (base, url, roots)
+            ratios: dict[str, list[float]] = {"batch": [], "track": []}
+            cpu_ratios: dict[str, list[float]] = {"batch": [], "track": []}
             for number in range(1, args.rounds + 1):
-                rates = {}
-                for label, (base, url) in servers.items():
+                rates, cpu = {}, {}
+                for label, (base, url, roots) in servers.items():
+                    own = service_cpu_seconds(roots)
                     seconds = post_batches(base, bodies, args.clients)
+                    cpu[("batch", label)] = (service_cpu_seconds(roots) - own) / len(events)
                     stored = count_rows(url)
                     if stored != len(events):
                         raise RuntimeError(f"{backend} {label}: {stored} of {len(events)} stored")
                     empty_table(url)
                     rates[("batch", label)] = len(events) / seconds
-                for label, (base, url) in servers.items():
-                    result = run_wrk(base, args.duration, args.connections)
+                for label, (base, url, roots) in servers.items():
+                    result = run_wrk(base, args.duration, args.connections, roots)
                     if result["errors"]:
                         raise RuntimeError(f"{backend} {label}: {result['errors']} wrk errors")
                     time.sleep(1)
                     empty_table(url)
                     rates[("track", label)] = result["rps"]
+                    cpu[("track", label)] = result["own_us"]
                 for path in ratios:
                     ratios[path].append(rates[(path, "with")] / rates[(path, "without")])
+                    cpu_ratios[path].append(cpu[(path, "without")] / cpu[(path, "with")])
                 print(
                     f"  {backend} round {number}: "
                     + ", ".join(
@@ -92,15 +109,20 @@ def main() -> None:
                     flush=True,
                 )
             for path, values in ratios.items():
-                summary.append((backend, path, statistics.median(values), values))
-    print(f"\n| backend | path | with {args.aggregate} / without (median of rounds) | cost |")
-    print("| --- | --- | ---: | ---: |")
-    for backend, path, ratio, values in summary:
+                summary.append((backend, path, values, cpu_ratios[path]))
+    print(
+        f"\n| backend | path | with {args.aggregate} / without (median of rounds) | cost "
+        "| by the service's CPU per event | cost |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for backend, path, values, cpu_values in summary:
         name = "POST /track/batch" if path == "batch" else "POST /track"
-        print(
-            f"| {backend} | {name} | {ratio:.0%} ({', '.join(f'{v:.0%}' for v in values)}) "
-            f"| {1 - ratio:.0%} |"
-        )
+        cells = []
+        for figures in (values, cpu_values):
+            ratio = statistics.median(figures)
+            listed = ", ".join(f"{v:.0%}" for v in figures)
+            cells.append(f"{ratio:.0%} ({listed}) | {1 - ratio:.0%}")
+        print(f"| {backend} | {name} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from bench.support import (  # noqa: E402
     gunicorn,
     scratch_postgres,
     scratch_sqlite,
+    service_cpu_seconds,
     worker_rss_mb,
 )
 
@@ -56,8 +57,10 @@ end
 """
 
 
-def run_wrk(url: str, duration: int, connections: int) -> dict:
-    busy = busy_cpu_seconds()
+def run_wrk(url: str, duration: int, connections: int, roots: list[int] | None = None) -> dict:
+    """One wrk run's figures; with ``roots``, also the CPU per request of those processes and
+    their children (``own_us``: bench.support.service_cpu_seconds)."""
+    busy, own = busy_cpu_seconds(), service_cpu_seconds(roots or [])
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(WRK_SCRIPT)
         script.flush()
@@ -74,6 +77,7 @@ def run_wrk(url: str, duration: int, connections: int) -> dict:
         # The machine's busy CPU per request, every process summed: steadier than req/s on a
         # machine shared with other work.
         "cpu_us": (busy_cpu_seconds() - busy) / max(int(requests), 1) * 1e6,
+        "own_us": (service_cpu_seconds(roots or []) - own) / max(int(requests), 1) * 1e6,
         "requests": int(requests),
         "errors": int(errors),
         "p50_ms": float(p50),
