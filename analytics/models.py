@@ -164,6 +164,12 @@ class EventHour(Base):
 QUARTERS = ("q0", "q1", "q2", "q3")
 
 
+def quarter_of(bucket: int) -> int:
+    """Which quarter of its UTC hour a bucket is: ``QUARTERS[quarter_of(b)]`` counts it, in the
+    row of ``b - quarter_of(b)`` (rounding down for buckets before 1970 too)."""
+    return bucket % len(QUARTERS)
+
+
 class PlayStopSession(Base):
     """One play/stop session (aggregates/sessions.py): a person can check a pairing with a
     plain SELECT."""

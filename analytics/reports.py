@@ -30,7 +30,15 @@ from sqlalchemy.sql.elements import BindParameter
 from analytics import dialects
 from analytics.aggregates.active_users import pieces as active_user_pieces
 from analytics.dialects import bucket_of, json_counts, period_index
-from analytics.models import QUARTERS, Event, EventHour, PlayStopSession, SessionBucket, table_of
+from analytics.models import (
+    QUARTERS,
+    Event,
+    EventHour,
+    PlayStopSession,
+    SessionBucket,
+    quarter_of,
+    table_of,
+)
 from analytics.periods import Periods, bucket_start, local_periods
 
 # fill=zero lists every period of the range: beyond this many, the answer is refused rather
@@ -236,7 +244,7 @@ def statement_for(
     elif by_user:
         statement = _USER_METRICS[(bool(query.events), regular)]
     else:
-        cuts = sorted({bucket % len(QUARTERS) for bucket in periods.bounds} | {0})
+        cuts = sorted({quarter_of(bucket) for bucket in periods.bounds} | {0})
         statement = _all_users_metrics(bool(query.events), regular, tuple(cuts))
     return statement, _parameters(session, query, periods, by_user)
 

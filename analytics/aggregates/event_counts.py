@@ -10,15 +10,13 @@ from sqlalchemy import Connection, case, delete, func, insert, literal, literal_
 from analytics import dialects
 from analytics.aggregates import shard_of_writer
 from analytics.dialects import Lock, bucket_of
-from analytics.models import QUARTERS, Event, EventHour, table_of
+from analytics.models import QUARTERS, Event, EventHour, quarter_of, table_of
 from analytics.periods import bucket_of as bucket_of_instant
 from analytics.rows import StoredEvent
 
 _events = table_of(Event)
 _table = table_of(EventHour)
 _KEYS = ("bucket", "event", "shard")
-# A bucket's hour (its first bucket) and its quarter in it, for negative buckets too.
-_HOUR_MASK, _QUARTER_MASK = -len(QUARTERS), len(QUARTERS) - 1
 
 
 class EventCounts:
@@ -37,9 +35,11 @@ class EventCounts:
     def rebuild(self, conn: Connection) -> None:
         conn.execute(delete(_table))
         bucket = bucket_of(_events.c.occurred_at)
-        # (The mask as SQL text: GROUP BY matches the selected expression only without binds.)
-        hour = bucket.op("&")(literal_column(str(_HOUR_MASK)))
-        quarter = bucket.op("&")(literal_column(str(_QUARTER_MASK)))
+        # models.quarter_of in SQL: bits rather than %, which truncates negative buckets on
+        # PostgreSQL. (The masks as SQL text: GROUP BY matches the selected expression only
+        # without binds.)
+        hour = bucket.op("&")(literal_column(str(-len(QUARTERS))))
+        quarter = bucket.op("&")(literal_column(str(len(QUARTERS) - 1)))
         conn.execute(
             insert(_table).from_select(
                 ["bucket", "event", "shard", *QUARTERS],
@@ -60,8 +60,9 @@ class EventCounts:
         deltas: dict[tuple[int, str], list[int]] = {}
         for e in events:
             bucket = bucket_of_instant(e.occurred_at)
-            quarters = deltas.setdefault((bucket & _HOUR_MASK, e.event), [0] * len(QUARTERS))
-            quarters[bucket & _QUARTER_MASK] += sign
+            quarter = quarter_of(bucket)
+            quarters = deltas.setdefault((bucket - quarter, e.event), [0] * len(QUARTERS))
+            quarters[quarter] += sign
         shard = shard_of_writer(conn)
         rows = [
             (hour, event, shard, *quarters) for (hour, event), quarters in sorted(deltas.items())
