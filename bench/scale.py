@@ -11,13 +11,16 @@ only): generates the events with bench/data.py (``--days`` days from 2025-01-01,
 users, 20 event names, a third of them play/stop; the same events for the same arguments),
 loads them into a fresh database created by ``alembic upgrade head`` (secondary indexes built
 after the load), recomputes the aggregates with ``writer.rebuild_aggregates(engine)`` and
-analyses. Then, with gunicorn serving ``wsgi:app`` on it (the project's gunicorn.conf.py), for
-every combination, over the whole range and all users, of tz (UTC, Asia/Kathmandu,
-America/Los_Angeles), group_by (hour, day, week, month), week_start (monday, sunday) and, on
+analyses. Then, with gunicorn serving ``wsgi:app`` on each data set of a backend at once (the
+project's gunicorn.conf.py), for every combination, over the whole range and all users, of
+tz (UTC, Asia/Kathmandu, America/Los_Angeles), group_by (hour, day, week, month), week_start
+(monday, sunday) and, on
 /metrics, ``event`` (absent, ``play``, ``play`` and ``purchase``), plus /metrics and /sessions
 by day for one typical user:
 
-- API: the median of ``--runs`` sequential HTTP requests after one warm-up request;
+- API: the median of ``--runs`` sequential HTTP requests after one warm-up request, the
+  requests to a backend's data sets taken in turn, so that the growth from one to the other is
+  measured over the same minutes;
 - plain: the bench's own SQL over the raw events (no aggregate, no bucket):
   PostgreSQL groups ``occurred_at AT TIME ZONE tz`` with ``to_char``/``date_trunc`` (and
   ``LEAD`` pairs the sessions); on SQLite, which has no time zones, SQL reads the range's raw
@@ -39,6 +42,7 @@ the events absent/``play`` (for trying the bench out). Findings: docs/benchmarks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import shutil
@@ -419,19 +423,37 @@ class Plain:
         return self.done[case.plain_key]
 
 
-def measure_case(case: Case, base: str, plain: Plain, args, result: Result) -> None:
-    params = query_string(case, args, result.user_id)
-    _, body = http_get(base, case.path, params)  # warm-up: worker, pool, caches, pages
-    api = statistics.median(http_get(base, case.path, params)[0] for _ in range(args.runs))
-    expected, sql_ms = plain.run(case)
-    result.api_ms[case.name] = api * 1000
-    result.sql_ms[case.name] = sql_ms
-    result.answer[case.name] = compare(expected, body["data"])
-    print(
-        f"  {case.name:<62} API {result.api_ms[case.name]:7.1f} ms  plain "
-        f"{sql_ms:8.1f} ms  {result.answer[case.name]}",
-        flush=True,
-    )
+@dataclass
+class Served:
+    """One data set with its server and its plain answers."""
+
+    base: str
+    master: object
+    plain: Plain
+    result: Result
+
+
+def measure_case(case: Case, served: list[Served], args) -> None:
+    """The API's median on every data set, their requests interleaved (so that the growth
+    between them is not the machine's drift between two stretches of the run), then the plain
+    statements, which would evict the API's pages if they ran in between."""
+    params = {id(s): query_string(case, args, s.result.user_id) for s in served}
+    bodies = {id(s): http_get(s.base, case.path, params[id(s)])[1] for s in served}  # warm-up
+    timings: dict[int, list[float]] = {id(s): [] for s in served}
+    for _ in range(args.runs):
+        for s in served:
+            timings[id(s)].append(http_get(s.base, case.path, params[id(s)])[0])
+    for s in served:
+        result = s.result
+        expected, sql_ms = s.plain.run(case)
+        result.api_ms[case.name] = statistics.median(timings[id(s)]) * 1000
+        result.sql_ms[case.name] = sql_ms
+        result.answer[case.name] = compare(expected, bodies[id(s)]["data"])
+        print(
+            f"  {result.label:<16} {case.name:<62} API {result.api_ms[case.name]:7.1f} ms  "
+            f"plain {sql_ms:8.1f} ms  {result.answer[case.name]}",
+            flush=True,
+        )
 
 
 def check_answer(case: Case, base: str, plain: Plain, args, result: Result) -> None:
@@ -500,45 +522,61 @@ def typical_user(conn, args, n_events: int) -> str:
     raise RuntimeError("no user with sessions in the data set")
 
 
-def measure(backend: str, url: str, args, result: Result, cases: list[Case]) -> None:
-    engine = make_engine(url, statement_timeout_ms=0)
-    with engine.connect() as conn:
-        if backend == "PostgreSQL":
-            print("  " + conn.execute(text("SELECT version()")).scalar().split(",")[0])
-        result.user_id = typical_user(conn, args, result.events)
-        events = conn.execute(
-            text("SELECT count(*) FROM events WHERE user_id = :u"), {"u": result.user_id}
-        ).scalar()
-        print(f"  one user: {result.user_id} ({events} events)")
-    plain = Plain(engine, backend, args, result.user_id)
-    with gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, master):
+def measure(backend: str, data_sets: list[tuple[str, Result]], args, cases: list[Case]) -> None:
+    """Every case on every data set of one backend, each served by its own gunicorn; then, per
+    data set, POST /track and the purge."""
+    with contextlib.ExitStack() as stack:
+        served = []
+        for url, result in data_sets:
+            engine = make_engine(url, statement_timeout_ms=0)
+            stack.callback(engine.dispose)
+            with engine.connect() as conn:
+                if backend == "PostgreSQL":
+                    print("  " + conn.execute(text("SELECT version()")).scalar().split(",")[0])
+                result.user_id = typical_user(conn, args, result.events)
+                events = conn.execute(
+                    text("SELECT count(*) FROM events WHERE user_id = :u"),
+                    {"u": result.user_id},
+                ).scalar()
+                print(f"  {result.label}, one user: {result.user_id} ({events} events)")
+            env = {"DATABASE_URL": url}
+            base, master = stack.enter_context(gunicorn("wsgi:app", env=env, workers=args.workers))
+            served.append(
+                Served(base, master, Plain(engine, backend, args, result.user_id), result)
+            )
         for case in cases:
-            measure_case(case, base, plain, args, result)
-        result.rss_mb = max(worker_rss_mb(master) or [0])
+            measure_case(case, served, args)
+        for s in served:
+            s.result.rss_mb = max(worker_rss_mb(s.master) or [0])
         if args.track:
-            run_wrk(base, 2, args.connections)  # warm-up
-            result.track = run_wrk(base, args.duration, args.connections)
-            result.rss_mb = max(result.rss_mb, *(worker_rss_mb(master) or [0]))
-            if args.purge:
-                result.purge = measure_purge(base, url, args)
-                result.rss_mb = max(result.rss_mb, *(worker_rss_mb(master) or [0]))
-                for case in cases:
-                    if (
-                        not case.one_user
-                        and case.week_start == "monday"
-                        and not case.events
-                        and case.group_by in ("hour", "week")
-                    ):
-                        check_answer(case, base, plain, args, result)
-    engine.dispose()
-    if args.track:
-        # The framework ceiling, measured right after, with the same gunicorn configuration.
-        result.trivial = measure_wrk("trivial Flask endpoint", "bench.trivial_app:app", {}, args)
-        print(
-            f"  POST /track {result.track['rps']:.0f} req/s, trivial endpoint "
-            f"{result.trivial['rps']:.0f} req/s; worker RSS up to {result.rss_mb:.0f} MB",
-            flush=True,
-        )
+            for (url, _), s in zip(data_sets, served):
+                measure_ingest(url, s, args, cases)
+
+
+def measure_ingest(url: str, s: Served, args, cases: list[Case]) -> None:
+    """Single-event POST /track with wrk, the purge under it and the answers after it, then the
+    framework ceiling right after, with the same gunicorn configuration."""
+    result = s.result
+    run_wrk(s.base, 2, args.connections)  # warm-up
+    result.track = run_wrk(s.base, args.duration, args.connections)
+    result.rss_mb = max(result.rss_mb, *(worker_rss_mb(s.master) or [0]))
+    if args.purge:
+        result.purge = measure_purge(s.base, url, args)
+        result.rss_mb = max(result.rss_mb, *(worker_rss_mb(s.master) or [0]))
+        for case in cases:
+            if (
+                not case.one_user
+                and case.week_start == "monday"
+                and not case.events
+                and case.group_by in ("hour", "week")
+            ):
+                check_answer(case, s.base, s.plain, args, result)
+    result.trivial = measure_wrk("trivial Flask endpoint", "bench.trivial_app:app", {}, args)
+    print(
+        f"  {result.label}: POST /track {result.track['rps']:.0f} req/s, trivial endpoint "
+        f"{result.trivial['rps']:.0f} req/s; worker RSS up to {result.rss_mb:.0f} MB",
+        flush=True,
+    )
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -788,11 +826,10 @@ def main() -> None:
 
     plan = []  # the small data sets first: they are quick and show problems early
     if args.small and not args.no_sqlite:
-        plan.append(("SQLite", scratch_sqlite, args.small))
+        plan.append(("SQLite", scratch_sqlite, [args.small]))
     if not args.no_postgres:
-        if args.small:
-            plan.append(("PostgreSQL", scratch_postgres, args.small))
-        plan.append(("PostgreSQL", scratch_postgres, args.events))
+        sizes = [args.small, args.events] if args.small and args.small != args.events else []
+        plan.append(("PostgreSQL", scratch_postgres, sizes or [args.events]))
     print(
         f"{args.users:,} users, {args.days} days from {FIRST_DAY}; SQLite "
         f"{sqlite3.sqlite_version}; {len(cases)} queries, {args.runs} HTTP runs (median) and "
@@ -801,12 +838,16 @@ def main() -> None:
     )
 
     results = []
-    for backend, scratch, n_events in plan:
-        result = Result(backend, n_events)
-        with scratch() as url:
-            load(backend, url, args, n_events, result)
-            measure(backend, url, args, result, cases)
-        results.append(result)
+    for backend, scratch, sizes in plan:
+        with contextlib.ExitStack() as stack:
+            data_sets = []
+            for n_events in sizes:
+                result = Result(backend, n_events)
+                url = stack.enter_context(scratch())
+                load(backend, url, args, n_events, result)
+                data_sets.append((url, result))
+            measure(backend, data_sets, args, cases)
+        results.extend(result for _, result in data_sets)
 
     def find(backend, n):
         return next((r for r in results if r.backend == backend and r.events == n), None)
