@@ -71,6 +71,11 @@ class Periods:
         """The label of each value ``period_index`` can return (None: outside every run)."""
         return (None, *self.run_labels, None)
 
+    @functools.cached_property
+    def merges_runs(self) -> bool:
+        """Whether some period owns more than one run."""
+        return sum(label is not None for label in self.run_labels) > len(self.labels)
+
 
 def _offset_text(offset: timedelta) -> str:
     sign = "-" if offset < timedelta(0) else "+"

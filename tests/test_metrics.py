@@ -213,6 +213,42 @@ def test_event_names_are_arbitrary_strings(client):
     assert row == {"date": "2025-01-01", **{name: 1 for name in names}}
 
 
+def test_names_follow_the_date_in_code_point_order(client):
+    # Orders that a collation or UTF-16 would give otherwise: case, accents, the astral plane.
+    names = ["b", "B", "a", "_", "é", "z", "\uff21", "🎵", "Z", "a b", "ab"]
+    for name in names:
+        track(client, name, "2025-01-01T10:00:00Z")
+    for options in ("", "&fill=zero", "&group_by=hour&tz=Asia/Kathmandu"):
+        [row] = get_data(client, "start_date=2025-01-01&end_date=2025-01-01" + options)
+        assert list(row) == ["date", *sorted(names)], options
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_names_are_in_code_point_order_whatever_the_columns_collation(client, engine):
+    names = ["b", "B", "a", "é", "e", "z"]  # en-US sorts a, B, b, e, é, z
+    columns = [("events", "event"), ("event_hours", "event")]
+
+    def collate(collation: str) -> None:
+        with engine.begin() as conn:
+            for table, column in columns:
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {table} ALTER COLUMN {column} "
+                        f'TYPE varchar(255) COLLATE "{collation}"'
+                    )
+                )
+
+    collate("en-US-x-icu")
+    try:
+        for name in names:
+            track(client, name, "2025-01-01T10:00:00Z")
+        for options in ("", "&user_id=u1", "&group_by=hour&tz=Asia/Kathmandu"):
+            [row] = get_data(client, "start_date=2025-01-01&end_date=2025-01-01" + options)
+            assert list(row) == ["date", *sorted(names)], options
+    finally:
+        collate("default")
+
+
 def test_many_event_names_are_all_counted(client, engine):
     names = [f"event_{n:04d}" for n in range(1500)]
     at = datetime(2025, 1, 1, 12, tzinfo=UTC)

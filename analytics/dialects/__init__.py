@@ -89,7 +89,9 @@ class compact_json_text(FunctionElement):
 
 class json_counts(FunctionElement):
     """An aggregate: the group's (name, count) pairs as the text of one JSON object, so that a
-    period's counts come back as one row rather than one per name."""
+    period's counts come back as one row rather than one per name. Where the dialect
+    ``orders_json_counts``, the object is compact and its names are in code-point order:
+    the very text the API answers with (docs/architecture.md, "The read path")."""
 
     type = String()
     inherit_cache = True
@@ -172,6 +174,8 @@ class Dialect(Protocol):
     name: str
     # Whether concurrent writers of the same totals should write to different rows.
     spreads_writers: bool
+    # Whether json_counts writes compact objects with their names in code-point order.
+    orders_json_counts: bool
 
     def writer_turn(self, engine: Engine) -> AbstractContextManager[None]:
         """Held around a whole write transaction: waits for the other writers where the

@@ -86,7 +86,11 @@ def _compact_json_text(element: FunctionElement[Any], compiler: SQLCompiler, **k
 @compiles(json_counts, "postgresql")
 def _json_counts(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> str:
     key, count = arguments(element, compiler, **kw)
-    return f"CAST(json_object_agg({key}, {count}) AS TEXT)"
+    # Byte order of UTF-8 ("C") is code-point order; json_object_agg would add spaces.
+    return (
+        f"'{{' || string_agg(CAST(to_json({key}) AS TEXT) || ':' || {count}, ',' "
+        f"ORDER BY {key} COLLATE \"C\") || '}}'"
+    )
 
 
 @compiles(period_index, "postgresql")
@@ -149,6 +153,7 @@ def _few_statement() -> ReturningInsert[Any]:
 class PostgreSQL:
     name = "postgresql"
     spreads_writers = True
+    orders_json_counts = True
 
     def __init__(self) -> None:
         self._few = _few_statement()

@@ -122,6 +122,7 @@ def _compact_json_text(element: FunctionElement[Any], compiler: SQLCompiler, **k
 class SQLite:
     name = "sqlite"
     spreads_writers = False  # one writer at a time anyway
+    orders_json_counts = False  # aggregates take no ORDER BY before SQLite 3.44
 
     _insert = (
         "INSERT INTO events (event, user_id, occurred_at, received_at, metadata, "
