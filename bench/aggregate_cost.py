@@ -4,10 +4,13 @@ aggregate, beside the same server without that one, in the same run.
     .venv/bin/python bench/aggregate_cost.py [--aggregate active_users] [--events 50000]
                                              [--batch 1000] [--clients 4] [--duration 8]
                                              [--connections 16] [--rounds 3] [--no-postgres]
+                                             [--in-time-order]
 
 For each backend (SQLite, then PostgreSQL), two gunicorn servers on two fresh databases stay up:
 ``wsgi:app`` and bench/app_without.py without ``--aggregate``. Each round sends the same
-batches (bench/ingest.py's events: 1,000 users, five names, 20 days) to each in turn, then
+batches (bench/ingest.py's events: 1,000 users, five names, 20 days, each batch spread over
+them all; with ``--in-time-order`` sorted by time first, so that each batch holds a stretch of
+time as a client's buffer or a time-ordered import does) to each in turn, then
 loads each in turn with wrk's single-event POST /track (bench/track_http.py's script, 5,000
 users), emptying the tables in between; every stored row is counted. Prints events/s and
 requests/s per round and the median over rounds of each round's ratio (with / without): the
@@ -50,8 +53,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--in-time-order", action="store_true")
     args = parser.parse_args()
     events = generate(args.events)
+    if args.in_time_order:
+        events.sort(key=lambda event: event["timestamp"])
     bodies = [
         json.dumps({"events": events[i : i + args.batch]}).encode()
         for i in range(0, len(events), args.batch)
