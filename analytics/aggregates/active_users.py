@@ -69,10 +69,8 @@ def pieces_of_bucket(bucket: int) -> list[tuple[int, int]]:
     return [(span, bucket - bucket % span) for span in SPANS]
 
 
-def _bits(
-    active: Iterable[tuple[str, tuple[int, int]]], ordinals: dict[str, int]
-) -> list[tuple[int, int, int, int]]:
-    return bit_positions(((user_id, *piece) for user_id, piece in active), ordinals)
+# A user's piece: (user_id, span, first bucket), flat, as the dialects take them.
+UserPiece = tuple[str, int, int]
 
 
 def _stripes(users: Iterable[str]) -> list[int]:
@@ -93,15 +91,12 @@ class ActiveUsers:
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         dialect = dialects.of(conn)
         touched = _touched(events)
-        left_out = dialect.number_users_and_set_bits(
-            conn,
-            shard_of_writer(conn),
-            sorted((user_id, span, bucket) for user_id, (span, bucket) in touched),
-        )
+        # In no order: the statements put their rows in key order themselves.
+        left_out = dialect.number_users_and_set_bits(conn, shard_of_writer(conn), list(touched))
         if left_out:  # numbered meanwhile by a concurrent writer, whose ordinals we now see
             self._set(
                 conn,
-                {pair for pair in touched if pair[0] in left_out},
+                {piece for piece in touched if piece[0] in left_out},
                 _ordinals_of(conn, left_out),
             )
 
@@ -120,10 +115,10 @@ class ActiveUsers:
         ordinals = _ordinals_of(conn, users)
         # Events written behind the write path (a restore, before rebuild-aggregates) have no
         # ordinal, so no bits to clear.
-        touched = {(user_id, piece) for user_id, piece in _touched(events) if user_id in ordinals}
+        touched = {piece for piece in _touched(events) if piece[0] in ordinals}
         gone = touched - _still_active(conn, touched) if touched else set()
         if gone:
-            dialect.clear_bits(conn, _bits(gone, ordinals))
+            dialect.clear_bits(conn, bit_positions(gone, ordinals))
         conn.execute(
             delete(_ordinals).where(
                 _ordinals.c.user_id.in_(sorted(users)),
@@ -171,19 +166,17 @@ class ActiveUsers:
         dialects.of(conn).fold_bits(conn, before_bucket)
 
     @staticmethod
-    def _set(
-        conn: Connection, active: set[tuple[str, tuple[int, int]]], ordinals: dict[str, int]
-    ) -> None:
+    def _set(conn: Connection, active: set[UserPiece], ordinals: dict[str, int]) -> None:
         if active:
-            dialects.of(conn).set_bits(conn, shard_of_writer(conn), _bits(active, ordinals))
+            dialects.of(conn).set_bits(conn, shard_of_writer(conn), bit_positions(active, ordinals))
 
 
-def _touched(events: Sequence[StoredEvent]) -> set[tuple[str, tuple[int, int]]]:
-    """Each (user, piece) that holds one of ``events``."""
+def _touched(events: Sequence[StoredEvent]) -> set[UserPiece]:
+    """Each user's piece that holds one of ``events``."""
     return {
-        (e.user_id, piece)
+        (e.user_id, span, first)
         for e in events
-        for piece in pieces_of_bucket(bucket_of_instant(e.occurred_at))
+        for span, first in pieces_of_bucket(bucket_of_instant(e.occurred_at))
     }
 
 
@@ -197,15 +190,14 @@ def _ordinals_of(conn: Connection, users: set[str]) -> dict[str, int]:
     )
 
 
-def _still_active(
-    conn: Connection, touched: set[tuple[str, tuple[int, int]]]
-) -> set[tuple[str, tuple[int, int]]]:
-    """The (user, piece) pairs of ``touched`` in which the user still has an event."""
+def _still_active(conn: Connection, touched: set[UserPiece]) -> set[UserPiece]:
+    """The pieces of ``touched`` in which their user still has an event."""
     dialect = dialects.of(conn)
     spans = dialect.spans_source()
-    bounds: dict[tuple[str, datetime, datetime], tuple[int, int]] = {}
-    for user_id, (span, bucket) in touched:
-        bounds[(user_id, bucket_start(bucket), bucket_start(bucket + span))] = (span, bucket)
+    bounds: dict[tuple[str, datetime, datetime], UserPiece] = {}
+    for piece in touched:
+        user_id, span, bucket = piece
+        bounds[(user_id, bucket_start(bucket), bucket_start(bucket + span))] = piece
     remaining = select(spans.c.user_id, spans.c.lo, spans.c.hi).where(
         exists().where(
             _events.c.user_id == spans.c.user_id,
@@ -214,4 +206,4 @@ def _still_active(
         )
     )
     found = conn.execute(remaining, {"spans": dialect.spans_json(list(bounds))}).all()
-    return {(user_id, bounds[(user_id, lo, hi)]) for user_id, lo, hi in found}
+    return {bounds[(user_id, lo, hi)] for user_id, lo, hi in found}
