@@ -11,6 +11,8 @@ from openapi_spec_validator import validate
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from analytics import reports
+from analytics.periods import Periods, bucket_of
 from analytics.rows import EventRow
 from analytics.writer import store_events
 from tests.helpers import assert_error, get_data, track
@@ -247,6 +249,25 @@ def test_names_are_in_code_point_order_whatever_the_columns_collation(client, en
             assert list(row) == ["date", *sorted(names)], options
     finally:
         collate("default")
+
+
+def test_a_period_of_several_runs_is_answered_once_with_their_sum(client, monkeypatch):
+    # As when clocks go back across midnight: the date's first minutes, the day before's last
+    # ones again, then the rest of the date.
+    first = bucket_of(datetime(2025, 1, 2, tzinfo=UTC))
+    periods = Periods(
+        labels=("2025-01-02", "2025-01-01"),
+        bounds=(first, first + 2, first + 4, first + 96),
+        run_labels=("2025-01-02", "2025-01-01", "2025-01-02"),
+    )
+    monkeypatch.setattr(reports, "query_periods", lambda session, query: periods)
+    track(client, "play", "2025-01-02T00:10:00Z")
+    track(client, "stop", "2025-01-02T00:40:00Z")
+    track(client, "play", "2025-01-02T05:00:00Z")
+    assert get_data(client, "start_date=2025-01-01&end_date=2025-01-02") == [
+        {"date": "2025-01-02", "play": 2},
+        {"date": "2025-01-01", "stop": 1},
+    ]
 
 
 def test_many_event_names_are_all_counted(client, engine):
