@@ -229,6 +229,14 @@ class Bitmap(TypeDecorator):
 
 BITMAP_BITS = 2048
 BITMAP_BYTES = BITMAP_BITS // 8
+# The spans bitmaps are kept at, in buckets: quarter hour, UTC hour, six UTC hours, UTC day.
+# Each divides the next (aggregates/active_users.py tiles runs with them).
+SPANS = (1, 4, 24, 96)
+
+
+def pieces_of_bucket(bucket: int) -> list[tuple[int, int]]:
+    """The (span, first bucket) of every bitmap that contains ``bucket``."""
+    return [(span, bucket - bucket % span) for span in SPANS]
 
 
 def bit_positions(

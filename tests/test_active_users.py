@@ -8,7 +8,7 @@ from sqlalchemy import select
 from analytics import writer
 from analytics.aggregates.active_users import pieces
 from analytics.models import Event
-from tests.helpers import assert_error, get_data, track
+from tests.helpers import assert_error, assert_exact, get_data, track
 
 
 def users(client, query: str) -> list[dict]:
@@ -132,6 +132,28 @@ def test_deleting_a_users_events_takes_them_out_at_once(client, engine):
     assert users(client, "start_date=2025-01-01&end_date=2025-01-01") == [
         {"date": "2025-01-01", "users": 1}
     ]
+
+
+def test_events_before_1970_are_counted_in_the_pieces_that_hold_them(client, engine):
+    # Buckets before the epoch are negative: a piece starts at the bucket rounded down.
+    track(client, "view", "1969-12-31T05:00:00Z", "bob")
+    track(client, "view", "1969-12-31T23:50:00Z", "ann")
+    track(client, "view", "1970-01-01T00:10:00Z", "ann")
+    query = "start_date=1969-12-31&end_date=1970-01-01"
+    assert users(client, query) == [
+        {"date": "1969-12-31", "users": 2},
+        {"date": "1970-01-01", "users": 1},
+    ]
+    assert users(client, query + "&group_by=month") == [
+        {"date": "1969-12-01", "users": 2},
+        {"date": "1970-01-01", "users": 1},
+    ]
+    # Kolkata's 1970-01-01 began at 18:30 UTC the day before.
+    assert users(client, query + "&tz=Asia/Kolkata") == [
+        {"date": "1969-12-31", "users": 1},
+        {"date": "1970-01-01", "users": 1},
+    ]
+    assert_exact(engine)
 
 
 def test_the_contracts_messages(client):

@@ -27,19 +27,18 @@ from analytics.dialects import Lock, bucket_of
 from analytics.models import (
     BITMAP_BITS,
     BITMAP_BYTES,
+    SPANS,
     Event,
     UserBitmap,
     UserOrdinal,
     bit_positions,
+    pieces_of_bucket,
     table_of,
 )
 from analytics.periods import bucket_of as bucket_of_instant
 from analytics.periods import bucket_start
 from analytics.rows import StoredEvent
 
-# Quarter hour, UTC hour, six UTC hours, UTC day, in buckets. Each divides the next, so a run
-# of buckets is tiled greedily by the largest aligned pieces that fit.
-SPANS = (1, 4, 24, 96)
 # Writers that add users and deleters that may remove them take these stripes of users,
 # shared and exclusive (see on_delete).
 STRIPES = 64
@@ -52,7 +51,7 @@ _bitmaps = table_of(UserBitmap)
 
 def pieces(lo: int, hi: int) -> list[tuple[int, int]]:
     """The (span, first bucket) pieces that tile the buckets lo..hi-1: the largest aligned
-    spans that fit, smaller ones at the edges."""
+    spans (models.SPANS, each of which divides the next) that fit, smaller ones at the edges."""
     tiles = []
     bucket = lo
     while bucket < hi:
@@ -62,11 +61,6 @@ def pieces(lo: int, hi: int) -> list[tuple[int, int]]:
         tiles.append((span, bucket))
         bucket += span
     return tiles
-
-
-def pieces_of_bucket(bucket: int) -> list[tuple[int, int]]:
-    """The (span, first bucket) of every stored piece that contains ``bucket``."""
-    return [(span, bucket - bucket % span) for span in SPANS]
 
 
 # A user's piece: (user_id, span, first bucket), flat, as the dialects take them.
@@ -90,13 +84,14 @@ class ActiveUsers:
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         dialect = dialects.of(conn)
-        touched = _touched(events)
-        # In no order: the statements put their rows in key order themselves.
-        left_out = dialect.number_users_and_set_bits(conn, shard_of_writer(conn), list(touched))
+        # Each user's buckets, not yet their pieces (four a bucket): a quarter of the values to
+        # send. In no order: the statements put their rows in key order themselves.
+        active = list({(e.user_id, bucket_of_instant(e.occurred_at)) for e in events})
+        left_out = dialect.number_users_and_set_bits(conn, shard_of_writer(conn), active)
         if left_out:  # numbered meanwhile by a concurrent writer, whose ordinals we now see
             self._set(
                 conn,
-                {piece for piece in touched if piece[0] in left_out},
+                {piece for piece in _touched(events) if piece[0] in left_out},
                 _ordinals_of(conn, left_out),
             )
 

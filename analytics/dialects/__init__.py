@@ -232,12 +232,13 @@ class Dialect(Protocol):
         """Set each (span, bucket, chunk, bit) of user_bitmaps in ``shard`` (in key order)."""
 
     def number_users_and_set_bits(
-        self, conn: Connection, shard: int, active: list[tuple[str, int, int]]
+        self, conn: Connection, shard: int, active: list[tuple[str, int]]
     ) -> set[str]:
-        """Give each user of ``active`` (user_id, span, bucket) an ordinal in user_ordinals if
-        they have none, and set their bit of each piece in shard ``shard``. Returns the users
-        it left out: numbered by a concurrent transaction that committed after this statement
-        began (their ordinals are there for the next statement to read)."""
+        """Give each user of ``active`` (user_id, bucket) an ordinal in user_ordinals if they
+        have none, and set their bit in shard ``shard`` of every bitmap that holds the bucket
+        (``models.pieces_of_bucket``). Returns the users it left out: numbered by a concurrent
+        transaction that committed after this statement began (their ordinals are there for
+        the next statement to read)."""
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         """Clear each (span, bucket, chunk, bit) of user_bitmaps in every shard."""

@@ -41,7 +41,7 @@ from analytics.dialects import (
     register,
     utc_text,
 )
-from analytics.models import BITMAP_BITS, Event, UTCDateTime, table_of
+from analytics.models import BITMAP_BITS, SPANS, Event, UTCDateTime, table_of
 from analytics.rows import EventRow
 
 _events = table_of(Event)
@@ -238,11 +238,11 @@ class PostgreSQL:
         conn.exec_driver_sql(_SET_BITS, {"shard": shard, **_bit_arrays(bits)})
 
     def number_users_and_set_bits(
-        self, conn: Connection, shard: int, active: list[tuple[str, int, int]]
+        self, conn: Connection, shard: int, active: list[tuple[str, int]]
     ) -> set[str]:
-        users, spans, buckets = (list(column) for column in zip(*active))
+        users, buckets = (list(column) for column in zip(*active))
         left_out = conn.exec_driver_sql(
-            _NUMBER_AND_SET, {"shard": shard, "user": users, "span": spans, "bucket": buckets}
+            _NUMBER_AND_SET, {"shard": shard, "user": users, "bucket": buckets, "span": list(SPANS)}
         )
         return {user_id for (user_id,) in left_out}
 
@@ -441,10 +441,13 @@ _SET_BITS = f"""
 # statement's snapshot predates its own inserts, so each user is read either from the insert's
 # RETURNING or from the table, never both; a user another transaction inserted meanwhile is in
 # neither, and is returned for the caller to set.
+# A user's pieces are made here from their buckets: models.pieces_of_bucket in SQL, where %
+# truncates toward zero, so the remainder is made non-negative for buckets before 1970.
 _NUMBER_AND_SET = f"""
     WITH active AS (
-        SELECT * FROM unnest(CAST(%(user)b AS varchar[]), CAST(%(span)b AS smallint[]),
-                             CAST(%(bucket)b AS int[])) AS a(user_id, span, bucket)
+        SELECT a.user_id, s.span, a.bucket - (a.bucket %% s.span + s.span) %% s.span AS bucket
+        FROM unnest(CAST(%(user)b AS varchar[]), CAST(%(bucket)b AS int[])) AS a(user_id, bucket)
+        CROSS JOIN unnest(CAST(%(span)b AS smallint[])) AS s(span)
     ), wanted AS (
         SELECT DISTINCT user_id FROM active
     ), added AS (

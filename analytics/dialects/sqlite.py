@@ -55,6 +55,7 @@ from analytics.models import (
     BITMAP_BYTES,
     Event,
     UTCDateTime,
+    pieces_of_bucket,
     sqlite_timestamp,
     table_of,
 )
@@ -258,9 +259,9 @@ class SQLite:
         )
 
     def number_users_and_set_bits(
-        self, conn: Connection, shard: int, active: list[tuple[str, int, int]]
+        self, conn: Connection, shard: int, active: list[tuple[str, int]]
     ) -> set[str]:
-        users = {user_id for user_id, _, _ in active}
+        users = {user_id for user_id, _ in active}
         # Most users are numbered already: looked up first, the rest inserted and read back.
         ordinals = _ordinals(conn, users)
         missing = sorted(users - ordinals.keys())
@@ -275,8 +276,9 @@ class SQLite:
             conn,
             shard,
             [
-                (span, bucket, *divmod(ordinals[user_id], BITMAP_BITS))
-                for user_id, span, bucket in active
+                (span, first, *divmod(ordinals[user_id], BITMAP_BITS))
+                for user_id, bucket in active
+                for span, first in pieces_of_bucket(bucket)
             ],
         )
         return set()  # the write transaction excludes every other writer
