@@ -14,9 +14,8 @@ after the load), recomputes the aggregates with ``writer.rebuild_aggregates(engi
 analyses. Then, with gunicorn serving ``wsgi:app`` on each data set of a backend at once (the
 project's gunicorn.conf.py), for every combination, over the whole range and all users, of
 tz (UTC, Asia/Kathmandu, America/Los_Angeles), group_by (hour, day, week, month), week_start
-(monday, sunday) and, on
-/metrics, ``event`` (absent, ``play``, ``play`` and ``purchase``), plus /metrics and /sessions
-by day for one typical user:
+(monday, sunday) and, on /metrics, ``event`` (absent, ``play``, ``play`` and ``purchase``),
+plus /metrics and /sessions by day for one typical user:
 
 - API: the median of ``--runs`` sequential HTTP requests after one warm-up request, the
   requests to a backend's data sets taken in turn, so that the growth from one to the other is
@@ -437,18 +436,18 @@ def measure_case(case: Case, served: list[Served], args) -> None:
     """The API's median on every data set, their requests interleaved (so that the growth
     between them is not the machine's drift between two stretches of the run), then the plain
     statements, which would evict the API's pages if they ran in between."""
-    params = {id(s): query_string(case, args, s.result.user_id) for s in served}
-    bodies = {id(s): http_get(s.base, case.path, params[id(s)])[1] for s in served}  # warm-up
-    timings: dict[int, list[float]] = {id(s): [] for s in served}
+    params = [query_string(case, args, s.result.user_id) for s in served]
+    bodies = [http_get(s.base, case.path, p)[1] for s, p in zip(served, params)]  # warm-up
+    timings: list[list[float]] = [[] for _ in served]
     for _ in range(args.runs):
-        for s in served:
-            timings[id(s)].append(http_get(s.base, case.path, params[id(s)])[0])
-    for s in served:
+        for s, p, seconds in zip(served, params, timings):
+            seconds.append(http_get(s.base, case.path, p)[0])
+    for s, body, seconds in zip(served, bodies, timings):
         result = s.result
         expected, sql_ms = s.plain.run(case)
-        result.api_ms[case.name] = statistics.median(timings[id(s)]) * 1000
+        result.api_ms[case.name] = statistics.median(seconds) * 1000
         result.sql_ms[case.name] = sql_ms
-        result.answer[case.name] = compare(expected, bodies[id(s)]["data"])
+        result.answer[case.name] = compare(expected, body["data"])
         print(
             f"  {result.label:<16} {case.name:<62} API {result.api_ms[case.name]:7.1f} ms  "
             f"plain {sql_ms:8.1f} ms  {result.answer[case.name]}",
