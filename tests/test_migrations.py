@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -17,7 +16,6 @@ from analytics.models import Base
 from tests.helpers import (
     ROOT,
     alembic_config,
-    create_postgres_database,
     run_flask,
     unreachable_url,
 )
@@ -33,19 +31,6 @@ def current(url: str) -> str | None:
         revision = MigrationContext.configure(conn).get_current_revision()
     engine.dispose()
     return revision
-
-
-@pytest.fixture
-def empty_database(backend, tmp_path, request):
-    """The URL of a database without tables, of each backend, for migrating step by step."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'm.db'}"
-        return
-    url, drop = create_postgres_database(request.getfixturevalue("postgres_server_url"))
-    try:
-        yield url
-    finally:
-        drop()
 
 
 def test_models_and_migrations_agree(database_url):
@@ -84,14 +69,14 @@ def test_the_app_never_creates_tables(app_factory, tmp_path):
     engine.dispose()
 
 
-def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(empty_database):
+def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(scratch_database):
     """Events stored at revision 0005 are counted and paired by the upgrade exactly as a
     rebuild would, and survive the downgrade."""
     from sqlalchemy import text
 
     from analytics import writer
 
-    url = empty_database
+    url = scratch_database
     cfg = alembic_config(url)
     engine = create_engine(url)
     try:
@@ -142,12 +127,12 @@ def test_the_quarter_hour_migration_fills_its_tables_from_stored_events(empty_da
         engine.dispose()
 
 
-def test_the_event_hours_migration_moves_every_count_to_its_hour_and_back(empty_database):
+def test_the_event_hours_migration_moves_every_count_to_its_hour_and_back(scratch_database):
     """0010 puts each quarter-hour count in its hour's row and quarter, per shard, for buckets
     before 1970 too; its downgrade gives back the same counts per bucket."""
     from sqlalchemy import text
 
-    url = empty_database
+    url = scratch_database
     cfg = alembic_config(url)
     engine = create_engine(url)
     counts = [(-5, "a", 0, 1), (-1, "a", 0, 2), (0, "a", 0, 3), (6, "a", 0, 4), (6, "a", 1, 5)]
