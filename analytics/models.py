@@ -278,6 +278,17 @@ class UserBitmap(Base):
     bits: Mapped[bytes] = mapped_column(Bitmap)
 
 
+class ActivityLog(Base):
+    """A user's activity in a bucket that is not yet in ``user_bitmaps``: writers append here,
+    and a fold moves the rows into the bitmaps in bulk (aggregates/active_users.py)."""
+
+    __tablename__ = "activity_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    bucket: Mapped[int] = mapped_column(Integer)
+
+
 class AccessKey(Base):
     """An access key as stored: its name, what it may do and from where, never its secret.
 

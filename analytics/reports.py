@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CompoundSelect,
+    Engine,
     Integer,
     Select,
     bindparam,
@@ -27,11 +28,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
-from analytics import dialects
+from analytics import dialects, writer
 from analytics.aggregates.active_users import pieces as active_user_pieces
 from analytics.dialects import bucket_of, json_counts, period_index
 from analytics.models import (
     QUARTERS,
+    ActivityLog,
     Event,
     EventHour,
     PlayStopSession,
@@ -96,6 +98,7 @@ _hours = table_of(EventHour)
 _session_buckets = table_of(SessionBucket)
 _sessions = table_of(PlayStopSession)
 _events = table_of(Event)
+_log = table_of(ActivityLog)
 _DATA_SPAN = select(func.min(_hours.c.bucket), func.max(_hours.c.bucket))
 _LO: BindParameter[Any] = bindparam("lo")
 _HI: BindParameter[Any] = bindparam("hi")
@@ -326,6 +329,8 @@ def sessions(session: Session, query: PeriodQuery) -> list[tuple[str, int, int]]
 def active_users(session: Session, query: PeriodQuery) -> list[tuple[str, int]]:
     """(label, distinct users) per period in order; periods without users left out unless
     fill=zero."""
+    if not query.events:
+        _fold_logged_activity(session)
     periods = query_periods(session, query)
     if periods is None:
         return []
@@ -343,6 +348,16 @@ def active_users(session: Session, query: PeriodQuery) -> list[tuple[str, int]]:
         counted = dict(dialects.of(conn).count_users(conn, tiles)) if tiles else {}
         users = {label: counted.get(i, 0) for label, i in position.items()}
     return [(label, users[label]) for label in periods.labels if query.fill_zero or users[label]]
+
+
+def _fold_logged_activity(session: Session) -> None:
+    """Read-your-writes: the pairs writers logged since the last fold go into the bitmaps
+    before they are read (docs/architecture.md, "Active users")."""
+    if session.execute(select(_log.c.id).limit(1)).first() is not None:
+        session.rollback()  # the read's snapshot must begin after the fold
+        engine = session.get_bind()
+        assert isinstance(engine, Engine)  # sessions of this app are bound to its engine
+        writer.fold_activity(engine)
 
 
 def _filtered_active_users_per_label(

@@ -8,6 +8,7 @@ One function per direction:
 - ``delete_events``: delete the events a query selects, let every aggregate see them, commit;
   a transaction that lost a race is run again;
 - ``fold_aggregates``: let every aggregate merge the rows concurrent writers spread out;
+- ``fold_activity``: move the active users' log into their bitmaps, before a read of them;
 - ``rebuild_aggregates``: recompute every aggregate from the events.
 
 Nothing else writes events or aggregates. See docs/architecture.md.
@@ -26,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from analytics import dialects
-from analytics.aggregates import REGISTRY
+from analytics.aggregates import REGISTRY, active_users
 from analytics.models import Event, table_of
 from analytics.rows import EventRow, StoredEvent
 
@@ -155,9 +156,20 @@ def _run_again_if_it_lost_a_race(transaction: Callable[[], T]) -> T:
 def fold_aggregates(engine: Engine, before_bucket: int) -> None:
     """Let every aggregate merge what concurrent writers spread over several rows, for the
     buckets before ``before_bucket``, in one short transaction."""
-    with dialects.of(engine).writer_turn(engine), engine.begin() as conn:
+    dialect = dialects.of(engine)
+    with dialect.writer_turn(engine), engine.begin() as conn:
+        dialect.take_locks(conn, [lock for a in REGISTRY for lock in a.fold_locks()])
         for aggregate in REGISTRY:
             aggregate.fold(conn, before_bucket)
+
+
+def fold_activity(engine: Engine) -> None:
+    """Move the pairs writers logged into the active-user bitmaps, in one transaction: what a
+    read of the bitmaps does first, so that it sees every committed write."""
+    dialect = dialects.of(engine)
+    with dialect.writer_turn(engine), engine.begin() as conn:
+        dialect.take_locks(conn, active_users.fold_locks())
+        dialect.fold_activity(conn)
 
 
 def rebuild_aggregates(engine: Engine) -> None:

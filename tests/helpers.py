@@ -38,6 +38,7 @@ from analytics import committer, db, migrations, ratelimits, writer
 from analytics.ingest import metadata_size
 from analytics.models import (
     BITMAP_BITS,
+    ActivityLog,
     Base,
     Event,
     EventHour,
@@ -163,8 +164,11 @@ def count_events(engine) -> int:
 def aggregates(engine) -> tuple[dict, dict, set, dict]:
     """Event counts per bucket and name and session totals per bucket, summed over shards,
     without zero rows, the session rows (play id, stop id, duration), and the users active in
-    each piece of the active-user bitmaps (span, bucket), without empty ones."""
+    each piece of the active-user bitmaps (span, bucket), without empty ones, once the pairs
+    writers logged are folded into them."""
+    writer.fold_activity(engine)
     with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(ActivityLog)) == 0
         users = dict(
             (o, u) for u, o in session.execute(select(UserOrdinal.user_id, UserOrdinal.ordinal))
         )

@@ -3,11 +3,16 @@ backends (the generated histories are in test_properties.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from analytics import writer
+from analytics.aggregates import active_users
 from analytics.aggregates.active_users import pieces
-from analytics.models import Event
+from analytics.models import ActivityLog, Event, UserOrdinal
+from analytics.periods import bucket_of
 from tests.helpers import assert_error, assert_exact, get_data, track
 
 
@@ -132,6 +137,55 @@ def test_deleting_a_users_events_takes_them_out_at_once(client, engine):
     assert users(client, "start_date=2025-01-01&end_date=2025-01-01") == [
         {"date": "2025-01-01", "users": 1}
     ]
+
+
+def logged(engine) -> list[tuple[str, int]]:
+    """The (user_id, bucket) pairs in the log, not yet folded into the bitmaps."""
+    with Session(engine) as session:
+        return sorted(session.execute(select(ActivityLog.user_id, ActivityLog.bucket)).all())
+
+
+def test_writes_log_their_pairs_and_a_read_folds_them_first(client, engine):
+    track(client, "view", "2025-01-01T10:00:00Z", "ann")
+    track(client, "view", "2025-01-01T10:01:00Z", "ann")  # the same quarter hour
+    track(client, "view", "2025-01-01T10:20:00Z", "bob")
+    at = bucket_of(datetime(2025, 1, 1, 10, tzinfo=UTC))
+    assert logged(engine) == [("ann", at), ("ann", at), ("bob", at + 1)]
+    assert users(client, "start_date=2025-01-01&end_date=2025-01-01") == [
+        {"date": "2025-01-01", "users": 2}
+    ]
+    assert logged(engine) == []
+    track(client, "view", "2025-01-01T11:00:00Z", "cat")  # read at once, too
+    assert users(client, "start_date=2025-01-01&end_date=2025-01-01") == [
+        {"date": "2025-01-01", "users": 3}
+    ]
+    assert_exact(engine)
+
+
+def test_a_write_whose_id_hashes_to_zero_folds_the_log(client, engine, monkeypatch):
+    track(client, "view", "2025-01-01T10:00:00Z", "ann")
+    assert len(logged(engine)) == 1
+    monkeypatch.setattr(active_users, "folds_log", lambda events: True)
+    track(client, "view", "2025-01-01T10:00:00Z", "bob")
+    assert logged(engine) == []
+    with Session(engine) as session:
+        assert sorted(session.scalars(select(UserOrdinal.user_id))) == ["ann", "bob"]
+    assert_exact(engine)
+
+
+def test_a_delete_takes_the_logged_pairs_of_its_users_with_it(client, engine):
+    """An erased user's pairs, still in the log, must not be folded into the bitmaps later."""
+    track(client, "view", "2025-01-01T10:00:00Z", "ann")
+    track(client, "view", "2025-01-01T10:00:00Z", "bob")
+    assert len(logged(engine)) == 2
+    assert writer.delete_events(engine, select(Event.id).where(Event.user_id == "ann")) == 1
+    assert logged(engine) == []
+    with Session(engine) as session:
+        assert list(session.scalars(select(UserOrdinal.user_id))) == ["bob"]
+    assert users(client, "start_date=2025-01-01&end_date=2025-01-01") == [
+        {"date": "2025-01-01", "users": 1}
+    ]
+    assert_exact(engine)
 
 
 def test_events_before_1970_are_counted_in_the_pieces_that_hold_them(client, engine):

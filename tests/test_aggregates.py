@@ -232,55 +232,56 @@ def test_deletes_beside_concurrent_writers_of_the_same_users_keep_aggregates_exa
     assert sum(counts.values()) == len(stored_ids(engine))
 
 
-def test_a_user_numbered_by_a_concurrent_writer_still_gets_their_bits(
-    backend, database_url, monkeypatch
-):
-    """Two transactions add the first events of one user: the second waits for the first's
-    ordinal, finds it taken when the first commits, and still sets the user's bits."""
+def test_a_fold_holds_back_other_folds_but_no_writer(backend, database_url, monkeypatch):
+    """While one transaction folds the active users' log, a write that does not fold commits
+    at once, and another fold (a read's) waits for the first to commit, then moves what is
+    left: both users end up in the bitmaps, numbered once."""
     if backend != "postgresql":
         pytest.skip("SQLite serialises writers")
     import threading
-    import time
 
+    from analytics.aggregates import active_users
     from analytics.db import make_engine
-    from analytics.dialects.postgresql import PostgreSQL
     from analytics.rows import EventRow
 
-    left_out: list[set[str]] = []
-    real = PostgreSQL.number_users_and_set_bits
-
-    def recording(self, conn, shard, active):
-        left_out.append(real(self, conn, shard, active))
-        return left_out[-1]
-
-    monkeypatch.setattr(PostgreSQL, "number_users_and_set_bits", recording)
+    monkeypatch.setattr(active_users, "folds_log", lambda events: False)
     engine = make_engine(database_url, lock_wait_ms=30000)
     dialect = dialects.of(engine)
 
-    def rows(day: int) -> list[EventRow]:  # views: no session pairing, so no per-user lock
-        at = START + timedelta(days=day)
+    def rows(user: str) -> list[EventRow]:  # views: no session pairing, so no per-user lock
         return [
             EventRow(
-                event="view", user_id="x", occurred_at=at, received_at=at, metadata_json="null"
+                event="view",
+                user_id=user,
+                occurred_at=START,
+                received_at=START,
+                metadata_json="null",
             )
         ]
 
-    def second() -> None:
+    def write(user: str) -> None:
         with engine.begin() as conn:
-            writer._insert(conn, dialect, rows(1))
+            writer._insert(conn, dialect, rows(user))
 
     try:
+        write("x")
         with engine.connect() as first:
             first.begin()
-            writer._insert(first, dialect, rows(0))
-            waiting = threading.Thread(target=second)
-            waiting.start()
-            time.sleep(1)
-            assert waiting.is_alive()  # on the first's uncommitted ordinal
+            dialect.take_locks(first, active_users.fold_locks())
+            assert dialect.fold_activity(first) == 1  # x's pair
+            writing = threading.Thread(target=write, args=("y",))
+            writing.start()
+            writing.join(10)
+            assert not writing.is_alive()  # committed beside the fold
+            folding = threading.Thread(target=writer.fold_activity, args=(engine,))
+            folding.start()
+            folding.join(1)
+            assert folding.is_alive()  # on the fold lock
             first.commit()
-        waiting.join(30)
-        assert left_out == [set(), {"x"}]
-        assert_exact(engine)
+        folding.join(30)
+        assert not folding.is_alive()
+        _, _, _, active = assert_exact(engine)
+        assert active[(96, bucket_of(START) - bucket_of(START) % 96)] == {"x", "y"}
     finally:
         engine.dispose()
 
@@ -518,8 +519,13 @@ class RecordingAggregate:
     def rebuild(self, conn):
         self.rebuilds += 1
 
+    def fold_locks(self):
+        self.calls.append(("locks to fold", []))
+        return [Lock(99, 8, exclusive=True)]
+
     def fold(self, conn, before_bucket):
         self.folds += 1
+        self.calls.append(("fold", []))
 
 
 def ids_of(events) -> list[int]:
@@ -565,6 +571,7 @@ def test_a_registered_aggregate_hears_of_every_write_path(
     result = app.test_cli_runner().invoke(args=["purge"])
     assert result.exit_code == 0, result.output
     assert recorder.folds == 1
+    assert recorder.asked_for_locks_before_each_hook()  # the fold's too
     result = app.test_cli_runner().invoke(args=["rebuild-aggregates"])
     assert result.exit_code == 0, result.output
     assert recorder.rebuilds == 1
@@ -627,8 +634,18 @@ def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(
     before = aggregates(engine)
     with Session(engine) as session:
         shards = set(session.scalars(select(EventHour.shard)))
-        bitmap_shards = set(session.scalars(select(UserBitmap.shard)))
-    assert len(shards) == len(bitmap_shards) == (2 if backend == "postgresql" else 1)
+        # Folds set bits in shard 0 only; a PostgreSQL database from before the log may
+        # hold others.
+        assert set(session.scalars(select(UserBitmap.shard))) == {0}
+        if backend == "postgresql":
+            session.execute(
+                text(
+                    "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) "
+                    "SELECT span, bucket, chunk, 3, bits FROM user_bitmaps"
+                )
+            )
+            session.commit()
+    assert len(shards) == (2 if backend == "postgresql" else 1)
     writer.fold_aggregates(engine, bucket_of(START) + 1)  # the bucket of the events
     with Session(engine) as session:
         assert set(session.scalars(select(EventHour.shard))) == {0}

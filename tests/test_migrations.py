@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -230,3 +231,25 @@ def test_the_projects_root_commands_run_the_same_history(tmp_path):
     done = run_flask(by_flask, "migrate")
     assert done.returncode == 0, done.stderr
     assert current(by_alembic) == current(by_flask) == head()
+
+
+def test_the_activity_log_downgrade_refuses_to_drop_pairs_not_yet_folded(scratch_database):
+    """0011's downgrade would lose the logged pairs, which are in no bitmap yet: it refuses
+    while there are any, and drops the empty table."""
+    from sqlalchemy import text
+
+    cfg = alembic_config(scratch_database)
+    engine = create_engine(scratch_database)
+    try:
+        command.upgrade(cfg, "head")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO activity_log (user_id, bucket) VALUES ('u', 1)"))
+        with pytest.raises(RuntimeError, match="rebuild-aggregates"):
+            command.downgrade(cfg, "0010")
+        assert "activity_log" in inspect(engine).get_table_names()
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM activity_log"))
+        command.downgrade(cfg, "0010")
+        assert "activity_log" not in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()

@@ -43,9 +43,13 @@ class Aggregate(Protocol):
     def rebuild(self, conn: Connection) -> None:
         """Recompute everything from the events as they are."""
 
+    def fold_locks(self) -> list[Lock]:
+        """What must be held before ``fold`` runs; the writer takes them as it takes ``locks``."""
+
     def fold(self, conn: Connection, before_bucket: int) -> None:
         """Merge what concurrent writers spread over several rows, for buckets before
-        ``before_bucket`` (which reads would otherwise sum again every time)."""
+        ``before_bucket`` (which reads would otherwise sum again every time), and what they
+        left for later (a log)."""
 
 
 def shard_of_writer(conn: Connection) -> int:

@@ -10,6 +10,11 @@ instead of 2,880 quarter-hour ones; a day in Kathmandu (+05:45), 12 pieces.
 
 Each user gets a small number, their ordinal, in ``user_ordinals``; ordinals are cut into
 chunks of BITMAP_BITS so that a bitmap row has a fixed size whatever the number of users.
+
+Writers do not set bits: they append each user's (user_id, bucket) to ``activity_log``, and a
+fold moves the log into the bitmaps in bulk, where many pairs share a row. A write folds about
+once every 2**FOLD_BITS events, and every delete and every read of the bitmaps folds first, so
+that the log stays short and reads stay exact (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, exists, select
 
 from analytics import dialects
-from analytics.aggregates import shard_of_writer
 from analytics.dialects import Lock, bucket_of
 from analytics.models import (
     BITMAP_BITS,
     BITMAP_BYTES,
     SPANS,
+    ActivityLog,
     Event,
     UserBitmap,
     UserOrdinal,
@@ -43,8 +48,14 @@ from analytics.rows import StoredEvent
 # shared and exclusive (see on_delete).
 STRIPES = 64
 LOCK_SPACE = 2  # of the stripes' locks (aggregates.Lock)
+# Held by the one transaction that folds the log at a time; after the stripes, in their space.
+FOLD_LOCK = Lock(LOCK_SPACE, STRIPES, exclusive=True)
+# A write folds the log when one of its events' ids hashes to zero in this many bits: about
+# once every 2**FOLD_BITS events stored, however many writers there are, with no state shared.
+FOLD_BITS = 13
 
 _events = table_of(Event)
+_log = table_of(ActivityLog)
 _ordinals = table_of(UserOrdinal)
 _bitmaps = table_of(UserBitmap)
 
@@ -71,29 +82,51 @@ def _stripes(users: Iterable[str]) -> list[int]:
     return sorted({zlib.crc32(user_id.encode("utf-8")) % STRIPES for user_id in users})
 
 
+def folds_log(events: Sequence[StoredEvent]) -> bool:
+    """Whether the write of ``events`` folds the log: Fibonacci hashing of the ids, which
+    spreads ids in any arithmetic progression (PostgreSQL's blocks of ids) evenly."""
+    return any(
+        (e.id * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF < 1 << (64 - FOLD_BITS) for e in events
+    )
+
+
+def fold_locks() -> list[Lock]:
+    """What a fold holds: every stripe shared, so that no deleter of any user is at work (the
+    log may hold anyone), and the fold lock, so that one fold numbers users at a time."""
+    return [*(Lock(LOCK_SPACE, stripe, exclusive=False) for stripe in range(STRIPES)), FOLD_LOCK]
+
+
 class ActiveUsers:
     name = "active_users"
-    tables: tuple[str, ...] = ("user_ordinals", "user_bitmaps")
+    tables: tuple[str, ...] = ("user_ordinals", "user_bitmaps", "activity_log")
 
     def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
         """The stripes of the events' users: shared by writers, exclusive for a delete (see
         on_delete). Taken in a statement before this aggregate's own, whose snapshot must
-        then see what a deleter that held the stripes committed (an ordinal it dropped)."""
+        then see what a deleter that held the stripes committed. A delete, and a write that
+        folds, also hold what a fold needs (``fold_locks``), in the same order."""
         stripes = _stripes({e.user_id for e in events})
-        return [Lock(LOCK_SPACE, stripe, exclusive=deleting) for stripe in stripes]
+        if deleting:
+            mine = set(stripes)
+            return [
+                *(Lock(LOCK_SPACE, stripe, exclusive=stripe in mine) for stripe in range(STRIPES)),
+                FOLD_LOCK,
+            ]
+        if folds_log(events):
+            return fold_locks()
+        return [Lock(LOCK_SPACE, stripe, exclusive=False) for stripe in stripes]
+
+    def fold_locks(self) -> list[Lock]:
+        return fold_locks()
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         dialect = dialects.of(conn)
-        # Each user's buckets, not yet their pieces (four a bucket): a quarter of the values to
-        # send. In no order: the statements put their rows in key order themselves.
-        active = list({(e.user_id, bucket_of_instant(e.occurred_at)) for e in events})
-        left_out = dialect.number_users_and_set_bits(conn, shard_of_writer(conn), active)
-        if left_out:  # numbered meanwhile by a concurrent writer, whose ordinals we now see
-            self._set(
-                conn,
-                {piece for piece in _touched(events) if piece[0] in left_out},
-                _ordinals_of(conn, left_out),
-            )
+        # Each user's buckets, once: the fold makes their pieces.
+        dialect.log_activity(
+            conn, list({(e.user_id, bucket_of_instant(e.occurred_at)) for e in events})
+        )
+        if folds_log(events):
+            dialect.fold_activity(conn)
 
     def on_delete(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """Clear the users' bits in every piece that held a deleted event and holds none of
@@ -106,6 +139,8 @@ class ActiveUsers:
         order writers take them.
         """
         dialect = dialects.of(conn)
+        # The users' logged pairs into the bitmaps first, to be cleared below where they must.
+        dialect.fold_activity(conn)
         users = {e.user_id for e in events}
         ordinals = _ordinals_of(conn, users)
         # Events written behind the write path (a restore, before rebuild-aggregates) have no
@@ -123,6 +158,7 @@ class ActiveUsers:
 
     def rebuild(self, conn: Connection) -> None:
         dialect = dialects.of(conn)
+        conn.execute(delete(_log))  # every logged pair is recomputed from its event below
         conn.execute(
             delete(_ordinals).where(~exists().where(_events.c.user_id == _ordinals.c.user_id))
         )
@@ -158,12 +194,9 @@ class ActiveUsers:
             )
 
     def fold(self, conn: Connection, before_bucket: int) -> None:
-        dialects.of(conn).fold_bits(conn, before_bucket)
-
-    @staticmethod
-    def _set(conn: Connection, active: set[UserPiece], ordinals: dict[str, int]) -> None:
-        if active:
-            dialects.of(conn).set_bits(conn, shard_of_writer(conn), bit_positions(active, ordinals))
+        dialect = dialects.of(conn)
+        dialect.fold_activity(conn)
+        dialect.fold_bits(conn, before_bucket)
 
 
 def _touched(events: Sequence[StoredEvent]) -> set[UserPiece]:

@@ -52,6 +52,9 @@ class EventCounts:
             )
         )
 
+    def fold_locks(self) -> list[Lock]:
+        return []
+
     def fold(self, conn: Connection, before_bucket: int) -> None:
         dialects.of(conn).fold_totals(conn, _table, _KEYS, QUARTERS, before_bucket)
 

@@ -142,6 +142,9 @@ class Sessions:
         if rows:
             dialect.add_totals(conn, _totals, rows, keys=("bucket", "shard"), totals=_TOTALS)
 
+    def fold_locks(self) -> list[Lock]:
+        return []
+
     def fold(self, conn: Connection, before_bucket: int) -> None:
         dialects.of(conn).fold_totals(conn, _totals, ("bucket", "shard"), _TOTALS, before_bucket)
 

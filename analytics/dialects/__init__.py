@@ -228,17 +228,14 @@ class Dialect(Protocol):
     def insert_ignoring(self, table: Table) -> Insert:
         """An INSERT into ``table`` that skips rows whose unique keys are taken."""
 
-    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
-        """Set each (span, bucket, chunk, bit) of user_bitmaps in ``shard`` (in key order)."""
+    def log_activity(self, conn: Connection, active: list[tuple[str, int]]) -> None:
+        """Append (user_id, bucket) pairs to activity_log."""
 
-    def number_users_and_set_bits(
-        self, conn: Connection, shard: int, active: list[tuple[str, int]]
-    ) -> set[str]:
-        """Give each user of ``active`` (user_id, bucket) an ordinal in user_ordinals if they
-        have none, and set their bit in shard ``shard`` of every bitmap that holds the bucket
-        (``models.pieces_of_bucket``). Returns the users it left out: numbered by a concurrent
-        transaction that committed after this statement began (their ordinals are there for
-        the next statement to read)."""
+    def fold_activity(self, conn: Connection) -> int:
+        """Move every pair of activity_log this transaction sees into user_bitmaps: number the
+        users that have no ordinal, and set each user's bit in shard 0 of every bitmap that
+        holds the bucket (``models.pieces_of_bucket``). The caller holds
+        ``active_users.fold_locks()``. Returns how many distinct pairs it moved."""
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         """Clear each (span, bucket, chunk, bit) of user_bitmaps in every shard."""

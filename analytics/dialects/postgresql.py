@@ -234,17 +234,13 @@ class PostgreSQL:
     def insert_ignoring(self, table: Table) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
 
-    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
-        conn.exec_driver_sql(_SET_BITS, {"shard": shard, **_bit_arrays(bits)})
-
-    def number_users_and_set_bits(
-        self, conn: Connection, shard: int, active: list[tuple[str, int]]
-    ) -> set[str]:
+    def log_activity(self, conn: Connection, active: list[tuple[str, int]]) -> None:
         users, buckets = (list(column) for column in zip(*active))
-        left_out = conn.exec_driver_sql(
-            _NUMBER_AND_SET, {"shard": shard, "user": users, "bucket": buckets, "span": list(SPANS)}
-        )
-        return {user_id for (user_id,) in left_out}
+        conn.exec_driver_sql(_LOG_ACTIVITY, {"user": users, "bucket": buckets})
+
+    def fold_activity(self, conn: Connection) -> int:
+        moved: int = conn.exec_driver_sql(_FOLD_ACTIVITY).scalar_one()
+        return moved
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(_CLEAR_BITS, _bit_arrays(bits))
@@ -428,28 +424,32 @@ _MASKS = f"""
                 CAST(%(chunk)b AS int[]), CAST(%(bit)b AS int[])) AS r(span, bucket, chunk, bit)
     GROUP BY span, bucket, chunk
 """
-_SET_BITS = f"""
-    INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
-    SELECT span, bucket, chunk, %(shard)s, bits FROM ({_MASKS}) AS m
-    ORDER BY span, bucket, chunk
-    ON CONFLICT (span, bucket, chunk, shard) DO UPDATE
-    SET bits = user_bitmaps.bits | excluded.bits
-    WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
+_LOG_ACTIVITY = """
+    INSERT INTO activity_log (user_id, bucket)
+    SELECT * FROM unnest(CAST(%(user)b AS varchar[]), CAST(%(bucket)b AS int[]))
 """
-# One round trip for what a writer does to the bitmaps: number the new users (in user_id order,
-# the order every writer inserts them in), then set every user's bits in key order. The
-# statement's snapshot predates its own inserts, so each user is read either from the insert's
-# RETURNING or from the table, never both; a user another transaction inserted meanwhile is in
-# neither, and is returned for the caller to set.
-# A user's pieces are made here from their buckets: models.pieces_of_bucket in SQL, where %
-# truncates toward zero, so the remainder is made non-negative for buckets before 1970.
-_NUMBER_AND_SET = f"""
-    WITH active AS (
-        SELECT a.user_id, s.span, a.bucket - (a.bucket %% s.span + s.span) %% s.span AS bucket
-        FROM unnest(CAST(%(user)b AS varchar[]), CAST(%(bucket)b AS int[])) AS a(user_id, bucket)
-        CROSS JOIN unnest(CAST(%(span)b AS smallint[])) AS s(span)
+# A bucket's bitmaps of the longer spans are unions of its quarter hours' (models.SPANS: each
+# span divides the next), so a bit is set once a pair and the longer spans OR whole rows. The
+# first bucket of a span is models.pieces_of_bucket's, in SQL, where % truncates toward zero:
+# the remainder is made non-negative for buckets before 1970.
+assert SPANS[0] == 1
+_SPAN_MASKS = " UNION ALL ".join(
+    "SELECT 1 AS span, bucket, chunk, bits FROM quarters"
+    if span == 1
+    else f"SELECT {span}, bucket - (bucket %% {span} + {span}) %% {span}, chunk, bit_or(bits) "
+    "FROM quarters GROUP BY 2, 3"
+    for span in SPANS
+)
+# Every pair of the log this statement sees, moved into the bitmaps: the users without an
+# ordinal numbered (in user_id order), the masks built, the rows set in key order. The caller
+# holds active_users.fold_locks, so no other transaction numbers users meanwhile.
+_FOLD_ACTIVITY = f"""
+    WITH moved AS (
+        DELETE FROM activity_log RETURNING user_id, bucket
+    ), pairs AS (
+        SELECT DISTINCT user_id, bucket FROM moved
     ), wanted AS (
-        SELECT DISTINCT user_id FROM active
+        SELECT DISTINCT user_id FROM pairs
     ), added AS (
         INSERT INTO user_ordinals (user_id) SELECT user_id FROM wanted ORDER BY user_id
         ON CONFLICT (user_id) DO NOTHING RETURNING user_id, ordinal
@@ -457,19 +457,20 @@ _NUMBER_AND_SET = f"""
         SELECT user_id, ordinal FROM added
         UNION ALL
         SELECT o.user_id, o.ordinal FROM user_ordinals AS o JOIN wanted USING (user_id)
-    ), masks AS (
-        SELECT a.span, a.bucket, n.ordinal / {BITMAP_BITS} AS chunk,
+    ), quarters AS (
+        SELECT p.bucket, n.ordinal / {BITMAP_BITS} AS chunk,
                bit_or(set_bit(CAST(0 AS {_BITS}), n.ordinal %% {BITMAP_BITS}, 1)) AS bits
-        FROM active AS a JOIN numbered AS n USING (user_id)
-        GROUP BY a.span, a.bucket, n.ordinal / {BITMAP_BITS}
+        FROM pairs AS p JOIN numbered AS n USING (user_id)
+        GROUP BY 1, 2
     ), stored AS (
         INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
-        SELECT span, bucket, chunk, %(shard)s, bits FROM masks ORDER BY span, bucket, chunk
+        SELECT span, bucket, chunk, 0, bits FROM ({_SPAN_MASKS}) AS masks
+        ORDER BY span, bucket, chunk
         ON CONFLICT (span, bucket, chunk, shard) DO UPDATE
         SET bits = user_bitmaps.bits | excluded.bits
         WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
     )
-    SELECT user_id FROM wanted WHERE user_id NOT IN (SELECT user_id FROM numbered)
+    SELECT count(*) FROM pairs
 """
 # An UPDATE joined to the masks would lock rows in the join's order, which a concurrent
 # writer's key order can cross; the locking SELECT takes them in key order first.

@@ -250,17 +250,16 @@ class SQLite:
     def insert_ignoring(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def set_bits(self, conn: Connection, shard: int, bits: list[tuple[int, int, int, int]]) -> None:
-        conn.exec_driver_sql(
-            "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (span, bucket, chunk, shard) DO UPDATE "
-            "SET bits = bits_or(user_bitmaps.bits, excluded.bits)",
-            [(*key, shard, _blob(mask)) for key, mask in _masks(bits).items()],
-        )
+    def log_activity(self, conn: Connection, active: list[tuple[str, int]]) -> None:
+        conn.exec_driver_sql("INSERT INTO activity_log (user_id, bucket) VALUES (?, ?)", active)
 
-    def number_users_and_set_bits(
-        self, conn: Connection, shard: int, active: list[tuple[str, int]]
-    ) -> set[str]:
+    def fold_activity(self, conn: Connection) -> int:
+        # The writer turn excludes every other writer: what is read here is the whole log
+        # until this transaction ends.
+        active = set(conn.exec_driver_sql("SELECT user_id, bucket FROM activity_log").all())
+        if not active:
+            return 0
+        conn.exec_driver_sql("DELETE FROM activity_log")
         users = {user_id for user_id, _ in active}
         # Most users are numbered already: looked up first, the rest inserted and read back.
         ordinals = _ordinals(conn, users)
@@ -270,18 +269,20 @@ class SQLite:
                 "INSERT INTO user_ordinals (user_id) VALUES (?)", [(u,) for u in missing]
             )
             ordinals |= _ordinals(conn, missing)
-        # Positions straight from the pairs, neither deduplicated nor sorted: ORing a bit twice
-        # changes nothing.
-        self.set_bits(
-            conn,
-            shard,
+        masks = _masks(
             [
                 (span, first, *divmod(ordinals[user_id], BITMAP_BITS))
                 for user_id, bucket in active
                 for span, first in pieces_of_bucket(bucket)
-            ],
+            ]
         )
-        return set()  # the write transaction excludes every other writer
+        conn.exec_driver_sql(
+            "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, 0, ?) "
+            "ON CONFLICT (span, bucket, chunk, shard) DO UPDATE "
+            "SET bits = bits_or(user_bitmaps.bits, excluded.bits)",
+            [(*key, _blob(mask)) for key, mask in masks.items()],
+        )
+        return len(active)
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(
@@ -297,7 +298,7 @@ class SQLite:
         )
 
     def fold_bits(self, conn: Connection, before_bucket: int) -> None:
-        pass  # every writer sets bits in shard 0
+        pass  # every fold sets bits in shard 0
 
     def count_users(
         self, conn: Connection, pieces: list[tuple[int, int, int]]
