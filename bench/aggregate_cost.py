@@ -12,7 +12,9 @@ batches (bench/ingest.py's events: 1,000 users, five names, 20 days, each batch 
 them all; with ``--in-time-order`` sorted by time first, so that each batch holds a stretch of
 time as a client's buffer or a time-ordered import does) to each in turn, then
 loads each in turn with wrk's single-event POST /track (bench/track_http.py's script, 5,000
-users), emptying the tables in between; every stored row is counted. Prints events/s and
+users), emptying the tables in between; every stored row is counted. Each load ends with a
+GET /active-users, counted in its time and CPU, which folds what the writes left in the
+active users' log (docs/architecture.md). Prints events/s and
 requests/s per round and the median over rounds of each round's ratio (with / without): the
 cost of the aggregate is 1 minus that ratio. Beside it, the same ratio from the CPU each event
 costs the service's own processes (the gunicorn master and workers, and PostgreSQL's
@@ -32,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import count_rows, empty_table, generate, post_batches  # noqa: E402
+from bench.ingest import count_rows, empty_table, generate, post_batches, settle  # noqa: E402
 from bench.support import (  # noqa: E402
     gunicorn,
     pids_named,
@@ -89,7 +91,7 @@ def main() -> None:
                 rates, cpu = {}, {}
                 for label, (base, url, roots) in servers.items():
                     own = service_cpu_seconds(roots)
-                    seconds = post_batches(base, bodies, args.clients)
+                    seconds = post_batches(base, bodies, args.clients) + settle(base)
                     cpu[("batch", label)] = (service_cpu_seconds(roots) - own) / len(events)
                     stored = count_rows(url)
                     if stored != len(events):
@@ -101,9 +103,13 @@ def main() -> None:
                     if result["errors"]:
                         raise RuntimeError(f"{backend} {label}: {result['errors']} wrk errors")
                     time.sleep(1)
+                    own = service_cpu_seconds(roots)
+                    settling = settle(base)
+                    settling_us = (service_cpu_seconds(roots) - own) * 1e6
                     empty_table(url)
-                    rates[("track", label)] = result["rps"]
-                    cpu[("track", label)] = result["own_us"]
+                    requests = result["requests"]
+                    rates[("track", label)] = requests / (requests / result["rps"] + settling)
+                    cpu[("track", label)] = result["own_us"] + settling_us / requests
                 for path in ratios:
                     ratios[path].append(rates[(path, "with")] / rates[(path, "without")])
                     cpu_ratios[path].append(cpu[(path, "without")] / cpu[(path, "with")])
