@@ -269,13 +269,17 @@ class SQLite:
                 "INSERT INTO user_ordinals (user_id) VALUES (?)", [(u,) for u in missing]
             )
             ordinals |= _ordinals(conn, missing)
-        masks = _masks(
-            [
-                (span, first, *divmod(ordinals[user_id], BITMAP_BITS))
-                for user_id, bucket in active
-                for span, first in pieces_of_bucket(bucket)
-            ]
-        )
+        # A bit a pair in its quarter hour's mask; the longer spans OR whole quarter masks.
+        quarters: dict[tuple[int, int], int] = {}
+        for user_id, bucket in active:
+            chunk, bit = divmod(ordinals[user_id], BITMAP_BITS)
+            quarters[bucket, chunk] = quarters.get((bucket, chunk), 0) | 1 << (
+                BITMAP_BITS - 1 - bit
+            )
+        masks: dict[tuple[int, int, int], int] = {}
+        for (bucket, chunk), mask in quarters.items():
+            for span, first in pieces_of_bucket(bucket):
+                masks[span, first, chunk] = masks.get((span, first, chunk), 0) | mask
         conn.exec_driver_sql(
             "INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits) VALUES (?, ?, ?, 0, ?) "
             "ON CONFLICT (span, bucket, chunk, shard) DO UPDATE "
