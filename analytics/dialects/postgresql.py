@@ -442,7 +442,8 @@ _SPAN_MASKS = " UNION ALL ".join(
 )
 # Every pair of the log this statement sees, moved into the bitmaps: the users without an
 # ordinal numbered (in user_id order), the masks built, the rows set in key order. The caller
-# holds active_users.fold_locks, so no other transaction numbers users meanwhile.
+# holds active_users.fold_locks, so no other transaction numbers users meanwhile, and the
+# users already numbered are looked up rather than inserted again (a conflict costs more).
 _FOLD_ACTIVITY = f"""
     WITH moved AS (
         DELETE FROM activity_log RETURNING user_id, bucket
@@ -450,13 +451,15 @@ _FOLD_ACTIVITY = f"""
         SELECT DISTINCT user_id, bucket FROM moved
     ), wanted AS (
         SELECT DISTINCT user_id FROM pairs
-    ), added AS (
-        INSERT INTO user_ordinals (user_id) SELECT user_id FROM wanted ORDER BY user_id
-        ON CONFLICT (user_id) DO NOTHING RETURNING user_id, ordinal
-    ), numbered AS (
-        SELECT user_id, ordinal FROM added
-        UNION ALL
+    ), known AS (
         SELECT o.user_id, o.ordinal FROM user_ordinals AS o JOIN wanted USING (user_id)
+    ), added AS (
+        INSERT INTO user_ordinals (user_id)
+        SELECT user_id FROM wanted WHERE user_id NOT IN (SELECT user_id FROM known)
+        ORDER BY user_id
+        RETURNING user_id, ordinal
+    ), numbered AS (
+        SELECT user_id, ordinal FROM added UNION ALL SELECT user_id, ordinal FROM known
     ), quarters AS (
         SELECT p.bucket, n.ordinal / {BITMAP_BITS} AS chunk,
                bit_or(set_bit(CAST(0 AS {_BITS}), n.ordinal %% {BITMAP_BITS}, 1)) AS bits
