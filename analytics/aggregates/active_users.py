@@ -52,7 +52,7 @@ LOCK_SPACE = 2  # of the stripes' locks (aggregates.Lock)
 FOLD_LOCK = Lock(LOCK_SPACE, STRIPES, exclusive=True)
 # A write folds the log when one of its events' ids hashes to zero in this many bits: about
 # once every 2**FOLD_BITS events stored, however many writers there are, with no state shared.
-FOLD_BITS = 13
+FOLD_BITS = 15
 
 _events = table_of(Event)
 _log = table_of(ActivityLog)
