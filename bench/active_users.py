@@ -6,16 +6,17 @@
                                            [--database-url URL]
 
 For each data set (PostgreSQL at ``--small`` and ``--events`` events, SQLite at ``--small``),
-loaded as bench/scale.py loads it (the same generated events, aggregates rebuilt), and served by
-gunicorn: for group_by day, week and month in UTC and Asia/Kathmandu over the whole range (and
-day in UTC with ``event=play``, which counts from the events), the median of ``--runs`` HTTP
-requests after a warm-up, beside the plain statement: ``COUNT(DISTINCT user_id)`` grouped by
-the local period on PostgreSQL (``occurred_at AT TIME ZONE tz``), and on SQLite, which has no
-time zones, the range's raw rows grouped into sets by Python with zoneinfo. The plain answer is
-compared with the API's (OK or MISMATCH). Prints the table, the growth from the small to the
-large PostgreSQL set, and whether the targets are met. ``--database-url``: measure only that
-PostgreSQL database, as it is (loaded before, e.g. by bench/dashboard.py, with ``--small``
-events). Findings: docs/benchmarks.md.
+loaded as bench/scale.py loads it (the same generated events, aggregates rebuilt), and all
+served by gunicorn at once: for group_by day, week and month in UTC and Asia/Kathmandu over the
+whole range (and day in UTC with ``event=play``, which counts from the events), the median of
+``--runs`` HTTP requests after a warm-up, each request sent to every data set in turn (so that
+growth compares the same minutes of this shared machine), then the plain statement:
+``COUNT(DISTINCT user_id)`` grouped by the local period on PostgreSQL (``occurred_at AT TIME
+ZONE tz``), and on SQLite, which has no time zones, the range's raw rows grouped into sets by
+Python with zoneinfo. The plain answer is compared with the API's (OK or MISMATCH). Prints the
+table, the growth from the small to the large PostgreSQL set, and whether the targets are met.
+``--database-url``: measure only that PostgreSQL database, as it is (loaded before, e.g. by
+bench/dashboard.py, with ``--small`` events). Findings: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -97,13 +98,17 @@ def plain_answer(conn, backend: str, case: Case, args) -> list[dict]:
     return [{"date": key, "users": len(found)} for key, found in sorted(users.items())]
 
 
-def measure(backend: str, url: str, args, result: Result) -> None:
+def measure(targets: list[tuple[str, str, Result]], args) -> None:
+    """Serve every (backend, url, result) data set at once and, query by query, send each
+    request to them in turn, so that growth compares requests made over the same seconds."""
     start, end = span(args)
-    engine = make_engine(url, statement_timeout_ms=0)
-    with (
-        gunicorn("wsgi:app", env={"DATABASE_URL": url}) as (base, _master),
-        engine.connect() as conn,
-    ):
+    with contextlib.ExitStack() as stack:
+        served = []
+        for backend, url, result in targets:
+            base, _master = stack.enter_context(gunicorn("wsgi:app", env={"DATABASE_URL": url}))
+            engine = make_engine(url, statement_timeout_ms=0)
+            stack.callback(engine.dispose)
+            served.append((backend, base, engine, result))
         for case in CASES:
             params = [
                 ("start_date", start.isoformat()),
@@ -112,25 +117,33 @@ def measure(backend: str, url: str, args, result: Result) -> None:
                 ("tz", case.tz),
             ]
             params += [("event", name) for name in case.events]
-            http_get(base, "/active-users", params)  # warm-up
-            timings, answer = [], None
+            timings: list[list[float]] = [[] for _ in served]
+            answers: list[list] = [[] for _ in served]
+            for _backend, base, _engine, _result in served:
+                http_get(base, "/active-users", params)  # warm-up
             for _ in range(args.runs):
-                elapsed, body = http_get(base, "/active-users", params)
-                timings.append(elapsed)
-                answer = body["data"]
-            began = time.perf_counter()
-            expected = plain_answer(conn, backend, case, args)
-            result.sql_ms[case.name] = (time.perf_counter() - began) * 1000
-            result.api_ms[case.name] = statistics.median(timings) * 1000
-            result.answer[case.name] = (
-                "OK" if answer == expected else (f"MISMATCH api={answer[:3]} plain={expected[:3]}")
-            )
-            print(
-                f"  {result.label:16} {case.name:32} API {result.api_ms[case.name]:8.1f} ms"
-                f"  plain {result.sql_ms[case.name]:9.1f} ms  {result.answer[case.name]}",
-                flush=True,
-            )
-    engine.dispose()
+                for i, (_backend, base, _engine, _result) in enumerate(served):
+                    elapsed, body = http_get(base, "/active-users", params)
+                    timings[i].append(elapsed)
+                    answers[i] = body["data"]
+            # The plain statements after every request, so that their scans do not evict the
+            # API's pages in between.
+            for i, (backend, _base, engine, result) in enumerate(served):
+                began = time.perf_counter()
+                with engine.connect() as conn:
+                    expected = plain_answer(conn, backend, case, args)
+                result.sql_ms[case.name] = (time.perf_counter() - began) * 1000
+                result.api_ms[case.name] = statistics.median(timings[i]) * 1000
+                result.answer[case.name] = (
+                    "OK"
+                    if answers[i] == expected
+                    else f"MISMATCH api={answers[i][:3]} plain={expected[:3]}"
+                )
+                print(
+                    f"  {result.label:16} {case.name:32} API {result.api_ms[case.name]:8.1f} ms"
+                    f"  plain {result.sql_ms[case.name]:9.1f} ms  {result.answer[case.name]}",
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -160,13 +173,16 @@ def main() -> None:
         flush=True,
     )
     results = []
-    for backend, scratch, n_events in plan:
-        result = Result(backend, n_events)
-        with scratch() as url:
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for backend, scratch, n_events in plan:
+            result = Result(backend, n_events)
+            url = stack.enter_context(scratch())
             if not args.database_url:
                 load(backend, url, args, n_events, result)
-            measure(backend, url, args, result)
-        results.append(result)
+            targets.append((backend, url, result))
+            results.append(result)
+        measure(targets, args)
 
     print("\n| data set | query | API ms | COUNT(DISTINCT) ms | plain / API | answer |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
