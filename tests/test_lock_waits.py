@@ -140,3 +140,26 @@ def test_a_lock_timeout_is_not_unreachable(backend, database_url):
     waiter.dispose()
     assert caught.value.orig.sqlstate == "55P03"  # the driver's own lock_not_available
     assert not is_unreachable(caught.value)
+
+
+def test_a_read_that_must_fold_waits_for_the_turn_in_bounds(bounded_app, foreign_writer, engine):
+    """GET /active-users folds the active users' log first, which on SQLite takes the writer
+    turn: held elsewhere, the read is a 503 within the wait; with nothing to fold, or with
+    ``event`` (read from the events), it is answered."""
+    client = bounded_app.test_client()
+    query = "/active-users?start_date=2025-01-01&end_date=2025-01-02"
+    assert timed(lambda: client.get(query))[0].status_code == 200  # an empty log: no fold
+    with engine.begin() as conn:  # a pair a writer logged (SQLite's own lock is free)
+        conn.execute(text("INSERT INTO activity_log (user_id, bucket) VALUES ('u', 0)"))
+    response, took = timed(lambda: client.get(query))
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "error"
+    assert int(response.headers["Retry-After"]) > 0
+    assert took < LOCK_WAIT_MS / 1000 + MARGIN_SECONDS
+    assert timed(lambda: client.get(query + "&event=play"))[0].status_code == 200
+
+    foreign_writer.stdin.close()
+    foreign_writer.wait(timeout=10)
+    assert timed(lambda: client.get(query))[0].status_code == 200
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM activity_log")).scalar() == 0
