@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, Select, delete
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from analytics import dialects
+from analytics import dialects, folding
 from analytics.aggregates import REGISTRY, active_users
 from analytics.models import Event, table_of
 from analytics.rows import EventRow, StoredEvent
@@ -80,6 +80,8 @@ def store_events(session: Session, rows: Sequence[EventRow]) -> list[bool]:
         return ids
 
     ids = _run_again_if_it_lost_a_race(transaction)
+    if active_users.folds_log(ids):
+        FOLDER.wake(engine)
     for position, id_ in zip(positions, ids):
         stored[position] = id_ is not None
     return stored
@@ -163,13 +165,21 @@ def fold_aggregates(engine: Engine, before_bucket: int) -> None:
             aggregate.fold(conn, before_bucket)
 
 
-def fold_activity(engine: Engine) -> None:
-    """Move the pairs writers logged into the active-user bitmaps, in one transaction: what a
-    read of the bitmaps does first, so that it sees every committed write."""
+def fold_activity(engine: Engine, chunk: int | None = None) -> None:
+    """Move the pairs writers logged into the active-user bitmaps: in one transaction (what a
+    read of the bitmaps does first, so that it sees every committed write), or ``chunk`` pairs
+    a transaction until the log is empty (the folding thread, so that writers go between)."""
     dialect = dialects.of(engine)
-    with dialect.writer_turn(engine), engine.begin() as conn:
-        dialect.take_locks(conn, active_users.fold_locks())
-        dialect.fold_activity(conn)
+    while True:
+        with dialect.writer_turn(engine), engine.begin() as conn:
+            dialect.take_locks(conn, active_users.fold_locks())
+            moved = dialect.fold_activity(conn, chunk)
+        if chunk is None or moved < chunk:
+            return
+
+
+# This process's folding thread (analytics/folding.py).
+FOLDER = folding.Folder(lambda engine: fold_activity(engine, active_users.FOLD_CHUNK))
 
 
 def rebuild_aggregates(engine: Engine) -> None:

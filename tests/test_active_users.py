@@ -162,14 +162,24 @@ def test_writes_log_their_pairs_and_a_read_folds_them_first(client, engine):
     assert_exact(engine)
 
 
-def test_a_write_whose_id_hashes_to_zero_folds_the_log(client, engine, monkeypatch):
+def test_a_write_whose_id_hashes_to_zero_wakes_the_folding_thread(client, engine, monkeypatch):
     track(client, "view", "2025-01-01T10:00:00Z", "ann")
     assert len(logged(engine)) == 1
-    monkeypatch.setattr(active_users, "folds_log", lambda events: True)
+    monkeypatch.setattr(active_users, "folds_log", lambda ids: True)
     track(client, "view", "2025-01-01T10:00:00Z", "bob")
+    assert writer.FOLDER.wait_idle(30)
     assert logged(engine) == []
     with Session(engine) as session:
         assert sorted(session.scalars(select(UserOrdinal.user_id))) == ["ann", "bob"]
+    assert_exact(engine)
+
+
+def test_the_folding_thread_folds_chunk_by_chunk_until_the_log_is_empty(client, engine):
+    for hour in range(5):
+        track(client, "view", f"2025-01-01T1{hour}:00:00Z", f"u{hour}")
+    assert len(logged(engine)) == 5
+    writer.fold_activity(engine, chunk=2)  # three transactions: 2, 2, then 1
+    assert logged(engine) == []
     assert_exact(engine)
 
 

@@ -244,7 +244,7 @@ def test_a_fold_holds_back_other_folds_but_no_writer(backend, database_url, monk
     from analytics.db import make_engine
     from analytics.rows import EventRow
 
-    monkeypatch.setattr(active_users, "folds_log", lambda events: False)
+    monkeypatch.setattr(active_users, "folds_log", lambda ids: False)
     engine = make_engine(database_url, lock_wait_ms=30000)
     dialect = dialects.of(engine)
 

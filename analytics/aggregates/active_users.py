@@ -12,9 +12,9 @@ Each user gets a small number, their ordinal, in ``user_ordinals``; ordinals are
 chunks of BITMAP_BITS so that a bitmap row has a fixed size whatever the number of users.
 
 Writers do not set bits: they append each user's (user_id, bucket) to ``activity_log``, and a
-fold moves the log into the bitmaps in bulk, where many pairs share a row. A write folds about
-once every 2**FOLD_BITS events, and every delete and every read of the bitmaps folds first, so
-that the log stays short and reads stay exact (docs/architecture.md).
+fold moves the log into the bitmaps in bulk, where many pairs share a row. A process's folding
+thread folds it about once every 2**FOLD_BITS events, and every delete and every read of the
+bitmaps folds first, so that the log stays short and reads stay exact (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -50,9 +50,12 @@ STRIPES = 64
 LOCK_SPACE = 2  # of the stripes' locks (aggregates.Lock)
 # Held by the one transaction that folds the log at a time; after the stripes, in their space.
 FOLD_LOCK = Lock(LOCK_SPACE, STRIPES, exclusive=True)
-# A write folds the log when one of its events' ids hashes to zero in this many bits: about
-# once every 2**FOLD_BITS events stored, however many writers there are, with no state shared.
+# A write wakes its process's folding thread when one of its events' ids hashes to zero in this
+# many bits: about once every 2**FOLD_BITS events stored, however many writers there are.
 FOLD_BITS = 15
+# The folding thread moves this many pairs a transaction, so that writers wait for a chunk at
+# most (SQLite's writer turn), never for a whole fold.
+FOLD_CHUNK = 4096
 
 _events = table_of(Event)
 _log = table_of(ActivityLog)
@@ -82,11 +85,14 @@ def _stripes(users: Iterable[str]) -> list[int]:
     return sorted({zlib.crc32(user_id.encode("utf-8")) % STRIPES for user_id in users})
 
 
-def folds_log(events: Sequence[StoredEvent]) -> bool:
-    """Whether the write of ``events`` folds the log: Fibonacci hashing of the ids, which
-    spreads ids in any arithmetic progression (PostgreSQL's blocks of ids) evenly."""
+def folds_log(ids: Iterable[int | None]) -> bool:
+    """Whether the write that stored these event ids (None: not stored) wakes the folding
+    thread: Fibonacci hashing of the ids, which spreads ids in any arithmetic progression
+    (PostgreSQL's blocks of ids) evenly."""
     return any(
-        (e.id * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF < 1 << (64 - FOLD_BITS) for e in events
+        (id_ * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF < 1 << (64 - FOLD_BITS)
+        for id_ in ids
+        if id_ is not None
     )
 
 
@@ -103,8 +109,8 @@ class ActiveUsers:
     def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
         """The stripes of the events' users: shared by writers, exclusive for a delete (see
         on_delete). Taken in a statement before this aggregate's own, whose snapshot must
-        then see what a deleter that held the stripes committed. A delete, and a write that
-        folds, also hold what a fold needs (``fold_locks``), in the same order."""
+        then see what a deleter that held the stripes committed. A delete also holds what a
+        fold needs (``fold_locks``), in the same order."""
         stripes = _stripes({e.user_id for e in events})
         if deleting:
             mine = set(stripes)
@@ -112,8 +118,6 @@ class ActiveUsers:
                 *(Lock(LOCK_SPACE, stripe, exclusive=stripe in mine) for stripe in range(STRIPES)),
                 FOLD_LOCK,
             ]
-        if folds_log(events):
-            return fold_locks()
         return [Lock(LOCK_SPACE, stripe, exclusive=False) for stripe in stripes]
 
     def fold_locks(self) -> list[Lock]:
@@ -125,8 +129,6 @@ class ActiveUsers:
         dialect.log_activity(
             conn, list({(e.user_id, bucket_of_instant(e.occurred_at)) for e in events})
         )
-        if folds_log(events):
-            dialect.fold_activity(conn)
 
     def on_delete(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """Clear the users' bits in every piece that held a deleted event and holds none of

@@ -231,11 +231,12 @@ class Dialect(Protocol):
     def log_activity(self, conn: Connection, active: list[tuple[str, int]]) -> None:
         """Append (user_id, bucket) pairs to activity_log."""
 
-    def fold_activity(self, conn: Connection) -> int:
-        """Move every pair of activity_log this transaction sees into user_bitmaps: number the
-        users that have no ordinal, and set each user's bit in shard 0 of every bitmap that
-        holds the bucket (``models.pieces_of_bucket``). The caller holds
-        ``active_users.fold_locks()``. Returns how many distinct pairs it moved."""
+    def fold_activity(self, conn: Connection, limit: int | None = None) -> int:
+        """Move the oldest ``limit`` pairs of activity_log this transaction sees (every one
+        when None) into user_bitmaps: number the users that have no ordinal, and set each
+        user's bit in shard 0 of every bitmap that holds the bucket
+        (``models.pieces_of_bucket``). The caller holds ``active_users.fold_locks()``.
+        Returns how many rows of the log it moved."""
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         """Clear each (span, bucket, chunk, bit) of user_bitmaps in every shard."""

@@ -238,8 +238,8 @@ class PostgreSQL:
         users, buckets = (list(column) for column in zip(*active))
         conn.exec_driver_sql(_LOG_ACTIVITY, {"user": users, "bucket": buckets})
 
-    def fold_activity(self, conn: Connection) -> int:
-        moved: int = conn.exec_driver_sql(_FOLD_ACTIVITY).scalar_one()
+    def fold_activity(self, conn: Connection, limit: int | None = None) -> int:
+        moved: int = conn.exec_driver_sql(_FOLD_ACTIVITY, {"limit": limit}).scalar_one()
         return moved
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
@@ -440,13 +440,16 @@ _SPAN_MASKS = " UNION ALL ".join(
     "FROM quarters GROUP BY 2, 3"
     for span in SPANS
 )
-# Every pair of the log this statement sees, moved into the bitmaps: the users without an
+# The log's oldest pairs this statement sees (all of them when the limit is NULL), moved into
+# the bitmaps: the users without an
 # ordinal numbered (in user_id order), the masks built, the rows set in key order. The caller
 # holds active_users.fold_locks, so no other transaction numbers users meanwhile, and the
 # users already numbered are looked up rather than inserted again (a conflict costs more).
 _FOLD_ACTIVITY = f"""
     WITH moved AS (
-        DELETE FROM activity_log RETURNING user_id, bucket
+        DELETE FROM activity_log
+        WHERE id IN (SELECT id FROM activity_log ORDER BY id LIMIT %(limit)s)
+        RETURNING user_id, bucket
     ), pairs AS (
         SELECT DISTINCT user_id, bucket FROM moved
     ), wanted AS (
@@ -473,7 +476,7 @@ _FOLD_ACTIVITY = f"""
         SET bits = user_bitmaps.bits | excluded.bits
         WHERE user_bitmaps.bits | excluded.bits <> user_bitmaps.bits
     )
-    SELECT count(*) FROM pairs
+    SELECT count(*) FROM moved
 """
 # An UPDATE joined to the masks would lock rows in the join's order, which a concurrent
 # writer's key order can cross; the locking SELECT takes them in key order first.

@@ -253,13 +253,17 @@ class SQLite:
     def log_activity(self, conn: Connection, active: list[tuple[str, int]]) -> None:
         conn.exec_driver_sql("INSERT INTO activity_log (user_id, bucket) VALUES (?, ?)", active)
 
-    def fold_activity(self, conn: Connection) -> int:
-        # The writer turn excludes every other writer: what is read here is the whole log
-        # until this transaction ends.
-        active = set(conn.exec_driver_sql("SELECT user_id, bucket FROM activity_log").all())
-        if not active:
+    def fold_activity(self, conn: Connection, limit: int | None = None) -> int:
+        # The writer turn excludes every other writer: the oldest pairs read here are the
+        # oldest until this transaction ends.
+        rows = conn.exec_driver_sql(
+            "SELECT id, user_id, bucket FROM activity_log ORDER BY id LIMIT ?",
+            (-1 if limit is None else limit,),
+        ).all()
+        if not rows:
             return 0
-        conn.exec_driver_sql("DELETE FROM activity_log")
+        conn.exec_driver_sql("DELETE FROM activity_log WHERE id <= ?", (rows[-1][0],))
+        active = {(user_id, bucket) for _, user_id, bucket in rows}
         users = {user_id for user_id, _ in active}
         # Most users are numbered already: looked up first, the rest inserted and read back.
         ordinals = _ordinals(conn, users)
@@ -286,7 +290,7 @@ class SQLite:
             "SET bits = bits_or(user_bitmaps.bits, excluded.bits)",
             [(*key, _blob(mask)) for key, mask in masks.items()],
         )
-        return len(active)
+        return len(rows)
 
     def clear_bits(self, conn: Connection, bits: list[tuple[int, int, int, int]]) -> None:
         conn.exec_driver_sql(
