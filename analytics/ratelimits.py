@@ -8,6 +8,11 @@ processes and hosts; in memory otherwise, where each process counts alone. Shoul
 answering, each process counts in memory until it answers again, rather than refusing or
 failing requests.
 
+A process takes counts from Redis a few at a time and hands them out itself (``Leases``), so
+that a busy key costs a Redis round trip every few dozen requests, not every request. A count
+is only handed out once Redis has counted it, so a limit is never exceeded; what a process took
+and has not yet handed out can make another process refuse a little early (docs/decisions.md).
+
 Rates are parsed, and counted in memory, by ``limits``, the library under flask-limiter.
 flask-limiter itself is not used on the request path: it asks its storage three times per
 request (the count, then the count and expiry again for the headers), which took
@@ -41,11 +46,19 @@ REDIS_TIMEOUT_SECONDS = 0.5
 REDIS_RETRY_SECONDS = 5.0
 log = logging.getLogger(__name__)
 
-# Counts one request and tells when its window ends, in one round trip. The first request of a
-# window starts it; a count left without an expiry (never by this script) is given one.
+# A process takes at most this share of what is left of a window's allowance at once, and at
+# most LEASE_MOST counts...
+LEASE_SHARE = 16
+LEASE_MOST = 64
+# ...and takes twice as many as last time only when it handed out the last ones within this
+# long: a process that sees a key seldom takes one count at a time, and strands none.
+LEASE_BUSY_SECONDS = 1.0
+
+# Counts ARGV[2] requests and tells when their window ends, in one round trip. The first call
+# of a window starts it; a count left without an expiry (never by this script) is given one.
 COUNT_SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -79,14 +92,14 @@ class Counter:
         self._redis_down_until = 0.0
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
-        self._redis: RedisCounts | None = None
+        self._redis: Leases | None = None
         if not storage_url.startswith("memory"):
             self._client = redis.Redis.from_url(
                 storage_url,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
-            self._redis = RedisCounts(self._client)
+            self._redis = Leases(RedisCounts(self._client))
 
     def close(self) -> None:
         """Close the Redis connections and stop the memory store's expiry timer."""
@@ -103,7 +116,7 @@ class Counter:
     def _hit_one(self, item: RateLimitItem, bucket: str) -> Count:
         key = item.key_for(self.prefix, bucket)
         window = item.get_expiry()
-        count, seconds = self._count(key, window)
+        count, seconds = self._count(key, window, item.amount)
         return Count(
             limit=item.amount,
             remaining=max(0, item.amount - count),
@@ -111,11 +124,10 @@ class Counter:
             exceeded=count > item.amount,
         )
 
-    def _count(self, key: str, window: int) -> tuple[int, float]:
+    def _count(self, key: str, window: int, limit: int) -> tuple[int, float]:
         if self._redis is not None and time.monotonic() >= self._redis_down_until:
             try:
-                count, ttl_ms = self._redis.count(key, window)
-                return count, ttl_ms / 1000
+                return self._redis.count(key, window, limit)
             except redis.RedisError as exc:
                 with self._lock:
                     self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
@@ -127,14 +139,84 @@ class Counter:
         return count, self.memory.get_expiry(key) - time.time()
 
 
+@dataclass
+class _Lease:
+    """What a process holds of one key's window: counts Redis gave it and it has not handed
+    out (largest first, so that ``pop`` gives the smallest), and how it took the last ones."""
+
+    ends: float  # time.monotonic() at the window's end
+    free: list[int]
+    highest: int  # the highest count Redis gave this process in the window
+    size: int  # how many the last call took
+    taken_at: float
+
+
+class Leases:
+    """Counts of a window taken from Redis a few at a time, and handed out by this process.
+
+    A process takes one count a call at first, then twice as many as the call before while it
+    hands them out within LEASE_BUSY_SECONDS, up to LEASE_MOST and LEASE_SHARE of what is left
+    of the allowance. Every count handed out was counted in Redis first, so the processes
+    together never let more through than the limit. Once Redis reports the allowance spent,
+    the rest of the window is refused here without asking it again.
+    """
+
+    PRUNE_AT = 1024  # leases kept before the ended ones are dropped
+
+    def __init__(self, counts: RedisCounts):
+        self._counts = counts
+        self._lock = threading.Lock()
+        self._leases: dict[str, _Lease] = {}
+        self._prune_at = self.PRUNE_AT
+
+    def count(self, key: str, window: int, limit: int) -> tuple[int, float]:
+        """(this request's count in its window, seconds left in the window)."""
+        now = time.monotonic()
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is not None and now < lease.ends:
+                if lease.free:
+                    return lease.free.pop(), lease.ends - now
+                if lease.highest >= limit:
+                    return lease.highest + 1, lease.ends - now
+                busy = now - lease.taken_at < LEASE_BUSY_SECONDS
+                take = min(lease.size * 2 if busy else 1, LEASE_MOST)
+                take = max(1, min(take, (limit - lease.highest) // LEASE_SHARE))
+            else:
+                take = 1
+        highest, ttl_ms = self._counts.count(key, window, take)
+        now = time.monotonic()
+        ends = now + ttl_ms / 1000
+        first = highest - take + 1  # this request's; the rest, up to the limit, are kept
+        kept = range(first + 1, min(highest, limit) + 1)
+        with self._lock:
+            lease = self._leases.get(key)
+            # The same window: it ends when the one held ends (a new one ends a window later),
+            # and counts only grow within it.
+            if lease is not None and abs(ends - lease.ends) < 0.5 and highest > lease.highest:
+                lease.free.extend(kept)
+                lease.free.sort(reverse=True)
+                lease.highest, lease.size, lease.taken_at = highest, take, now
+            else:
+                self._leases[key] = _Lease(ends, sorted(kept, reverse=True), highest, take, now)
+                self._prune(now)
+        return first, ends - now
+
+    def _prune(self, now: float) -> None:
+        if len(self._leases) < self._prune_at:
+            return
+        self._leases = {key: lease for key, lease in self._leases.items() if now < lease.ends}
+        self._prune_at = max(self.PRUNE_AT, 2 * len(self._leases))
+
+
 class _Pending:
-    """One request's count, on its way to Redis: settled with the count and the window's
-    remaining milliseconds, or with the error that kept it from being counted."""
+    """One call's counts, on their way to Redis: settled with the count and the window's
+    remaining milliseconds, or with the error that kept them from being counted."""
 
-    __slots__ = ("key", "window", "woken", "result", "error")
+    __slots__ = ("key", "window", "take", "woken", "result", "error")
 
-    def __init__(self, key: str, window: int):
-        self.key, self.window = key, window
+    def __init__(self, key: str, window: int, take: int):
+        self.key, self.window, self.take = key, window, take
         self.woken = threading.Event()
         self.result: tuple[int, int] | None = None
         self.error: BaseException | None = None
@@ -157,9 +239,9 @@ class RedisCounts:
         self._waiting: list[_Pending] = []
         self._sending = False
 
-    def count(self, key: str, window: int) -> tuple[int, int]:
-        """(count after this request, milliseconds left in its window)."""
-        mine = _Pending(key, window)
+    def count(self, key: str, window: int, take: int = 1) -> tuple[int, int]:
+        """(count after this call's ``take`` requests, milliseconds left in their window)."""
+        mine = _Pending(key, window, take)
         with self._lock:
             self._waiting.append(mine)
             lead = not self._sending
@@ -199,7 +281,7 @@ class RedisCounts:
             self._sha = self._client.script_load(COUNT_SCRIPT)
         pipe = self._client.pipeline(transaction=False)
         for pending in group:
-            pipe.evalsha(self._sha, 1, pending.key, pending.window)
+            pipe.evalsha(self._sha, 1, pending.key, pending.window, pending.take)
         try:
             return pipe.execute()
         except redis.exceptions.NoScriptError:

@@ -1,14 +1,16 @@
 """What a rate-limit count costs in Redis, in one process: each call its own round trip, beside
 the calls of concurrent threads grouped into shared round trips (``ratelimits.RedisCounts``),
-in the same run.
+and beside counts taken ahead a few at a time (``ratelimits.Leases``, a limit the run never
+reaches), in the same run.
 
     .venv/bin/python bench/redis_counts.py [--redis redis://127.0.0.1:6379/0] [--threads 8]
                                            [--calls 1500] [--rounds 3]
 
 Each round, ``--threads`` threads (a gunicorn worker's request threads) each count
 ``--calls`` requests against three keys, first one script call per request, then through
-RedisCounts. Prints calls/s and the process's CPU time per call for both, and their ratio per
-round and its median. Findings: docs/benchmarks.md.
+RedisCounts, then through Leases. Prints calls/s and the process's CPU time per call for each,
+and their ratios to a round trip each per round and the medians. Findings:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
-from analytics.ratelimits import COUNT_SCRIPT, RedisCounts  # noqa: E402
+from analytics.ratelimits import COUNT_SCRIPT, Leases, RedisCounts  # noqa: E402
 
 
 def measure(count: Callable[[str, int], object], threads: int, calls: int) -> tuple[float, float]:
@@ -60,23 +62,27 @@ def main() -> None:
     grouped = RedisCounts(client)
 
     def alone(key: str, window: int) -> object:
-        return script(keys=[key], args=[window])
+        return script(keys=[key], args=[window, 1])
 
-    ratios = []
+    ratios: dict[str, list[float]] = {"grouped": [], "leased": []}
     for n in range(1, args.rounds + 1):
+        leases = Leases(grouped)
+
+        def leased(key: str, window: int, leases: Leases = leases) -> object:
+            return leases.count(key, window, 10**12)  # a limit the run never reaches
+
         rate_alone, cpu_alone = measure(alone, args.threads, args.calls)
-        rate_grouped, cpu_grouped = measure(grouped.count, args.threads, args.calls)
-        ratios.append(rate_grouped / rate_alone)
+        line = f"round {n}: a round trip each {rate_alone:,.0f} calls/s ({cpu_alone:.0f} µs CPU)"
+        for name, count in (("grouped", grouped.count), ("leased", leased)):
+            rate, cpu = measure(count, args.threads, args.calls)
+            ratios[name].append(rate / rate_alone)
+            line += f"; {name} {rate:,.0f} calls/s ({cpu:.0f} µs CPU): {ratios[name][-1]:.2f}×"
+        print(line, flush=True)
+    for name, values in ratios.items():
         print(
-            f"round {n}: a round trip each {rate_alone:,.0f} calls/s ({cpu_alone:.0f} µs CPU "
-            f"a call), grouped {rate_grouped:,.0f} calls/s ({cpu_grouped:.0f} µs CPU a call): "
-            f"{ratios[-1]:.2f}×",
-            flush=True,
+            f"{args.threads} threads, {name} ÷ a round trip each, median of {args.rounds} "
+            f"rounds: {statistics.median(values):.2f}× the calls per second"
         )
-    print(
-        f"\n{args.threads} threads, grouped ÷ a round trip each, median of {args.rounds} rounds: "
-        f"{statistics.median(ratios):.2f}× the calls per second"
-    )
     client.close()
 
 

@@ -10,7 +10,8 @@ import uuid
 import pytest
 import redis
 
-from analytics.ratelimits import RedisCounts
+from analytics import ratelimits
+from analytics.ratelimits import LEASE_MOST, Leases, RedisCounts
 from tests.helpers import assert_error, bearer, count_events, create_key, free_port
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
@@ -248,3 +249,85 @@ def test_a_group_that_fails_fails_each_of_its_callers_and_the_next_group_goes(re
     assert counts.count(key, 60)[0] == 2
     client.delete(key)
     client.close()
+
+
+class SpiedCounts(RedisCounts):
+    """RedisCounts that records how many counts each call took."""
+
+    def __init__(self, client):
+        super().__init__(client)
+        self.takes: list[int] = []
+
+    def count(self, key, window, take=1):
+        self.takes.append(take)
+        return super().count(key, window, take)
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def test_a_busy_process_takes_counts_ahead_and_hands_them_out_in_order(redis_client):
+    counts = SpiedCounts(redis_client)
+    leases, key = Leases(counts), f"leased-{uuid.uuid4().hex}"
+    got = [leases.count(key, 60, 10**6) for _ in range(200)]
+    assert [count for count, _ in got] == list(range(1, 201))
+    assert all(0 < seconds <= 60 for _, seconds in got)
+    # One count, then twice as many each call, up to LEASE_MOST: far fewer calls than counts.
+    assert counts.takes[:7] == [1, 2, 4, 8, 16, 32, 64]
+    assert max(counts.takes) == LEASE_MOST
+    assert sum(counts.takes) == int(redis_client.get(key)) < 200 + LEASE_MOST
+    redis_client.delete(key)
+
+
+def test_a_process_that_sees_a_key_seldom_takes_one_count_at_a_time(redis_client, monkeypatch):
+    monkeypatch.setattr(ratelimits, "LEASE_BUSY_SECONDS", 0.0)
+    counts = SpiedCounts(redis_client)
+    leases, key = Leases(counts), f"seldom-{uuid.uuid4().hex}"
+    assert [leases.count(key, 60, 1000)[0] for _ in range(5)] == [1, 2, 3, 4, 5]
+    assert counts.takes == [1] * 5
+    redis_client.delete(key)
+
+
+def test_near_the_limit_a_process_takes_one_count_then_refuses_without_asking(redis_client):
+    counts = SpiedCounts(redis_client)
+    leases, key = Leases(counts), f"near-{uuid.uuid4().hex}"
+    got = [leases.count(key, 1, 40)[0] for _ in range(45)]
+    assert got[:40] == list(range(1, 41))
+    assert all(count > 40 for count in got[40:])
+    # Never more than a sixteenth of what was left, so Redis counted exactly the limit; the
+    # refusals after it asked nothing.
+    assert int(redis_client.get(key)) == 40 == sum(counts.takes)
+    assert counts.takes[-1] == 1 and len(counts.takes) < 40
+    calls = len(counts.takes)
+    time.sleep(1.1)  # the window ends: the next count asks again and starts the new one
+    assert leases.count(key, 1, 40)[0] == 1
+    assert len(counts.takes) == calls + 1
+    redis_client.delete(key)
+
+
+def test_processes_taking_counts_ahead_never_let_more_than_the_limit_through(redis_client):
+    """Every count up to the limit that Redis gave out is either handed to a request or still
+    held by a process: none is handed out twice, and none past the limit."""
+    key, limit = f"shared-{uuid.uuid4().hex}", 300
+    processes = [Leases(RedisCounts(redis_client)) for _ in range(2)]
+    handed: list[int] = []
+
+    def requests(leases: Leases) -> None:
+        for _ in range(250):
+            handed.append(leases.count(key, 60, limit)[0])
+
+    threads = [threading.Thread(target=requests, args=(p,)) for p in processes for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    allowed = sorted(count for count in handed if count <= limit)
+    held = sorted(count for p in processes for lease in p._leases.values() for count in lease.free)
+    assert len(set(allowed)) == len(allowed)  # no count handed out twice
+    assert sorted(allowed + held) == list(range(1, limit + 1))
+    assert len(handed) == 2000 and len(allowed) >= limit - 2 * LEASE_MOST
+    redis_client.delete(key)
