@@ -65,14 +65,14 @@ COPY_TYPES = ("varchar", "varchar", "timestamptz", "timestamptz", "jsonb", "varc
 NAMES = ("play", "stop", "pause", "skip", "purchase")
 
 
-def generate(count: int, seed: int = 7) -> list[dict]:
-    """Events as clients send them: 1000 users, five names, the last 20 days."""
+def generate(count: int, seed: int = 7, users: int = 1000) -> list[dict]:
+    """Events as clients send them: ``users`` users, five names, the last 20 days."""
     rng = random.Random(seed)
     now = datetime.now(UTC).replace(microsecond=0)
     return [
         {
             "event": rng.choice(NAMES),
-            "user_id": f"user{rng.randrange(1000)}",
+            "user_id": f"user{rng.randrange(users)}",
             "timestamp": (now - timedelta(seconds=rng.randrange(20 * 86400)))
             .isoformat()
             .replace("+00:00", "Z"),

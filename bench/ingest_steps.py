@@ -1,7 +1,7 @@
 """Where an imported event's time goes: each step of the import path, one after the other.
 
     .venv/bin/python bench/ingest_steps.py [--events 30000] [--chunk 1000] [--rounds 3]
-                                           [--no-postgres]
+                                           [--users 1000] [--no-postgres]
 
 In this process, on a fresh migrated database of each backend, the same generated events as
 bench/ingest.py (NDJSON lines) go through the import's steps serially, chunk by chunk:
@@ -123,10 +123,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    # Fewer users, longer histories: each chunk then lands all over each user's history.
+    parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
 
-    events = generate(args.events)
+    events = generate(args.events, users=args.users)
     lines = "".join(json.dumps(event) + "\n" for event in events).encode()
     backends = [("SQLite", scratch_sqlite)]
     if not args.no_postgres:
