@@ -190,16 +190,18 @@ class Leases:
         first = highest - take + 1  # this request's; the rest, up to the limit, are kept
         kept = range(first + 1, min(highest, limit) + 1)
         with self._lock:
+            # Concurrent calls answer in any order. One of the window held (it ends when that
+            # one ends; the next ends a window later) adds its counts; one of a later window
+            # starts a lease; one of a window already replaced lapses with it.
             lease = self._leases.get(key)
-            # The same window: it ends when the one held ends (a new one ends a window later),
-            # and counts only grow within it.
-            if lease is not None and abs(ends - lease.ends) < 0.5 and highest > lease.highest:
-                lease.free.extend(kept)
-                lease.free.sort(reverse=True)
-                lease.highest, lease.size, lease.taken_at = highest, take, now
-            else:
+            if lease is None or ends > lease.ends + 0.5:
                 self._leases[key] = _Lease(ends, sorted(kept, reverse=True), highest, take, now)
                 self._prune(now)
+            elif ends > lease.ends - 0.5:
+                lease.free.extend(kept)
+                lease.free.sort(reverse=True)
+                lease.highest = max(lease.highest, highest)
+                lease.size, lease.taken_at = take, now
         return first, ends - now
 
     def _prune(self, now: float) -> None:

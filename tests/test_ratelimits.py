@@ -12,7 +12,7 @@ import redis
 
 from analytics import ratelimits
 from analytics.ratelimits import LEASE_MOST, Leases, RedisCounts
-from tests.helpers import assert_error, bearer, count_events, create_key, free_port
+from tests.helpers import assert_error, bearer, count_events, create_key, free_port, wait_for
 
 METRICS = "/metrics?start_date=2025-01-01&end_date=2025-01-31"
 EVENT = {"event": "play", "user_id": "u1", "timestamp": "2025-01-02T10:00:00Z"}
@@ -261,6 +261,65 @@ class SpiedCounts(RedisCounts):
     def count(self, key, window, take=1):
         self.takes.append(take)
         return super().count(key, window, take)
+
+
+class ScriptedCounts:
+    """Answers Leases' calls, in call order, with (highest count, ms left); an answer given as
+    (an Event, the answer) is held back until the Event is set, so answers come back out of
+    order."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.takes: list[int] = []
+
+    def count(self, key, window, take=1):
+        self.takes.append(take)
+        answer = self.answers.pop(0)
+        if isinstance(answer[0], threading.Event):
+            assert answer[0].wait(5)
+            answer = answer[1]
+        return answer
+
+
+def answered_late(leases: Leases, counts: ScriptedCounts) -> tuple[threading.Thread, list]:
+    """A count in a thread of its own, returned once its call to Redis is made."""
+    got: list = []
+    calls = len(counts.takes)
+    thread = threading.Thread(target=lambda: got.append(leases.count("k", 60, 1000)[0]))
+    thread.start()
+    wait_for(lambda: len(counts.takes) > calls, timeout=5, interval=0.005)
+    return thread, got
+
+
+def test_counts_answered_out_of_order_in_one_window_are_all_kept():
+    # Two calls of one window in flight: the later one (counts 4-5) answers first, then the
+    # earlier one (2-3). Both calls' spare counts, 3 and 5, stay held and are handed out
+    # without asking again.
+    gate = threading.Event()
+    counts = ScriptedCounts((1, 60_000), (gate, (3, 60_000)), (5, 60_000))
+    leases = Leases(counts)
+    assert leases.count("k", 60, 1000)[0] == 1
+    thread, got = answered_late(leases, counts)
+    assert leases.count("k", 60, 1000)[0] == 4
+    gate.set()
+    thread.join(5)
+    assert got == [2]
+    assert [leases.count("k", 60, 1000)[0] for _ in range(2)] == [3, 5]
+    assert counts.takes == [1, 2, 2]
+
+
+def test_an_answer_from_a_window_already_over_does_not_replace_the_current_one():
+    gate = threading.Event()
+    counts = ScriptedCounts((gate, (7, 10)), (1, 60_000), (3, 60_000))
+    leases = Leases(counts)
+    thread, got = answered_late(leases, counts)  # answered after its window ended
+    assert leases.count("k", 60, 1000)[0] == 1  # the next window
+    assert leases.count("k", 60, 1000)[0] == 2  # busy: it takes 2-3 and keeps 3
+    gate.set()
+    thread.join(5)
+    assert got == [7]
+    assert leases.count("k", 60, 1000)[0] == 3  # still held: no call to Redis
+    assert len(counts.takes) == 3
 
 
 @pytest.fixture
