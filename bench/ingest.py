@@ -26,7 +26,11 @@ first instead, as a live stream or an export (GET /events) delivers them:
   driver reaches when nothing is durable until the end.
 
 Prints each round, then the median events/s of each path and the median over rounds of its
-ratio to raw in the same round. Every stored row is counted after each run; a run that stores
+ratio to raw in the same round, and beside them the CPU each path spent an event: in the
+application (the gunicorn workers for batch, the import's process, the driver in this process
+for raw; on SQLite the database's work is done there too) and in the PostgreSQL server (its
+processes, from ``/proc``), with raw's total ÷ the path's: what the path costs the machine,
+whatever else its other guests run. Every stored row is counted after each run; a run that stores
 fewer rows than it was given fails the benchmark.
 """
 
@@ -36,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -58,7 +63,14 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from analytics.aggregates import REGISTRY  # noqa: E402
 from analytics.models import sqlite_timestamp  # noqa: E402
-from bench.support import ROOT, gunicorn, scratch_postgres, scratch_sqlite  # noqa: E402
+from bench.support import (  # noqa: E402
+    ROOT,
+    gunicorn,
+    pids_named,
+    scratch_postgres,
+    scratch_sqlite,
+    service_cpu_seconds,
+)
 
 COLUMNS = ("event", "user_id", "occurred_at", "received_at", "metadata", "event_id")
 COPY_TYPES = ("varchar", "varchar", "timestamptz", "timestamptz", "jsonb", "varchar")
@@ -245,8 +257,52 @@ def run_import(url: str, path: Path, batch: int) -> float:
     return elapsed
 
 
+class CPU:
+    """CPU seconds spent from ``start`` to ``stop`` by the application's processes of one path
+    (``app``: "self", "children" for processes that ended, or the pid of a live one, with
+    everything under it) and by the database server's processes."""
+
+    def __init__(self, app: str | int, server: bool):
+        self.app, self.server = app, server
+
+    def _now(self) -> tuple[float, float]:
+        if self.app == "self":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            app = usage.ru_utime + usage.ru_stime
+        elif self.app == "children":
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            app = usage.ru_utime + usage.ru_stime
+        else:
+            app = _settled(lambda: service_cpu_seconds([int(self.app)]))
+        # The server's processes as they are now: backends that ended are counted in their
+        # postmaster's children's time, new ones in full.
+        if not self.server:
+            return app, 0.0  # SQLite: the database works inside the application
+        server = _settled(lambda: service_cpu_seconds(pids_named("postgres")))
+        return app, server
+
+    def __enter__(self) -> CPU:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._now()
+        self.app_seconds, self.server_seconds = (b - a for a, b in zip(self.start, end))
+
+
+def _settled(read):
+    """``read()``, again if a process ended while it was being read."""
+    for _ in range(5):
+        try:
+            return read()
+        except FileNotFoundError:
+            continue
+    return read()
+
+
 def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, float]]:
-    """events/s of each path, per round."""
+    """events/s of each path, per round, and (keys ending in " cpu") its application's and its
+    server's CPU µs an event."""
     n = len(events)
     rows = driver_rows(events)
     bodies = [
@@ -260,9 +316,10 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
         empty_table(url)
 
     rounds = []
+    postgres = make_url(url).get_backend_name() == "postgresql"
     with (
         tempfile.TemporaryDirectory() as folder,
-        gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, _),
+        gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, server),
     ):
         path = Path(folder) / "events.ndjson"
         path.write_text("".join(json.dumps(e) + "\n" for e in events))
@@ -273,20 +330,32 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
         )
         empty_table(url)
         for number in range(1, args.rounds + 1):
-            seconds = {}
-            seconds["raw"] = raw(url, rows, args.batch)
+            seconds, cpu = {}, {}
+            with CPU("self", postgres) as cpu["raw"]:
+                seconds["raw"] = raw(url, rows, args.batch)
             check("raw")
-            seconds["batch"] = post_batches(base, bodies, args.clients) + settle(base)
+            with CPU(server.pid, postgres) as cpu["batch"]:
+                seconds["batch"] = post_batches(base, bodies, args.clients) + settle(base)
             check("batch")
-            seconds["import"] = run_import(url, path, args.batch) + settle(base)
+            with CPU("children", postgres) as cpu["import"], CPU(server.pid, postgres) as settling:
+                seconds["import"] = run_import(url, path, args.batch) + settle(base)
+            cpu["import"].app_seconds += settling.app_seconds  # the fold, in a worker
             check("import")
-            seconds["raw (one transaction)"] = raw(url, rows, n)
+            with CPU("self", postgres) as cpu["raw (one transaction)"]:
+                seconds["raw (one transaction)"] = raw(url, rows, n)
             check("raw, one transaction")
             rates = {label: n / value for label, value in seconds.items()}
+            for label, used in cpu.items():
+                rates[f"{label} cpu"] = (
+                    used.app_seconds / n * 1e6,
+                    used.server_seconds / n * 1e6,
+                )
             rounds.append(rates)
             print(
                 f"  {name} round {number}: "
-                + ", ".join(f"{label} {rate:,.0f}/s" for label, rate in rates.items()),
+                + ", ".join(
+                    f"{label} {seconds and n / seconds[label]:,.0f}/s" for label in seconds
+                ),
                 flush=True,
             )
     return rounds
@@ -323,12 +392,21 @@ def main() -> None:
             # Each round's ratio compares runs made minutes apart at most; the median of those
             # is steadier than the ratio of medians on a machine whose speed drifts.
             ratio = statistics.median(r[label] / r["raw"] for r in rounds)
-            table.append((name, label, rate, ratio))
+            app = statistics.median(r[f"{label} cpu"][0] for r in rounds)
+            server = statistics.median(r[f"{label} cpu"][1] for r in rounds)
+            by_cpu = statistics.median(sum(r["raw cpu"]) / sum(r[f"{label} cpu"]) for r in rounds)
+            table.append((name, label, rate, ratio, app, server, by_cpu))
     print()
-    print("| backend | path | events/s (median) | vs raw (median of rounds) |")
-    print("| --- | --- | ---: | ---: |")
-    for name, label, rate, ratio in table:
-        print(f"| {name} | {label} | {rate:,.0f} | {ratio:.0%} |")
+    print(
+        "| backend | path | events/s (median) | vs raw (median of rounds) "
+        "| CPU µs an event: application + server | vs raw by CPU |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, label, rate, ratio, app, server, by_cpu in table:
+        print(
+            f"| {name} | {label} | {rate:,.0f} | {ratio:.0%} "
+            f"| {app:.1f} + {server:.1f} | {by_cpu:.0%} |"
+        )
 
 
 if __name__ == "__main__":
