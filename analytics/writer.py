@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from analytics import dialects, folding
-from analytics.aggregates import REGISTRY, active_users
+from analytics.aggregates import REGISTRY, Aggregate, active_users
 from analytics.models import Event, table_of
 from analytics.rows import EventRow, StoredEvent
 
@@ -102,14 +102,35 @@ def _insert(conn: Connection, dialect: dialects.Dialect, rows: list[EventRow]) -
 def _tell_aggregates(
     conn: Connection, dialect: dialects.Dialect, events: list[StoredEvent], deleting: bool
 ) -> None:
-    """Every aggregate's locks for ``events``, in REGISTRY order and in one statement, then
-    each aggregate's hook, in the same transaction."""
-    dialect.take_locks(conn, [lock for a in REGISTRY for lock in a.locks(events, deleting)])
-    for aggregate in REGISTRY:
+    """Each aggregate's hook for ``events``, in the same transaction, in lock order."""
+
+    def hook(aggregate: Aggregate) -> None:
         if deleting:
             aggregate.on_delete(conn, events)
         else:
             aggregate.on_insert(conn, events)
+
+    _in_lock_order(conn, dialect, [(a, a.locks(events, deleting)) for a in REGISTRY], hook)
+
+
+def _in_lock_order(
+    conn: Connection,
+    dialect: dialects.Dialect,
+    needs: list[tuple[Aggregate, list[dialects.Lock]]],
+    run: Callable[[Aggregate], None],
+) -> None:
+    """``run`` each aggregate of ``needs`` (with the locks it needs): first those that need
+    none, then, once the others' locks are taken (in REGISTRY order, in one statement), the
+    others. Every transaction that writes aggregates takes what it takes in this order, so two
+    never wait for each other in a cycle; and a lock is held until the commit while writers of
+    its users wait, so as little as possible runs under it (docs/architecture.md)."""
+    for aggregate, locks in needs:
+        if not locks:
+            run(aggregate)
+    dialect.take_locks(conn, [lock for _, locks in needs for lock in locks])
+    for aggregate, locks in needs:
+        if locks:
+            run(aggregate)
 
 
 def delete_events(engine: Engine, ids: Select) -> int:
@@ -160,9 +181,12 @@ def fold_aggregates(engine: Engine, before_bucket: int) -> None:
     buckets before ``before_bucket``, in one short transaction."""
     dialect = dialects.of(engine)
     with dialect.writer_turn(engine), engine.begin() as conn:
-        dialect.take_locks(conn, [lock for a in REGISTRY for lock in a.fold_locks()])
-        for aggregate in REGISTRY:
-            aggregate.fold(conn, before_bucket)
+        _in_lock_order(
+            conn,
+            dialect,
+            [(a, a.fold_locks()) for a in REGISTRY],
+            lambda aggregate: aggregate.fold(conn, before_bucket),
+        )
 
 
 def fold_activity(engine: Engine, chunk: int | None = None) -> None:

@@ -1,16 +1,16 @@
 """Bulk ingest throughput: POST /track/batch and ``flask import`` beside the raw driver.
 
     .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
-                                     [--workers N] [--rounds 3] [--no-postgres]
+                                     [--workers N] [--rounds 3] [--no-postgres] [--no-sqlite]
                                      [--in-time-order]
 
-For each backend (SQLite, then PostgreSQL at BENCH_POSTGRES_URL unless --no-postgres), on a
-fresh database migrated with alembic (so the same table, constraint and indexes everywhere),
-the same generated events (each with an event_id, a past timestamp and a little metadata) are
-stored by each path in turn, the table emptied in between, for --rounds rounds. The events
-come in random order over the last 20 days (every batch touches hundreds of quarter-hour rows
-and repairs sessions in the middle of users' histories); --in-time-order sends them oldest
-first instead, as a live stream or an export (GET /events) delivers them:
+For each backend (SQLite unless --no-sqlite, then PostgreSQL at BENCH_POSTGRES_URL unless
+--no-postgres), on a fresh database migrated with alembic (so the same table, constraint and
+indexes everywhere), the same generated events (each with an event_id, a past timestamp and a
+little metadata) are stored by each path in turn, the table emptied in between, for --rounds
+rounds. The events come in random order over the last 20 days (every batch touches hundreds of
+quarter-hour rows and repairs sessions in the middle of users' histories); --in-time-order
+sends them oldest first instead, as a live stream or an export (GET /events) delivers them:
 
 - raw: the driver alone, with values already in the driver's types, in transactions of
   --batch rows (one COMMIT per 1000 rows, the durability unit of a batch request):
@@ -30,8 +30,10 @@ ratio to raw in the same round, and beside them the CPU each path spent an event
 application (the gunicorn workers for batch, the import's process, the driver in this process
 for raw; on SQLite the database's work is done there too) and in the PostgreSQL server (its
 processes, from ``/proc``), with raw's total ÷ the path's: what the path costs the machine,
-whatever else its other guests run. Every stored row is counted after each run; a run that stores
-fewer rows than it was given fails the benchmark.
+whatever else its other guests run. On PostgreSQL the batches' rows also give how many of the
+server's backends were waiting for a lock, on average (``pg_locks`` sampled every 20 ms): how
+much the concurrent batches wait for each other. Every stored row is counted after each run; a
+run that stores fewer rows than it was given fails the benchmark.
 """
 
 from __future__ import annotations
@@ -290,6 +292,39 @@ class CPU:
         self.app_seconds, self.server_seconds = (b - a for a, b in zip(self.start, end))
 
 
+class LockWaits:
+    """The mean number of PostgreSQL backends waiting for a lock while the block runs."""
+
+    def __init__(self, url: str | None):
+        self.url, self.mean = url, None
+
+    def __enter__(self) -> LockWaits:
+        if self.url is not None:
+            self.samples: list[int] = []
+            self.done = threading.Event()
+            self.thread = threading.Thread(target=self._sample)
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import psycopg
+
+        conninfo = (
+            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            while not self.done.is_set():
+                waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                self.samples.append(waiting.fetchone()[0])
+                time.sleep(0.02)
+
+    def __exit__(self, *exc) -> None:
+        if self.url is not None:
+            self.done.set()
+            self.thread.join()
+            self.mean = statistics.fmean(self.samples) if self.samples else 0.0
+
+
 def _settled(read):
     """``read()``, again if a process ended while it was being read."""
     for _ in range(5):
@@ -334,7 +369,7 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             with CPU("self", postgres) as cpu["raw"]:
                 seconds["raw"] = raw(url, rows, args.batch)
             check("raw")
-            with CPU(server.pid, postgres) as cpu["batch"]:
+            with CPU(server.pid, postgres) as cpu["batch"], LockWaits(postgres and url) as waits:
                 seconds["batch"] = post_batches(base, bodies, args.clients) + settle(base)
             check("batch")
             with CPU("children", postgres) as cpu["import"], CPU(server.pid, postgres) as settling:
@@ -345,6 +380,7 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
                 seconds["raw (one transaction)"] = raw(url, rows, n)
             check("raw, one transaction")
             rates = {label: n / value for label, value in seconds.items()}
+            rates["batch waiting"] = waits.mean
             for label, used in cpu.items():
                 rates[f"{label} cpu"] = (
                     used.app_seconds / n * 1e6,
@@ -369,13 +405,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--in-time-order", action="store_true")
     args = parser.parse_args()
 
     events = generate(args.events)
     if args.in_time_order:
         events.sort(key=lambda e: e["timestamp"])  # one ISO format throughout: sorts as text
-    backends = [("SQLite", scratch_sqlite)]
+    backends = [] if args.no_sqlite else [("SQLite", scratch_sqlite)]
     if not args.no_postgres:
         backends.append(("PostgreSQL", scratch_postgres))
     print(
@@ -395,17 +432,21 @@ def main() -> None:
             app = statistics.median(r[f"{label} cpu"][0] for r in rounds)
             server = statistics.median(r[f"{label} cpu"][1] for r in rounds)
             by_cpu = statistics.median(sum(r["raw cpu"]) / sum(r[f"{label} cpu"]) for r in rounds)
-            table.append((name, label, rate, ratio, app, server, by_cpu))
+            waiting = None
+            if label == "batch" and rounds[0]["batch waiting"] is not None:
+                waiting = statistics.median(r["batch waiting"] for r in rounds)
+            table.append((name, label, rate, ratio, app, server, by_cpu, waiting))
     print()
     print(
         "| backend | path | events/s (median) | vs raw (median of rounds) "
-        "| CPU µs an event: application + server | vs raw by CPU |"
+        "| CPU µs an event: application + server | vs raw by CPU | backends waiting for a lock |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for name, label, rate, ratio, app, server, by_cpu in table:
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, label, rate, ratio, app, server, by_cpu, waiting in table:
         print(
             f"| {name} | {label} | {rate:,.0f} | {ratio:.0%} "
-            f"| {app:.1f} + {server:.1f} | {by_cpu:.0%} |"
+            f"| {app:.1f} + {server:.1f} | {by_cpu:.0%} "
+            f"| {'' if waiting is None else f'{waiting:.2f}'} |"
         )
 
 

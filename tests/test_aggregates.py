@@ -26,6 +26,7 @@ from analytics.models import (
     sqlite_timestamp,
 )
 from analytics.periods import bucket_of
+from analytics.rows import EventRow
 from tests.helpers import aggregates, assert_exact, rebuilt
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -242,7 +243,6 @@ def test_a_fold_holds_back_other_folds_but_no_writer(backend, database_url, monk
 
     from analytics.aggregates import active_users
     from analytics.db import make_engine
-    from analytics.rows import EventRow
 
     monkeypatch.setattr(active_users, "folds_log", lambda ids: False)
     engine = make_engine(database_url, lock_wait_ms=30000)
@@ -295,7 +295,6 @@ def test_deletes_beside_writers_of_other_users_never_wait_in_a_cycle(
     if backend != "postgresql":
         pytest.skip("SQLite serialises writers")
     from analytics.db import make_engine
-    from analytics.rows import EventRow
 
     retried = []
     monkeypatch.setattr(writer, "is_retryable", lambda exc: retried.append(exc) or True)
@@ -578,6 +577,54 @@ def test_a_registered_aggregate_hears_of_every_write_path(
     assert_exact(engine)
 
 
+class _LockFree(RecordingAggregate):
+    """Needs no lock for anything, as the event counts."""
+
+    name = "lock free"
+
+    def locks(self, events, deleting):
+        super().locks(events, deleting)
+        return []
+
+    def fold_locks(self):
+        super().fold_locks()
+        return []
+
+
+def test_aggregates_that_need_no_lock_write_before_any_lock_is_taken(engine, monkeypatch):
+    # Locks are held to the commit and concurrent batches share users: what needs none must
+    # not run under them. And every path takes in one order (no cycles): lock-free rows,
+    # then the locks, then the rest.
+    order: list[str] = []
+    free, locked = _LockFree(), RecordingAggregate()
+    for aggregate, name in ((free, "free"), (locked, "locked")):
+        for hook in ("on_insert", "on_delete", "fold"):
+            monkeypatch.setattr(aggregate, hook, _noting(order, f"{name} {hook}"))
+    monkeypatch.setattr(writer, "REGISTRY", (locked, free))  # the locked one listed first
+    dialect = dialects.of(engine)
+    monkeypatch.setattr(
+        dialect, "take_locks", lambda conn, locks: order.append(f"take {len(locks)} lock(s)")
+    )
+    with Session(engine) as session:
+        writer.store_events(session, [EventRow("play", "u", START, START, "null")])
+    assert order == ["free on_insert", "take 1 lock(s)", "locked on_insert"]
+
+    order.clear()
+    assert writer.delete_events(engine, select(Event.id)) == 1
+    assert order == ["free on_delete", "take 1 lock(s)", "locked on_delete"]
+
+    order.clear()
+    writer.fold_aggregates(engine, bucket_of(START) + 1)
+    assert order == ["free fold", "take 1 lock(s)", "locked fold"]
+
+
+def _noting(order: list[str], name: str):
+    def hook(*args):
+        order.append(name)
+
+    return hook
+
+
 def test_the_sessions_table_holds_each_pairing(client, engine):
     # play, play, stop, stop: one session, from the second play to the first stop.
     for name, second in (("play", 0), ("play", 5), ("stop", 9), ("stop", 20)):
@@ -618,8 +665,6 @@ def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(
 ):
     # Two writer threads (shards 1 and 2) write the same buckets.
     import threading
-
-    from analytics.rows import EventRow
 
     writer_thread = {"id": 1}
     monkeypatch.setattr(threading, "get_native_id", lambda: writer_thread["id"])

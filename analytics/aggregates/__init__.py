@@ -31,8 +31,9 @@ class Aggregate(Protocol):
 
     def locks(self, events: Sequence[StoredEvent], deleting: bool) -> list[Lock]:
         """What must be held before ``on_insert`` (or, ``deleting``, ``on_delete``) of
-        ``events`` runs, in the order to take them. The writer takes every aggregate's locks,
-        in REGISTRY order, in one statement before calling any hook."""
+        ``events`` runs, in the order to take them. The writer first calls the hooks of the
+        aggregates that return none (their writes must need no lock: additions, say), then
+        takes the others' locks, in REGISTRY order, in one statement, then calls their hooks."""
 
     def on_insert(self, conn: Connection, events: Sequence[StoredEvent]) -> None:
         """``events`` were just inserted in this transaction (already in the table)."""
