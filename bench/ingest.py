@@ -299,7 +299,7 @@ class LockWaits:
         self.url, self.mean = url, None
 
     def __enter__(self) -> LockWaits:
-        if self.url is not None:
+        if self.url:
             self.samples: list[int] = []
             self.done = threading.Event()
             self.thread = threading.Thread(target=self._sample)
@@ -319,7 +319,7 @@ class LockWaits:
                 time.sleep(0.02)
 
     def __exit__(self, *exc) -> None:
-        if self.url is not None:
+        if self.url:
             self.done.set()
             self.thread.join()
             self.mean = statistics.fmean(self.samples) if self.samples else 0.0
