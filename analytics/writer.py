@@ -7,7 +7,8 @@ One function per direction:
   transaction that lost a race is run again;
 - ``delete_events``: delete the events a query selects, let every aggregate see them, commit;
   a transaction that lost a race is run again;
-- ``fold_aggregates``: let every aggregate merge the rows concurrent writers spread out;
+- ``fold_aggregates``: let every aggregate merge the rows concurrent writers spread out; a
+  transaction that lost a race is run again;
 - ``fold_activity``: move the active users' log into their bitmaps, before a read of them;
 - ``rebuild_aggregates``: recompute every aggregate from the events.
 
@@ -180,13 +181,18 @@ def fold_aggregates(engine: Engine, before_bucket: int) -> None:
     """Let every aggregate merge what concurrent writers spread over several rows, for the
     buckets before ``before_bucket``, in one short transaction."""
     dialect = dialects.of(engine)
-    with dialect.writer_turn(engine), engine.begin() as conn:
-        _in_lock_order(
-            conn,
-            dialect,
-            [(a, a.fold_locks()) for a in REGISTRY],
-            lambda aggregate: aggregate.fold(conn, before_bucket),
-        )
+
+    def transaction() -> None:
+        with dialect.writer_turn(engine), engine.begin() as conn:
+            _in_lock_order(
+                conn,
+                dialect,
+                [(a, a.fold_locks()) for a in REGISTRY],
+                lambda aggregate: aggregate.fold(conn, before_bucket),
+            )
+
+    # The fold moves rows that writers and deleters add to, in another order than theirs.
+    _run_again_if_it_lost_a_race(transaction)
 
 
 def fold_activity(engine: Engine, chunk: int | None = None) -> None:

@@ -701,6 +701,29 @@ def test_folding_merges_the_shards_of_past_buckets_and_keeps_the_totals(
     assert aggregates(engine) == before
 
 
+def test_a_fold_that_lost_a_race_is_run_again_whole(engine, monkeypatch):
+    """A fold deletes rows of several shards while a writer or deleter adds to one in key
+    order; when the database aborts it for waiting in a cycle, it is run again."""
+    from sqlalchemy.exc import DBAPIError
+
+    class LostARace(Exception):
+        sqlstate = "40P01"
+
+    class LosesTheFirstRace(RecordingAggregate):
+        def fold(self, conn, before_bucket):
+            super().fold(conn, before_bucket)
+            if self.folds == 1:
+                raise DBAPIError("DELETE", {}, LostARace())
+
+    recorder = LosesTheFirstRace()
+    monkeypatch.setattr(writer, "REGISTRY", (*registry_module.REGISTRY, recorder))
+    with Session(engine) as session:
+        writer.store_events(session, [EventRow("play", "u", START, START, "null")])
+    writer.fold_aggregates(engine, bucket_of(START) + 1)
+    assert recorder.folds == 2
+    assert aggregates(engine) == rebuilt(engine)
+
+
 def test_a_delete_that_lost_a_race_is_run_again_whole(client, engine, monkeypatch):
     """The database aborts a delete that waited in a cycle: it is run again from the start,
     and the aggregates lose the events once."""
