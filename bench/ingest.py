@@ -260,9 +260,9 @@ def run_import(url: str, path: Path, batch: int) -> float:
 
 
 class CPU:
-    """CPU seconds spent from ``start`` to ``stop`` by the application's processes of one path
+    """CPU seconds spent while the block runs by the application's processes of one path
     (``app``: "self", "children" for processes that ended, or the pid of a live one, with
-    everything under it) and by the database server's processes."""
+    everything under it) and, when ``server``, by PostgreSQL's processes."""
 
     def __init__(self, app: str | int, server: bool):
         self.app, self.server = app, server
@@ -276,10 +276,10 @@ class CPU:
             app = usage.ru_utime + usage.ru_stime
         else:
             app = _settled(lambda: service_cpu_seconds([int(self.app)]))
-        # The server's processes as they are now: backends that ended are counted in their
-        # postmaster's children's time, new ones in full.
         if not self.server:
             return app, 0.0  # SQLite: the database works inside the application
+        # The server's processes as they are now: backends that ended are counted in their
+        # postmaster's children's time, new ones in full.
         server = _settled(lambda: service_cpu_seconds(pids_named("postgres")))
         return app, server
 
@@ -296,10 +296,11 @@ class LockWaits:
     """The mean number of PostgreSQL backends waiting for a lock while the block runs."""
 
     def __init__(self, url: str | None):
-        self.url, self.mean = url, None
+        self.url: str | None = url
+        self.mean: float | None = None
 
     def __enter__(self) -> LockWaits:
-        if self.url:
+        if self.url is not None:
             self.samples: list[int] = []
             self.done = threading.Event()
             self.thread = threading.Thread(target=self._sample)
@@ -319,10 +320,12 @@ class LockWaits:
                 time.sleep(0.02)
 
     def __exit__(self, *exc) -> None:
-        if self.url:
+        if self.url is not None:
             self.done.set()
             self.thread.join()
-            self.mean = statistics.fmean(self.samples) if self.samples else 0.0
+            if not self.samples:  # the sampler failed (its error is printed): no figure
+                raise RuntimeError("no lock waits were sampled")
+            self.mean = statistics.fmean(self.samples)
 
 
 def _settled(read):
@@ -369,7 +372,10 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             with CPU("self", postgres) as cpu["raw"]:
                 seconds["raw"] = raw(url, rows, args.batch)
             check("raw")
-            with CPU(server.pid, postgres) as cpu["batch"], LockWaits(postgres and url) as waits:
+            with (
+                CPU(server.pid, postgres) as cpu["batch"],
+                LockWaits(url if postgres else None) as waits,
+            ):
                 seconds["batch"] = post_batches(base, bodies, args.clients) + settle(base)
             check("batch")
             with CPU("children", postgres) as cpu["import"], CPU(server.pid, postgres) as settling:
