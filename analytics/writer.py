@@ -122,9 +122,7 @@ def _in_lock_order(
 ) -> None:
     """``run`` each aggregate of ``needs`` (with the locks it needs): first those that need
     none, then, once the others' locks are taken (in REGISTRY order, in one statement), the
-    others. Every transaction that writes aggregates takes what it takes in this order, so two
-    never wait for each other in a cycle; and a lock is held until the commit while writers of
-    its users wait, so as little as possible runs under it (docs/architecture.md)."""
+    others. Why this order: docs/architecture.md, "Lock order"."""
     for aggregate, locks in needs:
         if not locks:
             run(aggregate)

@@ -395,9 +395,7 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             rounds.append(rates)
             print(
                 f"  {name} round {number}: "
-                + ", ".join(
-                    f"{label} {seconds and n / seconds[label]:,.0f}/s" for label in seconds
-                ),
+                + ", ".join(f"{label} {n / took:,.0f}/s" for label, took in seconds.items()),
                 flush=True,
             )
     return rounds

@@ -593,8 +593,8 @@ class _LockFree(RecordingAggregate):
 
 def test_aggregates_that_need_no_lock_write_before_any_lock_is_taken(engine, monkeypatch):
     # Locks are held to the commit and concurrent batches share users: what needs none must
-    # not run under them. And every path takes in one order (no cycles): lock-free rows,
-    # then the locks, then the rest.
+    # not run under them. Writes, deletes and folds all take lock-free rows, then the locks,
+    # then the rest.
     order: list[str] = []
     free, locked = _LockFree(), RecordingAggregate()
     for aggregate, name in ((free, "free"), (locked, "locked")):
