@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
                                      [--workers N] [--rounds 3] [--no-postgres] [--no-sqlite]
-                                     [--in-time-order]
+                                     [--in-time-order] [--without-aggregates]
 
 For each backend (SQLite unless --no-sqlite, then PostgreSQL at BENCH_POSTGRES_URL unless
 --no-postgres), on a fresh database migrated with alembic (so the same table, constraint and
@@ -22,6 +22,10 @@ sends them oldest first instead, as a live stream or an export (GET /events) del
   sees it (process start-up included);
 - batch and import each end with a GET /active-users, in their time, which folds what they left
   in the active users' log (docs/architecture.md);
+- with --without-aggregates, batch (no aggregates): the same batches to a second server
+  (bench/app_without.py) with every aggregate of the registry taken out, whose answers are
+  wrong: what parsing, checking and inserting alone reach, a ceiling that no design of the
+  aggregates can pass;
 - raw (one transaction): raw again with a single COMMIT at the end, for reference: what the
   driver reaches when nothing is durable until the end.
 
@@ -39,6 +43,7 @@ run that stores fewer rows than it was given fails the benchmark.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -355,18 +360,34 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
 
     rounds = []
     postgres = make_url(url).get_backend_name() == "postgresql"
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers) as (base, server),
-    ):
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(tempfile.TemporaryDirectory())
+        servers = {
+            "batch": stack.enter_context(
+                gunicorn("wsgi:app", env={"DATABASE_URL": url}, workers=args.workers)
+            )
+        }
+        if args.without_aggregates:
+            everything = ",".join(aggregate.name for aggregate in REGISTRY)
+            servers["batch (no aggregates)"] = stack.enter_context(
+                gunicorn(
+                    "bench.app_without:app",
+                    env={"DATABASE_URL": url, "BENCH_WITHOUT": everything},
+                    workers=args.workers,
+                )
+            )
         path = Path(folder) / "events.ndjson"
         path.write_text("".join(json.dumps(e) + "\n" for e in events))
         # Warm-up: every worker imported, connected and through its first request before the
         # clock starts (the warm-up events are removed again).
-        post_batches(
-            base, [json.dumps({"events": events[:1]}).encode()] * 4 * args.clients, args.clients
-        )
+        for base, _ in servers.values():
+            post_batches(
+                base,
+                [json.dumps({"events": events[:1]}).encode()] * 4 * args.clients,
+                args.clients,
+            )
         empty_table(url)
+        base, server = servers["batch"]
         for number in range(1, args.rounds + 1):
             seconds, cpu = {}, {}
             with CPU("self", postgres) as cpu["raw"]:
@@ -378,6 +399,12 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             ):
                 seconds["batch"] = post_batches(base, bodies, args.clients) + settle(base)
             check("batch")
+            if "batch (no aggregates)" in servers:
+                label = "batch (no aggregates)"
+                bare, bare_server = servers[label]
+                with CPU(bare_server.pid, postgres) as cpu[label]:
+                    seconds[label] = post_batches(bare, bodies, args.clients)
+                check(label)
             with CPU("children", postgres) as cpu["import"], CPU(server.pid, postgres) as settling:
                 seconds["import"] = run_import(url, path, args.batch) + settle(base)
             cpu["import"].app_seconds += settling.app_seconds  # the fold, in a worker
@@ -411,6 +438,7 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--in-time-order", action="store_true")
+    parser.add_argument("--without-aggregates", action="store_true")
     args = parser.parse_args()
 
     events = generate(args.events)
@@ -428,7 +456,9 @@ def main() -> None:
     for name, scratch in backends:
         with scratch() as url:
             rounds = measure(name, url, events, args)
-        for label in ("raw", "batch", "import", "raw (one transaction)"):
+        for label in rounds[0]:
+            if label.endswith((" cpu", " waiting")):
+                continue
             rate = statistics.median(r[label] for r in rounds)
             # Each round's ratio compares runs made minutes apart at most; the median of those
             # is steadier than the ratio of medians on a machine whose speed drifts.
