@@ -3,6 +3,7 @@
     .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
                                      [--workers N] [--rounds 3] [--no-postgres] [--no-sqlite]
                                      [--in-time-order] [--without-aggregates]
+                                     [--statements]
 
 For each backend (SQLite unless --no-sqlite, then PostgreSQL at BENCH_POSTGRES_URL unless
 --no-postgres), on a fresh database migrated with alembic (so the same table, constraint and
@@ -36,8 +37,11 @@ for raw; on SQLite the database's work is done there too) and in the PostgreSQL 
 processes, from ``/proc``), with raw's total ÷ the path's: what the path costs the machine,
 whatever else its other guests run. On PostgreSQL the batches' rows also give how many of the
 server's backends were waiting for a lock, on average (``pg_locks`` sampled every 20 ms): how
-much the concurrent batches wait for each other. Every stored row is counted after each run; a
-run that stores fewer rows than it was given fails the benchmark.
+much the concurrent batches wait for each other. With --statements, the batches' statements on
+PostgreSQL are listed too, each with its time in the server an event (``pg_stat_statements``,
+which the server must preload: ``shared_preload_libraries = 'pg_stat_statements'``): the
+time each spends under the load of the others, lock waits included. Every stored row is
+counted after each run; a run that stores fewer rows than it was given fails the benchmark.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import resource
 import sqlite3
 import statistics
@@ -297,6 +302,57 @@ class CPU:
         self.app_seconds, self.server_seconds = (b - a for a, b in zip(self.start, end))
 
 
+class Statements:
+    """The time PostgreSQL spent in each statement while the block runs, by its text
+    (``pg_stat_statements``, reset on entry), in the scratch database only."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+        self.seconds: dict[str, float] = {}
+
+    def _connect(self):
+        import psycopg
+
+        conninfo = (
+            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        return psycopg.connect(conninfo, autocommit=True)
+
+    def __enter__(self) -> Statements:
+        if self.url is not None:
+            with self._connect() as conn:
+                try:
+                    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                    conn.execute("SELECT pg_stat_statements_reset()")
+                except Exception as exc:
+                    raise RuntimeError(
+                        "--statements needs pg_stat_statements in the server's "
+                        f"shared_preload_libraries: {exc}"
+                    ) from exc
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.url is None:
+            return
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT regexp_replace(query, '\\s+', ' ', 'g'), sum(total_exec_time) "
+                "FROM pg_stat_statements WHERE dbid = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) GROUP BY 1"
+            ).fetchall()
+        for query, milliseconds in rows:
+            if "pg_locks" in query or "pg_stat_statements" in query:
+                continue  # this script's own
+            # Named by their start and, where a CTE comes first, the table they write; those
+            # that differ only in a temporary table (one per connection) count as one.
+            query = query.strip()
+            writes = re.search(r"\b(INSERT INTO|DELETE FROM|UPDATE) \w+", query)
+            key = query[:60]
+            if writes is not None and writes.start() >= 60:
+                key = f"{query[:40]} … {writes.group(0)}"
+            self.seconds[key] = self.seconds.get(key, 0.0) + milliseconds / 1000
+
+
 class LockWaits:
     """The mean number of PostgreSQL backends waiting for a lock while the block runs."""
 
@@ -396,6 +452,7 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             with (
                 CPU(server.pid, postgres) as cpu["batch"],
                 LockWaits(url if postgres else None) as waits,
+                Statements(url if postgres and args.statements else None) as statements,
             ):
                 seconds["batch"] = post_batches(base, bodies, args.clients) + settle(base)
             check("batch")
@@ -414,6 +471,9 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
             check("raw, one transaction")
             rates = {label: n / value for label, value in seconds.items()}
             rates["batch waiting"] = waits.mean
+            rates["batch statements"] = {
+                key: sec / n * 1e6 for key, sec in statements.seconds.items()
+            }
             for label, used in cpu.items():
                 rates[f"{label} cpu"] = (
                     used.app_seconds / n * 1e6,
@@ -439,6 +499,7 @@ def main() -> None:
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--in-time-order", action="store_true")
     parser.add_argument("--without-aggregates", action="store_true")
+    parser.add_argument("--statements", action="store_true")
     args = parser.parse_args()
 
     events = generate(args.events)
@@ -452,12 +513,12 @@ def main() -> None:
         f"clients, {args.rounds} rounds, {os.cpu_count()} CPUs, "
         + ("in time order" if args.in_time_order else "in random order")
     )
-    table = []
+    table, statements = [], []
     for name, scratch in backends:
         with scratch() as url:
             rounds = measure(name, url, events, args)
         for label in rounds[0]:
-            if label.endswith((" cpu", " waiting")):
+            if label.endswith((" cpu", " waiting", " statements")):
                 continue
             rate = statistics.median(r[label] for r in rounds)
             # Each round's ratio compares runs made minutes apart at most; the median of those
@@ -470,6 +531,13 @@ def main() -> None:
             if label == "batch" and rounds[0]["batch waiting"] is not None:
                 waiting = statistics.median(r["batch waiting"] for r in rounds)
             table.append((name, label, rate, ratio, app, server, by_cpu, waiting))
+        if rounds[0]["batch statements"]:
+            keys = {key for r in rounds for key in r["batch statements"]}
+            medians = {
+                key: statistics.median(r["batch statements"].get(key, 0.0) for r in rounds)
+                for key in keys
+            }
+            statements.append((name, sorted(medians.items(), key=lambda item: -item[1])[:10]))
     print()
     print(
         "| backend | path | events/s (median) | vs raw (median of rounds) "
@@ -482,6 +550,15 @@ def main() -> None:
             f"| {app:.1f} + {server:.1f} | {by_cpu:.0%} "
             f"| {'' if waiting is None else f'{waiting:.2f}'} |"
         )
+
+    for name, rows in statements:
+        print()
+        print(f"{name}, the batches' statements: server time an event (lock waits included)")
+        print()
+        print("| µs an event | statement |")
+        print("| ---: | --- |")
+        for key, micros in rows:
+            print(f"| {micros:.1f} | `{key}` |")
 
 
 if __name__ == "__main__":
