@@ -207,7 +207,9 @@ def fold_activity(engine: Engine, chunk: int | None = None) -> None:
 
 
 # This process's folding thread (analytics/folding.py).
-FOLDER = folding.Folder(lambda engine: fold_activity(engine, active_users.FOLD_CHUNK))
+FOLDER = folding.Folder(
+    lambda engine: fold_activity(engine, active_users.fold_chunk(dialects.of(engine)))
+)
 
 
 def rebuild_aggregates(engine: Engine) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from analytics import writer
+from analytics import dialects, writer
 from analytics.aggregates import active_users
 from analytics.aggregates.active_users import pieces
 from analytics.models import ActivityLog, Event, UserOrdinal
@@ -179,6 +179,32 @@ def test_the_folding_thread_folds_chunk_by_chunk_until_the_log_is_empty(client, 
         track(client, "view", f"2025-01-01T1{hour}:00:00Z", f"u{hour}")
     assert len(logged(engine)) == 5
     writer.fold_activity(engine, chunk=2)  # three transactions: 2, 2, then 1
+    assert logged(engine) == []
+    assert_exact(engine)
+
+
+def test_the_folding_thread_folds_a_wake_at_once_where_writers_never_wait_for_it(
+    client, engine, monkeypatch
+):
+    """SQLite's writers queue behind a fold's transaction: the thread moves FOLD_CHUNK pairs a
+    transaction there. PostgreSQL's do not, so it moves a wake's worth (2**FOLD_BITS)."""
+    for hour in range(5):
+        track(client, "view", f"2025-01-01T1{hour}:00:00Z", f"u{hour}")
+    assert len(logged(engine)) == 5
+    monkeypatch.setattr(active_users, "FOLD_CHUNK", 2)
+    monkeypatch.setattr(active_users, "FOLD_BITS", 2)
+    dialect = dialects.of(engine)
+    moved: list[int] = []
+    fold = type(dialect).fold_activity
+
+    def counted(self, conn, limit=None):
+        moved.append(fold(self, conn, limit))
+        return moved[-1]
+
+    monkeypatch.setattr(type(dialect), "fold_activity", counted)
+    writer.FOLDER.wake(engine)
+    assert writer.FOLDER.wait_idle(30)
+    assert moved == ([4, 1] if dialect.name == "postgresql" else [2, 2, 1])
     assert logged(engine) == []
     assert_exact(engine)
 

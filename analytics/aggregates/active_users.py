@@ -53,8 +53,8 @@ FOLD_LOCK = Lock(LOCK_SPACE, STRIPES, exclusive=True)
 # A write wakes its process's folding thread when one of its events' ids hashes to zero in this
 # many bits: about once every 2**FOLD_BITS events stored, however many writers there are.
 FOLD_BITS = 15
-# The folding thread moves this many pairs a transaction, so that writers wait for a chunk at
-# most (SQLite's writer turn), never for a whole fold.
+# Pairs the folding thread moves a transaction on a database that serialises writers (SQLite's
+# writer turn), so that writers wait for a chunk at most, never for a whole fold.
 FOLD_CHUNK = 4096
 
 _events = table_of(Event)
@@ -83,6 +83,14 @@ UserPiece = tuple[str, int, int]
 
 def _stripes(users: Iterable[str]) -> list[int]:
     return sorted({zlib.crc32(user_id.encode("utf-8")) % STRIPES for user_id in users})
+
+
+def fold_chunk(dialect: dialects.Dialect) -> int:
+    """Pairs the folding thread moves a transaction. Where writers wait for a fold (SQLite's
+    writer turn), FOLD_CHUNK; where they write beside it (PostgreSQL), a wake's worth: each
+    transaction rewrites every bitmap row its pairs touch, and pairs in random order touch most
+    of a fold's rows, so smaller transactions rewrite the same rows again (docs/decisions.md)."""
+    return 1 << FOLD_BITS if dialect.spreads_writers else FOLD_CHUNK
 
 
 def folds_log(ids: Iterable[int | None]) -> bool:
