@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingest.py [--events 100000] [--batch 1000] [--clients 4]
                                      [--workers N] [--rounds 3] [--no-postgres] [--no-sqlite]
                                      [--in-time-order] [--without-aggregates]
-                                     [--statements]
+                                     [--statements] [--analyze SECONDS]
 
 For each backend (SQLite unless --no-sqlite, then PostgreSQL at BENCH_POSTGRES_URL unless
 --no-postgres), on a fresh database migrated with alembic (so the same table, constraint and
@@ -40,7 +40,11 @@ server's backends were waiting for a lock, on average (``pg_locks`` sampled ever
 much the concurrent batches wait for each other. With --statements, the batches' statements on
 PostgreSQL are listed too, each with its time in the server an event (``pg_stat_statements``,
 which the server must preload: ``shared_preload_libraries = 'pg_stat_statements'``): the
-time each spends under the load of the others, lock waits included. Every stored row is
+time each spends under the load of the others, lock waits included. With --analyze, an
+``ANALYZE`` of the tables the sessions' repair reads runs every SECONDS during the batches on
+PostgreSQL, as autovacuum keeps a server in service analysed: without it, this script's fresh
+database is never analysed during a run, and each connection keeps the plans it made for the
+repair's statements while the tables were small. Every stored row is
 counted after each run; a run that stores fewer rows than it was given fails the benchmark.
 """
 
@@ -353,6 +357,36 @@ class Statements:
             self.seconds[key] = self.seconds.get(key, 0.0) + milliseconds / 1000
 
 
+class Analyzing:
+    """``ANALYZE`` of the tables the sessions' repair reads, every ``seconds`` while the block
+    runs (nothing when ``seconds`` is None)."""
+
+    def __init__(self, url: str | None, seconds: float | None):
+        self.url, self.seconds = url, seconds
+
+    def __enter__(self) -> Analyzing:
+        if self.url is not None and self.seconds:
+            self.done = threading.Event()
+            self.thread = threading.Thread(target=self._analyze)
+            self.thread.start()
+        return self
+
+    def _analyze(self) -> None:
+        import psycopg
+
+        conninfo = (
+            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            while not self.done.wait(self.seconds):
+                conn.execute("ANALYZE events, sessions")
+
+    def __exit__(self, *exc) -> None:
+        if self.url is not None and self.seconds:
+            self.done.set()
+            self.thread.join()
+
+
 class LockWaits:
     """The mean number of PostgreSQL backends waiting for a lock while the block runs."""
 
@@ -453,6 +487,7 @@ def measure(name: str, url: str, events: list[dict], args) -> list[dict[str, flo
                 CPU(server.pid, postgres) as cpu["batch"],
                 LockWaits(url if postgres else None) as waits,
                 Statements(url if postgres and args.statements else None) as statements,
+                Analyzing(url if postgres else None, args.analyze),
             ):
                 seconds["batch"] = post_batches(base, bodies, args.clients) + settle(base)
             check("batch")
@@ -500,6 +535,7 @@ def main() -> None:
     parser.add_argument("--in-time-order", action="store_true")
     parser.add_argument("--without-aggregates", action="store_true")
     parser.add_argument("--statements", action="store_true")
+    parser.add_argument("--analyze", type=float, default=None, metavar="SECONDS")
     args = parser.parse_args()
 
     events = generate(args.events)
