@@ -10,6 +10,8 @@ from datetime import date, timedelta
 
 from sqlalchemy.engine import make_url
 
+from bench.support import driver_conninfo
+
 FIRST_DAY = date(2025, 1, 1)
 OTHER_EVENTS = (
     "pause",
@@ -66,7 +68,7 @@ def load_postgres(url: str, rows) -> None:
     """
     import psycopg
 
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conninfo = driver_conninfo(url)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         with conn.cursor() as cursor:
             cursor.execute(

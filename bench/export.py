@@ -45,7 +45,13 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from analytics import writer  # noqa: E402
 from analytics.db import make_engine  # noqa: E402
 from bench.data import generate, load_postgres, load_sqlite  # noqa: E402
-from bench.support import gunicorn, scratch_postgres, scratch_sqlite, worker_rss_mb  # noqa: E402
+from bench.support import (  # noqa: E402
+    driver_conninfo,
+    gunicorn,
+    scratch_postgres,
+    scratch_sqlite,
+    worker_rss_mb,
+)
 from bench.track_http import run_wrk, run_wrk_during  # noqa: E402
 
 RATIO_MIN, GAP_MAX_S, RSS_GROWTH_MAX_MB = 0.5, 1.0, 50
@@ -92,7 +98,7 @@ def raw_dump(backend: str, url: str) -> tuple[int, float]:
     if backend == "postgresql":
         import psycopg
 
-        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        conninfo = driver_conninfo(url)
         newlines = 0
         with psycopg.connect(conninfo) as conn, conn.cursor() as cursor:
             with cursor.copy(f"COPY ({RAW_SELECT}) TO STDOUT (FORMAT csv)") as copy:

@@ -44,8 +44,8 @@ time each spends under the load of the others, lock waits included. With --analy
 ``ANALYZE`` of the tables the sessions' repair reads runs every SECONDS during the batches on
 PostgreSQL, as autovacuum keeps a server in service analysed: without it, this script's fresh
 database is never analysed during a run, and each connection keeps the plans it made for the
-repair's statements while the tables were small. Every stored row is
-counted after each run; a run that stores fewer rows than it was given fails the benchmark.
+repair's statements while the tables were small. Every stored row is counted after each run; a
+run that stores fewer rows than it was given fails the benchmark.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ from analytics.aggregates import REGISTRY  # noqa: E402
 from analytics.models import sqlite_timestamp  # noqa: E402
 from bench.support import (  # noqa: E402
     ROOT,
+    driver_conninfo,
     gunicorn,
     pids_named,
     scratch_postgres,
@@ -157,7 +158,7 @@ def empty_table(url: str) -> None:
 def raw_postgres(url: str, rows: list[tuple], batch: int) -> float:
     import psycopg
 
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = driver_conninfo(url)
     # Binary, as the app's own COPY: the rows are written in C and the server parses no text.
     statement = f"COPY events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
     with psycopg.connect(dsn) as conn:
@@ -317,9 +318,7 @@ class Statements:
     def _connect(self):
         import psycopg
 
-        conninfo = (
-            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        )
+        conninfo = driver_conninfo(self.url)
         return psycopg.connect(conninfo, autocommit=True)
 
     def __enter__(self) -> Statements:
@@ -374,9 +373,7 @@ class Analyzing:
     def _analyze(self) -> None:
         import psycopg
 
-        conninfo = (
-            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        )
+        conninfo = driver_conninfo(self.url)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             while not self.done.wait(self.seconds):
                 conn.execute("ANALYZE events, sessions")
@@ -405,9 +402,7 @@ class LockWaits:
     def _sample(self) -> None:
         import psycopg
 
-        conninfo = (
-            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
-        )
+        conninfo = driver_conninfo(self.url)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             while not self.done.is_set():
                 waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")

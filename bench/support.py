@@ -21,6 +21,11 @@ PG_SERVER_URL = os.environ.get(
 )
 
 
+def driver_conninfo(url: str) -> str:
+    """A PostgreSQL URL of SQLAlchemy's as psycopg's own ``connect`` takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def migrate(url: str) -> None:
     """alembic upgrade head on ``url``, as an operator would run it."""
     subprocess.run(
