@@ -356,63 +356,59 @@ class Statements:
             self.seconds[key] = self.seconds.get(key, 0.0) + milliseconds / 1000
 
 
-class Analyzing:
-    """``ANALYZE`` of the tables the sessions' repair reads, every ``seconds`` while the block
-    runs (nothing when ``seconds`` is None)."""
+class Repeating:
+    """``step`` on a PostgreSQL connection of its own, every ``seconds``, in a thread while the
+    block runs (nothing when ``url`` or ``seconds`` is None)."""
 
     def __init__(self, url: str | None, seconds: float | None):
         self.url, self.seconds = url, seconds
+        self.running = url is not None and bool(seconds)
 
-    def __enter__(self) -> Analyzing:
-        if self.url is not None and self.seconds:
+    def step(self, conn) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        if self.running:
             self.done = threading.Event()
-            self.thread = threading.Thread(target=self._analyze)
+            self.thread = threading.Thread(target=self._repeat)
             self.thread.start()
         return self
 
-    def _analyze(self) -> None:
+    def _repeat(self) -> None:
         import psycopg
 
-        conninfo = driver_conninfo(self.url)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        with psycopg.connect(driver_conninfo(self.url), autocommit=True) as conn:
             while not self.done.wait(self.seconds):
-                conn.execute("ANALYZE events, sessions")
+                self.step(conn)
 
     def __exit__(self, *exc) -> None:
-        if self.url is not None and self.seconds:
+        if self.running:
             self.done.set()
             self.thread.join()
 
 
-class LockWaits:
-    """The mean number of PostgreSQL backends waiting for a lock while the block runs."""
+class Analyzing(Repeating):
+    """``ANALYZE`` of the tables the sessions' repair reads, every ``seconds``."""
+
+    def step(self, conn) -> None:
+        conn.execute("ANALYZE events, sessions")
+
+
+class LockWaits(Repeating):
+    """The mean number of PostgreSQL backends waiting for a lock, sampled every 20 ms."""
 
     def __init__(self, url: str | None):
-        self.url: str | None = url
+        super().__init__(url, 0.02)
+        self.samples: list[int] = []
         self.mean: float | None = None
 
-    def __enter__(self) -> LockWaits:
-        if self.url is not None:
-            self.samples: list[int] = []
-            self.done = threading.Event()
-            self.thread = threading.Thread(target=self._sample)
-            self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        import psycopg
-
-        conninfo = driver_conninfo(self.url)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            while not self.done.is_set():
-                waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                self.samples.append(waiting.fetchone()[0])
-                time.sleep(0.02)
+    def step(self, conn) -> None:
+        waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        self.samples.append(waiting.fetchone()[0])
 
     def __exit__(self, *exc) -> None:
-        if self.url is not None:
-            self.done.set()
-            self.thread.join()
+        super().__exit__(*exc)
+        if self.running:
             if not self.samples:  # the sampler failed (its error is printed): no figure
                 raise RuntimeError("no lock waits were sampled")
             self.mean = statistics.fmean(self.samples)
