@@ -86,10 +86,9 @@ def _stripes(users: Iterable[str]) -> list[int]:
 
 
 def fold_chunk(dialect: dialects.Dialect) -> int:
-    """Pairs the folding thread moves a transaction. Where writers wait for a fold (SQLite's
-    writer turn), FOLD_CHUNK; where they write beside it (PostgreSQL), a wake's worth: each
-    transaction rewrites every bitmap row its pairs touch, and pairs in random order touch most
-    of a fold's rows, so smaller transactions rewrite the same rows again (docs/decisions.md)."""
+    """Pairs the folding thread moves a transaction: FOLD_CHUNK where writers wait for a fold
+    (SQLite's writer turn), a wake's worth where they do not (PostgreSQL). Why: "Active users"
+    in docs/architecture.md."""
     return 1 << FOLD_BITS if dialect.spreads_writers else FOLD_CHUNK
 
 
