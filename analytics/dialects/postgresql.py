@@ -441,32 +441,39 @@ _SPAN_MASKS = " UNION ALL ".join(
     for span in SPANS
 )
 # The log's oldest pairs this statement sees (all of them when the limit is NULL), moved into
-# the bitmaps: the users without an
-# ordinal numbered (in user_id order), the masks built, the rows set in key order. The caller
-# holds active_users.fold_locks, so no other transaction numbers users meanwhile, and the
-# users already numbered are looked up rather than inserted again (a conflict costs more).
+# the bitmaps: the users without an ordinal numbered (in user_id order), the masks built, the
+# rows set in key order. The caller holds active_users.fold_locks, so no other transaction
+# numbers users meanwhile, and the users already numbered are looked up rather than inserted
+# again (a conflict costs more). Each step reads its input once whatever the planner expects:
+# it cannot count a CTE's rows, and takes the log for empty after an analysis that found it so
+# (autovacuum's, just after a fold), so a join of two CTEs, or an IN over the log, would run
+# once per pair. Hence the range of ids, the new users' ordinals in one JSON object built
+# once, and the pairs numbered before the grouping, which then does not carry that object.
 _FOLD_ACTIVITY = f"""
     WITH moved AS (
         DELETE FROM activity_log
-        WHERE id IN (SELECT id FROM activity_log ORDER BY id LIMIT %(limit)s)
+        WHERE id <= (SELECT max(id) FROM (
+            SELECT id FROM activity_log ORDER BY id LIMIT %(limit)s) AS oldest)
         RETURNING user_id, bucket
     ), pairs AS (
         SELECT DISTINCT user_id, bucket FROM moved
-    ), wanted AS (
-        SELECT DISTINCT user_id FROM pairs
-    ), known AS (
-        SELECT o.user_id, o.ordinal FROM user_ordinals AS o JOIN wanted USING (user_id)
     ), added AS (
         INSERT INTO user_ordinals (user_id)
-        SELECT user_id FROM wanted WHERE user_id NOT IN (SELECT user_id FROM known)
-        ORDER BY user_id
+        SELECT DISTINCT p.user_id FROM pairs AS p
+        WHERE NOT EXISTS (SELECT FROM user_ordinals AS o WHERE o.user_id = p.user_id)
+        ORDER BY p.user_id
         RETURNING user_id, ordinal
-    ), numbered AS (
-        SELECT user_id, ordinal FROM added UNION ALL SELECT user_id, ordinal FROM known
+    ), new_ordinals AS MATERIALIZED (
+        SELECT coalesce(jsonb_object_agg(user_id, ordinal), '{{}}') AS ordinals FROM added
+    ), numbered AS MATERIALIZED (
+        SELECT p.bucket,
+               coalesce(o.ordinal, CAST(n.ordinals ->> p.user_id AS integer)) AS ordinal
+        FROM pairs AS p CROSS JOIN new_ordinals AS n
+        LEFT JOIN user_ordinals AS o ON o.user_id = p.user_id
     ), quarters AS (
-        SELECT p.bucket, n.ordinal / {BITMAP_BITS} AS chunk,
-               bit_or(set_bit(CAST(0 AS {_BITS}), n.ordinal %% {BITMAP_BITS}, 1)) AS bits
-        FROM pairs AS p JOIN numbered AS n USING (user_id)
+        SELECT bucket, ordinal / {BITMAP_BITS} AS chunk,
+               bit_or(set_bit(CAST(0 AS {_BITS}), ordinal %% {BITMAP_BITS}, 1)) AS bits
+        FROM numbered
         GROUP BY 1, 2
     ), stored AS (
         INSERT INTO user_bitmaps (span, bucket, chunk, shard, bits)
