@@ -3,13 +3,14 @@ statistics as autovacuum often leaves them: analysed just after a fold emptied t
 
     .venv/bin/python bench/fold.py [--users 100000] [--events 100000] [--pairs 32768]
 
-On a fresh migrated database, ``--events`` events of ``--users`` users over 30 days go in
-through POST /track/batch (Flask's test client; the folding thread folds as it would in
-service), then the empty log is analysed and ``--pairs`` more events are logged and folded:
-first ``FOLD_CHUNK`` pairs a transaction (as SQLite's folding thread does, and PostgreSQL's
-did), then, with as many new events again, ``active_users.fold_chunk`` pairs a transaction
-(PostgreSQL's thread). Prints, for each, the seconds of the whole fold and of its longest
-transaction: what a delete, or a read that must fold first, may wait for.
+On a fresh migrated database, ``--events`` events of ``--users`` users (bench/ingest.py's:
+five names, the last 20 days, in random order) go in through POST /track/batch (Flask's test
+client; the folding thread folds as it would in service), then the empty log is analysed and
+``--pairs`` more events are logged and folded: first ``FOLD_CHUNK`` pairs a transaction (as
+SQLite's folding thread does, and PostgreSQL's did), then, with as many new events again,
+``active_users.fold_chunk`` pairs a transaction (PostgreSQL's thread). Prints, for each, the
+seconds of the whole fold and of its longest transaction: what a delete, or a read that must
+fold first, may wait for.
 """
 
 from __future__ import annotations
@@ -17,11 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,22 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analytics import create_app, dialects, writer  # noqa: E402
 from analytics.aggregates import active_users  # noqa: E402
 from analytics.db import make_engine  # noqa: E402
+from bench.ingest import generate  # noqa: E402
 from bench.support import scratch_postgres  # noqa: E402
-
-
-def events(count: int, users: int, rng: random.Random) -> list[dict]:
-    now = datetime.now(UTC).replace(microsecond=0)
-    return [
-        {
-            "event": rng.choice(("play", "stop", "view")),
-            "user_id": f"u{rng.randrange(users)}",
-            "timestamp": (now - timedelta(seconds=rng.randrange(30 * 86400)))
-            .isoformat()
-            .replace("+00:00", "Z"),
-            "event_id": str(uuid.uuid4()),
-        }
-        for _ in range(count)
-    ]
 
 
 def post(client, batch: list[dict]) -> None:
@@ -75,11 +59,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--pairs", type=int, default=32_768)
     args = parser.parse_args()
-    rng = random.Random(3)
     with scratch_postgres() as url:
         os.environ["DATABASE_URL"] = url
         client = create_app({"TESTING": True}).test_client()
-        post(client, events(args.events, args.users, rng))
+        post(client, generate(args.events, seed=1, users=args.users))
         if not writer.FOLDER.wait_idle(600):
             raise RuntimeError("the folding thread did not finish")
         writer.FOLDER.wake = lambda engine: None  # from here, only this script folds
@@ -90,11 +73,11 @@ def main() -> None:
             conn.exec_driver_sql("ANALYZE activity_log")
         dialect = dialects.of(engine)
         print(f"{args.users} users, {args.events} events before, {args.pairs} new events a fold")
-        for label, chunk in (
-            ("FOLD_CHUNK", active_users.FOLD_CHUNK),
-            ("fold_chunk", active_users.fold_chunk(dialect)),
+        for seed, label, chunk in (
+            (2, "FOLD_CHUNK", active_users.FOLD_CHUNK),
+            (3, "fold_chunk", active_users.fold_chunk(dialect)),
         ):
-            post(client, events(args.pairs, args.users, rng))
+            post(client, generate(args.pairs, seed=seed, users=args.users))
             whole, longest = fold(engine, chunk)
             print(
                 f"  {label} ({chunk} pairs a transaction): {whole:.2f} s, "
